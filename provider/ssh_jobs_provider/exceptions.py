@@ -1,0 +1,80 @@
+"""Errors raised by this provider, and which low-level SSH errors are worth retrying."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+try:  # Airflow 3: the Task SDK's exception is what the task runner understands.
+    from airflow.sdk.exceptions import AirflowException
+except ImportError:  # pragma: no cover - Airflow 2 layout
+    from airflow.exceptions import AirflowException  # type: ignore[no-redef]
+
+import asyncssh
+import paramiko
+
+FAN_OUT_HINT = (
+    "When many tasks reach the same host at once, sshd refuses new connections before the "
+    "handshake (MaxStartups, default 10:30:100) and refuses extra channels on a connection "
+    "(MaxSessions, default 10). Raise conn_retry_attempts, bound concurrency with an Airflow pool "
+    "or max_active_tis_per_dag on the mapped task, or raise MaxStartups/MaxSessions in the "
+    "server's sshd_config."
+)
+
+
+class SSHJobsError(AirflowException):
+    """Base class of this provider's errors."""
+
+
+class SSHAuthenticationError(SSHJobsError):
+    """The server rejected our credentials. Never retried: retrying cannot fix it."""
+
+
+class SSHHostKeyError(SSHJobsError):
+    """The server's host key is unknown or does not match. Never retried."""
+
+
+class SSHConnectError(SSHJobsError):
+    """The connection could not be made (refused, dropped before the banner, timed out)."""
+
+
+class RemoteJobError(SSHJobsError):
+    """The remote job could not be submitted, watched, killed or cleaned up."""
+
+
+_TRANSIENT_PARAMIKO_WORDS = (
+    "banner",
+    "eof",
+    "connection reset",
+    "timeout",
+    "timed out",
+    "unable to connect",
+    "not active",
+    "session not active",
+    "channel closed",
+    "open failed",
+)
+
+
+def is_transient_connect_error(error: BaseException) -> bool:
+    """
+    True for failures that happen *before authentication* and may pass on retry.
+
+    These are what a loaded sshd produces: EOF before the banner (``MaxStartups`` drop),
+    connection refused/reset, banner or handshake timeouts, channel refusals
+    (``MaxSessions``). Authentication and host-key failures are not transient.
+    """
+    if isinstance(error, (SSHAuthenticationError, SSHHostKeyError)):
+        return False
+    if isinstance(error, (paramiko.AuthenticationException, paramiko.BadHostKeyException)):
+        return False
+    if isinstance(error, (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable)):
+        return False
+    if isinstance(error, (SSHConnectError, OSError, EOFError, socket.timeout, asyncio.TimeoutError)):
+        return True
+    if isinstance(error, paramiko.ChannelException):
+        return True  # channel open refused (e.g. MaxSessions)
+    if isinstance(error, paramiko.SSHException):
+        message = str(error).lower()
+        return any(word in message for word in _TRANSIENT_PARAMIKO_WORDS)
+    return isinstance(error, (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, asyncssh.DisconnectError))

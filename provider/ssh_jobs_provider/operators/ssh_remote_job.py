@@ -1,0 +1,401 @@
+"""
+:class:`SSHRemoteJobOperator`: submit a detached job over SSH, then watch it from the triggerer.
+
+The worker does the short parts (submit, and at the end kill/cleanup) with the paramiko
+hook; everything in between happens in :class:`~ssh_jobs_provider.triggers.ssh_remote_job.SSHRemoteJobTrigger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+try:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+except ImportError:  # pragma: no cover - Airflow 2 layout
+    from airflow.exceptions import AirflowException, AirflowSkipException  # type: ignore[no-redef]
+    from airflow.models import BaseOperator  # type: ignore[no-redef]
+
+from ssh_jobs_provider.exceptions import (
+    RemoteJobError,
+    SSHConnectError,
+    is_transient_connect_error,
+)
+from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF
+from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+from ssh_jobs_provider.utils.remote_job import (
+    DEFAULT_BASE_DIR,
+    JobStatus,
+    RemoteJobPaths,
+    RemoteJobProtocolError,
+    build_cleanup_script,
+    build_kill_script,
+    build_submit_script,
+    make_job_id,
+    normalise_environment,
+    parse_simple_state,
+    parse_submit_output,
+    validate_base_dir,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+CLEANUP_CHOICES = ("never", "on_success", "always")
+XCOM_KEY = "ssh_remote_job"
+TRIGGER_FAIL_METHOD = "__fail__"
+#: Longest wait for one submit reply, however often it was doubled after timeouts.
+MAX_SUBMIT_TIMEOUT = 600.0
+
+_EVENT_KEYS = ("job_id", "job_dir", "status", "done")
+
+
+def _exit_codes(value: int | Container[int] | None) -> Container[int]:
+    if value is None:
+        return ()
+    if isinstance(value, bool) or not isinstance(value, (int, Container)):
+        raise ValueError(f"skip_on_exit_code must be an int or a collection of ints, got {value!r}.")
+    return (value,) if isinstance(value, int) else value
+
+
+def _positive(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    if (strict and value <= minimum) or (not strict and value < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
+
+
+class SSHRemoteJobOperator(BaseOperator):
+    """
+    Run a command detached on a remote host over SSH and watch it from the triggerer.
+
+    The worker opens ONE connection, submits the job (it runs under ``setsid`` with its
+    output in a log file and its exit code written atomically when it ends), pushes the
+    job's identity to XCom and defers. The trigger holds one connection, streams the log
+    into the task log and fires once the job has ended and its log is fully read. The
+    task then succeeds on exit code 0, is skipped on a ``skip_on_exit_code``, and fails
+    otherwise. Submission is idempotent within a try: the job id is derived from the task
+    instance, so a submit whose reply was lost is retried and re-attaches to the job
+    that already started instead of launching a second one.
+
+    :param ssh_conn_id: Airflow connection id of type ``ssh`` (templated)
+    :param command: shell text to run, as in a ``.sh`` file (templated; ``.sh``/``.bash``
+        files are rendered). Runs with ``bash`` when the host has it, else ``/bin/sh``; a
+        ``#!`` first line picks the interpreter.
+    :param remote_host: host instead of the connection's (templated)
+    :param environment: variables for the command (templated); values reach it literally,
+        byte for byte (no ``$VAR`` expansion)
+    :param remote_base_dir: absolute directory under which job directories are created
+        (templated; default ``/tmp/airflow-ssh-jobs``)
+    :param poll_interval: seconds between polls while the job runs (default 5)
+    :param log_chunk_size: most log bytes read per poll (default 65536)
+    :param timeout: seconds the job may run before the task fails and the job is killed
+        (``None``: no limit)
+    :param cleanup: when to remove the job directory: ``"never"`` (default), ``"on_success"``
+        or ``"always"``
+    :param remote_os: ``"auto"`` (default) or ``"posix"``; ``"windows"`` is not supported
+    :param skip_on_exit_code: exit code(s) that skip the task instead of failing it
+    :param conn_timeout: seconds allowed for the TCP connect (default: the connection's, else 10)
+    :param banner_timeout: seconds allowed for the server's banner (default 30)
+    :param conn_retry_attempts: attempts to connect and submit, retrying refusals before
+        authentication and lost submit replies with jittered exponential backoff (default 5)
+    :param cleanup_retries: attempts for the cleanup (and kill) at the end (default 3)
+    :param command_timeout: seconds allowed for each remote command; the submit's allowance
+        doubles after each timeout (default 30)
+    :param max_reconnect_attempts: consecutive connection failures the trigger tolerates
+        (default 5)
+    """
+
+    template_fields: Sequence[str] = ("command", "environment", "remote_host", "remote_base_dir", "ssh_conn_id")
+    template_ext: Sequence[str] = (".sh", ".bash")
+    template_fields_renderers = {"command": "bash", "environment": "python"}
+    ui_color = "#dfe9f3"
+
+    def __init__(
+        self,
+        *,
+        ssh_conn_id: str,
+        command: str,
+        remote_host: str | None = None,
+        environment: dict[str, str] | None = None,
+        remote_base_dir: str | None = None,
+        poll_interval: float = 5,
+        log_chunk_size: int = 65536,
+        timeout: float | None = None,
+        cleanup: str = "never",
+        remote_os: str = "auto",
+        skip_on_exit_code: int | Container[int] | None = None,
+        conn_timeout: float | None = None,
+        banner_timeout: float = 30.0,
+        conn_retry_attempts: int = 5,
+        cleanup_retries: int = 3,
+        command_timeout: float = 30.0,
+        max_reconnect_attempts: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if remote_os == "windows":
+            raise ValueError(
+                "remote_os='windows' is not supported by SSHRemoteJobOperator of ssh_jobs_provider: "
+                "only POSIX hosts are. Use remote_os='posix' or 'auto' with a POSIX host."
+            )
+        if remote_os not in ("auto", "posix"):
+            raise ValueError(f"remote_os must be 'auto' or 'posix', got {remote_os!r}.")
+        if cleanup not in CLEANUP_CHOICES:
+            raise ValueError(f"cleanup must be one of {CLEANUP_CHOICES}, got {cleanup!r}.")
+        _positive("poll_interval", poll_interval)
+        _positive("command_timeout", command_timeout)
+        _positive("banner_timeout", banner_timeout)
+        _positive("log_chunk_size", log_chunk_size, 1024, strict=False)
+        _positive("conn_retry_attempts", conn_retry_attempts, 1, strict=False)
+        _positive("cleanup_retries", cleanup_retries, 1, strict=False)
+        _positive("max_reconnect_attempts", max_reconnect_attempts, 0, strict=False)
+        if timeout is not None:
+            _positive("timeout", timeout)
+        if conn_timeout is not None:
+            _positive("conn_timeout", conn_timeout)
+        self.ssh_conn_id = ssh_conn_id
+        self.command = command
+        self.remote_host = remote_host
+        self.environment = environment
+        self.remote_base_dir = remote_base_dir
+        self.poll_interval = poll_interval
+        self.log_chunk_size = int(log_chunk_size)
+        self.timeout = timeout
+        self.cleanup = cleanup
+        self.remote_os = remote_os
+        self.skip_on_exit_code = _exit_codes(skip_on_exit_code)
+        self.conn_timeout = conn_timeout
+        self.banner_timeout = banner_timeout
+        self.conn_retry_attempts = int(conn_retry_attempts)
+        self.cleanup_retries = int(cleanup_retries)
+        self.command_timeout = float(command_timeout)
+        self.max_reconnect_attempts = int(max_reconnect_attempts)
+        self._paths: RemoteJobPaths | None = None
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hook(self, attempts: int) -> SSHHook:
+        return SSHHook(
+            ssh_conn_id=self.ssh_conn_id,
+            remote_host=self.remote_host or "",
+            conn_timeout=self.conn_timeout,
+            banner_timeout=self.banner_timeout,
+            conn_retry_attempts=attempts,
+        )
+
+    @cached_property
+    def ssh_hook(self) -> SSHHook:
+        """The hook used to submit (connect attempts: ``conn_retry_attempts``)."""
+        return self._hook(self.conn_retry_attempts)
+
+    # ------------------------------------------------------------------ submit
+
+    def _job_paths(self, context: Context) -> RemoteJobPaths:
+        ti = context["ti"]
+        job_id = make_job_id(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+        return RemoteJobPaths(job_id=job_id, base_dir=self._base_dir())
+
+    def _base_dir(self) -> str:
+        return validate_base_dir(self.remote_base_dir or DEFAULT_BASE_DIR)
+
+    def execute(self, context: Context) -> None:
+        """Validate, submit the job over one connection, and defer to the trigger."""
+        if not isinstance(self.command, str) or not self.command.strip():
+            raise ValueError("SSHRemoteJobOperator: command is empty; give the shell text to run remotely.")
+        environment = normalise_environment(self.environment)
+        paths = self._paths = self._job_paths(context)
+        script = build_submit_script(paths, self.command, environment)
+
+        status = self._submit(paths, script)
+        host = self.ssh_hook.remote_host
+        if status.launched is False:
+            self.log.warning(
+                "Remote job %s was already started by an earlier submit whose reply was lost: "
+                "re-attaching to it instead of launching a second one.",
+                paths.job_id,
+            )
+        self.log.info("Remote job %s on %s: %s (pid %s)", paths.job_id, host, status.state.value, status.pid)
+        self.log.info("Job directory: %s", paths.job_dir)
+        if self.do_xcom_push:
+            context["ti"].xcom_push(key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": status.pid})
+        self.defer(
+            trigger=self._trigger(paths, log_offset=0),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout) if self.timeout else None,
+        )
+
+    def _trigger(self, paths: RemoteJobPaths, log_offset: int) -> SSHRemoteJobTrigger:
+        return SSHRemoteJobTrigger(
+            ssh_conn_id=self.ssh_conn_id,
+            remote_host=self.remote_host,
+            job_id=paths.job_id,
+            job_dir=paths.job_dir,
+            log_file=paths.log_file,
+            exit_code_file=paths.exit_code_file,
+            remote_os="posix",
+            poll_interval=self.poll_interval,
+            log_chunk_size=self.log_chunk_size,
+            log_offset=log_offset,
+            command_timeout=self.command_timeout,
+            max_reconnect_attempts=self.max_reconnect_attempts,
+        )
+
+    def _submit(self, paths: RemoteJobPaths, script: str) -> JobStatus:
+        """
+        Connect once and submit; if the reply is lost, reconnect and submit again.
+
+        Re-submitting is safe: the job directory is keyed by the task instance and the
+        wrapper claims it atomically, so a second submit re-attaches instead of launching.
+        """
+        hook = self.ssh_hook
+        timeouts = iter(min(MAX_SUBMIT_TIMEOUT, self.command_timeout * 2**n) for n in range(1000))
+
+        def not_connect_exhaustion(error: BaseException) -> bool:
+            return is_transient_connect_error(error) and not isinstance(error, SSHConnectError)
+
+        def attempt() -> JobStatus:
+            with hook.get_conn() as client:
+                status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
+            return self._parse_submit(paths, status, stdout, stderr)
+
+        retrying = DEFAULT_BACKOFF.retrying(
+            self.conn_retry_attempts, not_connect_exhaustion, self.log, f"Submit of remote job {paths.job_id}"
+        )
+        try:
+            result: JobStatus = retrying(attempt)
+        except SSHConnectError:
+            self.log.error(
+                "Could not connect to %s to submit remote job %s (conn_retry_attempts=%d).",
+                hook.remote_host,
+                paths.job_id,
+                self.conn_retry_attempts,
+            )
+            raise
+        return result
+
+    def _parse_submit(self, paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
+        try:
+            parsed = parse_submit_output(stdout)
+        except RemoteJobProtocolError:
+            detail = stderr.decode("utf-8", errors="replace").strip()[:2000]
+            if status == 3:
+                raise RemoteJobError(
+                    f"Could not create the job directory {paths.job_dir} on the remote host: {detail}. "
+                    "Check that remote_base_dir is writable by the SSH user."
+                ) from None
+            raise RemoteJobError(
+                f"The remote host did not run the submit script (exit status {status}): {detail or 'no output'}. "
+                "SSHRemoteJobOperator needs a POSIX host with /bin/sh; Windows hosts are not supported."
+            ) from None
+        if parsed.remote_os:
+            self.log.info("Remote OS: %s", parsed.remote_os)
+        return parsed
+
+    # ------------------------------------------------------------------ completion
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+        """Called when the trigger fires: clean up as configured and set the task outcome."""
+        if not event or any(key not in event for key in _EVENT_KEYS):
+            raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
+        if not event.get("done", True):
+            # Only an older trigger would send an intermediate event; keep watching.
+            self.defer(
+                trigger=self._trigger(self._event_paths(event), log_offset=int(event.get("log_offset", 0))),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout) if self.timeout else None,
+            )
+            return
+        paths = self._paths = self._event_paths(event)
+        for line in str(event.get("log_chunk") or "").splitlines():
+            self.log.info("%s", line)
+        exit_code = event.get("exit_code")
+        message = str(event.get("message", ""))
+        self.log.info("%s", message)
+
+        if event["status"] == "error" or exit_code is None:
+            # We lost track of the job: make sure it is not left running unwatched.
+            self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
+            raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
+
+        succeeded = exit_code == 0
+        remove = self.cleanup == "always" or (self.cleanup == "on_success" and succeeded)
+        self._finish_remote(paths, kill=False, remove=remove)
+        if exit_code in self.skip_on_exit_code:
+            raise AirflowSkipException(f"Remote job {paths.job_id} exited with skip code {exit_code}")
+        if not succeeded:
+            raise AirflowException(f"Remote job {paths.job_id} failed with exit code {exit_code}")
+        self.log.info("Remote job %s succeeded", paths.job_id)
+
+    def _event_paths(self, event: dict[str, Any]) -> RemoteJobPaths:
+        return RemoteJobPaths.from_job_dir(str(event["job_dir"]), self._base_dir())
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """On a deferral timeout (or a crashed trigger), kill the remote job before failing."""
+        if next_method == TRIGGER_FAIL_METHOD:
+            paths = self._paths = self._job_paths(context)
+            self.log.error("Watching remote job %s ended abnormally; stopping the remote job", paths.job_id)
+            self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def on_kill(self) -> None:
+        """The task was killed while in the worker: stop the remote job's whole process group."""
+        if self._paths is None:
+            self.log.info("No remote job was submitted by this task instance; nothing to kill.")
+            return
+        self._finish_remote(self._paths, kill=True, remove=False)
+
+    # ------------------------------------------------------------------ kill & cleanup
+
+    def _finish_remote(self, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
+        """
+        Kill and/or remove the job over one connection, ``cleanup_retries`` times if needed.
+
+        Never raises: the task's outcome is decided by the job, not by its cleanup. If every
+        attempt fails the log says which directory is left behind and why.
+        """
+        if not (kill or remove):
+            return
+        hook = self._hook(attempts=1)
+        scripts = ([("kill", build_kill_script(paths))] if kill else []) + (
+            [("cleanup", build_cleanup_script(paths))] if remove else []
+        )
+
+        def attempt() -> None:
+            with hook.get_conn() as client:
+                while scripts:
+                    verb, script = scripts[0]
+                    status, stdout, stderr = hook.run_script(client, script, timeout=self.command_timeout)
+                    try:
+                        state = parse_simple_state(stdout, verb)
+                    except RemoteJobProtocolError as error:
+                        raise RemoteJobError(f"{verb} failed (exit status {status}): {stderr[:500]!r}") from error
+                    if verb == "cleanup" and state == "failed":
+                        raise RemoteJobError(f"rm -rf could not remove {paths.job_dir}: {stderr[:500]!r}")
+                    self.log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
+                    scripts.pop(0)
+
+        def retry_any(error: BaseException) -> bool:
+            return True
+
+        retrying = DEFAULT_BACKOFF.retrying(self.cleanup_retries, retry_any, self.log, f"Cleanup of {paths.job_dir}")
+        try:
+            retrying(attempt)
+        except Exception as error:  # noqa: BLE001 - reported loudly below, never raised
+            left = ", ".join(verb for verb, _ in scripts)
+            self.log.error(
+                "REMOTE JOB NOT CLEANED UP: %s on %s after %d attempt(s) (%s: %s). "
+                "Directory left behind: %s. Remove it by hand, or run a TTL reaper "
+                "(e.g. systemd-tmpfiles) on the host.",
+                left,
+                hook.remote_host,
+                self.cleanup_retries,
+                type(error).__name__,
+                error,
+                paths.job_dir,
+            )

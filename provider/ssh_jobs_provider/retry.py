@@ -1,0 +1,114 @@
+"""
+One backoff policy, used by the hooks, the operator and the trigger.
+
+Retries that fire in lockstep across a fan-out are dropped by ``sshd`` for the same reason
+as the first attempt (``MaxStartups``), so every wait is exponential *and* jittered
+("equal jitter": half of the exponential step is fixed, half is random). The fixed half
+guarantees real spacing between attempts; the random half spreads a fleet of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """
+    Exponential backoff with equal jitter.
+
+    :param initial: the first wait's upper bound in seconds (its lower bound is half of it)
+    :param maximum: cap on any single wait in seconds
+    :param multiplier: growth factor between consecutive waits
+    """
+
+    initial: float = 1.0
+    maximum: float = 30.0
+    multiplier: float = 2.0
+
+    def ceiling(self, attempt: int) -> float:
+        """Upper bound of the wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """A jittered wait after failed attempt ``attempt``: uniform in [ceiling/2, ceiling]."""
+        top = self.ceiling(attempt)
+        return top / 2 + (rng or random).uniform(0, top / 2)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Endless sequence of waits, for loops that count their own attempts."""
+        attempt = 1
+        while True:
+            yield self.delay(attempt, rng)
+            attempt += 1
+
+    def _wait(self, state: RetryCallState) -> float:
+        return self.delay(state.attempt_number)
+
+    def retrying(
+        self,
+        attempts: int,
+        retry_on: Callable[[BaseException], bool],
+        log: logging.Logger | None = None,
+        what: str = "operation",
+    ) -> Retrying:
+        """A tenacity ``Retrying`` for blocking code (the worker side)."""
+        return Retrying(**self._tenacity_args(attempts, retry_on, log, what))
+
+    def async_retrying(
+        self,
+        attempts: int,
+        retry_on: Callable[[BaseException], bool],
+        log: logging.Logger | None = None,
+        what: str = "operation",
+    ) -> AsyncRetrying:
+        """A tenacity ``AsyncRetrying`` for asyncio code (the triggerer side)."""
+        return AsyncRetrying(**self._tenacity_args(attempts, retry_on, log, what))
+
+    def _tenacity_args(
+        self,
+        attempts: int,
+        retry_on: Callable[[BaseException], bool],
+        log: logging.Logger | None,
+        what: str,
+    ) -> dict[str, Any]:
+        total = max(1, attempts)
+
+        def before_sleep(state: RetryCallState) -> None:
+            if log is None or state.outcome is None or state.next_action is None:
+                return
+            log.warning(
+                "%s failed (attempt %d/%d): %s; retrying in %.1fs",
+                what,
+                state.attempt_number,
+                total,
+                state.outcome.exception(),
+                state.next_action.sleep,
+            )
+
+        return {
+            "stop": stop_after_attempt(total),
+            "wait": self._wait,
+            "retry": retry_if_exception(retry_on),
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+
+#: The policy every retry in this package uses unless a caller passes its own: the first
+#: retry waits 0.5-1 s, then 1-2 s, 2-4 s, ... capped at 15-30 s.
+DEFAULT_BACKOFF = BackoffPolicy(initial=1.0, maximum=30.0)

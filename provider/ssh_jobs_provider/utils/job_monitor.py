@@ -1,0 +1,139 @@
+"""
+What a trigger does with poll answers, as pure code: no sockets, no clocks of its own.
+
+:class:`JobMonitor` is a small state machine. The trigger asks it for the next poll
+script, runs that script however it likes (its own connection today, a shared batched
+connection tomorrow), feeds the raw answer back with the current time, and gets back the
+log lines to emit and, at the end, the one final outcome. Keeping this free of I/O is
+what lets the transport change without touching the poll logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ssh_jobs_provider.utils.log_stream import LogStream
+from ssh_jobs_provider.utils.remote_job import (
+    JobState,
+    JobStatus,
+    RemoteJobPaths,
+    build_poll_script,
+    parse_poll_output,
+)
+
+#: Consecutive polls that must see the process gone without an exit code before the
+#: monitor gives up on it (one more look guards against a transient ``kill -0`` answer).
+VANISHED_CONFIRMATIONS = 2
+
+#: Seconds a submitted job may stay without a recorded pid before it counts as never started.
+PENDING_LIMIT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final result of watching one job."""
+
+    status: str  # "success", "failed" or "error"
+    exit_code: int | None
+    message: str
+
+
+@dataclass
+class MonitorUpdate:
+    """What one poll answer means for the trigger."""
+
+    lines: list[str] = field(default_factory=list)
+    #: Poll again right away (more log is waiting) instead of sleeping ``poll_interval``.
+    more_now: bool = False
+    outcome: Outcome | None = None
+
+
+class JobMonitor:
+    """
+    Follow one remote job from its poll answers until its log is drained.
+
+    :param paths: the job's remote paths
+    :param log_offset: byte offset of the log already delivered
+    :param chunk_size: most log bytes one poll may return
+    :param started_at: the caller's clock reading when watching began
+    """
+
+    def __init__(self, paths: RemoteJobPaths, log_offset: int, chunk_size: int, started_at: float) -> None:
+        self.paths = paths
+        self.chunk_size = chunk_size
+        self.log = LogStream(offset=log_offset, max_pending=max(chunk_size, 4096))
+        self._started_at = started_at
+        self._vanished_seen = 0
+        self._final: JobStatus | None = None
+        self.last_status: JobStatus | None = None
+
+    @property
+    def finishing(self) -> bool:
+        """The job has ended; only its remaining log is still being read."""
+        return self._final is not None
+
+    @property
+    def log_offset(self) -> int:
+        """Offset of the first log byte not yet emitted (safe to resume from)."""
+        return self.log.emitted_offset
+
+    def poll_script(self) -> str:
+        return build_poll_script(self.paths, self.log.read_offset, self.chunk_size)
+
+    def feed(self, output: bytes, now: float) -> MonitorUpdate:
+        """Digest one poll answer (raw stdout of :meth:`poll_script`)."""
+        status = parse_poll_output(output, self.chunk_size)
+        self.last_status = status
+        update = MonitorUpdate(lines=self.log.feed(status.log_data))
+        log_behind = status.log_size > self.log.read_offset
+        if self._final is None:
+            self._final = self._terminal(status, now)
+        if self._final is not None:
+            # Terminal: keep reading until every byte the job wrote has been emitted.
+            if log_behind and status.log_data:
+                update.more_now = True
+                return update
+            update.lines.extend(self.log.flush())
+            update.outcome = self._outcome(self._final)
+            return update
+        update.more_now = log_behind and bool(status.log_data)
+        return update
+
+    def _terminal(self, status: JobStatus, now: float) -> JobStatus | None:
+        if status.state in (JobState.EXITED, JobState.MISSING):
+            return status
+        if status.state is JobState.VANISHED:
+            self._vanished_seen += 1
+            return status if self._vanished_seen >= VANISHED_CONFIRMATIONS else None
+        self._vanished_seen = 0
+        if status.state is JobState.PENDING and now - self._started_at > PENDING_LIMIT_SECONDS:
+            return status
+        return None
+
+    def _outcome(self, status: JobStatus) -> Outcome:
+        job_dir = self.paths.job_dir
+        if status.state is JobState.EXITED and status.exit_code is not None:
+            code = status.exit_code
+            return Outcome(
+                "success" if code == 0 else "failed", code, f"Remote job {self.paths.job_id} exited with code {code}"
+            )
+        if status.state is JobState.MISSING:
+            return Outcome(
+                "error",
+                None,
+                f"Remote job directory {job_dir} no longer exists: it was removed while the job was "
+                "watched (a reaper, a reboot clearing /tmp, or manual deletion).",
+            )
+        if status.state is JobState.PENDING:
+            return Outcome(
+                "error",
+                None,
+                f"Remote job {self.paths.job_id} never started: no process recorded in {job_dir} after "
+                f"{PENDING_LIMIT_SECONDS:.0f}s.",
+            )
+        return Outcome(
+            "error",
+            None,
+            f"Remote job process {status.pid} is gone without writing an exit code (killed by the OOM "
+            f"killer or SIGKILL, or the host rebooted). Its output so far is in {self.paths.log_file}.",
+        )

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real OpenSSH sshd on 127.0.0.1 per test.
+
+``SSH_JOBS_TEST_SSHD=docker`` runs it in a container instead of as a local process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer
+
+SSHD_MODE_ENV = "SSH_JOBS_TEST_SSHD"
+SSHD_FIXTURES = frozenset({"sshd", "sshd_factory", "ssh_conn"})
+
+SSHServerFactory = Callable[..., BaseSSHServer]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `-m "not integration"` must deselect every test that starts an sshd, marked or not.
+    for item in items:
+        if SSHD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _server_class() -> Callable[..., BaseSSHServer]:
+    """The server implementation for this run; fails loudly when it cannot work here."""
+    if os.environ.get(SSHD_MODE_ENV, "local") == "docker":
+        from support.sshd_container import ContainerSSHServer, docker_engine_reachable
+
+        if not docker_engine_reachable():
+            pytest.fail(f"{SSHD_MODE_ENV}=docker but no Docker engine is reachable", pytrace=False)
+        return ContainerSSHServer
+    if not SSHD_BINARY.exists():
+        # Failing, not skipping: a silently skipped integration suite looks like a green one.
+        pytest.fail(
+            f"{SSHD_BINARY} not found; the integration tests need a real OpenSSH server. "
+            "Install it with: apt-get install -y openssh-server",
+            pytrace=False,
+        )
+    return SSHServer
+
+
+@pytest.fixture
+def sshd_factory(tmp_path: Path) -> Iterator[SSHServerFactory]:
+    """``make(**options)`` creates and starts a server; all are stopped at teardown."""
+    server_class = _server_class()
+    servers: list[BaseSSHServer] = []
+
+    def make(**options: Any) -> BaseSSHServer:
+        if server_class is not SSHServer:
+            # The container must see the remote job dirs the tests create under tmp_path.
+            options.setdefault("extra_mounts", [tmp_path])
+        server = server_class(tmp_path / f"sshd-{len(servers)}", **options)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    _stop_all(servers)
+
+
+def _stop_all(servers: list[BaseSSHServer]) -> None:
+    """Stop every server even if one fails, then report the first failure."""
+    errors: list[Exception] = []
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def sshd(sshd_factory: SSHServerFactory) -> BaseSSHServer:
+    return sshd_factory()
+
+
+@pytest.fixture
+def ssh_conn(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Airflow connection id ``ssh_test`` pointing at ``sshd`` (via AIRFLOW_CONN_SSH_TEST)."""
+    conn_id = "ssh_test"
+    for name, value in sshd.airflow_env(conn_id).items():
+        monkeypatch.setenv(name, value)
+    return conn_id
+
+
+@pytest.fixture
+def remote_base_dir(tmp_path: Path) -> str:
+    """Where remote jobs live; sshd runs on this machine, so a local temp path works."""
+    return str(tmp_path / "remote-jobs")
