@@ -5,13 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-try:  # Airflow 3: the Task SDK's exception is what the task runner understands.
-    from airflow.sdk.exceptions import AirflowException
-except ImportError:  # pragma: no cover - Airflow 2 layout
-    from airflow.exceptions import AirflowException  # type: ignore[no-redef]
-
 import asyncssh
 import paramiko
+from airflow.sdk.exceptions import AirflowException
 
 FAN_OUT_HINT = (
     "When many tasks reach the same host at once, sshd refuses new connections before the "

@@ -9,7 +9,6 @@ guarantees real spacing between attempts; the random half spreads a fleet of wor
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ class BackoffPolicy:
         self,
         attempts: int,
         retry_on: Callable[[BaseException], bool],
-        log: logging.Logger | None = None,
+        log: Any = None,
         what: str = "operation",
     ) -> Retrying:
         """A tenacity ``Retrying`` for blocking code (the worker side)."""
@@ -73,7 +72,7 @@ class BackoffPolicy:
         self,
         attempts: int,
         retry_on: Callable[[BaseException], bool],
-        log: logging.Logger | None = None,
+        log: Any = None,
         what: str = "operation",
     ) -> AsyncRetrying:
         """A tenacity ``AsyncRetrying`` for asyncio code (the triggerer side)."""
@@ -83,7 +82,7 @@ class BackoffPolicy:
         self,
         attempts: int,
         retry_on: Callable[[BaseException], bool],
-        log: logging.Logger | None,
+        log: Any,
         what: str,
     ) -> dict[str, Any]:
         total = max(1, attempts)

@@ -293,17 +293,22 @@ class BaseSSHServer:
         client = paramiko.SSHClient()
         client.get_host_keys().add(f"[{self.host}]:{port or self.port}", key_type, host_key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            self.host,
-            port or self.port,
-            username=self.user,
-            key_filename=str(self.client_key_path),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-        )
+        try:
+            client.connect(
+                self.host,
+                port or self.port,
+                username=self.user,
+                key_filename=str(self.client_key_path),
+                allow_agent=False,
+                look_for_keys=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except BaseException:
+            # A failed connect leaves a transport thread behind unless closed.
+            client.close()
+            raise
         return client
 
     def airflow_connection(

@@ -21,11 +21,7 @@ from typing import Any
 
 import asyncssh
 import paramiko
-
-try:
-    from airflow.sdk import BaseHook
-except ImportError:  # pragma: no cover - Airflow 2 layout
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+from airflow.sdk import BaseHook
 
 from ssh_jobs_provider.exceptions import (
     FAN_OUT_HINT,
@@ -43,7 +39,9 @@ from ssh_jobs_provider.utils.remote_job import REMOTE_SHELL
 if logging.getLogger("asyncssh").level == logging.NOTSET:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-_INSECURE_WARNING = "Host key verification is disabled for %s: this does not protect against man-in-the-middle attacks."
+_INSECURE_WARNING = (
+    "Host key verification is disabled for %s: this does not protect against man-in-the-middle attacks."
+)
 _HOST_KEY_FIX = (
     "Pin the server's key with the connection extra 'host_key' (e.g. the output of "
     "`ssh-keyscan -t ed25519 <host>` without the host name), add it to ~/.ssh/known_hosts of the "
@@ -102,12 +100,16 @@ def _paramiko_disabled_algorithms(settings: SSHConnectionSettings) -> dict[str, 
     if settings.ciphers:
         # paramiko only lets us *remove* ciphers before negotiation, so offering exactly the
         # requested ones means disabling every other cipher it knows.
-        known = list(paramiko.Transport._preferred_ciphers)
-        disabled["ciphers"] = sorted(set(disabled.get("ciphers", [])) | {c for c in known if c not in settings.ciphers})
+        known = list(paramiko.Transport._preferred_ciphers)  # type: ignore[attr-defined]
+        disabled["ciphers"] = sorted(
+            set(disabled.get("ciphers", [])) | {c for c in known if c not in settings.ciphers}
+        )
     return disabled or None
 
 
-def _set_paramiko_host_key_policy(client: paramiko.SSHClient, settings: SSHConnectionSettings, log: Any) -> None:
+def _set_paramiko_host_key_policy(
+    client: paramiko.SSHClient, settings: SSHConnectionSettings, log: Any
+) -> None:
     if settings.no_host_key_check or settings.allow_host_key_change:
         log.warning(_INSECURE_WARNING, settings.known_hosts_name)
         client.set_missing_host_key_policy(_AcceptAnyHostKey())
@@ -204,7 +206,7 @@ class SSHHook(BaseHook):
     def settings(self) -> SSHConnectionSettings:
         """The resolved connection settings (read from Airflow once, on first use)."""
         if self._settings is None:
-            conn = self.get_connection(self.ssh_conn_id) if self.ssh_conn_id else None
+            conn: Any = self.get_connection(self.ssh_conn_id) if self.ssh_conn_id else None
             self._settings = SSHConnectionSettings.from_connection(conn, **self._overrides)
             self.remote_host = self._settings.host
         return self._settings
@@ -219,7 +221,10 @@ class SSHHook(BaseHook):
         """
         settings = self.settings
         retrying = self.backoff.retrying(
-            self.conn_retry_attempts, is_transient_connect_error, self.log, f"SSH connect to {settings.address}"
+            self.conn_retry_attempts,
+            is_transient_connect_error,
+            self.log,
+            f"SSH connect to {settings.address}",
         )
         try:
             client = retrying(self._connect_once, settings)
@@ -292,7 +297,9 @@ class SSHHook(BaseHook):
         """
         return self._exec(ssh_client, command, None, timeout or self.cmd_timeout, environment, get_pty)
 
-    def run_script(self, ssh_client: paramiko.SSHClient, script: str, timeout: float) -> tuple[int, bytes, bytes]:
+    def run_script(
+        self, ssh_client: paramiko.SSHClient, script: str, timeout: float
+    ) -> tuple[int, bytes, bytes]:
         """Run a remote-job protocol script (``/bin/sh -s``, script on stdin) on an open client."""
         return self._exec(ssh_client, REMOTE_SHELL, script.encode("utf-8"), timeout, None, False)
 
@@ -348,10 +355,10 @@ def _drain_channel(channel: paramiko.Channel, deadline: float | None) -> tuple[b
         while channel.recv_stderr_ready():
             stderr.append(channel.recv_stderr(65536))
             progressed = True
-        if channel.exit_status_ready() and channel.eof_received and not channel.recv_ready():
-            if not channel.recv_stderr_ready():
-                return b"".join(stdout), b"".join(stderr)
-        if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+        buffered = channel.recv_ready() or channel.recv_stderr_ready()
+        if not buffered and channel.exit_status_ready() and channel.eof_received:
+            return b"".join(stdout), b"".join(stderr)
+        if not buffered and channel.closed:
             if not channel.exit_status_ready():
                 raise EOFError("SSH channel closed before the command reported its exit status")
             return b"".join(stdout), b"".join(stderr)
@@ -367,7 +374,12 @@ def _drain_channel(channel: paramiko.Channel, deadline: float | None) -> tuple[b
 def _asyncssh_algorithms(settings: SSHConnectionSettings) -> dict[str, Any]:
     options: dict[str, Any] = {}
     # asyncssh understands OpenSSH-style "-alg1,alg2" lists: "everything but these".
-    names = {"ciphers": "encryption_algs", "kex": "kex_algs", "macs": "mac_algs", "keys": "server_host_key_algs"}
+    names = {
+        "ciphers": "encryption_algs",
+        "kex": "kex_algs",
+        "macs": "mac_algs",
+        "keys": "server_host_key_algs",
+    }
     for key, values in (settings.disabled_algorithms or {}).items():
         if key in names and values:
             options[names[key]] = "-" + ",".join(values)
@@ -509,7 +521,10 @@ class SSHHookAsync(BaseHook):
         """
         settings = await self.get_settings()
         retrying = self.backoff.async_retrying(
-            self.conn_retry_attempts, is_transient_connect_error, self.log, f"SSH connect to {settings.address}"
+            self.conn_retry_attempts,
+            is_transient_connect_error,
+            self.log,
+            f"SSH connect to {settings.address}",
         )
         try:
             return await retrying(self._connect_once, settings)
@@ -574,7 +589,9 @@ async def _run_on(
     def remaining() -> float | None:
         return None if deadline is None else max(0.0, deadline - loop.time())
 
-    process = await asyncio.wait_for(conn.create_process(command, input=stdin_data, encoding=None), remaining())
+    process = await asyncio.wait_for(
+        conn.create_process(command, input=stdin_data, encoding=None), remaining()
+    )
     try:
         completed = await asyncio.wait_for(process.wait(), remaining())
     finally:

@@ -12,12 +12,8 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-try:
-    from airflow.sdk import BaseOperator
-    from airflow.sdk.exceptions import AirflowException, AirflowSkipException
-except ImportError:  # pragma: no cover - Airflow 2 layout
-    from airflow.exceptions import AirflowException, AirflowSkipException  # type: ignore[no-redef]
-    from airflow.models import BaseOperator  # type: ignore[no-redef]
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from ssh_jobs_provider.exceptions import (
     RemoteJobError,
@@ -111,7 +107,13 @@ class SSHRemoteJobOperator(BaseOperator):
         (default 5)
     """
 
-    template_fields: Sequence[str] = ("command", "environment", "remote_host", "remote_base_dir", "ssh_conn_id")
+    template_fields: Sequence[str] = (
+        "command",
+        "environment",
+        "remote_host",
+        "remote_base_dir",
+        "ssh_conn_id",
+    )
     template_ext: Sequence[str] = (".sh", ".bash")
     template_fields_renderers = {"command": "bash", "environment": "python"}
     ui_color = "#dfe9f3"
@@ -198,7 +200,9 @@ class SSHRemoteJobOperator(BaseOperator):
 
     def _job_paths(self, context: Context) -> RemoteJobPaths:
         ti = context["ti"]
-        job_id = make_job_id(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+        job_id = make_job_id(
+            ti.dag_id, ti.task_id, ti.run_id, ti.map_index if ti.map_index is not None else -1, ti.try_number
+        )
         return RemoteJobPaths(job_id=job_id, base_dir=self._base_dir())
 
     def _base_dir(self) -> str:
@@ -223,7 +227,9 @@ class SSHRemoteJobOperator(BaseOperator):
         self.log.info("Remote job %s on %s: %s (pid %s)", paths.job_id, host, status.state.value, status.pid)
         self.log.info("Job directory: %s", paths.job_dir)
         if self.do_xcom_push:
-            context["ti"].xcom_push(key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": status.pid})
+            context["ti"].xcom_push(
+                key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": status.pid}
+            )
         self.defer(
             trigger=self._trigger(paths, log_offset=0),
             method_name="execute_complete",
@@ -374,7 +380,9 @@ class SSHRemoteJobOperator(BaseOperator):
                     try:
                         state = parse_simple_state(stdout, verb)
                     except RemoteJobProtocolError as error:
-                        raise RemoteJobError(f"{verb} failed (exit status {status}): {stderr[:500]!r}") from error
+                        raise RemoteJobError(
+                            f"{verb} failed (exit status {status}): {stderr[:500]!r}"
+                        ) from error
                     if verb == "cleanup" and state == "failed":
                         raise RemoteJobError(f"rm -rf could not remove {paths.job_dir}: {stderr[:500]!r}")
                     self.log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
@@ -383,10 +391,12 @@ class SSHRemoteJobOperator(BaseOperator):
         def retry_any(error: BaseException) -> bool:
             return True
 
-        retrying = DEFAULT_BACKOFF.retrying(self.cleanup_retries, retry_any, self.log, f"Cleanup of {paths.job_dir}")
+        retrying = DEFAULT_BACKOFF.retrying(
+            self.cleanup_retries, retry_any, self.log, f"Cleanup of {paths.job_dir}"
+        )
         try:
             retrying(attempt)
-        except Exception as error:  # noqa: BLE001 - reported loudly below, never raised
+        except Exception as error:
             left = ", ".join(verb for verb, _ in scripts)
             self.log.error(
                 "REMOTE JOB NOT CLEANED UP: %s on %s after %d attempt(s) (%s: %s). "

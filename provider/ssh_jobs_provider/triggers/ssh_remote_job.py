@@ -17,10 +17,7 @@ import posixpath
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-try:
-    from airflow.triggers.base import BaseTrigger, TriggerEvent
-except ImportError:  # pragma: no cover
-    from airflow.sdk.bases.trigger import BaseTrigger, TriggerEvent  # type: ignore[no-redef]
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_transient_connect_error
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
@@ -73,7 +70,7 @@ class DedicatedConnection:
         conn.close()
         try:
             await asyncio.wait_for(conn.wait_closed(), 5)
-        except Exception:  # noqa: BLE001 - teardown of a connection we are abandoning anyway
+        except Exception:
             pass
 
 
@@ -201,7 +198,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             outcome = await self._watch(monitor, runner)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - every failure must become the one final event
+        except Exception as error:
             self.log.exception("Watching remote job %s failed", self.job_id)
             outcome = Outcome("error", None, f"Watching remote job {self.job_id} failed: {error}")
         finally:
@@ -218,7 +215,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 status, stdout, stderr = await runner.run_script(monitor.poll_script(), self.command_timeout)
                 update = monitor.feed(stdout, loop.time())
             except RemoteJobProtocolError as error:
-                raise RemoteJobProtocolError(f"{error} (exit status {status}, stderr: {stderr[:500]!r})") from None
+                raise RemoteJobProtocolError(
+                    f"{error} (exit status {status}, stderr: {stderr[:500]!r})"
+                ) from None
             except Exception as error:
                 if not is_transient_connect_error(error):
                     raise

@@ -115,7 +115,9 @@ class JobMonitor:
         if status.state is JobState.EXITED and status.exit_code is not None:
             code = status.exit_code
             return Outcome(
-                "success" if code == 0 else "failed", code, f"Remote job {self.paths.job_id} exited with code {code}"
+                "success" if code == 0 else "failed",
+                code,
+                f"Remote job {self.paths.job_id} exited with code {code}",
             )
         if status.state is JobState.MISSING:
             return Outcome(

@@ -191,7 +191,9 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
             )
         text = str(value)
         if "\0" in text:
-            raise ValueError(f"environment[{name!r}] contains a NUL byte, which no process environment can hold.")
+            raise ValueError(
+                f"environment[{name!r}] contains a NUL byte, which no process environment can hold."
+            )
         result[name] = text
     return result
 
@@ -247,7 +249,7 @@ claimed=0
 if [ -d claimed ]; then claimed=1; fi
 """
 
-_STATE_FIELDS = 'pid=$pid alive=$alive exit=$ec size=$size boot=$boot claimed=$claimed'
+_STATE_FIELDS = "pid=$pid alive=$alive exit=$ec size=$size boot=$boot claimed=$claimed"
 
 
 def build_submit_script(paths: RemoteJobPaths, command: str, environment: Mapping[str, str]) -> str:
@@ -332,17 +334,17 @@ def build_kill_script(paths: RemoteJobPaths, grace_seconds: int = KILL_GRACE_SEC
         "fi\n"
         'pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d " ")\n'
         "tree() {\n"
-        "  ps -A -o pid= -o ppid= 2>/dev/null | awk -v root=\"$1\" '\n"
+        '  ps -A -o pid= -o ppid= 2>/dev/null | awk -v root="$1" \'\n'
         "    { parent[$1] = $2 }\n"
         "    END { for (p in parent) { q = p; n = 0\n"
-        "      while (q != \"\" && q > 1 && n < 64) { if (q == root) { print p; break }; q = parent[q]; n++ } } }'\n"
+        '      while (q != "" && q > 1 && n < 64) { if (q == root) { print p; break }; q = parent[q]; n++ } } }\'\n'
         "}\n"
         "signal() {\n"
-        '  if [ "$pgid" = "$pid" ]; then kill -"$1" -- "-$pid" 2>/dev/null\n'
+        '  if [ "$pgid" = "$pid" ]; then kill -"$1" "-$pid" 2>/dev/null\n'
         '  else for p in $(tree "$pid"); do kill -"$1" "$p" 2>/dev/null; done; fi\n'
         "}\n"
         "running() {\n"
-        '  if [ "$pgid" = "$pid" ]; then kill -0 -- "-$pid" 2>/dev/null\n'
+        '  if [ "$pgid" = "$pid" ]; then kill -0 "-$pid" 2>/dev/null\n'
         '  else [ -n "$(tree "$pid")" ]; fi\n'
         "}\n"
         "if ! running; then\n"
@@ -352,7 +354,7 @@ def build_kill_script(paths: RemoteJobPaths, grace_seconds: int = KILL_GRACE_SEC
         "i=0\n"
         f'while running && [ "$i" -lt {grace_seconds * 10} ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done\n'
         "if running; then signal KILL; sleep 0.2 2>/dev/null || sleep 1; fi\n"
-        'if running; then state=survived; else state=killed; fi\n'
+        "if running; then state=survived; else state=killed; fi\n"
         f'echo "{PROTOCOL_TAG} kill state=$state"\n'
     )
 
@@ -367,9 +369,9 @@ def build_cleanup_script(paths: RemoteJobPaths) -> str:
     """
     job_dir = shlex.quote(paths.job_dir)
     return (
-        f"if [ ! -e {job_dir} ]; then echo \"{PROTOCOL_TAG} cleanup state=absent\"; exit 0; fi\n"
+        f'if [ ! -e {job_dir} ]; then echo "{PROTOCOL_TAG} cleanup state=absent"; exit 0; fi\n'
         f"rm -rf -- {job_dir}\n"
-        f"if [ -e {job_dir} ]; then echo \"{PROTOCOL_TAG} cleanup state=failed\"; exit 4; fi\n"
+        f'if [ -e {job_dir} ]; then echo "{PROTOCOL_TAG} cleanup state=failed"; exit 4; fi\n'
         f'echo "{PROTOCOL_TAG} cleanup state=removed"\n'
     )
 
@@ -465,7 +467,9 @@ def parse_poll_output(output: bytes, max_bytes: int) -> JobStatus:
     """Parse the poll script's answer; the log bytes follow the header line."""
     fields, rest = _find_header(output, "poll")
     if len(rest) > max_bytes:
-        raise RemoteJobProtocolError(f"Poll returned {len(rest)} log bytes, more than the {max_bytes} asked for.")
+        raise RemoteJobProtocolError(
+            f"Poll returned {len(rest)} log bytes, more than the {max_bytes} asked for."
+        )
     return _status_from_fields(fields, rest)
 
 

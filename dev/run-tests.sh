@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command: set up what is missing, lint, type-check, run every test.
+# Extra arguments go to pytest (e.g. `bash dev/run-tests.sh -k trigger`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash dev/setup-env.sh
+echo "== ruff"
+.venv/bin/ruff check provider tests dev
+.venv/bin/ruff format --check provider tests dev
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+start=$(date +%s)
+status=0
+.venv/bin/pytest "$@" || status=$?
+echo "== test suite wall time: $(( $(date +%s) - start ))s"
+exit $status

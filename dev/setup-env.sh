@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine: OpenSSH server (the tests start their own sshd on loopback)
+# and the project's virtualenv in .venv. Safe to run again; only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Please install: ${need_apt[*]} (e.g. sudo apt-get install -y ${need_apt[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Root's sshd refuses to start without its privilege-separation directory.
+if [ "$(id -u)" -eq 0 ]; then mkdir -p /run/sshd; fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test,docs]"
