@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer
 
 SSHD_MODE_ENV = "SSH_JOBS_TEST_SSHD"

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncssh
 import paramiko
 import pytest
+
 from support.faultproxy import SSHD_MAXSTARTUPS_TEXT, FaultProxy
 from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer, SSHServerError
 
@@ -211,7 +212,11 @@ def test_airflow_connection_env(sshd: BaseSSHServer, ssh_conn: str) -> None:
     connection = json.loads(os.environ["AIRFLOW_CONN_SSH_TEST"])
     assert connection == sshd.airflow_connection()
     assert connection["conn_type"] == "ssh"
-    assert (connection["host"], connection["port"], connection["login"]) == ("127.0.0.1", sshd.port, sshd.user)
+    assert (connection["host"], connection["port"], connection["login"]) == (
+        "127.0.0.1",
+        sshd.port,
+        sshd.user,
+    )
     assert connection["extra"] == {"key_file": str(sshd.client_key_path), "host_key": sshd.host_public_key}
     assert sshd.host_public_key.startswith("ssh-ed25519 AAAA") and len(sshd.host_public_key.split()) == 2
     assert "PRIVATE KEY" in sshd.client_private_key_text

@@ -18,8 +18,8 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -426,6 +426,14 @@ class SSHServer(BaseSSHServer):
         if self.running:
             return
         ensure_privsep_dir()
+        try:
+            self._start_with_port_retries()
+        except BaseException:
+            # Whatever went wrong (even Ctrl-C), do not leave an sshd behind.
+            self.stop()
+            raise
+
+    def _start_with_port_retries(self) -> None:
         for attempt in range(PORT_ATTEMPTS):
             offset = self._log_size()
             self._proc = self._spawn()

@@ -22,12 +22,13 @@ from typing import Any
 # stop() removes our containers itself. Must be set before testcontainers is imported.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.container import DockerContainer
 
-from .sshd import BaseSSHServer, SSHServerError  # noqa: E402
+from .sshd import BaseSSHServer, SSHServerError
 
 IMAGE_ENV = "SSH_JOBS_TEST_IMAGE"
 DEFAULT_IMAGE = "local/sshd:bookworm"
+DEFAULT_DOCKER_SOCKET = Path("/var/run/docker.sock")
 BUILD_HINT = (
     f"Build it (or set {IMAGE_ENV}) from a Dockerfile such as: FROM debian:bookworm-slim / "
     "RUN apt-get update && apt-get install -y --no-install-recommends openssh-server"
@@ -37,7 +38,11 @@ BUILD_HINT = (
 def docker_engine_reachable(timeout: float = 2.0) -> bool:
     import docker
 
-    # Any failure (no socket, permission denied, daemon down) means "not reachable".
+    # docker-py leaks a socket when it fails to reach the engine, so rule out the
+    # common "no engine at all" case first, looking where docker.from_env() would.
+    if "DOCKER_HOST" not in os.environ and not DEFAULT_DOCKER_SOCKET.exists():
+        return False
+    # Any failure (permission denied, daemon down, bad DOCKER_HOST) means "not reachable".
     try:
         client = docker.from_env(timeout=timeout)
     except Exception:
@@ -76,7 +81,9 @@ class ContainerSSHServer(BaseSSHServer):
             self._container = self._build_container().start()
         except Exception as error:
             self.stop()
-            raise SSHServerError(f"could not start container from {self.image}: {error}\n{BUILD_HINT}") from error
+            raise SSHServerError(
+                f"could not start container from {self.image}: {error}\n{BUILD_HINT}"
+            ) from error
         if not self._wait_until_listening(offset, lambda: self.running):
             output = self._log_since(offset)
             self.stop()

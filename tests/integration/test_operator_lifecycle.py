@@ -1,0 +1,131 @@
+"""Submit -> trigger -> completion against a real sshd, through the operator's real code paths."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
+from support.runner import StandInTaskInstance, run_operator, submit
+
+pytestmark = pytest.mark.integration
+
+
+def make_operator(conn_id: str, base_dir: str, command: str, **kwargs) -> SSHRemoteJobOperator:
+    kwargs.setdefault("poll_interval", 0.2)
+    return SSHRemoteJobOperator(
+        task_id="remote_job", ssh_conn_id=conn_id, command=command, remote_base_dir=base_dir, **kwargs
+    )
+
+
+def test_success_streams_output_and_pushes_identity(ssh_conn: str, remote_base_dir: str) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "echo first\necho second >&2\necho third\n")
+    result = run_operator(op)
+
+    assert result.outcome == "success", result.error
+    assert result.trigger_lines == ["first", "second", "third"]
+    pushed = result.ti.xcom[XCOM_KEY]
+    assert pushed["job_dir"].startswith(remote_base_dir + "/")
+    assert pushed["log_file"] == pushed["job_dir"] + "/stdout.log"
+    assert Path(pushed["exit_code_file"]).read_text().strip() == "0"
+    assert result.event is not None and result.event["exit_code"] == 0
+
+
+def test_nonzero_exit_fails_with_the_code_in_the_message(ssh_conn: str, remote_base_dir: str) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "echo about to fail\nexit 3\n")
+    result = run_operator(op)
+
+    assert result.outcome == "failed"
+    assert "exit code 3" in str(result.error)
+    assert result.trigger_lines == ["about to fail"]
+
+
+@pytest.mark.parametrize("skip_codes", [99, [98, 99], {99}])
+def test_skip_exit_code_skips(ssh_conn: str, remote_base_dir: str, skip_codes: object) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "exit 99", skip_on_exit_code=skip_codes)
+    result = run_operator(op)
+
+    assert result.outcome == "skipped", result.error
+    assert "99" in str(result.error)
+
+
+def test_shell_features_and_environment_reach_the_command(ssh_conn: str, remote_base_dir: str) -> None:
+    command = """set -e
+greet() { printf 'hello %s\\n' "$1"; }
+greet "$WHO"
+cat <<'EOF' | tr a-z A-Z
+piped heredoc
+EOF
+printf '[%s]\\n' "$TRICKY"
+"""
+    tricky = "spaces  'single' \"double\" $HOME `tick` \\back\\ é ü 中"
+    op = make_operator(ssh_conn, remote_base_dir, command, environment={"WHO": "world", "TRICKY": tricky})
+    result = run_operator(op)
+
+    assert result.outcome == "success", result.error
+    assert result.trigger_lines == ["hello world", "PIPED HEREDOC", f"[{tricky}]"]
+
+
+def test_set_e_stops_at_the_first_failing_statement(ssh_conn: str, remote_base_dir: str) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "set -e\necho before\nfalse\necho after\n")
+    result = run_operator(op)
+
+    assert result.outcome == "failed"
+    assert "exit code 1" in str(result.error)
+    assert result.trigger_lines == ["before"]
+
+
+@pytest.mark.parametrize(
+    ("cleanup", "command", "removed"),
+    [
+        ("always", "exit 0", True),
+        ("always", "exit 4", True),
+        ("on_success", "exit 0", True),
+        ("on_success", "exit 4", False),
+        ("never", "exit 0", False),
+    ],
+)
+def test_cleanup_policy(ssh_conn: str, remote_base_dir: str, cleanup: str, command: str, removed: bool) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, command, cleanup=cleanup)
+    result = run_operator(op)
+
+    job_dir = Path(result.ti.xcom[XCOM_KEY]["job_dir"])
+    assert job_dir.exists() is not removed
+    assert Path(remote_base_dir).is_dir(), "the base directory itself is never removed"
+
+
+def test_invalid_environment_name_fails_before_anything_runs_remotely(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+    before = sshd.counts()["connections"]
+    op = make_operator(ssh_conn, remote_base_dir, "echo hi", environment={"BAD-NAME": "x"})
+    with pytest.raises(ValueError, match="BAD-NAME"):
+        submit(op, StandInTaskInstance())
+    assert sshd.counts()["connections"] == before
+    assert not os.path.exists(remote_base_dir)
+
+
+def test_windows_is_rejected_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="windows.*not supported"):
+        SSHRemoteJobOperator(task_id="t", ssh_conn_id="x", command="dir", remote_os="windows")
+
+
+def test_one_connection_serves_os_detection_and_submit(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+    before = sshd.counts()
+    op = make_operator(ssh_conn, remote_base_dir, "echo hi")
+    submit(op, StandInTaskInstance())
+    after = sshd.wait_for_counts(accepted=before["accepted"] + 1)
+
+    assert after["accepted"] - before["accepted"] == 1
+    assert after["sessions"] - before["sessions"] == 1
+
+
+def test_whole_run_uses_three_handshakes_at_most(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+    """Submit, the trigger's single held connection, and cleanup: one handshake each."""
+    before = sshd.counts()
+    op = make_operator(ssh_conn, remote_base_dir, "for i in 1 2 3; do echo $i; sleep 0.3; done", cleanup="always")
+    result = run_operator(op)
+    assert result.outcome == "success", result.error
+    time.sleep(0.2)
+    assert sshd.counts()["accepted"] - before["accepted"] == 3
