@@ -94,3 +94,13 @@ def ssh_conn(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch) -> str:
 def remote_base_dir(tmp_path: Path) -> str:
     """Where remote jobs live; sshd runs on this machine, so a local temp path works."""
     return str(tmp_path / "remote-jobs")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the numbers tests reported (handshakes, drops, ...), also when they pass."""
+    from support.report import LINES
+
+    if LINES:
+        terminalreporter.section("measurements")
+        for line in LINES:
+            terminalreporter.write_line(line)

@@ -88,7 +88,9 @@ def test_set_e_stops_at_the_first_failing_statement(ssh_conn: str, remote_base_d
         ("never", "exit 0", False),
     ],
 )
-def test_cleanup_policy(ssh_conn: str, remote_base_dir: str, cleanup: str, command: str, removed: bool) -> None:
+def test_cleanup_policy(
+    ssh_conn: str, remote_base_dir: str, cleanup: str, command: str, removed: bool
+) -> None:
     op = make_operator(ssh_conn, remote_base_dir, command, cleanup=cleanup)
     result = run_operator(op)
 
@@ -97,7 +99,9 @@ def test_cleanup_policy(ssh_conn: str, remote_base_dir: str, cleanup: str, comma
     assert Path(remote_base_dir).is_dir(), "the base directory itself is never removed"
 
 
-def test_invalid_environment_name_fails_before_anything_runs_remotely(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+def test_invalid_environment_name_fails_before_anything_runs_remotely(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
     before = sshd.counts()["connections"]
     op = make_operator(ssh_conn, remote_base_dir, "echo hi", environment={"BAD-NAME": "x"})
     with pytest.raises(ValueError, match="BAD-NAME"):
@@ -107,7 +111,7 @@ def test_invalid_environment_name_fails_before_anything_runs_remotely(sshd, ssh_
 
 
 def test_windows_is_rejected_with_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="windows.*not supported"):
+    with pytest.raises(ValueError, match=r"windows.*not supported"):
         SSHRemoteJobOperator(task_id="t", ssh_conn_id="x", command="dir", remote_os="windows")
 
 
@@ -124,7 +128,9 @@ def test_one_connection_serves_os_detection_and_submit(sshd, ssh_conn: str, remo
 def test_whole_run_uses_three_handshakes_at_most(sshd, ssh_conn: str, remote_base_dir: str) -> None:
     """Submit, the trigger's single held connection, and cleanup: one handshake each."""
     before = sshd.counts()
-    op = make_operator(ssh_conn, remote_base_dir, "for i in 1 2 3; do echo $i; sleep 0.3; done", cleanup="always")
+    op = make_operator(
+        ssh_conn, remote_base_dir, "for i in 1 2 3; do echo $i; sleep 0.3; done", cleanup="always"
+    )
     result = run_operator(op)
     assert result.outcome == "success", result.error
     time.sleep(0.2)

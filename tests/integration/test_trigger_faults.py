@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support.runner import run_trigger
 
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
@@ -19,6 +18,7 @@ from ssh_jobs_provider.utils.remote_job import (
     build_submit_script,
     parse_submit_output,
 )
+from support.runner import run_trigger
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,9 @@ def test_trigger_holds_one_connection_for_the_whole_watch(sshd, ssh_conn: str, r
     assert after["sessions"] - before["sessions"] >= 5, "it really polled many times over that connection"
 
 
-def test_several_megabytes_written_just_before_exit_arrive_exactly(ssh_conn: str, remote_base_dir: str) -> None:
+def test_several_megabytes_written_just_before_exit_arrive_exactly(
+    ssh_conn: str, remote_base_dir: str
+) -> None:
     # ~6 MB of numbered lines, all written at the very end, then exit.
     command = "sleep 0.5\nseq 1 800000 | sed 's/^/row /'\nexit 0\n"
     paths = start_job(ssh_conn, remote_base_dir, command)
@@ -79,7 +81,9 @@ def test_several_megabytes_written_just_before_exit_arrive_exactly(ssh_conn: str
     assert event["log_offset"] == os.path.getsize(paths.log_file)
 
 
-def test_multibyte_character_split_by_a_chunk_boundary_comes_out_whole(ssh_conn: str, remote_base_dir: str) -> None:
+def test_multibyte_character_split_by_a_chunk_boundary_comes_out_whole(
+    ssh_conn: str, remote_base_dir: str
+) -> None:
     # 1023 ASCII bytes then a 3-byte character: every 1024-byte chunk boundary cuts it.
     command = "printf '%1023s' '' | tr ' ' 'a'\nprintf '\\342\\202\\254 euro\\n'\nprintf 'end\\n'\n"
     paths = start_job(ssh_conn, remote_base_dir, command)
@@ -98,7 +102,9 @@ def test_invalid_bytes_become_replacement_characters(ssh_conn: str, remote_base_
     assert lines == ["ok \ufffd\ufffd bad", "\ufffd", "tail-no-newline \ufffd"]
 
 
-def test_vanished_process_ends_with_a_clear_error_within_a_few_polls(ssh_conn: str, remote_base_dir: str) -> None:
+def test_vanished_process_ends_with_a_clear_error_within_a_few_polls(
+    ssh_conn: str, remote_base_dir: str
+) -> None:
     paths = start_job(ssh_conn, remote_base_dir, "echo started\nsleep 300\n")
     pid = int(Path(paths.pid_file).read_text())
     os.killpg(pid, signal.SIGKILL)  # like the OOM killer: no chance to write an exit code
@@ -113,7 +119,9 @@ def test_vanished_process_ends_with_a_clear_error_within_a_few_polls(ssh_conn: s
     assert time.monotonic() - started < 10
 
 
-def test_trigger_survives_sshd_stopped_for_seconds_and_restarted(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+def test_trigger_survives_sshd_stopped_for_seconds_and_restarted(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
     paths = start_job(ssh_conn, remote_base_dir, "for i in $(seq 1 30); do echo tick $i; sleep 0.2; done")
     trigger = trigger_for(ssh_conn, paths, poll_interval=0.3, max_reconnect_attempts=8, command_timeout=5)
 
@@ -166,7 +174,9 @@ def test_max_sessions_0_ends_in_an_error_event_after_the_budget(sshd_factory, mo
     assert server.counts()["accepted"] == 3
 
 
-def test_reconnect_budget_resets_only_after_a_successful_poll(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+def test_reconnect_budget_resets_only_after_a_successful_poll(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
     """Three outages, each needing 1-2 reconnects, with a budget of 2: survives because polls succeed in between."""
     paths = start_job(ssh_conn, remote_base_dir, "for i in $(seq 1 40); do echo t$i; sleep 0.25; done")
     trigger = trigger_for(ssh_conn, paths, poll_interval=0.2, max_reconnect_attempts=2, command_timeout=5)

@@ -10,6 +10,7 @@ and records XCom pushes. The full scheduler/triggerer path is covered by the e2e
 from __future__ import annotations
 
 import asyncio
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,8 @@ def run_operator(
     assert isinstance(trigger, SSHRemoteJobTrigger)
     # Round-trip through serialization, exactly as the triggerer recreates it.
     classpath, kwargs = trigger.serialize()
-    trigger = SSHRemoteJobTrigger(**kwargs)
+    module_name, _, class_name = classpath.rpartition(".")
+    trigger = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     logs, events = asyncio.run(run_trigger(trigger, timeout))
     assert len(events) == 1, f"trigger must yield exactly one event, got {events}"
     payload = events[0].payload

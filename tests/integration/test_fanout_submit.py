@@ -1,0 +1,92 @@
+"""A 120-way simultaneous submit, like a large ``.expand()`` hitting one host at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from support.report import report
+from support.runner import StandInTaskInstance, submit
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WORKERS = 120
+
+
+def _submit_one(index: int, base_dir: str, started_file: str, barrier: Any, results: Any) -> None:
+    """Runs in a forked worker process: build the operator, wait for the start gun, submit."""
+    op = SSHRemoteJobOperator(
+        task_id="fan_out",
+        ssh_conn_id="ssh_test",
+        command='echo "$JOB_INDEX" >> "$STARTED_FILE"\n',
+        environment={"JOB_INDEX": str(index), "STARTED_FILE": started_file},
+        remote_base_dir=base_dir,
+    )
+    ti = StandInTaskInstance(task_id="fan_out", map_index=index)
+    barrier.wait(timeout=120)
+    began = time.monotonic()
+    try:
+        submit(op, ti)
+    except BaseException as error:
+        results.put((index, "error", f"{type(error).__name__}: {error}", time.monotonic() - began))
+    else:
+        results.put((index, "ok", "", time.monotonic() - began))
+
+
+def test_120_way_simultaneous_submit_against_default_max_startups(
+    sshd_factory, monkeypatch, tmp_path: Path
+) -> None:
+    server = sshd_factory(max_startups="10:30:100", max_sessions=10)
+    for name, value in server.airflow_env(conn_id="ssh_test").items():
+        monkeypatch.setenv(name, value)
+    base_dir = str(tmp_path / "jobs")
+    started_file = str(tmp_path / "started.txt")
+
+    ctx = multiprocessing.get_context("fork")  # imports are done: forking is cheap on 2 cores
+    barrier = ctx.Barrier(WORKERS + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_submit_one, args=(i, base_dir, started_file, barrier, results), daemon=True)
+        for i in range(WORKERS)
+    ]
+    for worker in workers:
+        worker.start()
+    began = time.monotonic()
+    barrier.wait(timeout=120)  # release all 120 at once
+
+    outcomes = []
+    try:
+        for _ in range(WORKERS):
+            outcomes.append(results.get(timeout=300))
+    finally:
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+    wall = time.monotonic() - began
+
+    failures = [o for o in outcomes if o[1] != "ok"]
+    counts = server.counts()
+    # Every job appends its index once; wait (bounded) for the detached jobs to finish.
+    deadline = time.monotonic() + 60
+    started: list[str] = []
+    while time.monotonic() < deadline:
+        started = Path(started_file).read_text().split() if Path(started_file).exists() else []
+        if len(started) >= WORKERS:
+            break
+        time.sleep(0.2)
+    slowest = max(o[3] for o in outcomes)
+    report(
+        f"120-way submit (MaxStartups 10:30:100): failed={len(failures)} jobs_started={len(started)} "
+        f"handshakes_accepted={counts['accepted']} tcp_connections={counts['connections']} "
+        f"drops={counts['drops']} slowest_submit={slowest:.1f}s burst_wall={wall:.1f}s"
+    )
+
+    assert failures == [], failures[:5]
+    assert sorted(started, key=int) == [str(i) for i in range(WORKERS)], "each job started exactly once"
+    assert len(list(Path(base_dir).iterdir())) == WORKERS

@@ -1,0 +1,189 @@
+"""Lost submit replies, refused cleanups, kills and timeouts, against a real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog.testing
+from airflow.sdk.exceptions import TaskDeferralTimeout
+
+from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
+from support.faultproxy import FaultProxy
+from support.runner import StandInTaskInstance, context_for, run_trigger, submit
+
+pytestmark = pytest.mark.integration
+
+
+def make_operator(conn_id: str, base_dir: str, command: str, **kwargs) -> SSHRemoteJobOperator:
+    kwargs.setdefault("poll_interval", 0.2)
+    return SSHRemoteJobOperator(
+        task_id="remote_job", ssh_conn_id=conn_id, command=command, remote_base_dir=base_dir, **kwargs
+    )
+
+
+def group_processes(pgid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    # Zombies are already dead; they only wait for their parent to reap them.
+    return [line for line in out.splitlines() if line.split()[1:2] != ["Z"]]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture
+def proxy(sshd, monkeypatch) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the test sshd, exposed as connection ``ssh_proxy``."""
+    with FaultProxy(sshd.host, sshd.port) as fault_proxy:
+        for name, value in sshd.airflow_env(conn_id="ssh_proxy", port=fault_proxy.port).items():
+            monkeypatch.setenv(name, value)
+        yield fault_proxy
+
+
+def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, monkeypatch, tmp_path) -> None:
+    # The login shell takes 2.5 s; the first two submit replies (1 s, then 2 s allowed) are lost,
+    # but the first submit's script still runs remotely and starts the job.
+    server = sshd_factory(login_shell_delay=2.5)
+    for name, value in server.airflow_env(conn_id="ssh_slow").items():
+        monkeypatch.setenv(name, value)
+    counter = tmp_path / "launches.txt"
+    op = make_operator(
+        "ssh_slow",
+        str(tmp_path / "jobs"),
+        f"echo launched >> {counter}\nsleep 2\n",
+        command_timeout=1.0,
+        conn_retry_attempts=4,
+    )
+    ti = StandInTaskInstance()
+    with structlog.testing.capture_logs() as logs:
+        submit(op, ti)
+
+    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    assert wait_for(lambda: (job_dir / "exit_code").exists(), 15)
+    assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
+    messages = " ".join(str(entry["event"]) for entry in logs)
+    assert "re-attaching" in messages
+    assert server.counts()["accepted"] >= 2
+
+
+def test_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is_refused(
+    proxy: FaultProxy, remote_base_dir: str
+) -> None:
+    op = make_operator("ssh_proxy", remote_base_dir, "echo done", cleanup="always", cleanup_retries=3)
+    ti = StandInTaskInstance()
+    deferred = submit(op, ti)
+    _, events = asyncio.run(run_trigger(deferred.trigger))
+    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    assert job_dir.is_dir()
+
+    proxy.refuse_new(1)  # the first cleanup connection is dropped before the banner
+    with structlog.testing.capture_logs() as logs:
+        op.execute_complete(context_for(ti), event=events[0].payload)
+
+    assert proxy.refused_total == 1
+    assert not job_dir.exists(), "nothing left behind"
+    assert os.listdir(remote_base_dir) == []
+    assert any("attempt 1/3" in str(entry["event"]) for entry in logs)
+
+
+def test_cleanup_that_never_succeeds_says_so_loudly_and_keeps_the_outcome(
+    proxy: FaultProxy, remote_base_dir: str
+) -> None:
+    op = make_operator("ssh_proxy", remote_base_dir, "echo done", cleanup="always", cleanup_retries=2)
+    ti = StandInTaskInstance()
+    deferred = submit(op, ti)
+    _, events = asyncio.run(run_trigger(deferred.trigger))
+    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+
+    proxy.refuse_all(True)
+    with structlog.testing.capture_logs() as logs:
+        op.execute_complete(context_for(ti), event=events[0].payload)  # no exception: the job succeeded
+
+    errors = [entry for entry in logs if entry.get("log_level") == "error"]
+    assert len(errors) == 1
+    assert "NOT CLEANED UP" in str(errors[0]["event"]) and str(job_dir) in str(errors[0]["event"])
+    assert job_dir.is_dir()
+
+
+def test_cleanup_never_removes_anything_outside_the_base_directory(
+    sshd, ssh_conn: str, remote_base_dir: str, tmp_path
+) -> None:
+    victim = tmp_path / "outside" / "victim"
+    victim.mkdir(parents=True)
+    op = make_operator(ssh_conn, remote_base_dir, "true", cleanup="always")
+    ti = StandInTaskInstance()
+    for forged in (str(victim), f"{remote_base_dir}/../outside/victim", remote_base_dir, "/"):
+        event = {"job_id": "x", "job_dir": forged, "status": "success", "done": True, "exit_code": 0}
+        with pytest.raises(ValueError, match="Refusing job directory"):
+            op.execute_complete(context_for(ti), event=event)
+    assert victim.is_dir()
+
+
+def test_on_kill_kills_the_whole_remote_process_tree(ssh_conn: str, remote_base_dir: str) -> None:
+    command = "sleep 300 &\n(sleep 301 | cat) &\nbash -c 'sleep 302; echo never'\nwait\n"
+    op = make_operator(ssh_conn, remote_base_dir, command)
+    ti = StandInTaskInstance()
+    submit(op, ti)
+    pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
+    assert wait_for(lambda: len(group_processes(pid)) >= 5), group_processes(pid)
+
+    op.on_kill()
+
+    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+    assert Path(ti.xcom[XCOM_KEY]["exit_code_file"]).read_text().strip() == "143"
+
+
+def test_deferral_timeout_kills_the_remote_job_before_failing(ssh_conn: str, remote_base_dir: str) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & wait", timeout=1)
+    ti = StandInTaskInstance()
+    deferred = submit(op, ti)
+    assert deferred.timeout is not None and deferred.timeout.total_seconds() == 1
+    pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
+
+    # What a worker runs when the scheduler times the deferral out.
+    fresh = make_operator(ssh_conn, remote_base_dir, "sleep 300 & wait", timeout=1)
+    with pytest.raises(TaskDeferralTimeout):
+        fresh.resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(ti))
+
+    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+
+
+def test_trigger_on_kill_stops_the_job(ssh_conn: str, remote_base_dir: str) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & sleep 299; wait")
+    ti = StandInTaskInstance()
+    deferred = submit(op, ti)
+    pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
+
+    asyncio.run(deferred.trigger.on_kill())
+
+    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+
+
+def test_trigger_error_event_kills_the_job_so_it_never_runs_unwatched(
+    ssh_conn: str, remote_base_dir: str
+) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & wait")
+    ti = StandInTaskInstance()
+    submit(op, ti)
+    pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
+    event = {
+        **{k: ti.xcom[XCOM_KEY][k] for k in ("job_id", "job_dir", "log_file", "exit_code_file")},
+        "status": "error",
+        "done": True,
+        "exit_code": None,
+        "message": "Lost the SSH connection",
+    }
+    with pytest.raises(Exception, match="Lost the SSH connection"):
+        op.execute_complete(context_for(ti), event=event)
+    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
