@@ -95,6 +95,15 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def group_exists(pgid: int) -> bool:
+    """Whether ``kill -0 -pgid`` would succeed (zombies included, as the kill script sees it)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def ps_group(pgid: int) -> list[int]:
     """``ps -o pid= -g <pgid>`` (procps selects by session id; setsid makes them equal), zombies excluded."""
     out = subprocess.run(
@@ -258,7 +267,7 @@ _env_counter = itertools.count()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(values=st.lists(st.text(st.characters(exclude_characters="\0"), max_size=40), min_size=1, max_size=3))
+@given(values=st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=40), min_size=1, max_size=3))
 @example(values=["", "'\\''", "a b  c"])
 @example(values=['it\'s "quoted"', "$HOME ${PATH} $(id) `id`", "back\\slash\\n"])
 @example(values=["line1\nline2\n", "\u00e9\u4e2d\U0001f642", "-n"])
@@ -275,10 +284,20 @@ def test_environment_values_reach_the_command_byte_for_byte(base_dir: Path, valu
         assert Path(paths.job_dir, f"out{i}").read_bytes() == value.encode("utf-8")
 
 
-@pytest.mark.parametrize("name", ["1ABC", "A-B", "A B", "", "A=B", "\u00c9T\u00c9", "A;rm -rf /", "A\n"])
+@pytest.mark.parametrize("name", ["1ABC", "A-B", "A B", "", "A=B", "\u00c9T\u00c9", "A;rm -rf /", "\nA", "A\nB"])
 def test_invalid_environment_names_are_rejected_before_any_script(name: str) -> None:
     with pytest.raises(ValueError, match="Invalid environment variable name"):
         normalise_environment({name: "x"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: remote_job._ENV_NAME uses '$', which also matches before a trailing newline, so the name "
+    "'A\\n' is accepted and env.sh gets the broken line \"export A\" + \"='x'\"",
+)
+def test_environment_name_with_trailing_newline_is_rejected() -> None:
+    with pytest.raises(ValueError, match="Invalid environment variable name"):
+        normalise_environment({"A\n": "x"})
 
 
 def test_non_string_environment_name_is_rejected() -> None:
