@@ -41,8 +41,8 @@ DEFAULT_BASE_DIR = "/tmp/airflow-ssh-jobs"
 # Seconds the kill script waits between SIGTERM and SIGKILL for the job's process group.
 KILL_GRACE_SECONDS = 5
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _HEADER_FIELD = re.compile(r"(\w+)=(\S*)")
 
 
@@ -99,7 +99,7 @@ def validate_base_dir(base_dir: str) -> str:
 
 def validate_job_id(job_id: str) -> str:
     """Job ids become one path component: letters, digits, ``_ . -``, not starting with a dot."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ValueError(
             f"Invalid job id {job_id!r}: expected 1-200 characters of [A-Za-z0-9_.-], "
             "starting with a letter or digit."
@@ -180,7 +180,7 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
         raise ValueError(f"environment must be a mapping of names to values, got {type(environment)!r}.")
     result: dict[str, str] = {}
     for name, value in environment.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             raise ValueError(
                 f"Invalid environment variable name {name!r}: use letters, digits and '_', "
                 "not starting with a digit."
