@@ -396,16 +396,20 @@ class SSHRemoteJobOperator(BaseOperator):
         )
         try:
             retrying(attempt)
-        except Exception as error:
-            left = ", ".join(verb for verb, _ in scripts)
+        except Exception as error:  # reported loudly below, never raised
+            left = [verb for verb, _ in scripts]
+            consequences = []
+            if "kill" in left:
+                consequences.append(f"the job may still be running (pid file {paths.pid_file})")
+            if "cleanup" in left:
+                consequences.append(f"directory left behind: {paths.job_dir}")
             self.log.error(
-                "REMOTE JOB NOT CLEANED UP: %s on %s after %d attempt(s) (%s: %s). "
-                "Directory left behind: %s. Remove it by hand, or run a TTL reaper "
-                "(e.g. systemd-tmpfiles) on the host.",
-                left,
+                "REMOTE JOB NOT CLEANED UP on %s: %s failed after %d attempt(s) (%s: %s); %s. "
+                "Remove it by hand, or run a TTL reaper (e.g. systemd-tmpfiles) on the host.",
                 hook.remote_host,
+                " and ".join(left),
                 self.cleanup_retries,
                 type(error).__name__,
                 error,
-                paths.job_dir,
+                "; ".join(consequences),
             )
