@@ -41,7 +41,14 @@ class BackoffPolicy:
 
     def ceiling(self, attempt: int) -> float:
         """Upper bound of the wait after failed attempt number ``attempt`` (1-based)."""
-        return min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        steps = max(0, attempt - 1)
+        # Stop growing once past the cap: large attempt numbers must not overflow a float.
+        ceiling = self.initial
+        for _ in range(steps):
+            ceiling *= self.multiplier
+            if ceiling >= self.maximum:
+                return self.maximum
+        return min(self.maximum, ceiling)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """A jittered wait after failed attempt ``attempt``: uniform in [ceiling/2, ceiling]."""

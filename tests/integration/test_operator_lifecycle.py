@@ -137,10 +137,14 @@ def test_whole_run_uses_three_handshakes_at_most(sshd, ssh_conn: str, remote_bas
     assert sshd.counts()["accepted"] - before["accepted"] == 3
 
 
-def test_a_host_without_a_posix_shell_gets_a_clear_error(sshd_factory, monkeypatch, remote_base_dir: str) -> None:
+def test_a_host_without_a_posix_shell_gets_a_clear_error(
+    sshd_factory, monkeypatch, remote_base_dir: str
+) -> None:
     # Every command on this server answers like a Windows cmd.exe would.
     server = sshd_factory(
-        extra_config=["ForceCommand echo \"'/bin/sh' is not recognized as an internal or external command\" >&2; exit 1"]
+        extra_config=[
+            "ForceCommand echo \"'/bin/sh' is not recognized as an internal or external command\" >&2; exit 1"
+        ]
     )
     for name, value in server.airflow_env(conn_id="ssh_notposix").items():
         monkeypatch.setenv(name, value)

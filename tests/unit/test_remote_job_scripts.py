@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,7 +157,7 @@ def test_submit_creates_job_dir_records_pid_and_reports_launch(new_job: JobFacto
     job_dir = Path(paths.job_dir)
     assert status.launched is True
     assert status.pid is not None
-    assert status.remote_os == "Linux"
+    assert status.remote_os == os.uname().sysname
     assert Path(paths.pid_file).read_text().strip() == str(status.pid)
     assert (job_dir / "claimed").is_dir()
     assert (job_dir / "command.sh").read_bytes() == b"echo hello"
@@ -232,13 +234,16 @@ def test_shebang_command_runs_with_its_interpreter(new_job: JobFactory) -> None:
     assert wait_for_exit(with_shebang) == 0
     assert wait_for_exit(without) == 0
     assert Path(with_shebang.log_file).read_bytes() == b"not-bash\n"
-    # Without a shebang the wrapper prefers bash when the host has it (this one does).
-    assert Path(without.log_file).read_bytes() != b"not-bash\n"
+    # Without a shebang the wrapper prefers bash when the host has it.
+    if shutil.which("bash"):
+        assert Path(without.log_file).read_bytes() != b"not-bash\n"
+    else:
+        assert Path(without.log_file).read_bytes() == b"not-bash\n"
 
 
 def test_shebang_command_can_pick_a_non_shell_interpreter(new_job: JobFactory) -> None:
     paths = new_job()
-    submit(paths, "#!/usr/bin/env python3\nimport sys\nprint('py', sys.version_info[0])\n")
+    submit(paths, f"#!{sys.executable}\nimport sys\nprint('py', sys.version_info[0])\n")
 
     assert wait_for_exit(paths) == 0
     assert Path(paths.log_file).read_bytes() == b"py 3\n"
@@ -267,7 +272,11 @@ _env_counter = itertools.count()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(values=st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=40), min_size=1, max_size=3))
+@given(
+    values=st.lists(
+        st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=40), min_size=1, max_size=3
+    )
+)
 @example(values=["", "'\\''", "a b  c"])
 @example(values=['it\'s "quoted"', "$HOME ${PATH} $(id) `id`", "back\\slash\\n"])
 @example(values=["line1\nline2\n", "\u00e9\u4e2d\U0001f642", "-n"])
@@ -284,18 +293,16 @@ def test_environment_values_reach_the_command_byte_for_byte(base_dir: Path, valu
         assert Path(paths.job_dir, f"out{i}").read_bytes() == value.encode("utf-8")
 
 
-@pytest.mark.parametrize("name", ["1ABC", "A-B", "A B", "", "A=B", "\u00c9T\u00c9", "A;rm -rf /", "\nA", "A\nB"])
+@pytest.mark.parametrize(
+    "name", ["1ABC", "A-B", "A B", "", "A=B", "\u00c9T\u00c9", "A;rm -rf /", "\nA", "A\nB"]
+)
 def test_invalid_environment_names_are_rejected_before_any_script(name: str) -> None:
     with pytest.raises(ValueError, match="Invalid environment variable name"):
         normalise_environment({name: "x"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: remote_job._ENV_NAME uses '$', which also matches before a trailing newline, so the name "
-    "'A\\n' is accepted and env.sh gets the broken line \"export A\" + \"='x'\"",
-)
 def test_environment_name_with_trailing_newline_is_rejected() -> None:
+    # Regression: '$' in the name pattern also matched before a trailing newline.
     with pytest.raises(ValueError, match="Invalid environment variable name"):
         normalise_environment({"A\n": "x"})
 

@@ -75,6 +75,10 @@ def _as_json(value: Any, name: str) -> Any:
     return value
 
 
+def _looks_like_key_type(word: str) -> bool:
+    return word in _SUPPORTED_HOST_KEY_TYPES or word.startswith(("ssh-", "ecdsa-", "sk-"))
+
+
 def normalise_host_key(host_key: str) -> str:
     """
     Return ``"<type> <base64>"`` for a pinned host key.
@@ -85,11 +89,17 @@ def normalise_host_key(host_key: str) -> str:
     parts = host_key.strip().split()
     if not parts:
         raise ValueError("Connection extra 'host_key' is empty.")
+    # The type is the word right before the base64 blob (blobs start with "AAAA": the
+    # length prefix of the type name). Host names before it may look like types too.
     for index, part in enumerate(parts[:-1]):
-        if part in _SUPPORTED_HOST_KEY_TYPES or part.startswith(("ssh-", "ecdsa-", "sk-")):
+        if _looks_like_key_type(part) and parts[index + 1].startswith("AAAA"):
             key_type, blob = part, parts[index + 1]
             break
     else:
+        if _looks_like_key_type(parts[-1]) or not parts[0].startswith("AAAA"):
+            raise ValueError(
+                f"Connection extra 'host_key' has no key data: expected '<type> <base64>', got {host_key!r}."
+            )
         key_type, blob = "ssh-rsa", parts[0]
     if key_type == "ssh-dss":
         raise ValueError("DSA host keys are not supported: pin the server's ed25519, ECDSA or RSA key.")
@@ -172,7 +182,8 @@ class SSHConnectionSettings:
 
         ``overrides`` keys are field names of this class (e.g. ``host`` for ``remote_host``).
         """
-        values: dict[str, Any] = {"conn_id": getattr(conn, "conn_id", None)}
+        # host defaults to "" so that a missing host fails validation with a clear message.
+        values: dict[str, Any] = {"conn_id": getattr(conn, "conn_id", None), "host": ""}
         if conn is not None:
             values.update(cls._from_fields(conn))
             values.update(cls._from_extras(conn.extra_dejson or {}))
@@ -226,8 +237,14 @@ class SSHConnectionSettings:
         if extra.get("disabled_algorithms"):
             values["disabled_algorithms"] = _as_json(extra["disabled_algorithms"], "disabled_algorithms")
         if extra.get("ciphers"):
-            ciphers = _as_json(extra["ciphers"], "ciphers")
-            values["ciphers"] = [ciphers] if isinstance(ciphers, str) else list(ciphers)
+            ciphers = extra["ciphers"]
+            if isinstance(ciphers, str):
+                # A JSON list, or OpenSSH's own spelling: "aes256-ctr,aes128-ctr".
+                text = ciphers.strip()
+                ciphers = _as_json(text, "ciphers") if text.startswith(("[", '"')) else text.split(",")
+            if isinstance(ciphers, str):
+                ciphers = [ciphers]
+            values["ciphers"] = [str(c).strip() for c in ciphers if str(c).strip()]
         return values
 
     # ------------------------------------------------------------------ helpers

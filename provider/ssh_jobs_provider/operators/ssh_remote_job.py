@@ -53,7 +53,7 @@ _EVENT_KEYS = ("job_id", "job_dir", "status", "done")
 def _exit_codes(value: int | Container[int] | None) -> Container[int]:
     if value is None:
         return ()
-    if isinstance(value, bool) or not isinstance(value, (int, Container)):
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, Container)):
         raise ValueError(f"skip_on_exit_code must be an int or a collection of ints, got {value!r}.")
     return (value,) if isinstance(value, int) else value
 

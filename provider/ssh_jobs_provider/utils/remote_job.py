@@ -17,6 +17,7 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     command.sh   the user's command, byte for byte
     env.sh       ``export NAME='value'`` lines for ``environment``
     run.sh       the wrapper that runs detached and records what happened
+    launcher     ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
     claimed/     created atomically by the one wrapper that owns the job
     pid          the wrapper's pid (its process group and session id under setsid)
     boot_id      the kernel boot id at start (Linux), to tell a reboot from a live job
@@ -190,12 +191,20 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
                 f"environment[{name!r}] must be a string (or a number/bool), got {type(value).__name__}."
             )
         text = str(value)
+        _require_utf8(text, f"environment[{name!r}]")
         if "\0" in text:
             raise ValueError(
                 f"environment[{name!r}] contains a NUL byte, which no process environment can hold."
             )
         result[name] = text
     return result
+
+
+def _require_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} cannot be encoded as UTF-8 ({error.reason} at {error.start}).") from None
 
 
 def render_env_file(environment: Mapping[str, str]) -> str:
@@ -264,6 +273,7 @@ def build_submit_script(paths: RemoteJobPaths, command: str, environment: Mappin
         raise ValueError("command is empty: give the shell text to run on the remote host.")
     if "\0" in command:
         raise ValueError("command contains a NUL byte, which a shell script cannot hold.")
+    _require_utf8(command, "command")
     job_dir = shlex.quote(paths.job_dir)
     return (
         "umask 077\n"
@@ -277,8 +287,10 @@ def build_submit_script(paths: RemoteJobPaths, command: str, environment: Mappin
         + _write_file("run.sh", _WRAPPER)
         + "  : >> stdout.log\n"
         "  if command -v setsid >/dev/null 2>&1; then\n"
+        "    printf setsid > launcher\n"
         f"    setsid /bin/sh {job_dir}/run.sh </dev/null >/dev/null 2>&1 &\n"
         "  else\n"
+        "    printf nohup > launcher\n"
         f"    nohup /bin/sh {job_dir}/run.sh </dev/null >/dev/null 2>&1 &\n"
         "  fi\n"
         "fi\n"
@@ -332,21 +344,23 @@ def build_kill_script(paths: RemoteJobPaths, grace_seconds: int = KILL_GRACE_SEC
         'if [ -z "$pid" ] || [ "$pid" -le 1 ]; then\n'
         f'  echo "{PROTOCOL_TAG} kill state=not-started"; exit 0\n'
         "fi\n"
-        'pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d " ")\n'
-        "tree() {\n"
-        '  ps -A -o pid= -o ppid= 2>/dev/null | awk -v root="$1" \'\n'
-        "    { parent[$1] = $2 }\n"
-        "    END { for (p in parent) { q = p; n = 0\n"
+        # setsid jobs lead their own process group: signal the group. Without setsid
+        # (e.g. macOS) the job's processes are found as descendants of the wrapper.
+        "mode=$(cat launcher 2>/dev/null)\n"
+        "members() {\n"
+        '  ps -A -o pid= -o ppid= -o pgid= -o stat= 2>/dev/null | awk -v root="$pid" -v mode="$mode" \'\n'
+        "    { parent[$1] = $2; group[$1] = $3; state[$1] = $4 }\n"
+        "    END { for (p in parent) {\n"
+        "      if (state[p] ~ /^Z/) continue\n"
+        '      if (mode == "setsid") { if (group[p] == root) print p; continue }\n'
+        "      q = p; n = 0\n"
         '      while (q != "" && q > 1 && n < 64) { if (q == root) { print p; break }; q = parent[q]; n++ } } }\'\n'
         "}\n"
         "signal() {\n"
-        '  if [ "$pgid" = "$pid" ]; then kill -"$1" "-$pid" 2>/dev/null\n'
-        '  else for p in $(tree "$pid"); do kill -"$1" "$p" 2>/dev/null; done; fi\n'
+        '  if [ "$mode" = setsid ]; then kill -"$1" "-$pid" 2>/dev/null; fi\n'
+        '  for p in $(members); do kill -"$1" "$p" 2>/dev/null; done\n'
         "}\n"
-        "running() {\n"
-        '  if [ "$pgid" = "$pid" ]; then kill -0 "-$pid" 2>/dev/null\n'
-        '  else [ -n "$(tree "$pid")" ]; fi\n'
-        "}\n"
+        'running() { [ -n "$(members)" ]; }\n'
         "if ! running; then\n"
         f'  echo "{PROTOCOL_TAG} kill state=not-running"; exit 0\n'
         "fi\n"

@@ -1,0 +1,220 @@
+"""Operator argument validation and defaults; trigger serialization round-trip."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+from ssh_jobs_provider.utils.remote_job import RemoteJobPaths
+
+
+def make_operator(**kwargs: Any) -> SSHRemoteJobOperator:
+    kwargs.setdefault("task_id", "job")
+    kwargs.setdefault("ssh_conn_id", "ssh_default")
+    kwargs.setdefault("command", "echo hi")
+    return SSHRemoteJobOperator(**kwargs)
+
+
+# --------------------------------------------------------------------------- operator
+
+
+def test_template_fields_and_extensions() -> None:
+    assert tuple(SSHRemoteJobOperator.template_fields) == (
+        "command",
+        "environment",
+        "remote_host",
+        "remote_base_dir",
+        "ssh_conn_id",
+    )
+    assert tuple(SSHRemoteJobOperator.template_ext) == (".sh", ".bash")
+
+
+DOCUMENTED_DEFAULTS = {
+    "remote_host": None,
+    "environment": None,
+    "remote_base_dir": None,
+    "poll_interval": 5,
+    "log_chunk_size": 65536,
+    "timeout": None,
+    "cleanup": "never",
+    "remote_os": "auto",
+    "skip_on_exit_code": None,
+    "conn_timeout": None,
+    "banner_timeout": 30.0,
+    "conn_retry_attempts": 5,
+    "cleanup_retries": 3,
+    "command_timeout": 30.0,
+    "max_reconnect_attempts": 5,
+}
+
+
+def test_signature_defaults_match_the_documented_ones() -> None:
+    params = inspect.signature(SSHRemoteJobOperator.__init__).parameters
+    assert {name: params[name].default for name in DOCUMENTED_DEFAULTS} == DOCUMENTED_DEFAULTS
+    assert params["ssh_conn_id"].default is inspect.Parameter.empty
+    assert params["command"].default is inspect.Parameter.empty
+
+
+def test_constructed_operator_holds_the_documented_defaults() -> None:
+    op = make_operator()
+    expected = {**DOCUMENTED_DEFAULTS, "skip_on_exit_code": ()}
+    assert {name: getattr(op, name) for name in expected} == expected
+    assert (op.ssh_conn_id, op.command) == ("ssh_default", "echo hi")
+
+
+def test_explicit_arguments_are_kept() -> None:
+    op = make_operator(
+        remote_host="h",
+        environment={"A": "1"},
+        remote_base_dir="/srv/jobs",
+        poll_interval=0.5,
+        log_chunk_size=1024,
+        timeout=60,
+        cleanup="always",
+        remote_os="posix",
+        skip_on_exit_code=[99, 100],
+        conn_timeout=3,
+        banner_timeout=4.5,
+        conn_retry_attempts=1,
+        cleanup_retries=1,
+        command_timeout=7,
+        max_reconnect_attempts=0,
+    )
+    assert op.remote_host == "h"
+    assert op.environment == {"A": "1"}
+    assert op.poll_interval == 0.5
+    assert op.log_chunk_size == 1024
+    assert op.cleanup == "always"
+    assert op.skip_on_exit_code == [99, 100]
+    assert op.max_reconnect_attempts == 0
+    assert op.command_timeout == 7.0
+
+
+def test_single_skip_exit_code_becomes_a_collection() -> None:
+    assert make_operator(skip_on_exit_code=99).skip_on_exit_code == (99,)
+
+
+def test_windows_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="remote_os='windows' is not supported"):
+        make_operator(remote_os="windows")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"remote_os": "linux"}, "remote_os must be 'auto' or 'posix'"),
+        ({"cleanup": "sometimes"}, "cleanup must be one of"),
+        ({"cleanup": "Always"}, "cleanup must be one of"),
+        ({"poll_interval": 0}, "poll_interval must be > 0"),
+        ({"poll_interval": -1}, "poll_interval must be > 0"),
+        ({"poll_interval": "5"}, "poll_interval must be a number"),
+        ({"poll_interval": True}, "poll_interval must be a number"),
+        ({"command_timeout": 0}, "command_timeout must be > 0"),
+        ({"banner_timeout": -0.1}, "banner_timeout must be > 0"),
+        ({"log_chunk_size": 1023}, "log_chunk_size must be >= 1024"),
+        ({"conn_retry_attempts": 0}, "conn_retry_attempts must be >= 1"),
+        ({"cleanup_retries": 0}, "cleanup_retries must be >= 1"),
+        ({"max_reconnect_attempts": -1}, "max_reconnect_attempts must be >= 0"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"conn_timeout": -5}, "conn_timeout must be > 0"),
+        ({"skip_on_exit_code": True}, "skip_on_exit_code"),
+        ({"skip_on_exit_code": 1.5}, "skip_on_exit_code"),
+    ],
+)
+def test_invalid_arguments_raise_naming_the_argument(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_operator(**kwargs)
+
+
+def test_string_skip_exit_code_is_rejected() -> None:
+    with pytest.raises(ValueError, match="skip_on_exit_code"):
+        make_operator(skip_on_exit_code="1")
+
+
+def test_operator_builds_the_trigger_from_the_job_paths() -> None:
+    op = make_operator(
+        remote_host="h", poll_interval=2, log_chunk_size=4096, command_timeout=9, max_reconnect_attempts=2
+    )
+    paths = RemoteJobPaths(job_id="job1", base_dir="/srv/jobs")
+
+    trigger = op._trigger(paths, log_offset=17)
+
+    _, kwargs = trigger.serialize()
+    assert kwargs == {
+        "ssh_conn_id": "ssh_default",
+        "remote_host": "h",
+        "job_id": "job1",
+        "job_dir": "/srv/jobs/job1",
+        "log_file": "/srv/jobs/job1/stdout.log",
+        "exit_code_file": "/srv/jobs/job1/exit_code",
+        "remote_os": "posix",
+        "poll_interval": 2,
+        "log_chunk_size": 4096,
+        "log_offset": 17,
+        "command_timeout": 9.0,
+        "max_reconnect_attempts": 2,
+    }
+    assert trigger.paths == paths
+
+
+# --------------------------------------------------------------------------- trigger
+
+
+def _import(classpath: str) -> type:
+    module, _, name = classpath.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_trigger_classpath_is_importable() -> None:
+    trigger = SSHRemoteJobTrigger("c", None, "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code")
+    classpath, _ = trigger.serialize()
+    assert _import(classpath) is SSHRemoteJobTrigger
+
+
+names = st.text(max_size=30)
+trigger_kwargs = st.fixed_dictionaries(
+    {
+        "ssh_conn_id": names,
+        "remote_host": st.none() | names,
+        "job_id": names,
+        "job_dir": names,
+        "log_file": names,
+        "exit_code_file": names,
+        "remote_os": st.just("posix"),
+        "poll_interval": st.integers(1, 3600) | st.floats(0.01, 3600),
+        "log_chunk_size": st.integers(1024, 1 << 24),
+        "log_offset": st.integers(0, 1 << 50),
+        "command_timeout": st.floats(0.1, 3600),
+        "max_reconnect_attempts": st.integers(0, 100),
+    }
+)
+
+
+@settings(max_examples=100)
+@given(kwargs=trigger_kwargs)
+def test_trigger_serialize_round_trips(kwargs: dict[str, Any]) -> None:
+    classpath, serialized = SSHRemoteJobTrigger(**kwargs).serialize()
+
+    assert serialized == kwargs
+    rebuilt = _import(classpath)(**serialized)
+    assert rebuilt.serialize() == (classpath, serialized)
+
+
+def test_trigger_serialize_covers_every_init_argument() -> None:
+    params = [p for p in inspect.signature(SSHRemoteJobTrigger.__init__).parameters if p != "self"]
+    _, serialized = SSHRemoteJobTrigger(
+        "c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code"
+    ).serialize()
+    assert list(serialized) == params
+
+
+def test_trigger_paths_are_rebuilt_from_job_dir() -> None:
+    trigger = SSHRemoteJobTrigger("c", None, "j1", "/srv/jobs/j1/", "/srv/jobs/j1/stdout.log", "x")
+    assert trigger.paths == RemoteJobPaths(job_id="j1", base_dir="/srv/jobs")
