@@ -187,3 +187,17 @@ def test_trigger_error_event_kills_the_job_so_it_never_runs_unwatched(
     with pytest.raises(Exception, match="Lost the SSH connection"):
         op.execute_complete(context_for(ti), event=event)
     assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+
+
+def test_kill_finds_the_job_group_even_after_its_leader_died(ssh_conn: str, remote_base_dir: str) -> None:
+    op = make_operator(ssh_conn, remote_base_dir, "sleep 300 &\nsleep 301 &\nwait\n")
+    ti = StandInTaskInstance()
+    submit(op, ti)
+    pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
+    assert wait_for(lambda: len(group_processes(pid)) >= 3), group_processes(pid)
+    os.kill(pid, 9)  # only the wrapper: its children live on, orphaned, in the same group
+    assert wait_for(lambda: len(group_processes(pid)) == 3), group_processes(pid)
+
+    op.on_kill()
+
+    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
