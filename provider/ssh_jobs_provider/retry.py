@@ -118,3 +118,9 @@ class BackoffPolicy:
 #: The policy every retry in this package uses unless a caller passes its own: the first
 #: retry waits 0.5-1 s, then 1-2 s, 2-4 s, ... capped at 15-30 s.
 DEFAULT_BACKOFF = BackoffPolicy(initial=1.0, maximum=30.0)
+
+#: Waits before re-opening a refused channel on the SAME connection. sshd frees a closed
+#: session's slot a moment after the close is processed, so with a low ``MaxSessions`` a
+#: channel opened right after the previous one closed can be refused ("no more sessions")
+#: although nothing is wrong; a short pause is enough, reconnecting would be wasteful.
+CHANNEL_OPEN_RETRY_DELAYS: tuple[float, ...] = (0.05, 0.2, 0.5)

@@ -14,6 +14,7 @@ import structlog.testing
 from airflow.sdk.exceptions import TaskDeferralTimeout
 
 from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
+from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy
 from support.runner import StandInTaskInstance, context_for, run_trigger, submit
 
@@ -77,13 +78,19 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
     assert server.counts()["accepted"] >= 2
 
 
-def test_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is_refused(
+def trigger_without_cleanup(deferred) -> SSHRemoteJobTrigger:
+    """The deferred trigger, but leaving cleanup to the worker (as when it could not clean up)."""
+    _, kwargs = deferred.trigger.serialize()
+    return SSHRemoteJobTrigger(**{**kwargs, "cleanup_policy": "never"})
+
+
+def test_worker_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is_refused(
     proxy: FaultProxy, remote_base_dir: str
 ) -> None:
     op = make_operator("ssh_proxy", remote_base_dir, "echo done", cleanup="always", cleanup_retries=3)
     ti = StandInTaskInstance()
     deferred = submit(op, ti)
-    _, events = asyncio.run(run_trigger(deferred.trigger))
+    _, events = asyncio.run(run_trigger(trigger_without_cleanup(deferred)))
     job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
     assert job_dir.is_dir()
 
@@ -103,7 +110,7 @@ def test_cleanup_that_never_succeeds_says_so_loudly_and_keeps_the_outcome(
     op = make_operator("ssh_proxy", remote_base_dir, "echo done", cleanup="always", cleanup_retries=2)
     ti = StandInTaskInstance()
     deferred = submit(op, ti)
-    _, events = asyncio.run(run_trigger(deferred.trigger))
+    _, events = asyncio.run(run_trigger(trigger_without_cleanup(deferred)))
     job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
 
     proxy.refuse_all(True)
@@ -201,3 +208,37 @@ def test_kill_finds_the_job_group_even_after_its_leader_died(ssh_conn: str, remo
     op.on_kill()
 
     assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+
+
+def test_trigger_cleanup_that_fails_falls_back_to_the_worker_which_retries(
+    ssh_conn: str, remote_base_dir: str
+) -> None:
+    """A busy mount point makes rm -rf fail for real, first in the trigger, then in the worker."""
+    import threading
+
+    op = make_operator(ssh_conn, remote_base_dir, "echo done", cleanup="always", cleanup_retries=4)
+    ti = StandInTaskInstance()
+    deferred = submit(op, ti)
+    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    busy = job_dir / "busy"
+    busy.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "none", str(busy)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here to make rm -rf fail: {mounted.stderr.decode().strip()}")
+    try:
+        _, kwargs = deferred.trigger.serialize()
+        trigger = SSHRemoteJobTrigger(**{**kwargs, "cleanup_retries": 2})
+        _, events = asyncio.run(run_trigger(trigger))
+        event = events[0].payload
+        assert event["status"] == "success" and event["cleaned_up"] is False
+        assert job_dir.is_dir()
+
+        unmount = threading.Timer(1.5, lambda: subprocess.run(["umount", str(busy)], check=True))
+        unmount.start()
+        with structlog.testing.capture_logs() as logs:
+            op.execute_complete(context_for(ti), event=event)
+        unmount.join()
+    finally:
+        subprocess.run(["umount", str(busy)], capture_output=True)
+    assert not job_dir.exists()
+    assert any("Cleanup of" in str(entry["event"]) and "attempt 1/4" in str(entry["event"]) for entry in logs)

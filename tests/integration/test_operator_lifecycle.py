@@ -125,8 +125,8 @@ def test_one_connection_serves_os_detection_and_submit(sshd, ssh_conn: str, remo
     assert after["sessions"] - before["sessions"] == 1
 
 
-def test_whole_run_uses_three_handshakes_at_most(sshd, ssh_conn: str, remote_base_dir: str) -> None:
-    """Submit, the trigger's single held connection, and cleanup: one handshake each."""
+def test_whole_run_with_cleanup_uses_two_handshakes(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+    """One for the submit, one for the trigger, which also cleans up over its connection."""
     before = sshd.counts()
     op = make_operator(
         ssh_conn, remote_base_dir, "for i in 1 2 3; do echo $i; sleep 0.3; done", cleanup="always"
@@ -134,7 +134,9 @@ def test_whole_run_uses_three_handshakes_at_most(sshd, ssh_conn: str, remote_bas
     result = run_operator(op)
     assert result.outcome == "success", result.error
     time.sleep(0.2)
-    assert sshd.counts()["accepted"] - before["accepted"] == 3
+    assert sshd.counts()["accepted"] - before["accepted"] == 2
+    assert result.event is not None and result.event["cleaned_up"] is True
+    assert not Path(result.ti.xcom[XCOM_KEY]["job_dir"]).exists()
 
 
 def test_a_host_without_a_posix_shell_gets_a_clear_error(

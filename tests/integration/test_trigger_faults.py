@@ -18,6 +18,7 @@ from ssh_jobs_provider.utils.remote_job import (
     build_submit_script,
     parse_submit_output,
 )
+from support.report import report
 from support.runner import run_trigger
 
 pytestmark = pytest.mark.integration
@@ -148,11 +149,19 @@ def test_max_sessions_1_still_completes(sshd_factory, monkeypatch, remote_base_d
     for name, value in server.airflow_env(conn_id="ssh_one").items():
         monkeypatch.setenv(name, value)
     paths = start_job("ssh_one", remote_base_dir, "for i in 1 2 3 4 5; do echo n$i; sleep 0.2; done")
+    before = server.counts()
     lines, event = watch(trigger_for("ssh_one", paths, poll_interval=0.1))
+    after = server.counts()
 
     assert event["status"] == "success", event
     assert lines == [f"n{i}" for i in range(1, 6)]
-    assert server.counts()["session_refusals"] == 0
+    # sshd frees a closed session's slot a moment late, so a back-to-back channel can be
+    # refused; the refusal is absorbed on the same connection, never by reconnecting.
+    assert after["accepted"] - before["accepted"] == 1
+    assert after["sessions"] - before["sessions"] >= 5
+    report(
+        f"MaxSessions 1: trigger polls={after['sessions'] - before['sessions']} refusals absorbed={after['session_refusals']}"
+    )
 
 
 def test_max_sessions_0_ends_in_an_error_event_after_the_budget(sshd_factory, monkeypatch, tmp_path) -> None:

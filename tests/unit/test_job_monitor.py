@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from ssh_jobs_provider.utils.job_monitor import (
 from ssh_jobs_provider.utils.remote_job import PROTOCOL_TAG, RemoteJobPaths, RemoteJobProtocolError
 
 PATHS = RemoteJobPaths(job_id="job1", base_dir="/srv/jobs")
-WINDOW = re.compile(r"tail -c \+(\d+) stdout\.log \| head -c (\d+)")
 
 
 def answer(
@@ -41,9 +39,9 @@ MISSING = f"{PROTOCOL_TAG} poll state=missing\n".encode()
 
 def window(monitor: JobMonitor) -> tuple[int, int]:
     """(offset, max_bytes) the monitor's next poll script asks for."""
-    match = WINDOW.search(monitor.poll_script())
-    assert match, monitor.poll_script()
-    return int(match.group(1)) - 1, int(match.group(2))
+    entry = monitor.poll_entry()
+    assert f"p 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in monitor.poll_script()
+    return entry.offset, entry.max_bytes
 
 
 class FakeRemote:

@@ -31,7 +31,7 @@ from ssh_jobs_provider.exceptions import (
     is_transient_connect_error,
 )
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
+from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS, DEFAULT_BACKOFF, BackoffPolicy
 from ssh_jobs_provider.utils.remote_job import REMOTE_SHELL
 
 # asyncssh logs every channel open/close at INFO: in a triggerer that would bury the remote
@@ -316,7 +316,7 @@ class SSHHook(BaseHook):
         if transport is None or not transport.is_active():
             raise EOFError("SSH connection is not active")
         deadline = None if timeout is None else time.monotonic() + timeout
-        channel = transport.open_session(timeout=timeout)
+        channel = _open_paramiko_session(transport, timeout)
         try:
             if get_pty:
                 channel.get_pty()
@@ -341,6 +341,18 @@ class SSHHook(BaseHook):
             return status == 0, "Connection successfully tested" if status == 0 else stderr.decode()
         except Exception as error:
             return False, str(error)
+
+
+def _open_paramiko_session(transport: paramiko.Transport, timeout: float | None) -> paramiko.Channel:
+    """Open a session channel, pausing briefly and retrying when the server refuses it."""
+    for delay in (*CHANNEL_OPEN_RETRY_DELAYS, None):
+        try:
+            return transport.open_session(timeout=timeout)
+        except paramiko.ChannelException:
+            if delay is None:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _drain_channel(channel: paramiko.Channel, deadline: float | None) -> tuple[bytes, bytes]:
@@ -535,6 +547,17 @@ class SSHHookAsync(BaseHook):
                 raise _exhausted_error(settings, self.conn_retry_attempts, error) from error
             raise
 
+    async def connect_with(self, settings: SSHConnectionSettings) -> asyncssh.SSHClientConnection:
+        """Open ONE connection with already-resolved ``settings`` (no retries; errors as for :meth:`get_conn`)."""
+        try:
+            return await self._connect_once(settings)
+        except (SSHAuthenticationError, SSHHostKeyError):
+            raise
+        except Exception as error:
+            if is_transient_connect_error(error):
+                raise _exhausted_error(settings, 1, error) from error
+            raise
+
     async def _connect_once(self, settings: SSHConnectionSettings) -> asyncssh.SSHClientConnection:
         try:
             return await asyncssh.connect(**self.connect_options(settings))
@@ -589,9 +612,7 @@ async def _run_on(
     def remaining() -> float | None:
         return None if deadline is None else max(0.0, deadline - loop.time())
 
-    process = await asyncio.wait_for(
-        conn.create_process(command, input=stdin_data, encoding=None), remaining()
-    )
+    process = await _open_process(conn, command, stdin_data, remaining)
     try:
         completed = await asyncio.wait_for(process.wait(), remaining())
     finally:
@@ -604,6 +625,25 @@ async def _run_on(
             pass
     status = completed.returncode if completed.returncode is not None else -1
     return status, _as_bytes(completed.stdout), _as_bytes(completed.stderr)
+
+
+async def _open_process(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    stdin_data: bytes | None,
+    remaining: Any,
+) -> Any:
+    """Open the exec channel, pausing briefly and retrying when the server refuses it."""
+    for delay in (*CHANNEL_OPEN_RETRY_DELAYS, None):
+        try:
+            return await asyncio.wait_for(
+                conn.create_process(command, input=stdin_data, encoding=None), remaining()
+            )
+        except asyncssh.ChannelOpenError:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _as_bytes(data: Any) -> bytes:

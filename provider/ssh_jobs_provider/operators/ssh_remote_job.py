@@ -250,6 +250,8 @@ class SSHRemoteJobOperator(BaseOperator):
             log_offset=log_offset,
             command_timeout=self.command_timeout,
             max_reconnect_attempts=self.max_reconnect_attempts,
+            cleanup_policy=self.cleanup,
+            cleanup_retries=self.cleanup_retries,
         )
 
     def _submit(self, paths: RemoteJobPaths, script: str) -> JobStatus:
@@ -330,8 +332,12 @@ class SSHRemoteJobOperator(BaseOperator):
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
 
         succeeded = exit_code == 0
-        remove = self.cleanup == "always" or (self.cleanup == "on_success" and succeeded)
-        self._finish_remote(paths, kill=False, remove=remove)
+        wanted = self.cleanup == "always" or (self.cleanup == "on_success" and succeeded)
+        if event.get("cleaned_up"):
+            self.log.info("Remote job directory %s was removed by the trigger", paths.job_dir)
+        else:
+            # The trigger could not clean up (or was not asked to): try from here.
+            self._finish_remote(paths, kill=False, remove=wanted)
         if exit_code in self.skip_on_exit_code:
             raise AirflowSkipException(f"Remote job {paths.job_id} exited with skip code {exit_code}")
         if not succeeded:

@@ -1,90 +1,47 @@
 """
 :class:`SSHRemoteJobTrigger`: watches one detached remote job from the triggerer.
 
-The trigger is three thin layers:
-
-- :class:`~ssh_jobs_provider.utils.job_monitor.JobMonitor` (pure) decides what to poll and
-  what an answer means;
-- a :class:`ScriptRunner` says where the SSH connection comes from and how a script is
-  run on it (:class:`DedicatedConnection`: one connection held for the whole watch);
-- :meth:`SSHRemoteJobTrigger.run` ties them together with the reconnect budget.
+The trigger itself is thin. What a poll answer means is decided by
+:class:`~ssh_jobs_provider.utils.job_monitor.JobMonitor` (pure code); where the connection
+comes from and how polls are issued is the business of
+:class:`~ssh_jobs_provider.triggers.host_session.HostSession`, which every trigger of the
+triggerer that reaches the same server shares: one connection, one batched exec per tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import posixpath
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_transient_connect_error
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
-from ssh_jobs_provider.utils.job_monitor import JobMonitor, MonitorUpdate, Outcome
-from ssh_jobs_provider.utils.remote_job import (
-    RemoteJobPaths,
-    RemoteJobProtocolError,
-    build_kill_script,
-    parse_simple_state,
-)
+from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
+from ssh_jobs_provider.utils.job_monitor import JobMonitor, Outcome
+from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_kill_script, parse_simple_state
 
-#: Upper bound on back-to-back log reads before the trigger yields to its poll interval
-#: while the job is still running (the final drain after exit is not bounded by this).
-MAX_READS_PER_TICK = 16
-
-
-class ScriptRunner(Protocol):
-    """Runs protocol scripts for one trigger; how and over which connection is its business."""
-
-    async def run_script(self, script: str, timeout: float) -> tuple[int, bytes, bytes]: ...
-
-    async def reset(self) -> None:
-        """Forget the current connection (it failed); the next script reconnects."""
-
-    async def close(self) -> None: ...
-
-
-class DedicatedConnection:
-    """One asyncssh connection, opened lazily and held until closed or reset."""
-
-    def __init__(self, hook: SSHHookAsync) -> None:
-        self._hook = hook
-        self._conn: Any = None
-        self.connects = 0
-
-    async def run_script(self, script: str, timeout: float) -> tuple[int, bytes, bytes]:
-        if self._conn is None:
-            self._conn = await self._hook.get_conn()
-            self.connects += 1
-        return await self._hook.run_script_on(self._conn, script, timeout)
-
-    async def reset(self) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        conn.close()
-        try:
-            await asyncio.wait_for(conn.wait_closed(), 5)
-        except Exception:
-            pass
+CLEANUP_CHOICES = ("never", "on_success", "always")
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
     """
-    Watch a detached remote job over ONE held SSH connection and stream its log.
+    Watch a detached remote job and stream its log into the task log.
 
-    Each poll is a single exec that returns the job's state and the next piece of its log.
-    Log lines are written to the trigger's log (the task log) while the job runs; after the
-    job ends the log is drained to the last byte before the one final event is yielded.
-    A connection-level failure (``OSError``, ``asyncssh.Error``, timeouts) drops the
-    connection and reconnects with jittered exponential backoff; after
-    ``max_reconnect_attempts`` consecutive failures the trigger ends with an error event.
-    The failure count resets only after a full successful poll.
+    All triggers of a triggerer that reach the same server with the same credentials share
+    one SSH connection and one batched poll per tick (see
+    :class:`~ssh_jobs_provider.triggers.host_session.HostSession`). Log lines are written to
+    this trigger's log (the task log) while the job runs; after the job ends its log is
+    drained to the last byte, its directory is removed over the same connection when
+    ``cleanup_policy`` asks for it, and then the one final event is yielded. A connection-level
+    failure (``OSError``, ``asyncssh.Error``, timeouts) drops the shared connection and
+    reconnects with jittered exponential backoff; after ``max_reconnect_attempts``
+    consecutive failed polls this trigger ends with an error event. Its count resets only
+    after a successful poll. A re-created trigger (triggerer restart) resumes the log at the
+    byte the previous one had delivered, recorded on the remote host at every poll.
 
     :param ssh_conn_id: Airflow connection id of type ``ssh``
     :param remote_host: host instead of the connection's
@@ -97,7 +54,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
     :param log_chunk_size: most log bytes read per poll
     :param log_offset: log bytes already delivered
     :param command_timeout: seconds allowed for each remote command
-    :param max_reconnect_attempts: consecutive connection failures tolerated
+    :param max_reconnect_attempts: consecutive failed polls tolerated
+    :param cleanup_policy: remove the job directory from here once the log is drained:
+        ``"never"`` (default), ``"on_success"`` or ``"always"`` (for jobs that exited)
+    :param cleanup_retries: attempts for that cleanup before leaving it to the operator
     """
 
     def __init__(
@@ -114,8 +74,12 @@ class SSHRemoteJobTrigger(BaseTrigger):
         log_offset: int = 0,
         command_timeout: float = 30.0,
         max_reconnect_attempts: int = 5,
+        cleanup_policy: str = "never",
+        cleanup_retries: int = 3,
     ) -> None:
         super().__init__()
+        if cleanup_policy not in CLEANUP_CHOICES:
+            raise ValueError(f"cleanup_policy must be one of {CLEANUP_CHOICES}, got {cleanup_policy!r}.")
         self.ssh_conn_id = ssh_conn_id
         self.remote_host = remote_host
         self.job_id = job_id
@@ -128,8 +92,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
         self.log_offset = log_offset
         self.command_timeout = command_timeout
         self.max_reconnect_attempts = max_reconnect_attempts
-        self.backoff: BackoffPolicy = DEFAULT_BACKOFF
-        self._runner: ScriptRunner | None = None
+        # Not "cleanup": that name is BaseTrigger's teardown method.
+        self.cleanup_policy = cleanup_policy
+        self.cleanup_retries = cleanup_retries
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -147,6 +112,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "log_offset": self.log_offset,
                 "command_timeout": self.command_timeout,
                 "max_reconnect_attempts": self.max_reconnect_attempts,
+                "cleanup_policy": self.cleanup_policy,
+                "cleanup_retries": self.cleanup_retries,
             },
         )
 
@@ -157,17 +124,17 @@ class SSHRemoteJobTrigger(BaseTrigger):
         base_dir, job_id = posixpath.split(self.job_dir.rstrip("/"))
         return RemoteJobPaths(job_id=job_id, base_dir=base_dir)
 
-    def _make_hook(self) -> SSHHookAsync:
-        # One connect attempt per call: the trigger's own budget governs reconnects.
-        return SSHHookAsync(ssh_conn_id=self.ssh_conn_id, host=self.remote_host, conn_retry_attempts=1)
+    def _make_hook(self, attempts: int = 1) -> SSHHookAsync:
+        # One connect attempt per call by default: the reconnect budget governs retries.
+        return SSHHookAsync(ssh_conn_id=self.ssh_conn_id, host=self.remote_host, conn_retry_attempts=attempts)
 
-    def make_runner(self) -> ScriptRunner:
-        """Where this trigger's connection comes from (override to share connections)."""
-        return DedicatedConnection(self._make_hook())
+    def make_session(self, settings: SSHConnectionSettings, hook: SSHHookAsync) -> HostSession:
+        """The shared session this trigger polls through."""
+        return HostSession.for_settings(settings, hook.connect_with, hook.run_script_on)
 
     # ------------------------------------------------------------------ events
 
-    def _event(self, outcome: Outcome, log_offset: int) -> TriggerEvent:
+    def _event(self, outcome: Outcome, log_offset: int, cleaned_up: bool | None) -> TriggerEvent:
         return TriggerEvent(
             {
                 "job_id": self.job_id,
@@ -181,86 +148,69 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "log_chunk": "",
                 "log_offset": log_offset,
                 "message": outcome.message,
+                "cleaned_up": cleaned_up,
             }
         )
 
-    def _emit(self, update: MonitorUpdate) -> None:
-        for line in update.lines:
+    def _emit(self, delivery: Delivery) -> None:
+        for line in delivery.lines:
             self.log.info("%s", line)
+        for warning in delivery.warnings:
+            self.log.warning("%s", warning)
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         loop = asyncio.get_running_loop()
         monitor = JobMonitor(self.paths, self.log_offset, self.log_chunk_size, started_at=loop.time())
-        runner = self._runner = self.make_runner()
+        hook = self._make_hook()
         try:
-            outcome = await self._watch(monitor, runner)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self.log.exception("Watching remote job %s failed", self.job_id)
-            outcome = Outcome("error", None, f"Watching remote job {self.job_id} failed: {error}")
+            session = self.make_session(await hook.get_settings(), hook)
+        except Exception as error:  # the connection cannot even be read: one final event
+            self.log.exception("Cannot watch remote job %s", self.job_id)
+            outcome = Outcome("error", None, f"Cannot watch remote job {self.job_id}: {error}")
+            yield self._event(outcome, self.log_offset, None)
+            return
+        watch = session.watch(
+            JobWatch(
+                monitor=monitor,
+                poll_interval=self.poll_interval,
+                command_timeout=self.command_timeout,
+                max_reconnect_attempts=self.max_reconnect_attempts,
+                cleanup=self.cleanup_policy,
+                cleanup_retries=self.cleanup_retries,
+            )
+        )
+        finished = False
+        try:
+            while True:
+                delivery = await watch.next_delivery()
+                self._emit(delivery)
+                watch.record_delivered(delivery.log_offset)
+                self.log_offset = delivery.log_offset
+                if delivery.outcome is not None:
+                    finished = True
+                    break
         finally:
-            await runner.close()
-        self.log_offset = monitor.log_offset
-        yield self._event(outcome, monitor.log_offset)
+            session.unwatch(watch)
+            if not finished:
+                # Leaving early (cancelled): record where the log stands so that a
+                # re-created trigger resumes at that byte; cleanup() waits for it.
+                self._offset_recorded = session.record_offset(watch)
+        yield self._event(delivery.outcome, delivery.log_offset, delivery.cleaned_up)
 
-    async def _watch(self, monitor: JobMonitor, runner: ScriptRunner) -> Outcome:
-        loop = asyncio.get_running_loop()
-        failures = 0
-        reads_this_tick = 0
-        while True:
-            try:
-                status, stdout, stderr = await runner.run_script(monitor.poll_script(), self.command_timeout)
-                update = monitor.feed(stdout, loop.time())
-            except RemoteJobProtocolError as error:
-                raise RemoteJobProtocolError(
-                    f"{error} (exit status {status}, stderr: {stderr[:500]!r})"
-                ) from None
-            except Exception as error:
-                if not is_transient_connect_error(error):
-                    raise
-                failures += 1
-                await runner.reset()
-                if failures > self.max_reconnect_attempts:
-                    return Outcome(
-                        "error",
-                        None,
-                        f"Lost the SSH connection while watching remote job {self.job_id} and could not "
-                        f"restore it after {self.max_reconnect_attempts} reconnect attempt(s) "
-                        f"({type(error).__name__}: {error}). The job may still be running in {self.job_dir}. "
-                        f"{FAN_OUT_HINT}",
-                    )
-                delay = self.backoff.delay(failures)
-                self.log.warning(
-                    "SSH poll of job %s failed (%d/%d): %s: %s; reconnecting in %.1fs",
-                    self.job_id,
-                    failures,
-                    self.max_reconnect_attempts,
-                    type(error).__name__,
-                    error,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            # A full poll succeeded: only now is the reconnect budget restored.
-            failures = 0
-            self._emit(update)
-            self.log_offset = monitor.log_offset
-            if update.outcome is not None:
-                return update.outcome
-            if update.more_now and (monitor.finishing or reads_this_tick < MAX_READS_PER_TICK):
-                reads_this_tick += 1
-                continue
-            reads_this_tick = 0
-            await asyncio.sleep(self.poll_interval)
+    async def cleanup(self) -> None:
+        """Wait (briefly) for the delivered-offset record of a trigger that left early."""
+        recorded = getattr(self, "_offset_recorded", None)
+        if recorded is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(recorded), 5)
 
     # ------------------------------------------------------------------ user kill
 
     async def on_kill(self) -> None:
         """A user cleared or marked the deferred task: stop the remote job's whole process group."""
-        hook = SSHHookAsync(ssh_conn_id=self.ssh_conn_id, host=self.remote_host, conn_retry_attempts=3)
+        hook = self._make_hook(attempts=3)
         conn = await hook.get_conn()
         try:
             _, stdout, _ = await hook.run_script_on(conn, build_kill_script(self.paths), self.command_timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ssh_jobs_provider.utils.batch_poll import PollEntry
 from ssh_jobs_provider.utils.log_stream import LogStream
 from ssh_jobs_provider.utils.remote_job import (
     JobState,
@@ -78,11 +79,33 @@ class JobMonitor:
         return self.log.emitted_offset
 
     def poll_script(self) -> str:
+        """A script polling just this job (a batch of one)."""
         return build_poll_script(self.paths, self.log.read_offset, self.chunk_size)
 
+    def poll_entry(self, max_bytes: int | None = None, delivered: int | None = None) -> PollEntry:
+        """
+        This job's entry in a batch poll.
+
+        :param max_bytes: cap on the log window (default: the chunk size)
+        :param delivered: log offset known to be in the task log, recorded remotely so that a
+            re-created watcher resumes there (default: everything emitted so far)
+        """
+        size = self.chunk_size if max_bytes is None else min(max_bytes, self.chunk_size)
+        recorded = self.log_offset if delivered is None else delivered
+        return PollEntry(self.paths, self.log.read_offset, size, delivered=recorded)
+
     def feed(self, output: bytes, now: float) -> MonitorUpdate:
-        """Digest one poll answer (raw stdout of :meth:`poll_script`)."""
-        status = parse_poll_output(output, self.chunk_size)
+        """Digest the raw answer of :meth:`poll_script`."""
+        return self.feed_status(parse_poll_output(output, self.chunk_size), now)
+
+    def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
+        """Digest one parsed poll answer."""
+        if self.last_status is None and status.delivered > self.log.read_offset:
+            # An earlier watcher of this job (before a triggerer restart) already delivered
+            # the log up to there: resume at that byte instead of repeating it.
+            self.log = LogStream(offset=status.delivered, max_pending=self.log.max_pending)
+            self.last_status = status
+            return MonitorUpdate(more_now=True)
         self.last_status = status
         update = MonitorUpdate(lines=self.log.feed(status.log_data))
         log_behind = status.log_size > self.log.read_offset

@@ -53,7 +53,7 @@ class LogStream:
             raise ValueError(f"offset must be >= 0, got {offset}")
         self.emitted_offset = offset
         self._pending = b""
-        self._max_pending = max(4, max_pending)
+        self.max_pending = max(4, max_pending)
 
     @property
     def read_offset(self) -> int:
@@ -71,8 +71,8 @@ class LogStream:
             complete, buffer = buffer[: last_newline + 1], buffer[last_newline + 1 :]
             lines = complete[:-1].decode("utf-8", errors="replace").split("\n")
             self.emitted_offset += len(complete)
-        while len(buffer) >= self._max_pending:
-            cut = _utf8_safe_cut(buffer[: self._max_pending]) or self._max_pending
+        while len(buffer) >= self.max_pending:
+            cut = _utf8_safe_cut(buffer[: self.max_pending]) or self.max_pending
             lines.append(buffer[:cut].decode("utf-8", errors="replace"))
             self.emitted_offset += cut
             buffer = buffer[cut:]

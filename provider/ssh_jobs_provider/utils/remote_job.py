@@ -308,24 +308,16 @@ def build_submit_script(paths: RemoteJobPaths, command: str, environment: Mappin
 
 def build_poll_script(paths: RemoteJobPaths, log_offset: int, max_bytes: int) -> str:
     """
-    Script that reports the job's state and returns up to ``max_bytes`` of log from ``log_offset``.
+    Script that reports one job's state and up to ``max_bytes`` of its log from ``log_offset``.
 
-    The exit code is read *before* the log size: once the exit code exists the log is
-    complete, so the size reported alongside it is final and nothing written just
-    before exit can be missed. Liveness is checked before the exit code for the same
-    reason: "dead and no exit code" then really means the job vanished.
+    A batch of one: see :mod:`ssh_jobs_provider.utils.batch_poll` for the format and for
+    why the probes are ordered as they are.
     """
+    from ssh_jobs_provider.utils.batch_poll import PollEntry, build_batch_script
+
     if log_offset < 0 or max_bytes <= 0:
         raise ValueError(f"Invalid log window: offset={log_offset}, max_bytes={max_bytes}.")
-    return (
-        f"cd {shlex.quote(paths.job_dir)} 2>/dev/null || "
-        f'{{ echo "{PROTOCOL_TAG} poll state=missing"; exit 0; }}\n'
-        + _STATE_PROBE
-        + f'echo "{PROTOCOL_TAG} poll {_STATE_FIELDS}"\n'
-        f'if [ "$size" -gt {log_offset} ]; then\n'
-        f"  tail -c +{log_offset + 1} stdout.log | head -c {max_bytes}\n"
-        "fi\n"
-    )
+    return build_batch_script([PollEntry(paths, log_offset, max_bytes)])
 
 
 def build_kill_script(paths: RemoteJobPaths, grace_seconds: int = KILL_GRACE_SECONDS) -> str:
@@ -413,6 +405,8 @@ class JobStatus:
     log_size: int = 0
     remote_os: str | None = None
     launched: bool | None = None
+    #: Log bytes an earlier watcher recorded as delivered (for resuming after a restart).
+    delivered: int = 0
     log_data: bytes = field(default=b"", repr=False)
 
     @property
@@ -433,11 +427,16 @@ def _find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
         end = output.find(b"\n", index)
         if at_line_start and end >= 0:
             line = output[index + len(needle) : end].decode("utf-8", errors="replace")
-            return dict(_HEADER_FIELD.findall(line)), output[end + 1 :]
+            return header_fields(line), output[end + 1 :]
         start = index + 1
 
 
-def _int_or_none(value: str | None) -> int | None:
+def header_fields(text: str) -> dict[str, str]:
+    """The ``name=value`` fields of a header line."""
+    return dict(_HEADER_FIELD.findall(text))
+
+
+def int_or_none(value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:
@@ -446,11 +445,11 @@ def _int_or_none(value: str | None) -> int | None:
         raise RemoteJobProtocolError(f"Expected an integer, got {value!r}") from None
 
 
-def _status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStatus:
+def status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStatus:
     if fields.get("state") == "missing":
         return JobStatus(JobState.MISSING)
-    pid = _int_or_none(fields.get("pid"))
-    exit_code = _int_or_none(fields.get("exit"))
+    pid = int_or_none(fields.get("pid"))
+    exit_code = int_or_none(fields.get("exit"))
     alive = fields.get("alive") == "1"
     if exit_code is not None:
         state = JobState.EXITED
@@ -464,9 +463,10 @@ def _status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobSta
         state=state,
         pid=pid,
         exit_code=exit_code,
-        log_size=_int_or_none(fields.get("size")) or 0,
+        log_size=int_or_none(fields.get("size")) or 0,
         remote_os=fields.get("os") or None,
         launched=None if "launched" not in fields else fields["launched"] == "1",
+        delivered=int_or_none(fields.get("delivered")) or 0,
         log_data=log_data,
     )
 
@@ -474,17 +474,23 @@ def _status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobSta
 def parse_submit_output(output: bytes) -> JobStatus:
     """Parse the submit script's answer."""
     fields, _ = _find_header(output, "submit")
-    return _status_from_fields(fields)
+    return status_from_fields(fields)
 
 
 def parse_poll_output(output: bytes, max_bytes: int) -> JobStatus:
-    """Parse the poll script's answer; the log bytes follow the header line."""
+    """Parse the answer of :func:`build_poll_script`; the log bytes follow the header line."""
     fields, rest = _find_header(output, "poll")
-    if len(rest) > max_bytes:
+    data = rest
+    if "len" in fields:
+        length = int_or_none(fields["len"]) or 0
+        data = rest[:length]
+        if len(data) != length:
+            raise RemoteJobProtocolError(f"Poll announced {length} log bytes but returned {len(data)}.")
+    if len(data) > max_bytes:
         raise RemoteJobProtocolError(
-            f"Poll returned {len(rest)} log bytes, more than the {max_bytes} asked for."
+            f"Poll returned {len(data)} log bytes, more than the {max_bytes} asked for."
         )
-    return _status_from_fields(fields, rest)
+    return status_from_fields(fields, data)
 
 
 def parse_simple_state(output: bytes, verb: str) -> str:
