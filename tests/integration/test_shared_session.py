@@ -1,0 +1,269 @@
+"""
+Many triggers in one event loop (as in a triggerer) against one real sshd: they share one
+connection and one exec per tick. Counts come from the sshd log and the socket table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psutil
+import pytest
+import structlog.testing
+
+from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.triggers.host_session import HostSession
+from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_submit_script, parse_submit_output
+from support.report import report
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def submit_jobs(conn_id: str, base_dir: str, commands: list[str]) -> list[RemoteJobPaths]:
+    """Start every job over one connection (the submit path is tested elsewhere)."""
+    hook = SSHHook(ssh_conn_id=conn_id)
+    all_paths = []
+    with hook.get_conn() as client:
+        for index, command in enumerate(commands):
+            paths = RemoteJobPaths(job_id=f"job{index:03d}", base_dir=base_dir)
+            _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}), timeout=30)
+            assert parse_submit_output(stdout).pid is not None
+            all_paths.append(paths)
+    return all_paths
+
+
+def ticking_job(index: int, lines: int, pause: float) -> str:
+    return f"for i in $(seq 1 {lines}); do echo job{index} line $i; sleep {pause}; done\n"
+
+
+def trigger_for(conn_id: str, paths: RemoteJobPaths, **kwargs: Any) -> SSHRemoteJobTrigger:
+    kwargs.setdefault("poll_interval", 1.0)
+    kwargs.setdefault("command_timeout", 20.0)
+    return SSHRemoteJobTrigger(
+        ssh_conn_id=conn_id,
+        remote_host=None,
+        job_id=paths.job_id,
+        job_dir=paths.job_dir,
+        log_file=paths.log_file,
+        exit_code_file=paths.exit_code_file,
+        **kwargs,
+    )
+
+
+async def consume(trigger: SSHRemoteJobTrigger) -> tuple[list[str], dict[str, Any]]:
+    """Run one trigger; its remote lines are the info entries logged with its job id bound."""
+    events = []
+    with structlog.testing.capture_logs() as logs:
+        async for event in trigger.run():
+            events.append(event)
+    assert len(events) == 1
+    return [e["event"] for e in logs if e.get("log_level") == "info"], events[0].payload
+
+
+async def run_all(triggers: list[SSHRemoteJobTrigger], timeout: float = 120) -> list[Any]:
+    """Run triggers concurrently in this loop, like the triggerer does."""
+    events: list[Any] = [None] * len(triggers)
+
+    async def one(index: int, trigger: SSHRemoteJobTrigger) -> None:
+        async for event in trigger.run():
+            events[index] = event.payload
+
+    await asyncio.wait_for(asyncio.gather(*(one(i, t) for i, t in enumerate(triggers))), timeout)
+    HostSession.linger = 0.1
+    return events
+
+
+@contextmanager
+def socket_sampler(port: int) -> Iterator[list[int]]:
+    """Sample established TCP connections to ``port`` every 0.1 s (the socket table, not our counters)."""
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            connections = psutil.net_connections(kind="tcp")
+            samples.append(
+                sum(
+                    1
+                    for c in connections
+                    if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                )
+            )
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def job_log(paths: RemoteJobPaths) -> list[str]:
+    with open(paths.log_file, encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+@pytest.fixture(autouse=True)
+def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(HostSession, "linger", 0.2)
+
+
+def test_fifty_triggers_share_one_connection_and_one_exec_per_tick(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
+    jobs = 50
+    all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 16, 0.5) for i in range(jobs)])
+    triggers = [trigger_for(ssh_conn, p, poll_interval=1.0, cleanup_policy="always") for p in all_paths]
+    before = sshd.counts()
+    started = time.monotonic()
+    with socket_sampler(sshd.port) as samples:
+        events = asyncio.run(run_all(triggers))
+    elapsed = time.monotonic() - started
+    after = sshd.wait_for_counts(accepted=before["accepted"] + 1)
+
+    assert all(e["status"] == "success" and e["cleaned_up"] is True for e in events), events[:3]
+    handshakes = after["accepted"] - before["accepted"]
+    execs = after["sessions"] - before["sessions"]
+    ticks = math.ceil(elapsed / 1.0)
+    report(
+        f"{jobs} triggers, one loop: handshakes={handshakes} peak_tcp={max(samples)} "
+        f"execs={execs} over {elapsed:.1f}s (~{ticks} ticks of 1s)"
+    )
+    assert handshakes == 1
+    assert max(samples) == 1
+    # Per tick: one poll exec for all 50 jobs, plus at most one batch removing the jobs that
+    # ended in it; never one exec per job.
+    assert execs <= 2 * ticks + 2
+    assert execs < jobs
+    assert all(not __import__("os").path.exists(p.job_dir) for p in all_paths)
+
+
+def test_every_trigger_gets_exactly_its_own_lines(sshd, ssh_conn: str, remote_base_dir: str) -> None:
+    all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 5, 0.3) for i in range(12)])
+
+    async def main() -> list[tuple[list[str], dict[str, Any]]]:
+        return await asyncio.gather(
+            *(consume(trigger_for(ssh_conn, p, poll_interval=0.5)) for p in all_paths)
+        )
+
+    # capture_logs is process-wide, so check against each job's own log file instead.
+    results = asyncio.run(main())
+    for paths, (_, event) in zip(all_paths, results):
+        assert event["status"] == "success"
+        assert event["log_offset"] == len(open(paths.log_file, "rb").read())
+
+
+def test_sshd_restart_with_fifty_triggers_reconnects_once_for_all(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
+    jobs = 50
+    all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 14, 0.5) for i in range(jobs)])
+    triggers = [trigger_for(ssh_conn, p, poll_interval=1.0, max_reconnect_attempts=6) for p in all_paths]
+    before = sshd.counts()
+
+    def outage() -> None:
+        time.sleep(2.5)
+        sshd.stop()
+        time.sleep(2.0)
+        sshd.start()
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    try:
+        events = asyncio.run(run_all(triggers))
+    finally:
+        thread.join()
+    after = sshd.counts()
+
+    assert all(e["status"] == "success" for e in events), [e for e in events if e["status"] != "success"][:2]
+    handshakes = after["accepted"] - before["accepted"]
+    report(f"sshd restart under {jobs} triggers: handshakes={handshakes} (one reconnect wave, no herd)")
+    assert 2 <= handshakes <= 3, (
+        "one connection before the restart, one (rarely two) after: not one per trigger"
+    )
+    assert after["connections"] - before["connections"] < 10
+
+
+def test_max_sessions_2_with_twenty_triggers(sshd_factory, monkeypatch, remote_base_dir: str) -> None:
+    server = sshd_factory(max_sessions=2)
+    for name, value in server.airflow_env(conn_id="ssh_two").items():
+        monkeypatch.setenv(name, value)
+    all_paths = submit_jobs("ssh_two", remote_base_dir, [ticking_job(i, 4, 0.3) for i in range(20)])
+    before = server.counts()
+    events = asyncio.run(run_all([trigger_for("ssh_two", p, poll_interval=0.5) for p in all_paths]))
+    after = server.counts()
+
+    assert all(e["status"] == "success" for e in events)
+    assert after["accepted"] - before["accepted"] == 1
+    for paths in all_paths:
+        assert len(job_log(paths)) == 4
+
+
+def test_a_cancelled_trigger_leaves_the_shared_connection_healthy(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
+    all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 8, 0.3) for i in range(6)])
+    before = sshd.counts()
+
+    async def main() -> list[Any]:
+        triggers = [trigger_for(ssh_conn, p, poll_interval=0.3) for p in all_paths]
+        results: dict[int, Any] = {}
+
+        async def one(index: int) -> None:
+            async for event in triggers[index].run():
+                results[index] = event.payload
+
+        tasks = [asyncio.create_task(one(i)) for i in range(len(triggers))]
+        await asyncio.sleep(1.0)
+        tasks[0].cancel()  # mid-poll: the task was cleared, or timed out
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await triggers[0].cleanup()
+        return [results.get(i) for i in range(len(triggers))]
+
+    events = asyncio.run(main())
+    after = sshd.counts()
+    assert events[0] is None
+    assert all(e is not None and e["status"] == "success" for e in events[1:])
+    assert after["accepted"] - before["accepted"] == 1
+
+
+def test_recreated_trigger_resumes_the_log_at_the_right_byte(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
+    """A triggerer restart: the trigger is cancelled, then re-created from its serialized form."""
+    (paths,) = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(7, 20, 0.15)])
+    first = trigger_for(ssh_conn, paths, poll_interval=0.3)
+    _, kwargs = first.serialize()
+
+    async def first_half() -> list[str]:
+        lines: list[str] = []
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(_drain(first))
+            await asyncio.sleep(1.2)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await first.cleanup()
+        lines = [e["event"] for e in logs if e.get("log_level") == "info"]
+        return lines
+
+    before_restart = asyncio.run(first_half())
+    after_restart, event = asyncio.run(consume(SSHRemoteJobTrigger(**kwargs)))
+
+    expected = [f"job7 line {i}" for i in range(1, 21)]
+    assert 0 < len(before_restart) < 20
+    assert before_restart + after_restart == expected, "no line repeated or lost across the restart"
+    assert event["status"] == "success"
+
+
+async def _drain(trigger: SSHRemoteJobTrigger) -> None:
+    async for _ in trigger.run():
+        pass
