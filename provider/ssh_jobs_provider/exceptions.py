@@ -54,11 +54,12 @@ _TRANSIENT_PARAMIKO_WORDS = (
 
 def is_transient_connect_error(error: BaseException) -> bool:
     """
-    True for failures that happen *before authentication* and may pass on retry.
+    True for connection-level failures that may pass on retry.
 
-    These are what a loaded sshd produces: EOF before the banner (``MaxStartups`` drop),
-    connection refused/reset, banner or handshake timeouts, channel refusals
-    (``MaxSessions``). Authentication and host-key failures are not transient.
+    These are what a loaded or restarting sshd produces: EOF before the banner
+    (``MaxStartups`` drop), connection refused/reset, banner, handshake or command timeouts,
+    a lost connection, and refused channels (``MaxSessions``). Authentication and host-key
+    failures are never transient: retrying cannot fix them.
     """
     if isinstance(error, (SSHAuthenticationError, SSHHostKeyError)):
         return False

@@ -32,6 +32,9 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["ssh_jobs_provider.hooks.ssh"],
             }
         ],
+        "connection-types": [
+            {"hook-class-name": "ssh_jobs_provider.hooks.ssh.SSHHook", "connection-type": "ssh"},
+        ],
         "triggers": [
             {
                 "integration-name": "SSH remote jobs",

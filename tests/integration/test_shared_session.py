@@ -86,16 +86,20 @@ def socket_sampler(port: int) -> Iterator[list[int]]:
     samples: list[int] = []
     stop = threading.Event()
 
+    def established() -> int:
+        connections = psutil.net_connections(kind="tcp")
+        return sum(
+            1 for c in connections if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        )
+
+    # Start from a quiet table: the submit connection may take a moment to be torn down.
+    deadline = time.monotonic() + 5
+    while established() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
     def sample() -> None:
         while not stop.is_set():
-            connections = psutil.net_connections(kind="tcp")
-            samples.append(
-                sum(
-                    1
-                    for c in connections
-                    if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-                )
-            )
+            samples.append(established())
             stop.wait(0.1)
 
     thread = threading.Thread(target=sample, daemon=True)

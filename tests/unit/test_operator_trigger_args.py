@@ -140,7 +140,13 @@ def test_string_skip_exit_code_is_rejected() -> None:
 
 def test_operator_builds_the_trigger_from_the_job_paths() -> None:
     op = make_operator(
-        remote_host="h", poll_interval=2, log_chunk_size=4096, command_timeout=9, max_reconnect_attempts=2
+        remote_host="h",
+        poll_interval=2,
+        log_chunk_size=4096,
+        command_timeout=9,
+        max_reconnect_attempts=2,
+        cleanup="on_success",
+        cleanup_retries=4,
     )
     paths = RemoteJobPaths(job_id="job1", base_dir="/srv/jobs")
 
@@ -160,6 +166,8 @@ def test_operator_builds_the_trigger_from_the_job_paths() -> None:
         "log_offset": 17,
         "command_timeout": 9.0,
         "max_reconnect_attempts": 2,
+        "cleanup_policy": "on_success",
+        "cleanup_retries": 4,
     }
     assert trigger.paths == paths
 
@@ -193,6 +201,8 @@ trigger_kwargs = st.fixed_dictionaries(
         "log_offset": st.integers(0, 1 << 50),
         "command_timeout": st.floats(0.1, 3600),
         "max_reconnect_attempts": st.integers(0, 100),
+        "cleanup_policy": st.sampled_from(["never", "on_success", "always"]),
+        "cleanup_retries": st.integers(1, 10),
     }
 )
 

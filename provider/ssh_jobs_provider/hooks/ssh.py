@@ -216,8 +216,10 @@ class SSHHook(BaseHook):
         Open a new connection, retrying pre-authentication refusals.
 
         The caller owns the returned client (use it as a context manager). Raises
-        :class:`SSHAuthenticationError` / :class:`SSHHostKeyError` at once, and
-        :class:`SSHConnectError` naming the likely cause once the attempts are used up.
+        :class:`~ssh_jobs_provider.exceptions.SSHAuthenticationError` /
+        :class:`~ssh_jobs_provider.exceptions.SSHHostKeyError` at once, and
+        :class:`~ssh_jobs_provider.exceptions.SSHConnectError` naming the likely cause once the
+        attempts are used up.
         """
         settings = self.settings
         retrying = self.backoff.retrying(
@@ -261,6 +263,9 @@ class SSHHook(BaseHook):
             client.connect(**kwargs)
         except paramiko.AuthenticationException as error:
             client.close()
+            if "timeout" in str(error).lower():
+                # A slow link, not bad credentials: retryable like any other timeout.
+                raise TimeoutError(f"Authentication to {settings.address} timed out") from error
             raise _auth_error(settings, error) from error
         except paramiko.BadHostKeyException as error:
             client.close()
@@ -438,7 +443,9 @@ class SSHHookAsync(BaseHook):
     :param keepalive_interval: seconds between keepalives (default 30; extra ``keepalive_interval``)
     :param keepalive_count_max: unanswered keepalives before disconnecting (default 3)
     :param conn_timeout: seconds allowed for the TCP connect (default 10)
-    :param banner_timeout: seconds allowed for banner, key exchange and authentication (default 30)
+    :param banner_timeout: seconds allowed for banner, key exchange and authentication (default 30).
+        asyncssh has a single limit for the whole connect: it is ``conn_timeout + banner_timeout +
+        auth_timeout``.
     :param conn_retry_attempts: attempts for the connect, as for :class:`SSHHook` (default 3)
     :param no_host_key_check: accept unknown host keys (insecure)
     :param backoff: the backoff policy between attempts
@@ -512,6 +519,9 @@ class SSHHookAsync(BaseHook):
             + (settings.auth_timeout or 0.0),
             # Never prompt (BatchMode semantics): no keyboard-interactive prompts.
             "kbdint_auth": False,
+            # Read no ~/.ssh/config: the worker's paramiko hook does not either, and the two
+            # sides must reach the same host the same way.
+            "config": None,
         }
         if settings.key_file:
             options["client_keys"] = [settings.key_file]

@@ -17,7 +17,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from ssh_jobs_provider.exceptions import (
     RemoteJobError,
+    SSHAuthenticationError,
     SSHConnectError,
+    SSHHostKeyError,
     is_transient_connect_error,
 )
 from ssh_jobs_provider.hooks.ssh import SSHHook
@@ -96,8 +98,11 @@ class SSHRemoteJobOperator(BaseOperator):
         or ``"always"``
     :param remote_os: ``"auto"`` (default) or ``"posix"``; ``"windows"`` is not supported
     :param skip_on_exit_code: exit code(s) that skip the task instead of failing it
-    :param conn_timeout: seconds allowed for the TCP connect (default: the connection's, else 10)
-    :param banner_timeout: seconds allowed for the server's banner (default 30)
+    :param conn_timeout: seconds allowed for the TCP connect of the worker's connections (submit,
+        kill, cleanup); default: the connection's ``conn_timeout`` extra, else 10. The trigger
+        uses the connection's extras.
+    :param banner_timeout: seconds allowed for the server's banner on the worker's connections
+        (default 30)
     :param conn_retry_attempts: attempts to connect and submit, retrying refusals before
         authentication and lost submit replies with jittered exponential backoff (default 5)
     :param cleanup_retries: attempts for the cleanup (and kill) at the end (default 3)
@@ -394,11 +399,12 @@ class SSHRemoteJobOperator(BaseOperator):
                     self.log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
                     scripts.pop(0)
 
-        def retry_any(error: BaseException) -> bool:
-            return True
+        def worth_retrying(error: BaseException) -> bool:
+            # Everything but credentials and host keys: retrying cannot fix those.
+            return not isinstance(error, (SSHAuthenticationError, SSHHostKeyError))
 
         retrying = DEFAULT_BACKOFF.retrying(
-            self.cleanup_retries, retry_any, self.log, f"Cleanup of {paths.job_dir}"
+            self.cleanup_retries, worth_retrying, self.log, f"Cleanup of {paths.job_dir}"
         )
         try:
             retrying(attempt)

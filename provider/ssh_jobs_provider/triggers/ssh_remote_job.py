@@ -37,7 +37,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
     this trigger's log (the task log) while the job runs; after the job ends its log is
     drained to the last byte, its directory is removed over the same connection when
     ``cleanup_policy`` asks for it, and then the one final event is yielded. A connection-level
-    failure (``OSError``, ``asyncssh.Error``, timeouts) drops the shared connection and
+    failure (see :func:`~ssh_jobs_provider.exceptions.is_transient_connect_error`: refused or
+    lost connections, ``OSError``, timeouts, refused channels) drops the shared connection and
     reconnects with jittered exponential backoff; after ``max_reconnect_attempts``
     consecutive failed polls this trigger ends with an error event. Its count resets only
     after a successful poll. A re-created trigger (triggerer restart) resumes the log at the
