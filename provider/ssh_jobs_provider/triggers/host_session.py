@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import weakref
@@ -175,8 +176,7 @@ class HostSession:
         watch.next_due = _next_tick(loop.time(), watch.poll_interval)
         self._watches.append(watch)
         self._changed.set()
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name=f"ssh-jobs session {self.settings.address}")
+        self._ensure_running()
         return watch
 
     def record_offset(self, watch: JobWatch) -> asyncio.Future[bool]:
@@ -192,9 +192,19 @@ class HostSession:
         entry = PollEntry(watch.monitor.paths, offset=0, max_bytes=0, delivered=watch.delivered)
         self._records.append((entry, future))
         self._changed.set()
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name=f"ssh-jobs session {self.settings.address}")
+        self._ensure_running()
         return future
+
+    def _ensure_running(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        loop = asyncio.get_running_loop()
+        # Start the loop in an empty context: created from a trigger, it would otherwise
+        # inherit that trigger's log context, and session-wide messages would land in that
+        # one task's log.
+        self._task = contextvars.Context().run(
+            loop.create_task, self._run(), name=f"ssh-jobs session {self.settings.address}"
+        )
 
     def unwatch(self, watch: JobWatch) -> None:
         """Leave the session (normal end or cancellation); safe to call twice."""
