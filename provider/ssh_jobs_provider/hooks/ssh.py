@@ -69,6 +69,13 @@ def _exhausted_error(settings: SSHConnectionSettings, attempts: int, error: Base
     )
 
 
+def _connect_failure(settings: SSHConnectionSettings, attempts: int, error: Exception) -> Exception:
+    """What a failed connect raises: transient causes become one error naming the fix."""
+    if is_transient_connect_error(error) and not isinstance(error, SSHConnectError):
+        return _exhausted_error(settings, attempts, error)
+    return error
+
+
 # =============================================================================== paramiko
 
 
@@ -230,12 +237,11 @@ class SSHHook(BaseHook):
         )
         try:
             client = retrying(self._connect_once, settings)
-        except (SSHAuthenticationError, SSHHostKeyError):
-            raise
         except Exception as error:
-            if is_transient_connect_error(error):
-                raise _exhausted_error(settings, self.conn_retry_attempts, error) from error
-            raise
+            failure = _connect_failure(settings, self.conn_retry_attempts, error)
+            if failure is error:
+                raise
+            raise failure from error
         self.client = client
         return client
 
@@ -550,23 +556,21 @@ class SSHHookAsync(BaseHook):
         )
         try:
             return await retrying(self._connect_once, settings)
-        except (SSHAuthenticationError, SSHHostKeyError):
-            raise
         except Exception as error:
-            if is_transient_connect_error(error):
-                raise _exhausted_error(settings, self.conn_retry_attempts, error) from error
-            raise
+            failure = _connect_failure(settings, self.conn_retry_attempts, error)
+            if failure is error:
+                raise
+            raise failure from error
 
     async def connect_with(self, settings: SSHConnectionSettings) -> asyncssh.SSHClientConnection:
         """Open ONE connection with already-resolved ``settings`` (no retries; errors as for :meth:`get_conn`)."""
         try:
             return await self._connect_once(settings)
-        except (SSHAuthenticationError, SSHHostKeyError):
-            raise
         except Exception as error:
-            if is_transient_connect_error(error):
-                raise _exhausted_error(settings, 1, error) from error
-            raise
+            failure = _connect_failure(settings, 1, error)
+            if failure is error:
+                raise
+            raise failure from error
 
     async def _connect_once(self, settings: SSHConnectionSettings) -> asyncssh.SSHClientConnection:
         try:
