@@ -49,6 +49,8 @@ _TRANSIENT_PARAMIKO_WORDS = (
     "session not active",
     "channel closed",
     "open failed",
+    # The key exchange did not finish (paramiko then fails the login with this message).
+    "no existing session",
 )
 
 

@@ -116,8 +116,9 @@ class BackoffPolicy:
 
 
 #: The policy every retry in this package uses unless a caller passes its own: the first
-#: retry waits 0.5-1 s, then 1-2 s, 2-4 s, ... capped at 15-30 s.
-DEFAULT_BACKOFF = BackoffPolicy(initial=1.0, maximum=30.0)
+#: retry waits 1-2 s, then 2-4 s, 4-8 s, ... capped at 15-30 s. Starting at a second or two
+#: matters under a fan-out: sooner retries meet an sshd that is still saturated.
+DEFAULT_BACKOFF = BackoffPolicy(initial=2.0, maximum=30.0)
 
 #: Waits before re-opening a refused channel on the SAME connection. sshd frees a closed
 #: session's slot a moment after the close is processed, so with a low ``MaxSessions`` a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
@@ -141,3 +142,46 @@ def test_async_hook_keepalive_defaults(sshd, ssh_conn: str) -> None:
     options = hook.connect_options(settings)
     assert options["keepalive_interval"] == 30
     assert options["keepalive_count_max"] == 3
+
+
+def test_slow_key_exchange_is_not_cut_by_the_connect_timeout(sshd, monkeypatch) -> None:
+    """A loaded server (here: a slow link) takes longer to exchange keys than to accept TCP."""
+    with FaultProxy(sshd.host, sshd.port) as slow:
+        slow.set_latency(0.4)  # every chunk, both ways: the key exchange takes well over 1 s
+        conn_id = use_connection(monkeypatch, sshd, "ssh_slowkex", port=slow.port, conn_timeout=1)
+        started = time.monotonic()
+        assert sync_run(conn_id, conn_retry_attempts=1)[0] == 0
+        assert time.monotonic() - started > 1.0, "the exchange really was slower than conn_timeout"
+
+
+def test_connect_timeout_still_bounds_the_tcp_connect(monkeypatch) -> None:
+    # A listening socket that never accepts: the SYN queue fills and connects hang.
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        connection = {
+            "conn_type": "ssh",
+            "host": "127.0.0.1",
+            "port": port,
+            "login": "x",
+            "extra": {"conn_timeout": 1, "no_host_key_check": True},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_SSH_HANG", json.dumps(connection))
+        started = time.monotonic()
+        with pytest.raises(SSHConnectError):
+            sync_run("ssh_hang", conn_retry_attempts=1)
+        assert time.monotonic() - started < 10
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

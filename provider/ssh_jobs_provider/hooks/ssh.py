@@ -15,6 +15,7 @@ import asyncio
 import base64
 import logging
 import select
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -248,12 +249,18 @@ class SSHHook(BaseHook):
     def _connect_once(self, settings: SSHConnectionSettings) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         _set_paramiko_host_key_policy(client, settings, self.log)
+        # paramiko applies its `timeout` to the TCP connect AND to the key exchange. Under a
+        # fan-out the key exchange of a loaded server can take longer than a sensible connect
+        # timeout, so connect the socket ourselves with conn_timeout and give the key exchange
+        # the banner budget.
+        sock = socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout)
         kwargs: dict[str, Any] = {
             "hostname": settings.host,
             "port": settings.port,
+            "sock": sock,
             "username": settings.username,
             "password": settings.password,
-            "timeout": settings.conn_timeout,
+            "timeout": max(settings.conn_timeout or 0.0, settings.banner_timeout),
             "banner_timeout": settings.banner_timeout,
             "auth_timeout": settings.auth_timeout,
             "look_for_keys": settings.look_for_keys,
@@ -283,6 +290,7 @@ class SSHHook(BaseHook):
             raise
         except BaseException:
             client.close()
+            sock.close()
             raise
         transport = client.get_transport()
         if transport is not None and settings.keepalive_interval:
