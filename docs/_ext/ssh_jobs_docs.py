@@ -4,9 +4,12 @@ Build-time helpers for this documentation: numbers computed from the code, never
 - ``.. maxstartups-table::`` tabulates sshd's ``MaxStartups start:rate:full`` drop probability.
 - ``.. backoff-table::`` tabulates the waits of the provider's retry policy (``DEFAULT_BACKOFF``).
 - ``.. remote-layout::`` shows the job directory listing documented in ``utils.remote_job``.
+- ``.. sharing-key::`` lists the connection settings that decide whether two triggers share
+  one connection, found by trying ``SSHConnectionSettings.identity()`` field by field.
 - ``:default:`Class.param``` renders a parameter's default from the class signature,
-  ``:value:`module.CONSTANT``` a module constant and ``:backoff-total:`n``` the total wait
-  after *n* failures, so the prose follows the code.
+  ``:value:`module.CONSTANT``` a module constant or class attribute (sequences as a list),
+  ``:bytes:`module.CONSTANT``` a byte count in KiB/MiB and ``:backoff-total:`n``` the total
+  wait after *n* failures, so the prose follows the code.
 - Every documented class is checked: each constructor parameter must have a ``:param:`` entry
   in the class docstring (and no stale ones), and each templated field must say "templated".
   A mismatch is a warning, which fails the warnings-as-errors build.
@@ -210,6 +213,65 @@ class RemoteLayout(SphinxDirective):
         return [nodes.literal_block(text, text)]
 
 
+# ----------------------------------------------------------------------------- sharing key
+
+
+def _other_value(name: str, value: Any, annotation: str) -> Any:
+    """A valid value of field ``name`` that differs from ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 1.0
+    if "Mapping" in annotation:
+        return {"kex": ["diffie-hellman-group1-sha1"]}
+    if "tuple" in annotation:
+        return ("aes128-ctr",)
+    if "float" in annotation:
+        return 1.0
+    if "int" in annotation:
+        return 1
+    return f"{value or name}-other"
+
+
+def sharing_key_fields() -> tuple[list[str], list[str]]:
+    """
+    Split the fields of ``SSHConnectionSettings`` into those that are part of the sharing key
+    and those that are not, by changing one field at a time and comparing ``identity()``.
+    """
+    import dataclasses
+
+    from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+
+    base = SSHConnectionSettings(conn_id="docs", host="host.example", username="airflow")
+    shared, ignored = [], []
+    for field in dataclasses.fields(SSHConnectionSettings):
+        value = getattr(base, field.name)
+        changed = dataclasses.replace(base, **{field.name: _other_value(field.name, value, str(field.type))})
+        (shared if changed.identity() != base.identity() else ignored).append(field.name)
+    return shared, ignored
+
+
+class SharingKey(SphinxDirective):
+    """``.. sharing-key::``: which connection settings make two triggers use separate connections."""
+
+    def run(self) -> list[nodes.Node]:
+        try:
+            shared, ignored = sharing_key_fields()
+        except (AttributeError, TypeError, ValueError) as error:
+            logger.warning("sharing-key: cannot derive the key from SSHConnectionSettings: %s", error)
+            return []
+        if not shared:
+            logger.warning("sharing-key: SSHConnectionSettings.identity() ignores every field")
+            return []
+        items = ", ".join(f"``{name}``" for name in shared)
+        lines = [f"Part of the key, all of them: {items}."]
+        if ignored:
+            lines += ["", "Not part of it: " + ", ".join(f"``{name}``" for name in ignored) + "."]
+        return _parse_rst(self, lines)
+
+
 # ----------------------------------------------------------------------------- roles
 
 
@@ -242,17 +304,63 @@ def default_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, 
     return _role_result(rawtext, _plain(default), False)
 
 
+def resolve_dotted(text: str) -> Any:
+    """The object a dotted path names: a module attribute, or an attribute of a class in it."""
+    parts = text.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            obj = getattr(obj, attribute)
+        return obj
+    raise ImportError(f"no importable module in {text!r}")
+
+
+def _problem(inliner: Any, rawtext: str, lineno: int, text: str) -> tuple[list[nodes.Node], list[Any]]:
+    message = inliner.reporter.warning(text, line=lineno)
+    return [inliner.problematic(rawtext, rawtext, message)], [message]
+
+
 def value_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, options=None, content=None):
-    """``:value:`ssh_jobs_provider.utils.remote_job.DEFAULT_BASE_DIR``` -> the constant's value."""
-    module_name, _, attribute = text.rpartition(".")
+    """``:value:`ssh_jobs_provider.utils.remote_job.DEFAULT_BASE_DIR``` -> the constant's value.
+
+    Class attributes work too (``module.Class.attribute``); a tuple or list is rendered as
+    ``a, b and c``.
+    """
     try:
-        value = getattr(importlib.import_module(module_name), attribute)
+        value = resolve_dotted(text)
     except (AttributeError, ImportError, ValueError) as error:
-        message = inliner.reporter.warning(f":value:`{text}` cannot be resolved: {error}", line=lineno)
-        return [inliner.problematic(rawtext, rawtext, message)], [message]
+        return _problem(inliner, rawtext, lineno, f":value:`{text}` cannot be resolved: {error}")
     if isinstance(value, str):
         return _role_result(rawtext, value, True)
+    if isinstance(value, (tuple, list)):
+        items = [_plain(item) for item in value]
+        joined = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+        return _role_result(rawtext, joined if items else "(none)", False)
     return _role_result(rawtext, _plain(value), False)
+
+
+def format_bytes(value: int) -> str:
+    """``8388608`` -> ``8 MiB``, ``4096`` -> ``4 KiB``, ``1000`` -> ``1000 bytes``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size} {unit}"
+    return f"{value} bytes"
+
+
+def bytes_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, options=None, content=None):
+    """``:bytes:`ssh_jobs_provider.triggers.host_session.MAX_BATCH_BYTES``` -> ``8 MiB``."""
+    try:
+        value = resolve_dotted(text)
+    except (AttributeError, ImportError, ValueError) as error:
+        return _problem(inliner, rawtext, lineno, f":bytes:`{text}` cannot be resolved: {error}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return _problem(
+            inliner, rawtext, lineno, f":bytes:`{text}` is not a whole number of bytes: {value!r}"
+        )
+    return _role_result(rawtext, format_bytes(value), False)
 
 
 # ----------------------------------------------------------------------------- docstring check
@@ -322,8 +430,10 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("maxstartups-table", MaxStartupsTable)
     app.add_directive("backoff-table", BackoffTable)
     app.add_directive("remote-layout", RemoteLayout)
+    app.add_directive("sharing-key", SharingKey)
     app.add_role("default", default_role)
     app.add_role("value", value_role)
+    app.add_role("bytes", bytes_role)
     app.add_role("backoff-total", backoff_total_role)
     app.connect("autodoc-process-docstring", check_class_docstring)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

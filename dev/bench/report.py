@@ -1,0 +1,459 @@
+"""
+Turn a benchmark's raw JSON into the summary table (Markdown and reStructuredText) and plots.
+
+Usage (re-render an earlier run): python dev/bench/report.py dev/out/bench/<timestamp>/raw.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+PLOTS = ("burst.png", "monitor.png", "connections.png", "end_to_end.png")
+PUBLISHED = ("results.md", "results.rst.inc", "summary.json", *PLOTS)
+COLORS = {"ours": "#1f77b4", "upstream": "#d62728"}
+# Distinct markers and line styles keep both visible where their values coincide.
+STYLES: dict[str, dict[str, Any]] = {
+    "ours": {"marker": "o", "linestyle": "-"},
+    "upstream": {"marker": "s", "linestyle": "--", "markerfacecolor": "none"},
+}
+
+
+# ------------------------------------------------------------------------------ summary
+
+
+def _median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def _burst_figures(row: dict[str, Any]) -> dict[str, float]:
+    sshd = row.get("sshd", {})
+    return {
+        "failed": row.get("failed", row.get("n", 0)),
+        "handshakes": sshd.get("accepted", 0),
+        "attempts": sshd.get("connections", 0) + sshd.get("drops", 0),
+        "drops": sshd.get("drops", 0),
+        "channels": sshd.get("sessions", 0),
+        "peak_connections": row.get("peak_connections", 0),
+        "wall_seconds": row.get("wall_seconds", float("nan")),
+        "server_cpu_seconds": row.get("server_cpu_seconds", 0.0),
+    }
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    impls = sorted(
+        {row["impl"] for row in raw.get("bursts", []) + raw.get("monitor", [])},
+        key=["ours", "upstream"].index,
+    )
+    bursts: dict[str, Any] = {}
+    for n in sorted({row["n"] for row in raw.get("bursts", [])}):
+        bursts[str(n)] = {}
+        for impl in impls:
+            rows = [_burst_figures(r) for r in raw["bursts"] if r["n"] == n and r["impl"] == impl]
+            if not rows:
+                continue
+            bursts[str(n)][impl] = {
+                "repeats": len(rows),
+                **{key: _median(r[key] for r in rows) for key in rows[0]},
+                "min": {key: min(r[key] for r in rows) for key in rows[0]},
+                "max": {key: max(r[key] for r in rows) for key in rows[0]},
+            }
+    monitor: dict[str, Any] = {}
+    for row in raw.get("monitor", []):
+        n = row["n"]
+        submit, watch, complete = row["submit"], row["watch"], row["complete"]
+        minutes = max(watch.get("wall_seconds", 0.0), 1e-9) / 60
+        phases = {name: row[name]["sshd"] for name in ("submit", "watch", "complete")}
+        # A task succeeds end to end when its submit, its one event (exit 0, full output)
+        # and its completion (cleanup) all did.
+        failed = n - row.get("tasks_succeeded", 0)
+        monitor.setdefault(f"{row['poll']:g}", {})[row["impl"]] = {
+            "n": n,
+            "window_seconds": row["window_seconds"],
+            "peak_connections": watch.get("peak_connections", 0),
+            "handshakes": watch["sshd"]["accepted"],
+            "drops": watch["sshd"]["drops"],
+            "channel_opens": watch["sshd"]["sessions"],
+            "channel_opens_per_minute": watch["sshd"]["sessions"] / minutes,
+            "session_refusals": watch["sshd"]["session_refusals"],
+            "cpu_seconds": watch.get("cpu_seconds", float("nan")),
+            "rss_peak_mib": watch.get("rss_peak_kib", 0) / 1024,
+            "rss_growth_mib": (watch.get("rss_peak_kib", 0) - watch.get("rss_baseline_kib", 0)) / 1024,
+            "events_correct": watch.get("correct", 0),
+            "reconnect_warnings": watch.get("reconnect_warnings", 0),
+            "server_cpu_seconds": watch.get("server_cpu_seconds", 0.0),
+            "max_loop_lag_seconds": watch.get("max_loop_lag_seconds", float("nan")),
+            "watch_seconds": watch.get("wall_seconds", float("nan")),
+            "submit_failed": submit.get("failed", n),
+            "complete_failed": complete.get("failed", 0),
+            "job_dirs_left": row["job_dirs_left"],
+            "tasks_failed_end_to_end": failed,
+            "phases": {
+                name: {"handshakes": c["accepted"], "channels": c["sessions"], "drops": c["drops"]}
+                for name, c in phases.items()
+            },
+            "handshakes_per_task": sum(c["accepted"] for c in phases.values()) / n,
+            "channels_per_task": sum(c["sessions"] for c in phases.values()) / n,
+            "server_cpu_total_seconds": sum(row[name].get("server_cpu_seconds", 0.0) for name in phases),
+            "connection_samples": watch.get("connection_samples", []),
+        }
+    return {"impls": impls, "bursts": bursts, "monitor": monitor}
+
+
+# ------------------------------------------------------------------------------ table
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    if digits == 0 and float(value).is_integer():
+        return f"{int(value)}"
+    return f"{value:.{digits or 1}f}"
+
+
+def _ratio(ours: float, upstream: float) -> str:
+    if ours != ours or upstream != upstream:
+        return "n/a"
+    if upstream == 0:
+        return "=" if ours == 0 else "n/a (upstream 0)"
+    ratio = ours / upstream
+    # Two decimals, or two significant digits for small ratios (1 of 200 is 0.005, not 0.00).
+    return f"{ratio:.2f}" if ratio >= 0.1 or ratio == 0 else f"{ratio:.2g}"
+
+
+def table_rows(summary: dict[str, Any], meta: dict[str, Any]) -> list[list[str]]:
+    """Rows of (scenario, figure, ours, upstream, ours/upstream)."""
+    rows: list[list[str]] = []
+
+    def add(
+        scenario: str,
+        figure: str,
+        data: dict[str, Any],
+        key: str | Callable[[dict[str, Any]], float],
+        digits: int = 0,
+    ) -> None:
+        values = {}
+        for impl in ("ours", "upstream"):
+            if impl in data:
+                values[impl] = key(data[impl]) if callable(key) else data[impl][key]
+        ours, upstream = values.get("ours", float("nan")), values.get("upstream", float("nan"))
+        rows.append([scenario, figure, _fmt(ours, digits), _fmt(upstream, digits), _ratio(ours, upstream)])
+
+    for n, data in summary["bursts"].items():
+        repeats = max(d["repeats"] for d in data.values())
+        scenario = f"Submit burst, N={n} (median of {repeats})"
+        add(scenario, "failed submits", data, "failed")
+        add(scenario, "handshakes (accepted logins)", data, "handshakes")
+        add(scenario, "connection attempts (admitted + dropped)", data, "attempts")
+        add(scenario, "MaxStartups drops", data, "drops")
+        add(scenario, "channel opens", data, "channels")
+        add(scenario, "burst wall time, s (supporting)", data, "wall_seconds", 1)
+    for poll, data in summary["monitor"].items():
+        n = next(iter(data.values()))["n"]
+        scenario = f"Monitoring, N={n}, poll {poll} s"
+        add(scenario, "peak concurrent TCP connections", data, "peak_connections")
+        add(scenario, "handshakes", data, "handshakes")
+        add(scenario, "MaxStartups drops", data, "drops")
+        add(scenario, "channel opens per minute", data, "channel_opens_per_minute")
+        add(scenario, "triggerer CPU seconds", data, "cpu_seconds", 1)
+        add(scenario, "triggerer peak RSS, MiB", data, "rss_peak_mib")
+        add(scenario, "triggerer RSS growth while watching, MiB", data, "rss_growth_mib", 1)
+        add(scenario, "server CPU seconds (sshd + remote shells)", data, "server_cpu_seconds", 1)
+        add(scenario, f"events correct (of {n})", data, "events_correct")
+    for poll, data in summary["monitor"].items():
+        scenario = f"End to end per task, poll {poll} s"
+        add(scenario, "handshakes per task (submit + monitor + cleanup)", data, "handshakes_per_task", 2)
+        add(scenario, "channel opens per task", data, "channels_per_task", 2)
+        add(scenario, "tasks not successful", data, "tasks_failed_end_to_end")
+        add(scenario, "job directories left behind", data, "job_dirs_left")
+    return rows
+
+
+HEADER = ["Scenario", "Figure", "ours", "upstream", "ours/upstream"]
+#: Figures where more is better; for every other figure less is better.
+HIGHER_IS_BETTER = ("events correct",)
+
+
+def not_ahead(rows: list[list[str]]) -> list[str]:
+    """
+    The figures on which ours is behind upstream, or level with it (both perfect is not listed:
+    zero failures each, or every event correct for both).
+    """
+    found = []
+    for scenario, figure, ours, upstream, _ in rows:
+        try:
+            a, b = float(ours), float(upstream)
+        except ValueError:
+            continue
+        if figure.startswith(HIGHER_IS_BETTER):
+            best = float(figure.rsplit("of ", 1)[-1].rstrip(")"))
+            behind, level = a < b, a == b and a < best
+        else:
+            behind, level = a > b, a == b and a != 0
+        if behind or level:
+            found.append(
+                f"{scenario}: {figure}: ours {ours}, upstream {upstream}" + (" (level)" if level else "")
+            )
+    return found
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---", "---", "---:", "---:", "---:"]) + "|"]
+    previous = None
+    for row in rows:
+        scenario = row[0] if row[0] != previous else ""
+        previous = row[0]
+        lines.append("| " + " | ".join([scenario, *row[1:]]) + " |")
+    return "\n".join(lines)
+
+
+def rst_table(rows: list[list[str]]) -> str:
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 30 40 10 10 10", ""]
+    previous = None
+    for row in [HEADER, *rows]:
+        scenario = row[0] if row[0] != previous or row is HEADER else ""
+        previous = row[0]
+        cells = [scenario or " ", *row[1:]]
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {cell}" for cell in cells[1:])
+    return "\n".join(lines) + "\n"
+
+
+def load_range(raw: dict[str, Any]) -> tuple[float, float] | None:
+    """Lowest and highest 1-minute load average seen just before a measurement started."""
+    loads = [row["load_before"][0] for row in raw.get("bursts", []) if "load_before" in row]
+    for row in raw.get("monitor", []):
+        loads.extend(
+            row[phase]["load_before"][0]
+            for phase in ("submit", "watch", "complete")
+            if "load_before" in row[phase]
+        )
+    return (min(loads), max(loads)) if loads else None
+
+
+def context_lines(meta: dict[str, Any]) -> list[str]:
+    m = meta.get("machine", {})
+    s = meta.get("settings", {})
+    v = meta.get("versions", {})
+    git = meta.get("git", {})
+    ours_v = v.get("ours", {}).get("airflow-provider-ssh-jobs", "?")
+    up_v = v.get("upstream", {}).get("apache-airflow-providers-ssh", "?")
+    source = f"commit {git.get('commit', '?')}"
+    if git.get("ours_src"):
+        source += f", package from {git['ours_src']}"
+    elif git.get("provider_changes"):
+        source += " plus uncommitted changes under provider/"
+    incomplete = [] if meta.get("complete", True) else ["**Incomplete run: it was interrupted.**"]
+    return [
+        *incomplete,
+        f"Command: `{str(meta.get('command', 'bash dev/bench/run.sh')).strip()}`"
+        + (" (quick mode)" if meta.get("quick") else ""),
+        f"ours: airflow-provider-ssh-jobs {ours_v} ({source}); upstream: apache-airflow-providers-ssh {up_v}; "
+        f"both with apache-airflow {v.get('ours', {}).get('apache-airflow', '?')}, "
+        f"asyncssh {v.get('ours', {}).get('asyncssh', '?')}, paramiko {v.get('ours', {}).get('paramiko', '?')}, "
+        f"Python {m.get('python', '?')}.",
+        f"Machine: {m.get('cpus', '?')} CPUs ({m.get('cpu_model', '?')}), {m.get('memory_gib', '?')} GiB, "
+        f"{m.get('os', '?')}, Linux {m.get('kernel', '?')}; 1-minute load average "
+        f"{meta.get('load_start', [0])[0]:.2f} when the run started"
+        + (
+            f", {meta['load_range'][0]:.1f} to {meta['load_range'][1]:.1f} just before the measurements "
+            "(the bursts themselves raise it)"
+            if meta.get("load_range")
+            else ""
+        )
+        + "; other work was running on the machine.",
+        f"Server: {meta.get('sshd_banner', '?')} on 127.0.0.1, MaxStartups {s.get('max_startups')}, "
+        f"MaxSessions {s.get('max_sessions')}, LoginGraceTime {s.get('login_grace_time', 30)}, LogLevel VERBOSE, "
+        "a fresh sshd per scenario.",
+        f"Run {meta.get('started', '?')}, {meta.get('duration_seconds', 0) / 60:.1f} min; watched jobs run "
+        f"{s.get('job_seconds', '?'):g} s, submitted and cleaned up by {s.get('submit_workers', '?')} worker processes.",
+    ]
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install -e '.[bench]')", file=sys.stderr)
+        return []
+    made = []
+    impls = summary["impls"]
+
+    if summary["bursts"]:
+        ns = sorted(int(n) for n in summary["bursts"])
+        figures = [("failed", "failed submits"), ("handshakes", "handshakes"), ("drops", "MaxStartups drops")]
+        fig, axes = plt.subplots(1, len(figures), figsize=(12, 3.6))
+        for ax, (key, title) in zip(axes, figures, strict=True):
+            for impl in impls:
+                pts = [(n, summary["bursts"][str(n)][impl]) for n in ns if impl in summary["bursts"][str(n)]]
+                xs = [n for n, _ in pts]
+                med = [d[key] for _, d in pts]
+                low = [d[key] - d["min"][key] for _, d in pts]
+                high = [d["max"][key] - d[key] for _, d in pts]
+                ax.errorbar(
+                    xs, med, yerr=[low, high], capsize=3, label=impl, color=COLORS.get(impl), **STYLES[impl]
+                )
+            ax.set_title(title)
+            ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
+            ax.set_xlabel("simultaneous submits (N)")
+            ax.set_xticks(ns)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle("Submit burst: median, range over repeats")
+        fig.tight_layout()
+        fig.savefig(out_dir / "burst.png", dpi=110)
+        plt.close(fig)
+        made.append("burst.png")
+
+    if summary["monitor"]:
+        polls = list(summary["monitor"])
+        figures = [
+            ("peak_connections", "peak concurrent connections"),
+            ("channel_opens_per_minute", "channel opens per minute"),
+            ("cpu_seconds", "triggerer CPU seconds"),
+            ("server_cpu_seconds", "server CPU seconds"),
+        ]
+        fig, axes = plt.subplots(1, len(figures), figsize=(14, 3.6))
+        width = 0.8 / max(1, len(impls))
+        for ax, (key, title) in zip(axes, figures, strict=True):
+            for i, impl in enumerate(impls):
+                xs = [p + (i - (len(impls) - 1) / 2) * width for p in range(len(polls))]
+                ys = [summary["monitor"][poll].get(impl, {}).get(key, 0) for poll in polls]
+                bars = ax.bar(xs, ys, width, label=impl, color=COLORS.get(impl))
+                ax.bar_label(bars, labels=[_fmt(y, 0 if y >= 10 else 1) for y in ys], fontsize=7, padding=1)
+            ax.set_xticks(range(len(polls)), [f"poll {p} s" for p in polls])
+            ax.set_title(title)
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].legend()
+        n = next(iter(next(iter(summary["monitor"].values())).values()))["n"]
+        fig.suptitle(f"Monitoring {n} jobs from one triggerer process")
+        fig.tight_layout()
+        fig.savefig(out_dir / "monitor.png", dpi=110)
+        plt.close(fig)
+        made.append("monitor.png")
+
+        fig, axes = plt.subplots(1, len(polls), figsize=(6 * len(polls), 3.6), squeeze=False)
+        for ax, poll in zip(axes[0], polls, strict=True):
+            for impl in impls:
+                samples = summary["monitor"][poll].get(impl, {}).get("connection_samples", [])
+                if samples:
+                    ax.plot(
+                        [t for t, _ in samples], [c for _, c in samples], label=impl, color=COLORS.get(impl)
+                    )
+            ax.set_title(f"connections to sshd while monitoring, poll {poll} s")
+            ax.set_xlabel("seconds since the triggerer process started")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "connections.png", dpi=110)
+        plt.close(fig)
+        made.append("connections.png")
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+        phases = ("submit", "watch", "complete")
+        labels = {"submit": "submit", "watch": "monitor", "complete": "cleanup"}
+        hatches = {"submit": "", "watch": "//", "complete": ".."}
+        for ax, (key, title) in zip(
+            axes, [("handshakes", "handshakes per task"), ("channels", "channel opens per task")], strict=True
+        ):
+            ticks = []
+            x = 0
+            for poll in polls:
+                for impl in impls:
+                    data = summary["monitor"][poll].get(impl)
+                    if not data:
+                        continue
+                    bottom = 0.0
+                    for phase in phases:
+                        value = data["phases"][phase][key] / data["n"]
+                        ax.bar(
+                            x,
+                            value,
+                            0.7,
+                            bottom=bottom,
+                            color=COLORS.get(impl),
+                            hatch=hatches[phase],
+                            edgecolor="white",
+                            label=labels[phase] if x == 0 else None,
+                        )
+                        bottom += value
+                    ticks.append((x, f"{impl}\npoll {poll} s"))
+                    x += 1
+                x += 0.5
+            ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
+            ax.set_title(title + " (submit / monitor / cleanup)")
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "end_to_end.png", dpi=110)
+        plt.close(fig)
+        made.append("end_to_end.png")
+    return made
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def write_report(raw: dict[str, Any], out_dir: Path) -> str:
+    summary = summarise(raw)
+    meta = {**raw.get("meta", {}), "load_range": load_range(raw)}
+    rows = table_rows(summary, meta)
+    context = context_lines(meta)
+    behind = not_ahead(rows)
+    behind_text = (
+        ["Where ours is not ahead of upstream in this run:", "", *[f"- {line}" for line in behind]]
+        if behind
+        else ["Ours is ahead of or level at zero with upstream on every figure of this run."]
+    )
+    md = "\n".join(["\n\n".join(context), "", markdown_table(rows), "", *behind_text, ""])
+    (out_dir / "results.md").write_text(md)
+    rst_context = "\n\n".join(line.replace("`", "``") for line in context)
+    (out_dir / "results.rst.inc").write_text(
+        rst_context + "\n\n" + rst_table(rows) + "\n" + "\n".join(behind_text) + "\n"
+    )
+    public = {
+        "meta": {k: v for k, v in meta.items() if k != "sshd_config"},
+        "summary": {
+            **summary,
+            "monitor": {
+                poll: {
+                    impl: {k: v for k, v in d.items() if k != "connection_samples"}
+                    for impl, d in data.items()
+                }
+                for poll, data in summary["monitor"].items()
+            },
+        },
+        "table": [dict(zip(HEADER, row, strict=True)) for row in rows],
+    }
+    (out_dir / "summary.json").write_text(json.dumps(public, indent=1, default=str))
+    plots(summary, out_dir)
+    return md
+
+
+def publish(out_dir: Path, docs_dir: Path) -> None:
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED:
+        source = out_dir / name
+        if source.exists():
+            shutil.copy2(source, docs_dir / name)
+
+
+def main() -> None:
+    raw_path = Path(sys.argv[1])
+    print(write_report(json.loads(raw_path.read_text()), raw_path.parent))
+
+
+if __name__ == "__main__":
+    main()
