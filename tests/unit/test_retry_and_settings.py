@@ -56,7 +56,7 @@ def test_ceilings_grow_exponentially_until_the_cap() -> None:
 
 def test_default_backoff_first_wait_and_cap() -> None:
     rng = random.Random(1)
-    assert 0.5 <= DEFAULT_BACKOFF.delay(1, rng) <= 1.0
+    assert 1.0 <= DEFAULT_BACKOFF.delay(1, rng) <= 2.0
     assert 15.0 <= DEFAULT_BACKOFF.delay(50, rng) <= 30.0
 
 
