@@ -17,6 +17,7 @@ import logging
 import select
 import socket
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -529,7 +530,7 @@ class SSHHookAsync(BaseHook):
     async def get_settings(self) -> SSHConnectionSettings:
         """The resolved connection settings (read from Airflow once, on first use)."""
         if self._settings is None:
-            conn = await _aget_connection(self.ssh_conn_id) if self.ssh_conn_id else None
+            conn = await _cached_connection(self.ssh_conn_id) if self.ssh_conn_id else None
             self._settings = SSHConnectionSettings.from_connection(conn, **self._overrides)
         return self._settings
 
@@ -631,6 +632,25 @@ class SSHHookAsync(BaseHook):
         """Like :meth:`run_command`, returning only stdout."""
         _, stdout, _ = await self.run_command(command, timeout)
         return stdout
+
+
+#: Seconds a connection read from Airflow is reused by other hooks of the same event loop.
+#: Hundreds of triggers of one fan-out start together and all read the same connection.
+CONNECTION_CACHE_SECONDS = 10.0
+_connection_cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[float, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _cached_connection(conn_id: str) -> Any:
+    loop = asyncio.get_running_loop()
+    cache = _connection_cache.setdefault(loop, {})
+    hit = cache.get(conn_id)
+    if hit is not None and loop.time() - hit[0] < CONNECTION_CACHE_SECONDS:
+        return hit[1]
+    conn = await _aget_connection(conn_id)
+    cache[conn_id] = (loop.time(), conn)
+    return conn
 
 
 async def _aget_connection(conn_id: str) -> Any:
