@@ -1,8 +1,9 @@
 """
 :class:`SSHRemoteJobOperator`: submit a detached job over SSH, then watch it from the triggerer.
 
-The worker does the short parts (submit, and at the end kill/cleanup) with the paramiko
-hook; everything in between happens in :class:`~ssh_jobs_provider.triggers.ssh_remote_job.SSHRemoteJobTrigger`.
+The worker does the short parts with the paramiko hook: the submit, and at the end a kill
+when the watch was lost, or a cleanup the trigger could not do. Watching, log streaming and
+normally the cleanup happen in :class:`~ssh_jobs_provider.triggers.ssh_remote_job.SSHRemoteJobTrigger`.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ class SSHRemoteJobOperator(BaseOperator):
 
     The worker opens ONE connection, submits the job (it runs under ``setsid`` with its
     output in a log file and its exit code written atomically when it ends), pushes the
-    job's identity to XCom and defers. The trigger holds one connection, streams the log
-    into the task log and fires once the job has ended and its log is fully read. The
+    job's identity to XCom and defers. In the triggerer, all triggers reaching the same
+    server share one connection and one batched poll per tick; the trigger streams the log
+    into the task log, removes the job directory when ``cleanup`` asks for it, and fires
+    once the job has ended and its log is fully read. The
     task then succeeds on exit code 0, is skipped on a ``skip_on_exit_code``, and fails
     otherwise. Submission is idempotent within a try: the job id is derived from the task
     instance, so a submit whose reply was lost is retried and re-attaches to the job
@@ -105,11 +108,12 @@ class SSHRemoteJobOperator(BaseOperator):
         (default 30)
     :param conn_retry_attempts: attempts to connect and submit, retrying refusals before
         authentication and lost submit replies with jittered exponential backoff (default 5)
-    :param cleanup_retries: attempts for the cleanup (and kill) at the end (default 3)
+    :param cleanup_retries: attempts for the cleanup, first in the trigger, then (if the trigger
+        could not) in the worker, and for the kill after a lost watch (default 3)
     :param command_timeout: seconds allowed for each remote command; the submit's allowance
         doubles after each timeout (default 30)
-    :param max_reconnect_attempts: consecutive connection failures the trigger tolerates
-        (default 5)
+    :param max_reconnect_attempts: consecutive failed polls the trigger tolerates before it
+        gives up on the job (default 5); the count resets after each successful poll
     """
 
     template_fields: Sequence[str] = (

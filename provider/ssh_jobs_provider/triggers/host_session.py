@@ -55,6 +55,8 @@ COALESCE_SECONDS = 0.05
 #: Log bytes one batch may carry in all; every job still gets at least MIN_WINDOW.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MIN_WINDOW = 4096
+#: Seconds allowed for recording the delivered offsets of triggers that left early.
+RECORD_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass
@@ -263,7 +265,7 @@ class HostSession:
         entries: list[Entry] = [entry for entry, _ in records]
         try:
             conn = await self._connection()
-            await self._runner(conn, build_batch_script(entries), 30.0)
+            await self._runner(conn, build_batch_script(entries), RECORD_TIMEOUT_SECONDS)
             ok = True
         except asyncio.CancelledError:
             raise
@@ -299,7 +301,17 @@ class HostSession:
         except Exception as error:
             if not is_transient_connect_error(error):
                 for watch in due:
-                    self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
+                    if watch.final_outcome is not None:  # only its cleanup was pending
+                        self._complete(
+                            watch,
+                            Delivery(
+                                log_offset=watch.monitor.log_offset,
+                                outcome=watch.final_outcome,
+                                cleaned_up=False,
+                            ),
+                        )
+                    else:
+                        self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
                 return
             await self._on_batch_failure(due, error)
             return
@@ -371,6 +383,14 @@ class HostSession:
 
     def _count_failure(self, watch: JobWatch, error: BaseException, delay: float | None = None) -> None:
         watch.failures += 1
+        if watch.final_outcome is not None and watch.failures > watch.cleanup_retries:
+            # The job's outcome is known and its log delivered: only the cleanup is stuck.
+            # Report the real outcome and leave the cleanup to the operator.
+            self._complete(
+                watch,
+                Delivery(log_offset=watch.monitor.log_offset, outcome=watch.final_outcome, cleaned_up=False),
+            )
+            return
         if watch.failures > watch.max_reconnect_attempts:
             job = watch.monitor.paths
             self._finish(

@@ -25,6 +25,10 @@ from ssh_jobs_provider.utils.job_monitor import JobMonitor, Outcome
 from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_kill_script, parse_simple_state
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
+#: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.
+OFFSET_RECORD_WAIT_SECONDS = 5.0
+#: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
+KILL_CONNECT_ATTEMPTS = 3
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
@@ -52,9 +56,11 @@ class SSHRemoteJobTrigger(BaseTrigger):
     :param exit_code_file: the job's exit code file (informational)
     :param remote_os: ``"posix"`` (the only supported value)
     :param poll_interval: seconds between polls while the job runs
-    :param log_chunk_size: most log bytes read per poll
+    :param log_chunk_size: most log bytes read per poll (a batch also caps the bytes of all
+        its jobs together, giving each at least a few KiB)
     :param log_offset: log bytes already delivered
-    :param command_timeout: seconds allowed for each remote command
+    :param command_timeout: seconds allowed for each remote command (a batch poll allows the
+        largest value among its jobs)
     :param max_reconnect_attempts: consecutive failed polls tolerated
     :param cleanup_policy: remove the job directory from here once the log is drained:
         ``"never"`` (default), ``"on_success"`` or ``"always"`` (for jobs that exited)
@@ -205,13 +211,13 @@ class SSHRemoteJobTrigger(BaseTrigger):
         recorded = getattr(self, "_offset_recorded", None)
         if recorded is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(recorded), 5)
+                await asyncio.wait_for(asyncio.shield(recorded), OFFSET_RECORD_WAIT_SECONDS)
 
     # ------------------------------------------------------------------ user kill
 
     async def on_kill(self) -> None:
         """A user cleared or marked the deferred task: stop the remote job's whole process group."""
-        hook = self._make_hook(attempts=3)
+        hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
             _, stdout, _ = await hook.run_script_on(conn, build_kill_script(self.paths), self.command_timeout)

@@ -2,8 +2,9 @@
 What a trigger does with poll answers, as pure code: no sockets, no clocks of its own.
 
 :class:`JobMonitor` is a small state machine. The trigger asks it for the next poll
-script, runs that script however it likes (its own connection today, a shared batched
-connection tomorrow), feeds the raw answer back with the current time, and gets back the
+script (or batch entry), has it run however it likes (today: one batched exec per host
+shared by every trigger, see :mod:`ssh_jobs_provider.triggers.host_session`), feeds the
+answer back with the current time, and gets back the
 log lines to emit and, at the end, the one final outcome. Keeping this free of I/O is
 what lets the transport change without touching the poll logic.
 """
