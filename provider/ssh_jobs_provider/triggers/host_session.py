@@ -236,6 +236,9 @@ class HostSession:
                     continue
                 await self._poll(due)
         except asyncio.CancelledError:
+            # The event loop is shutting down (triggerer stop, or `dags test` ending): close
+            # without waiting for the server's goodbye, whose reader task is cancelled too.
+            self._abort_connection()
             raise
         except Exception as error:  # a bug here must not leave triggers waiting forever
             log.exception("SSH host session for %s failed", self.settings.address)
@@ -252,11 +255,15 @@ class HostSession:
 
     async def _wait_for_change(self, timeout: float) -> bool:
         self._changed.clear()
+        # asyncio.wait, not wait_for: on Python < 3.12 wait_for can swallow a cancellation
+        # that arrives as the event is set, and the session would then outlive its loop's
+        # shutdown by a whole linger period.
+        waiter = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
-        except asyncio.TimeoutError:
-            return False
-        return True
+            done, _ = await asyncio.wait({waiter}, timeout=max(0.0, timeout))
+        finally:
+            waiter.cancel()
+        return bool(done)
 
     # ------------------------------------------------------------------ one batch
 
@@ -429,6 +436,11 @@ class HostSession:
             self._conn = await self._connector(self.settings)
             self.connects += 1
         return self._conn
+
+    def _abort_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
