@@ -309,14 +309,7 @@ class HostSession:
             if not is_transient_connect_error(error):
                 for watch in due:
                     if watch.final_outcome is not None:  # only its cleanup was pending
-                        self._complete(
-                            watch,
-                            Delivery(
-                                log_offset=watch.monitor.log_offset,
-                                outcome=watch.final_outcome,
-                                cleaned_up=False,
-                            ),
-                        )
+                        self._finish(watch, watch.final_outcome, cleaned_up=False)
                     else:
                         self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
                 return
@@ -358,15 +351,9 @@ class HostSession:
         assert watch.final_outcome is not None
         watch.cleanup_attempts += 1
         if result.state in ("removed", "absent"):
-            self._complete(
-                watch,
-                Delivery(log_offset=watch.monitor.log_offset, outcome=watch.final_outcome, cleaned_up=True),
-            )
+            self._finish(watch, watch.final_outcome, cleaned_up=True)
         elif watch.cleanup_attempts >= watch.cleanup_retries:
-            self._complete(
-                watch,
-                Delivery(log_offset=watch.monitor.log_offset, outcome=watch.final_outcome, cleaned_up=False),
-            )
+            self._finish(watch, watch.final_outcome, cleaned_up=False)
         else:
             watch.next_due = now + self._backoff.delay(watch.cleanup_attempts)
 
@@ -393,10 +380,7 @@ class HostSession:
         if watch.final_outcome is not None and watch.failures > watch.cleanup_retries:
             # The job's outcome is known and its log delivered: only the cleanup is stuck.
             # Report the real outcome and leave the cleanup to the operator.
-            self._complete(
-                watch,
-                Delivery(log_offset=watch.monitor.log_offset, outcome=watch.final_outcome, cleaned_up=False),
-            )
+            self._finish(watch, watch.final_outcome, cleaned_up=False)
             return
         if watch.failures > watch.max_reconnect_attempts:
             job = watch.monitor.paths
@@ -422,8 +406,11 @@ class HostSession:
             )
         )
 
-    def _finish(self, watch: JobWatch, outcome: Outcome) -> None:
-        self._complete(watch, Delivery(log_offset=watch.monitor.log_offset, outcome=outcome))
+    def _finish(self, watch: JobWatch, outcome: Outcome, cleaned_up: bool | None = None) -> None:
+        """End ``watch`` with its one final delivery."""
+        self._complete(
+            watch, Delivery(log_offset=watch.monitor.log_offset, outcome=outcome, cleaned_up=cleaned_up)
+        )
 
     def _complete(self, watch: JobWatch, delivery: Delivery) -> None:
         self.unwatch(watch)
