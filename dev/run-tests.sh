@@ -8,6 +8,8 @@ bash dev/setup-env.sh
 echo "== ruff"
 .venv/bin/ruff check provider tests dev docs
 .venv/bin/ruff format --check provider tests dev docs
+echo "== shellcheck (the remote-job scripts)"
+shellcheck -s sh provider/ssh_jobs_provider/protocol/sh/*.sh
 echo "== mypy"
 .venv/bin/mypy
 echo "== docs"

@@ -20,8 +20,16 @@ import structlog.testing
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_submit_script, parse_submit_output
+from ssh_jobs_provider.utils.remote_job import (
+    RemoteJobPaths,
+    build_submit_script,
+    new_job_token,
+    parse_submit_output,
+)
 from support.report import report
+
+#: The token of every job these tests submit: their triggers check it like the operator's.
+TOKEN = new_job_token()
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +41,7 @@ def submit_jobs(conn_id: str, base_dir: str, commands: list[str]) -> list[Remote
     with hook.get_conn() as client:
         for index, command in enumerate(commands):
             paths = RemoteJobPaths(job_id=f"job{index:03d}", base_dir=base_dir)
-            _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}), timeout=30)
+            _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}, TOKEN), timeout=30)
             assert parse_submit_output(stdout).pid is not None
             all_paths.append(paths)
     return all_paths
@@ -46,6 +54,7 @@ def ticking_job(index: int, lines: int, pause: float) -> str:
 def trigger_for(conn_id: str, paths: RemoteJobPaths, **kwargs: Any) -> SSHRemoteJobTrigger:
     kwargs.setdefault("poll_interval", 1.0)
     kwargs.setdefault("command_timeout", 20.0)
+    kwargs.setdefault("job_token", TOKEN)
     return SSHRemoteJobTrigger(
         ssh_conn_id=conn_id,
         remote_host=None,

@@ -16,10 +16,14 @@ from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.utils.remote_job import (
     RemoteJobPaths,
     build_submit_script,
+    new_job_token,
     parse_submit_output,
 )
 from support.report import report
 from support.runner import run_trigger
+
+#: The token of every job these tests submit: their triggers check it like the operator's.
+TOKEN = new_job_token()
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +33,7 @@ def start_job(conn_id: str, base_dir: str, command: str, job_id: str = "job") ->
     paths = RemoteJobPaths(job_id=job_id, base_dir=base_dir)
     hook = SSHHook(ssh_conn_id=conn_id)
     with hook.get_conn() as client:
-        _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}), timeout=30)
+        _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}, TOKEN), timeout=30)
     assert parse_submit_output(stdout).pid is not None
     return paths
 
@@ -37,6 +41,7 @@ def start_job(conn_id: str, base_dir: str, command: str, job_id: str = "job") ->
 def trigger_for(conn_id: str, paths: RemoteJobPaths, **kwargs) -> SSHRemoteJobTrigger:
     kwargs.setdefault("poll_interval", 0.2)
     kwargs.setdefault("command_timeout", 10.0)
+    kwargs.setdefault("job_token", TOKEN)
     return SSHRemoteJobTrigger(
         ssh_conn_id=conn_id,
         remote_host=None,

@@ -31,6 +31,7 @@ def test_template_fields_and_extensions() -> None:
         "environment",
         "remote_host",
         "remote_base_dir",
+        "remote_working_dir",
         "ssh_conn_id",
     )
     assert tuple(SSHRemoteJobOperator.template_ext) == (".sh", ".bash")
@@ -52,6 +53,7 @@ DOCUMENTED_DEFAULTS = {
     "cleanup_retries": 3,
     "command_timeout": 30.0,
     "max_reconnect_attempts": 5,
+    "remote_working_dir": None,
 }
 
 
@@ -168,6 +170,8 @@ def test_operator_builds_the_trigger_from_the_job_paths() -> None:
         "max_reconnect_attempts": 2,
         "cleanup_policy": "on_success",
         "cleanup_retries": 4,
+        "job_token": "",
+        "remote_base_dir": "/srv/jobs",
     }
     assert trigger.paths == paths
 
@@ -187,12 +191,27 @@ def test_trigger_classpath_is_importable() -> None:
 
 
 names = st.text(max_size=30)
-trigger_kwargs = st.fixed_dictionaries(
+job_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", fullmatch=True)
+base_dirs = st.sampled_from(["/tmp/airflow-ssh-jobs", "/srv/jobs", "/home/u/a b/jobs"])
+
+
+@st.composite
+def trigger_kwargs(draw: st.DrawFn) -> dict[str, Any]:
+    job_id, base_dir = draw(job_ids), draw(base_dirs)
+    kwargs = draw(trigger_other_kwargs)
+    return {
+        **kwargs,
+        "job_id": job_id,
+        "job_dir": f"{base_dir}/{job_id}",
+        "job_token": draw(st.just("") | st.from_regex(r"[0-9a-f]{32}", fullmatch=True)),
+        "remote_base_dir": draw(st.none() | st.just(base_dir)),
+    }
+
+
+trigger_other_kwargs = st.fixed_dictionaries(
     {
         "ssh_conn_id": names,
         "remote_host": st.none() | names,
-        "job_id": names,
-        "job_dir": names,
         "log_file": names,
         "exit_code_file": names,
         "remote_os": st.just("posix"),
@@ -208,7 +227,7 @@ trigger_kwargs = st.fixed_dictionaries(
 
 
 @settings(max_examples=100)
-@given(kwargs=trigger_kwargs)
+@given(kwargs=trigger_kwargs())
 def test_trigger_serialize_round_trips(kwargs: dict[str, Any]) -> None:
     classpath, serialized = SSHRemoteJobTrigger(**kwargs).serialize()
 

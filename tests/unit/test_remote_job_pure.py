@@ -142,7 +142,7 @@ def test_validate_base_dir_accepts_and_normalises_absolute_paths(given_dir: str,
         ("/./", "must not be '/'"),
         ("/tmp/a\0b", "NUL or newline"),
         ("/tmp/a\nb", "NUL or newline"),
-        ("", "non-empty absolute path"),
+        ("", "remote_base_dir is empty: leave it unset"),
     ],
 )
 def test_validate_base_dir_rejects_unsafe_paths_naming_the_fix(bad: str, fix: str) -> None:
@@ -267,7 +267,7 @@ def test_submit_header_is_found_after_login_shell_noise() -> None:
         b"motd mentions SSHJOBS1 submit pid=1 exit=9 mid-line\n"
         b"\xff\xfe binary noise\n"
     )
-    output = noise + header("submit", os="Linux", launched=1, **RUNNING)
+    output = noise + header("submit", os="Linux", launched=1) + header("poll", key=0, **RUNNING, len=0)
 
     status = parse_submit_output(output)
 
@@ -277,7 +277,7 @@ def test_submit_header_is_found_after_login_shell_noise() -> None:
 
 
 def test_submit_launched_zero_means_reattached() -> None:
-    status = parse_submit_output(header("submit", os="Darwin", launched=0, **RUNNING))
+    status = parse_submit_output(header("submit", os="Darwin", launched=0) + header("poll", key=0, **RUNNING))
     assert status.launched is False
     assert status.remote_os == "Darwin"
 
@@ -314,8 +314,9 @@ def test_poll_garbage_raises_a_value_error_subclass(garbage: bytes) -> None:
 
 @pytest.mark.parametrize("field", ["pid", "exit", "size"])
 def test_non_integer_field_is_a_protocol_error(field: str) -> None:
+    # alive=0: while the wrapper lives, an exit record is not read at all (see below).
     with pytest.raises(RemoteJobProtocolError, match="integer"):
-        parse_poll_output(header("poll", **{**RUNNING, field: "12x"}), max_bytes=10)
+        parse_poll_output(header("poll", **{**RUNNING, "alive": 0, field: "12x"}), max_bytes=10)
 
 
 @pytest.mark.parametrize(
@@ -323,7 +324,9 @@ def test_non_integer_field_is_a_protocol_error(field: str) -> None:
     [
         ({"pid": 42, "alive": 1, "exit": "", "boot": "same"}, JobState.RUNNING),
         ({"pid": 42, "alive": 1, "exit": "", "boot": "unknown"}, JobState.RUNNING),
-        ({"pid": 42, "alive": 1, "exit": 0, "boot": "same"}, JobState.EXITED),
+        # An exit record next to a live wrapper was not written by the wrapper (which writes it
+        # as it ends): the job wrote it, or the wrapper is about to exit. Not final yet.
+        ({"pid": 42, "alive": 1, "exit": 0, "boot": "same"}, JobState.RUNNING),
         ({"pid": 42, "alive": 0, "exit": 137, "boot": "changed"}, JobState.EXITED),
         ({"pid": "", "alive": 0, "exit": 3, "boot": "unknown"}, JobState.EXITED),
         ({"pid": "", "alive": 0, "exit": "", "boot": "unknown"}, JobState.PENDING),

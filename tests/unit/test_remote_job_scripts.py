@@ -37,6 +37,8 @@ from ssh_jobs_provider.utils.remote_job import (
     parse_submit_output,
 )
 
+#: One submit's token: a re-submit with it is the same submit retried (lost reply).
+TOKEN = "0123456789abcdef0123456789abcdef"
 SCRIPT_TIMEOUT = 30.0
 JOB_WAIT = 10.0
 
@@ -54,7 +56,7 @@ def run_sh(script: str, timeout: float = SCRIPT_TIMEOUT) -> subprocess.Completed
 
 
 def submit(paths: RemoteJobPaths, command: str, environment: dict[str, str] | None = None) -> JobStatus:
-    result = run_sh(build_submit_script(paths, command, environment or {}))
+    result = run_sh(build_submit_script(paths, command, environment or {}, TOKEN))
     assert result.returncode == 0, result.stderr
     return parse_submit_output(result.stdout)
 
@@ -263,7 +265,7 @@ def test_command_bytes_are_stored_verbatim(new_job: JobFactory) -> None:
 def test_submit_rejects_empty_or_nul_command(command: str) -> None:
     paths = RemoteJobPaths(job_id="j", base_dir="/tmp/never-created")
     with pytest.raises(ValueError, match="command"):
-        build_submit_script(paths, command, {})
+        build_submit_script(paths, command, {}, TOKEN)
 
 
 # --------------------------------------------------------------------------- environment
@@ -284,7 +286,7 @@ _env_counter = itertools.count()
 def test_environment_values_reach_the_command_byte_for_byte(base_dir: Path, values: list[str]) -> None:
     paths = RemoteJobPaths(job_id=f"env{next(_env_counter)}", base_dir=str(base_dir))
     environment = normalise_environment({f"V{i}": value for i, value in enumerate(values)})
-    command = "\n".join(f"printf '%s' \"$V{i}\" > out{i}" for i in range(len(values)))
+    command = "\n".join(f'printf \'%s\' "$V{i}" > "$SSH_JOBS_JOB_DIR/out{i}"' for i in range(len(values)))
 
     submit(paths, command, environment)
 

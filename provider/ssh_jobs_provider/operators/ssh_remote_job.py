@@ -31,14 +31,18 @@ from ssh_jobs_provider.utils.remote_job import (
     JobStatus,
     RemoteJobPaths,
     RemoteJobProtocolError,
+    SubmitRefused,
     build_cleanup_script,
     build_kill_script,
     build_submit_script,
     make_job_id,
+    new_job_token,
     normalise_environment,
+    parse_kill_output,
     parse_simple_state,
     parse_submit_output,
     validate_base_dir,
+    validate_working_dir,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +73,33 @@ def _positive(name: str, value: float, minimum: float = 0.0, strict: bool = True
         raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
 
 
+def _refusal_message(paths: RemoteJobPaths, refused: SubmitRefused) -> str:
+    """What a refused submit tells the user: what was wrong, and what to change."""
+    nothing = "Nothing was run and nothing was left behind."
+    if refused.code == "unsafe":
+        return (
+            f"Refusing remote_base_dir {paths.base_dir}: {refused.detail}. Every directory on the way to it must "
+            "be owned by the SSH user or root and not writable by group or others unless sticky (as sshd's "
+            "StrictModes), or other users could replace job files. Fix the owner or mode (e.g. chmod go-w), "
+            f"or set remote_base_dir to a directory of the SSH user's, e.g. '/home/<user>/airflow-ssh-jobs'. {nothing}"
+        )
+    if refused.code == "foreign":
+        return (
+            f"Refusing to use the job directory {paths.job_dir}: {refused.detail}. This task instance did not "
+            "create it (another user, or another Airflow deployment with the same DAG and run ids, may have). "
+            f"Check who made it and remove it, or give each deployment its own remote_base_dir. {nothing}"
+        )
+    if refused.code == "nospace":
+        return (
+            f"Could not submit remote job {paths.job_id}: {refused.detail}. Free space there or set "
+            f"remote_base_dir to another file system. {nothing}"
+        )
+    return (
+        f"Could not submit remote job {paths.job_id}: {refused.detail}. Check that remote_base_dir is "
+        f"writable by the SSH user. {nothing}"
+    )
+
+
 class SSHRemoteJobOperator(BaseOperator):
     """
     Run a command detached on a remote host over SSH and watch it from the triggerer.
@@ -92,7 +123,12 @@ class SSHRemoteJobOperator(BaseOperator):
     :param environment: variables for the command (templated); values reach it literally,
         byte for byte (no ``$VAR`` expansion)
     :param remote_base_dir: absolute directory under which job directories are created
-        (templated; default ``/tmp/airflow-ssh-jobs``)
+        (templated; default ``/tmp/airflow-ssh-jobs``). It is created with mode 700 when
+        missing; when it exists, it and every directory above it must be owned by the SSH
+        user or root and not writable by group or others unless sticky (as sshd's
+        ``StrictModes``), else the submit is refused before anything runs.
+    :param remote_working_dir: directory the command runs in (templated): an absolute path or
+        ``~/...``; default: the SSH user's home directory, as with ``ssh host command``
     :param poll_interval: seconds between polls while the job runs (default 5)
     :param log_chunk_size: most log bytes read per poll (default 65536)
     :param timeout: seconds the job may run before the task fails and the job is killed
@@ -121,6 +157,7 @@ class SSHRemoteJobOperator(BaseOperator):
         "environment",
         "remote_host",
         "remote_base_dir",
+        "remote_working_dir",
         "ssh_conn_id",
     )
     template_ext: Sequence[str] = (".sh", ".bash")
@@ -147,6 +184,7 @@ class SSHRemoteJobOperator(BaseOperator):
         cleanup_retries: int = 3,
         command_timeout: float = 30.0,
         max_reconnect_attempts: int = 5,
+        remote_working_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -187,7 +225,10 @@ class SSHRemoteJobOperator(BaseOperator):
         self.cleanup_retries = int(cleanup_retries)
         self.command_timeout = float(command_timeout)
         self.max_reconnect_attempts = int(max_reconnect_attempts)
+        self.remote_working_dir = remote_working_dir
         self._paths: RemoteJobPaths | None = None
+        #: This try's submit token, known in the worker process that submitted.
+        self._token = ""
 
     # ------------------------------------------------------------------ hooks
 
@@ -215,15 +256,19 @@ class SSHRemoteJobOperator(BaseOperator):
         return RemoteJobPaths(job_id=job_id, base_dir=self._base_dir())
 
     def _base_dir(self) -> str:
-        return validate_base_dir(self.remote_base_dir or DEFAULT_BASE_DIR)
+        return validate_base_dir(DEFAULT_BASE_DIR if self.remote_base_dir is None else self.remote_base_dir)
 
     def execute(self, context: Context) -> None:
         """Validate, submit the job over one connection, and defer to the trigger."""
         if not isinstance(self.command, str) or not self.command.strip():
             raise ValueError("SSHRemoteJobOperator: command is empty; give the shell text to run remotely.")
         environment = normalise_environment(self.environment)
-        paths = self._paths = self._job_paths(context)
-        script = build_submit_script(paths, self.command, environment)
+        working_dir = validate_working_dir(self.remote_working_dir)
+        paths = self._job_paths(context)
+        token = new_job_token()
+        script = build_submit_script(paths, self.command, environment, token, working_dir or None)
+        # Known from here on, so that on_kill during the submit finds the job.
+        self._paths, self._token = paths, token
 
         status = self._submit(paths, script)
         host = self.ssh_hook.remote_host
@@ -261,6 +306,8 @@ class SSHRemoteJobOperator(BaseOperator):
             max_reconnect_attempts=self.max_reconnect_attempts,
             cleanup_policy=self.cleanup,
             cleanup_retries=self.cleanup_retries,
+            job_token=self._token,
+            remote_base_dir=paths.base_dir,
         )
 
     def _submit(self, paths: RemoteJobPaths, script: str) -> JobStatus:
@@ -299,13 +346,10 @@ class SSHRemoteJobOperator(BaseOperator):
     def _parse_submit(self, paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
         try:
             parsed = parse_submit_output(stdout)
+        except SubmitRefused as refused:
+            raise RemoteJobError(_refusal_message(paths, refused)) from None
         except RemoteJobProtocolError:
             detail = stderr.decode("utf-8", errors="replace").strip()[:2000]
-            if status == 3:
-                raise RemoteJobError(
-                    f"Could not create the job directory {paths.job_dir} on the remote host: {detail}. "
-                    "Check that remote_base_dir is writable by the SSH user."
-                ) from None
             raise RemoteJobError(
                 f"The remote host did not run the submit script (exit status {status}): {detail or 'no output'}. "
                 "SSHRemoteJobOperator needs a POSIX host with /bin/sh; Windows hosts are not supported."
@@ -323,18 +367,23 @@ class SSHRemoteJobOperator(BaseOperator):
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
             self.defer(
-                trigger=self._trigger(self._event_paths(event), log_offset=int(event.get("log_offset", 0))),
+                trigger=self._trigger(
+                    self._event_paths(event, context), log_offset=int(event.get("log_offset", 0))
+                ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout) if self.timeout else None,
             )
             return
-        paths = self._paths = self._event_paths(event)
+        paths = self._paths = self._event_paths(event, context)
         for line in str(event.get("log_chunk") or "").splitlines():
             self.log.info("%s", line)
         exit_code = event.get("exit_code")
         message = str(event.get("message", ""))
         self.log.info("%s", message)
 
+        if event.get("leave_remote"):
+            # The directory is not this task instance's any more: touch nothing.
+            raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
         if event["status"] == "error" or exit_code is None:
             # We lost track of the job: make sure it is not left running unwatched.
             self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
@@ -353,8 +402,16 @@ class SSHRemoteJobOperator(BaseOperator):
             raise AirflowException(f"Remote job {paths.job_id} failed with exit code {exit_code}")
         self.log.info("Remote job %s succeeded", paths.job_id)
 
-    def _event_paths(self, event: dict[str, Any]) -> RemoteJobPaths:
-        return RemoteJobPaths.from_job_dir(str(event["job_dir"]), self._base_dir())
+    def _event_paths(self, event: dict[str, Any], context: Context) -> RemoteJobPaths:
+        """The job an event speaks of, which must be this task instance's own job."""
+        paths = RemoteJobPaths.from_job_dir(str(event["job_dir"]), self._base_dir())
+        expected = self._job_paths(context)
+        if paths != expected or event["job_id"] != expected.job_id:
+            raise RemoteJobError(
+                f"Refusing a trigger event for job {event['job_id']!r} in {event['job_dir']!r}: this task "
+                f"instance's job is {expected.job_id!r} in {expected.job_dir!r}. Nothing was killed or removed."
+            )
+        return paths
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """On a deferral timeout (or a crashed trigger), kill the remote job before failing."""
@@ -383,8 +440,11 @@ class SSHRemoteJobOperator(BaseOperator):
         if not (kill or remove):
             return
         hook = self._hook(attempts=1)
-        scripts = ([("kill", build_kill_script(paths))] if kill else []) + (
-            [("cleanup", build_cleanup_script(paths))] if remove else []
+        # Without this try's token (a later worker process), the scripts check that the
+        # directory is the SSH user's and use the token recorded in it.
+        token = self._token if paths == self._paths else ""
+        scripts = ([("kill", build_kill_script(paths, token))] if kill else []) + (
+            [("cleanup", build_cleanup_script(paths, token))] if remove else []
         )
 
         def attempt() -> None:
@@ -400,10 +460,12 @@ class SSHRemoteJobOperator(BaseOperator):
                         ) from error
                     if verb == "cleanup" and state == "failed":
                         raise RemoteJobError(f"rm -rf could not remove {paths.job_dir}: {stderr[:500]!r}")
-                    self.log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
+                    self._report(paths, verb, state, stdout)
                     scripts.pop(0)
 
         def worth_retrying(error: BaseException) -> bool:
+            if isinstance(error, _NotOurs):
+                return False
             # Everything but credentials and host keys: retrying cannot fix those.
             return not isinstance(error, (SSHAuthenticationError, SSHHostKeyError))
 
@@ -412,6 +474,8 @@ class SSHRemoteJobOperator(BaseOperator):
         )
         try:
             retrying(attempt)
+        except _NotOurs as error:
+            self.log.error("%s Nothing was killed or removed.", error)
         except Exception as error:  # reported loudly below, never raised
             left = [verb for verb, _ in scripts]
             consequences = []
@@ -429,3 +493,23 @@ class SSHRemoteJobOperator(BaseOperator):
                 error,
                 "; ".join(consequences),
             )
+
+    def _report(self, paths: RemoteJobPaths, verb: str, state: str, stdout: bytes) -> None:
+        """Log what a kill or cleanup did; raise :class:`_NotOurs` for a directory not ours."""
+        if state == "foreign":
+            raise _NotOurs(
+                f"Remote job directory {paths.job_dir} is not this task instance's ({verb} refused)."
+            )
+        if verb == "kill" and state == "survived":
+            _, survivors = parse_kill_output(stdout)
+            self.log.error(
+                "Remote job %s: processes %s survived SIGTERM and SIGKILL; check them on the host.",
+                paths.job_id,
+                survivors,
+            )
+            return
+        self.log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
+
+
+class _NotOurs(RemoteJobError):
+    """A kill or cleanup found a directory this task instance does not own: never retried."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import weakref
@@ -191,7 +192,9 @@ class HostSession:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        entry = PollEntry(watch.monitor.paths, offset=0, max_bytes=0, delivered=watch.delivered)
+        entry = PollEntry(
+            watch.monitor.paths, offset=0, max_bytes=0, delivered=watch.delivered, token=watch.monitor.token
+        )
         self._records.append((entry, future))
         self._changed.set()
         self._ensure_running()
@@ -289,7 +292,7 @@ class HostSession:
         budget = MAX_BATCH_BYTES
         for watch in due:
             if watch.final_outcome is not None:
-                entries.append(CleanupEntry(watch.monitor.paths))
+                entries.append(CleanupEntry(watch.monitor.paths, token=watch.monitor.token))
                 continue
             window = max(min(watch.monitor.chunk_size, budget), min(watch.monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
@@ -352,6 +355,17 @@ class HostSession:
         watch.cleanup_attempts += 1
         if result.state in ("removed", "absent"):
             self._finish(watch, watch.final_outcome, cleaned_up=True)
+        elif result.state == "foreign":
+            # Not this job's directory any more: retrying cannot change that, and neither the
+            # trigger nor the operator may remove it.
+            job_dir = watch.monitor.paths.job_dir
+            delivery = Delivery(
+                warnings=[f"Not removing {job_dir}: it no longer carries this job's token."],
+                log_offset=watch.monitor.log_offset,
+                outcome=dataclasses.replace(watch.final_outcome, leave_remote=True),
+                cleaned_up=False,
+            )
+            self._complete(watch, delivery)
         elif watch.cleanup_attempts >= watch.cleanup_retries:
             self._finish(watch, watch.final_outcome, cleaned_up=False)
         else:

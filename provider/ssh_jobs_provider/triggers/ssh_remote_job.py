@@ -22,7 +22,12 @@ from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
 from ssh_jobs_provider.utils.job_monitor import JobMonitor, Outcome
-from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_kill_script, parse_simple_state
+from ssh_jobs_provider.utils.remote_job import (
+    RemoteJobPaths,
+    build_kill_script,
+    parse_kill_output,
+    validate_token,
+)
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.
@@ -65,6 +70,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
     :param cleanup_policy: remove the job directory from here once the log is drained:
         ``"never"`` (default), ``"on_success"`` or ``"always"`` (for jobs that exited)
     :param cleanup_retries: attempts for that cleanup before leaving it to the operator
+    :param job_token: the submit's token: the trigger only watches, kills or removes a job
+        directory that carries it (``""``: not checked, for triggers serialized before tokens)
+    :param remote_base_dir: the operator's base dir; ``job_dir`` must be its direct child named
+        ``job_id`` (``None``: the parent of ``job_dir``, for triggers serialized before it)
     """
 
     def __init__(
@@ -83,10 +92,23 @@ class SSHRemoteJobTrigger(BaseTrigger):
         max_reconnect_attempts: int = 5,
         cleanup_policy: str = "never",
         cleanup_retries: int = 3,
+        job_token: str = "",
+        remote_base_dir: str | None = None,
     ) -> None:
         super().__init__()
         if cleanup_policy not in CLEANUP_CHOICES:
             raise ValueError(f"cleanup_policy must be one of {CLEANUP_CHOICES}, got {cleanup_policy!r}.")
+        validate_token(job_token, required=False)
+        self.job_token = job_token
+        self.remote_base_dir = remote_base_dir
+        # The trigger's own guard: whatever its kwargs say, it only ever touches a direct
+        # child of the base dir, and only the one named after its job.
+        paths = RemoteJobPaths.from_job_dir(
+            job_dir, remote_base_dir or posixpath.dirname(job_dir.rstrip("/"))
+        )
+        if paths.job_id != job_id:
+            raise ValueError(f"Refusing job directory {job_dir!r}: it is not named after job {job_id!r}.")
+        self._paths = paths
         self.ssh_conn_id = ssh_conn_id
         self.remote_host = remote_host
         self.job_id = job_id
@@ -121,6 +143,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "max_reconnect_attempts": self.max_reconnect_attempts,
                 "cleanup_policy": self.cleanup_policy,
                 "cleanup_retries": self.cleanup_retries,
+                "job_token": self.job_token,
+                "remote_base_dir": self.remote_base_dir,
             },
         )
 
@@ -128,8 +152,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     @property
     def paths(self) -> RemoteJobPaths:
-        base_dir, job_id = posixpath.split(self.job_dir.rstrip("/"))
-        return RemoteJobPaths(job_id=job_id, base_dir=base_dir)
+        return self._paths
 
     def _make_hook(self, attempts: int = 1) -> SSHHookAsync:
         # One connect attempt per call by default: the reconnect budget governs retries.
@@ -156,6 +179,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "log_offset": log_offset,
                 "message": outcome.message,
                 "cleaned_up": cleaned_up,
+                "leave_remote": outcome.leave_remote,
             }
         )
 
@@ -169,7 +193,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         loop = asyncio.get_running_loop()
-        monitor = JobMonitor(self.paths, self.log_offset, self.log_chunk_size, started_at=loop.time())
+        monitor = JobMonitor(
+            self.paths, self.log_offset, self.log_chunk_size, started_at=loop.time(), token=self.job_token
+        )
         hook = self._make_hook()
         try:
             session = self.make_session(await hook.get_settings(), hook)
@@ -220,7 +246,12 @@ class SSHRemoteJobTrigger(BaseTrigger):
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
-            _, stdout, _ = await hook.run_script_on(conn, build_kill_script(self.paths), self.command_timeout)
-            self.log.info("Remote job %s: kill %s", self.job_id, parse_simple_state(stdout, "kill"))
+            script = build_kill_script(self.paths, self.job_token)
+            _, stdout, _ = await hook.run_script_on(conn, script, self.command_timeout)
+            state, survivors = parse_kill_output(stdout)
+            if survivors:
+                self.log.error("Remote job %s: processes %s survived SIGKILL", self.job_id, survivors)
+            else:
+                self.log.info("Remote job %s: kill %s", self.job_id, state)
         finally:
             conn.close()

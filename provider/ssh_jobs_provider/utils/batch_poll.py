@@ -1,12 +1,15 @@
 """
 Batched polling, as pure code: ONE exec reports on every watched job of a host.
 
-A batch script defines two small shell functions and calls them once per entry:
+A batch script is the shared prelude (``sh/lib.sh``) and one call per entry:
 
-- ``p KEY DIR OFFSET MAX DELIVERED`` reports one job's state, records how much of its log
-  has been delivered (so a re-created trigger can resume at the right byte), and appends
-  up to ``MAX`` log bytes from ``OFFSET``;
-- ``c KEY DIR`` removes one finished job's directory.
+- ``p KEY DIR OFFSET MAX DELIVERED TOKEN`` reports one job's state, records how much of its
+  log has been delivered (so a re-created trigger can resume at the right byte), and
+  appends up to ``MAX`` log bytes from ``OFFSET``;
+- ``c KEY DIR TOKEN`` removes one finished job's directory, if it is the SSH user's and
+  carries ``TOKEN``.
+
+A ``TOKEN`` of ``''`` skips the token check (watchers created before tokens existed).
 
 Every answer is one header line ``SSHJOBS1 <verb> key=K ... len=N`` followed by exactly
 ``N`` raw bytes; the batch ends with ``SSHJOBS1 end``. Length framing keeps arbitrary log
@@ -27,45 +30,10 @@ from ssh_jobs_provider.utils.remote_job import (
     RemoteJobProtocolError,
     header_fields,
     int_or_none,
+    script_prelude,
     status_from_fields,
+    validate_token,
 )
-
-# The order of the probes matters: liveness before exit code (so "dead and no exit code"
-# really means vanished), exit code before log size (so a size reported with an exit
-# code is final and the last bytes written before exit are never missed).
-_FUNCTIONS = r"""boot_now=
-[ -r /proc/sys/kernel/random/boot_id ] && read -r boot_now < /proc/sys/kernel/random/boot_id
-p() {
-  if ! cd "$2" 2>/dev/null; then echo "SSHJOBS1 poll key=$1 state=missing len=0"; return 0; fi
-  pid=; [ -f pid ] && read -r pid < pid
-  case "$pid" in ''|*[!0-9]*) pid= ;; esac
-  alive=0
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then alive=1; fi
-  ec=; [ -f exit_code ] && read -r ec < exit_code
-  size=0; [ -f stdout.log ] && size=$(wc -c < stdout.log)
-  size=$((size + 0))
-  boot=unknown
-  if [ -n "$boot_now" ] && [ -f boot_id ]; then
-    read -r b < boot_id
-    if [ "$b" = "$boot_now" ]; then boot=same; else boot=changed; fi
-  fi
-  claimed=0; [ -d claimed ] && claimed=1
-  old=0; [ -f delivered ] && read -r old < delivered
-  case "$old" in ''|*[!0-9]*) old=0 ;; esac
-  if [ "$5" -gt "$old" ]; then printf '%s\n' "$5" > delivered; fi
-  n=0
-  if [ "$size" -gt "$3" ]; then n=$((size - $3)); if [ "$n" -gt "$4" ]; then n=$4; fi; fi
-  echo "SSHJOBS1 poll key=$1 pid=$pid alive=$alive exit=$ec size=$size boot=$boot claimed=$claimed delivered=$old len=$n"
-  if [ "$n" -gt 0 ]; then tail -c +$(($3 + 1)) stdout.log | head -c "$n"; fi
-  cd / || true
-}
-c() {
-  if [ ! -e "$2" ]; then s=absent
-  else rm -rf -- "$2"; if [ -e "$2" ]; then s=failed; else s=removed; fi
-  fi
-  echo "SSHJOBS1 cleanup key=$1 state=$s len=0"
-}
-"""
 
 
 @dataclass(frozen=True)
@@ -76,10 +44,13 @@ class PollEntry:
     offset: int
     max_bytes: int
     delivered: int = 0
+    #: The submit's token, checked against the job directory's (``""``: not checked).
+    token: str = ""
 
     def __post_init__(self) -> None:
         if self.offset < 0 or self.max_bytes < 0 or self.delivered < 0:
             raise ValueError(f"Invalid poll window: {self}")
+        validate_token(self.token, required=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +58,10 @@ class CleanupEntry:
     """Remove one finished job's directory (a direct child of its base dir, by construction)."""
 
     paths: RemoteJobPaths
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        validate_token(self.token, required=False)
 
 
 Entry = PollEntry | CleanupEntry
@@ -94,7 +69,7 @@ Entry = PollEntry | CleanupEntry
 
 @dataclass(frozen=True)
 class CleanupResult:
-    state: str  # "removed", "absent" or "failed"
+    state: str  # "removed", "absent", "failed" or "foreign" (not this job's: left alone)
 
 
 EntryResult = JobStatus | CleanupResult | RemoteJobProtocolError
@@ -105,15 +80,16 @@ def build_batch_script(entries: Sequence[Entry]) -> str:
     calls = []
     for key, entry in enumerate(entries):
         job_dir = shlex.quote(entry.paths.job_dir)
+        token = shlex.quote(entry.token)
         if isinstance(entry, PollEntry):
-            calls.append(f"p {key} {job_dir} {entry.offset} {entry.max_bytes} {entry.delivered}\n")
+            calls.append(f"p {key} {job_dir} {entry.offset} {entry.max_bytes} {entry.delivered} {token}\n")
         else:
-            calls.append(f"c {key} {job_dir}\n")
+            calls.append(f"c {key} {job_dir} {token}\n")
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
     # the triggerer (and sshd) would otherwise spend most of their CPU on.
     return (
-        _FUNCTIONS
+        script_prelude()
         + "{\n"
         + "".join(calls)
         + f'echo "{PROTOCOL_TAG} end"\n'

@@ -38,6 +38,8 @@ class Outcome:
     status: str  # "success", "failed" or "error"
     exit_code: int | None
     message: str
+    #: The job directory is not this task instance's: nothing may kill or remove it.
+    leave_remote: bool = False
 
 
 @dataclass
@@ -58,10 +60,14 @@ class JobMonitor:
     :param log_offset: byte offset of the log already delivered
     :param chunk_size: most log bytes one poll may return
     :param started_at: the caller's clock reading when watching began
+    :param token: the submit's token; a job directory that does not carry it is not watched
     """
 
-    def __init__(self, paths: RemoteJobPaths, log_offset: int, chunk_size: int, started_at: float) -> None:
+    def __init__(
+        self, paths: RemoteJobPaths, log_offset: int, chunk_size: int, started_at: float, token: str = ""
+    ) -> None:
         self.paths = paths
+        self.token = token
         self.chunk_size = chunk_size
         self.log = LogStream(offset=log_offset, max_pending=max(chunk_size, 4096))
         self._started_at = started_at
@@ -81,7 +87,7 @@ class JobMonitor:
 
     def poll_script(self) -> str:
         """A script polling just this job (a batch of one)."""
-        return build_poll_script(self.paths, self.log.read_offset, self.chunk_size)
+        return build_poll_script(self.paths, self.log.read_offset, self.chunk_size, self.token)
 
     def poll_entry(self, max_bytes: int | None = None, delivered: int | None = None) -> PollEntry:
         """
@@ -93,7 +99,7 @@ class JobMonitor:
         """
         size = self.chunk_size if max_bytes is None else min(max_bytes, self.chunk_size)
         recorded = self.log_offset if delivered is None else delivered
-        return PollEntry(self.paths, self.log.read_offset, size, delivered=recorded)
+        return PollEntry(self.paths, self.log.read_offset, size, delivered=recorded, token=self.token)
 
     def feed(self, output: bytes, now: float) -> MonitorUpdate:
         """Digest the raw answer of :meth:`poll_script`."""
@@ -124,7 +130,7 @@ class JobMonitor:
         return update
 
     def _terminal(self, status: JobStatus, now: float) -> JobStatus | None:
-        if status.state in (JobState.EXITED, JobState.MISSING):
+        if status.state in (JobState.EXITED, JobState.MISSING, JobState.FOREIGN):
             return status
         if status.state is JobState.VANISHED:
             self._vanished_seen += 1
@@ -138,10 +144,23 @@ class JobMonitor:
         job_dir = self.paths.job_dir
         if status.state is JobState.EXITED and status.exit_code is not None:
             code = status.exit_code
+            full = (
+                f" (the file system holding {job_dir} was full when it ended: its log may be incomplete)"
+                if status.disk_full
+                else ""
+            )
             return Outcome(
                 "success" if code == 0 else "failed",
                 code,
-                f"Remote job {self.paths.job_id} exited with code {code}",
+                f"Remote job {self.paths.job_id} exited with code {code}{full}",
+            )
+        if status.state is JobState.FOREIGN:
+            return Outcome(
+                "error",
+                None,
+                f"Remote job directory {job_dir} no longer carries this task instance's token: it was "
+                "replaced by someone else. Not watching, killing or removing it.",
+                leave_remote=True,
             )
         if status.state is JobState.MISSING:
             return Outcome(
@@ -156,6 +175,14 @@ class JobMonitor:
                 None,
                 f"Remote job {self.paths.job_id} never started: no process recorded in {job_dir} after "
                 f"{PENDING_LIMIT_SECONDS:.0f}s.",
+            )
+        if status.disk_full:
+            return Outcome(
+                "error",
+                None,
+                f"Remote job process {status.pid} is gone without an exit code, and the file system holding "
+                f"{job_dir} is full: the exit code could not be recorded. Free space on it; the job's output "
+                f"so far is in {self.paths.log_file}.",
             )
         return Outcome(
             "error",

@@ -12,17 +12,28 @@ printed something before it.
 The sync hook (paramiko, in the worker) and the async hook (asyncssh, in the triggerer)
 both run exactly these scripts and both parse their output with exactly these functions.
 
+The shell programs themselves live in ``ssh_jobs_provider/protocol/sh/*.sh``; this module
+validates every input and assembles one script from them and the quoted arguments.
+
+The job directory is private to the SSH user (mode 700), and the base dir and every directory
+above it must be trusted (see the Security page of the docs).
+
 Remote layout of one job, all under ``<base_dir>/<job_id>/``::
 
-    command.sh   the user's command, byte for byte
-    env.sh       ``export NAME='value'`` lines for ``environment``
-    run.sh       the wrapper that runs detached and records what happened
-    launcher     ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
-    claimed/     created atomically by the one wrapper that owns the job
-    pid          the wrapper's pid (its process group and session id under setsid)
-    boot_id      the kernel boot id at start (Linux), to tell a reboot from a live job
-    stdout.log   the command's stdout and stderr
-    exit_code    written atomically (tmp + rename) when the command has ended
+    token          random, written first: proves which submit created the directory
+    command.sh     the user's command, byte for byte
+    env.sh         ``export NAME='value'`` lines for ``environment``
+    workdir        where the command runs (default: the SSH user's home, as ``ssh host cmd``)
+    run.sh         the wrapper that runs detached and records what happened
+    launcher       ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
+    claimed/       created atomically by the one wrapper that owns the job
+    pid            the wrapper's pid (its process group and session id under setsid)
+    start          the wrapper's start time (Linux), so a recycled pid is not taken for the job
+    boot_id        the kernel boot id at start (Linux), to tell a reboot from a live job
+    stdout.log     the command's stdout and stderr
+    exit_code.new  space reserved at submit for the exit record
+    exit_code      ``<code>[ nospace]``, written atomically when the command has ended
+    delivered      log bytes a watcher has delivered (for resuming after a restart)
 """
 
 from __future__ import annotations
@@ -30,10 +41,13 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+import secrets
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
+
+from ssh_jobs_provider.protocol import shell_source
 
 PROTOCOL_TAG = "SSHJOBS1"
 REMOTE_SHELL = "/bin/sh -s"
@@ -42,7 +56,24 @@ DEFAULT_BASE_DIR = "/tmp/airflow-ssh-jobs"
 # Seconds the kill script waits between SIGTERM and SIGKILL for the job's process group.
 KILL_GRACE_SECONDS = 5
 
+#: Environment names the wrapper sets for the command; ``environment`` may not use them.
+RESERVED_ENV_PREFIX = "SSH_JOBS_"
+#: Longest ``NAME=value`` one environment entry may be (Linux's MAX_ARG_STRLEN, less the NUL).
+MAX_ENV_ENTRY_BYTES = 128 * 1024 - 1
+#: Most bytes all of ``environment`` may take: the job's exec must also fit the host's own
+#: environment and arguments within ARG_MAX (2 MiB on Linux by default).
+MAX_ENV_TOTAL_BYTES = 1024 * 1024
+#: Longest path on the remote host (PATH_MAX less the NUL) and path component (NAME_MAX).
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
+#: Longest file name the protocol creates in a job directory, counted with its slash.
+_LONGEST_JOB_FILE = len("/exit_code.new.tmp.4194304")  # tmp names carry a pid
+#: Bytes reserved at submit for the exit record, so that it can be written on a full disk.
+EXIT_RECORD_RESERVE = 64
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_JOB_ID_MAX = 200
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _HEADER_FIELD = re.compile(r"(\w+)=(\S*)")
 
@@ -72,15 +103,39 @@ def make_job_id(dag_id: str, task_id: str, run_id: str, map_index: int, try_numb
     return f"af_{_slug(dag_id, 40)}_{_slug(task_id, 40)}{map_part}_t{try_number}_{digest}"
 
 
+def new_job_token() -> str:
+    """
+    A fresh random token for one submit.
+
+    It is written first into the job directory the submit creates; a later submit re-attaches
+    to that directory only when it knows the same token. Nobody else can guess it, so a
+    directory someone else created (or one left by another Airflow deployment whose job ids
+    happen to coincide) is refused instead of adopted.
+    """
+    return secrets.token_hex(16)
+
+
+def validate_token(token: str, required: bool = True) -> str:
+    """A job token is 32 lowercase hex digits; ``""`` (unchecked) only where not ``required``."""
+    if token == "" and not required:
+        return token
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise ValueError(f"Invalid job token {token!r}: expected 32 hex digits from new_job_token().")
+    return token
+
+
 def validate_base_dir(base_dir: str) -> str:
     """
     Return ``base_dir`` normalised, or raise ``ValueError`` naming the fix.
 
     The base dir bounds what cleanup may delete, so it must be an absolute, normalised
-    path that is not the filesystem root.
+    path that is not the filesystem root, and short enough for every file of a job.
     """
     if not isinstance(base_dir, str) or not base_dir:
-        raise ValueError("remote_base_dir must be a non-empty absolute path, e.g. '/tmp/airflow-ssh-jobs'.")
+        raise ValueError(
+            "remote_base_dir is empty: leave it unset (None) for the default "
+            f"{DEFAULT_BASE_DIR!r}, or give an absolute path such as '/home/<user>/airflow-ssh-jobs'."
+        )
     if "\0" in base_dir or "\n" in base_dir:
         raise ValueError(f"remote_base_dir must not contain NUL or newline characters: {base_dir!r}.")
     if not base_dir.startswith("/"):
@@ -95,7 +150,46 @@ def validate_base_dir(base_dir: str) -> str:
         normalised = "/" + normalised.lstrip("/")
     if normalised == "/":
         raise ValueError("remote_base_dir must not be '/': cleanup removes job directories under it.")
+    _require_utf8(normalised, "remote_base_dir")
+    longest = len(normalised.encode("utf-8")) + 1 + _JOB_ID_MAX + _LONGEST_JOB_FILE
+    if longest > MAX_PATH_BYTES:
+        raise ValueError(
+            f"remote_base_dir is {len(normalised.encode('utf-8'))} bytes long: job files under it would "
+            f"exceed the {MAX_PATH_BYTES}-byte path limit; use a base dir of at most "
+            f"{MAX_PATH_BYTES - 1 - _JOB_ID_MAX - _LONGEST_JOB_FILE} bytes."
+        )
+    for part in normalised.split("/"):
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"remote_base_dir has a component of {len(part.encode('utf-8'))} bytes ({part[:40]!r}...): "
+                f"file names are limited to {MAX_NAME_BYTES} bytes."
+            )
     return normalised
+
+
+def validate_working_dir(working_dir: str | None) -> str:
+    """
+    Return the command's working directory as the wrapper reads it (``""``: the SSH user's home).
+
+    An absolute path, or ``~`` / ``~/...`` for the home directory of the SSH user.
+    """
+    if working_dir is None:
+        return ""
+    if not isinstance(working_dir, str) or not working_dir:
+        raise ValueError(
+            "remote_working_dir is empty: leave it unset (None) to run in the SSH user's home directory, "
+            "or give an absolute path or '~/...'."
+        )
+    if "\0" in working_dir or "\n" in working_dir:
+        raise ValueError(f"remote_working_dir must not contain NUL or newline characters: {working_dir!r}.")
+    if not (working_dir.startswith("/") or working_dir == "~" or working_dir.startswith("~/")):
+        raise ValueError(
+            f"remote_working_dir must be an absolute path or start with '~/' (got {working_dir!r})."
+        )
+    _require_utf8(working_dir, "remote_working_dir")
+    if len(working_dir.encode("utf-8")) > MAX_PATH_BYTES:
+        raise ValueError(f"remote_working_dir is longer than {MAX_PATH_BYTES} bytes.")
+    return working_dir
 
 
 def validate_job_id(job_id: str) -> str:
@@ -174,6 +268,9 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
     Validate names and coerce values to ``str``; raise ``ValueError`` naming the bad entry.
 
     Values are passed literally (no ``$VAR`` or ``$(...)`` expansion on the remote side).
+    Names starting with ``SSH_JOBS_`` are reserved for the variables the wrapper sets, and
+    sizes are checked against what an ``exec`` can carry, so these errors come before
+    anything runs remotely instead of as ``Argument list too long`` at run time.
     """
     if not environment:
         return {}
@@ -196,7 +293,26 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
             raise ValueError(
                 f"environment[{name!r}] contains a NUL byte, which no process environment can hold."
             )
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(
+                f"environment[{name!r}]: names starting with {RESERVED_ENV_PREFIX!r} are reserved for the "
+                "variables SSHRemoteJobOperator sets for the job (SSH_JOBS_JOB_ID, SSH_JOBS_JOB_DIR, ...); "
+                "rename it."
+            )
+        entry = len(name.encode()) + 1 + len(text.encode("utf-8"))
+        if entry > MAX_ENV_ENTRY_BYTES:
+            raise ValueError(
+                f"environment[{name!r}] is {entry} bytes: a process environment entry is limited to "
+                f"{MAX_ENV_ENTRY_BYTES} bytes on Linux. Pass large data in a file instead (e.g. write it "
+                "from the command, or upload it first) and give its path in the environment."
+            )
         result[name] = text
+    total = sum(len(n.encode()) + len(v.encode("utf-8")) + 2 for n, v in result.items())
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise ValueError(
+            f"environment takes {total} bytes in all, more than the {MAX_ENV_TOTAL_BYTES} allowed (the job's "
+            "exec must fit the host's ARG_MAX); pass large data in files instead."
+        )
     return result
 
 
@@ -215,98 +331,69 @@ def render_env_file(environment: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- scripts
 
 
-def _write_file(name: str, content: str) -> str:
-    # printf '%s' writes the bytes exactly (no trailing newline added, no escapes
-    # interpreted); tmp + rename means a running job never sees a half-written file.
-    return f"printf '%s' {shlex.quote(content)} > {name}.tmp.$$ && mv -f {name}.tmp.$$ {name} || exit 3\n"
+def script_prelude() -> str:
+    """The start of every script: the protocol tag (defined only here) and the shared functions."""
+    return f"T={PROTOCOL_TAG}\n" + shell_source("lib.sh")
 
 
-# The detached wrapper. ``$$`` is the wrapper's own pid; under setsid it is also the
-# process group and session id, which is what kill signals.
-_WRAPPER = r"""cd "$(dirname "$0")" || exit 1
-mkdir claimed 2>/dev/null || exit 0
-echo $$ > pid.tmp && mv -f pid.tmp pid
-cat /proc/sys/kernel/random/boot_id > boot_id 2>/dev/null || rm -f boot_id
-# Record a status even when the group is signalled: the trap runs after the child ends.
-trap 'got_signal=1' HUP INT TERM
-(
-  . ./env.sh
-  case "$(head -c 2 command.sh)" in
-    '#!') chmod u+x command.sh && exec ./command.sh ;;
-  esac
-  if command -v bash >/dev/null 2>&1; then exec bash ./command.sh; fi
-  exec /bin/sh ./command.sh
-) </dev/null >>stdout.log 2>&1
-rc=$?
-printf '%s\n' "$rc" > exit_code.tmp && mv -f exit_code.tmp exit_code
-"""
-
-# Shared by submit and poll: reports what the job directory says about the job.
-_STATE_PROBE = r"""pid=$(cat pid 2>/dev/null)
-case "$pid" in ''|*[!0-9]*) pid= ;; esac
-alive=0
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then alive=1; fi
-ec=
-if [ -f exit_code ]; then ec=$(cat exit_code); fi
-size=$(wc -c < stdout.log 2>/dev/null || echo 0)
-size=$((size + 0))
-boot=unknown
-if [ -f boot_id ] && [ -r /proc/sys/kernel/random/boot_id ]; then
-  if [ "$(cat boot_id)" = "$(cat /proc/sys/kernel/random/boot_id)" ]; then boot=same; else boot=changed; fi
-fi
-claimed=0
-if [ -d claimed ]; then claimed=1; fi
-"""
-
-_STATE_FIELDS = "pid=$pid alive=$alive exit=$ec size=$size boot=$boot claimed=$claimed"
+def _q(value: str | int) -> str:
+    return shlex.quote(str(value))
 
 
-def build_submit_script(paths: RemoteJobPaths, command: str, environment: Mapping[str, str]) -> str:
+def build_submit_script(
+    paths: RemoteJobPaths,
+    command: str,
+    environment: Mapping[str, str],
+    token: str,
+    working_dir: str | None = None,
+) -> str:
     """
     Script that creates the job directory and launches the job detached, idempotently.
 
-    Running it twice for the same job never starts two jobs: the wrapper claims the job
-    with an atomic ``mkdir``, and a second wrapper that loses the claim exits silently.
-    Files are only written while no wrapper has claimed the job.
+    Before anything is written, every directory on the way to the base dir is checked the
+    way sshd's ``StrictModes`` checks a home directory, and a job directory that exists
+    already is only re-used when it is the SSH user's, private, and carries ``token`` (this
+    submit's own, from a try whose reply was lost). Anything else is refused with a reason.
+    Running it twice for the same job never starts two jobs: the wrapper claims the job with
+    an atomic ``mkdir``, and files are only written while no wrapper has claimed it. Space
+    for the exit record is reserved here; if the disk is full, what this submit created is
+    removed again.
+
+    :param paths: the job's paths
+    :param command: the shell text to run
+    :param environment: validated by :func:`normalise_environment`
+    :param token: this submit's :func:`new_job_token`
+    :param working_dir: where the command runs (see :func:`validate_working_dir`)
     """
     if not command or not command.strip():
         raise ValueError("command is empty: give the shell text to run on the remote host.")
     if "\0" in command:
         raise ValueError("command contains a NUL byte, which a shell script cannot hold.")
     _require_utf8(command, "command")
-    job_dir = shlex.quote(paths.job_dir)
+    validate_token(token)
+    workdir = validate_working_dir(working_dir)
+    files = (
+        ("command.sh", command),
+        ("env.sh", render_env_file(environment)),
+        ("workdir", workdir + "\n"),
+        ("run.sh", shell_source("wrapper.sh")),
+        ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
+    )
+    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
     return (
         "umask 077\n"
-        f"mkdir -p {shlex.quote(paths.base_dir)} {job_dir} || exit 3\n"
-        f"cd {job_dir} || exit 3\n"
-        "launched=0\n"
-        "if [ ! -d claimed ]; then\n"
-        "  launched=1\n"
-        + _write_file("command.sh", command)
-        + _write_file("env.sh", render_env_file(environment))
-        + _write_file("run.sh", _WRAPPER)
-        + "  : >> stdout.log\n"
-        "  if command -v setsid >/dev/null 2>&1; then\n"
-        "    printf setsid > launcher\n"
-        f"    setsid /bin/sh {job_dir}/run.sh </dev/null >/dev/null 2>&1 &\n"
-        "  else\n"
-        "    printf nohup > launcher\n"
-        f"    nohup /bin/sh {job_dir}/run.sh </dev/null >/dev/null 2>&1 &\n"
-        "  fi\n"
-        "fi\n"
-        # Wait (bounded, ~5 s) for the wrapper to record its pid, so the answer says
-        # whether the job really started.
-        "i=0\n"
-        'while [ ! -s pid ] && [ ! -f exit_code ] && [ "$i" -lt 50 ]; do\n'
-        "  sleep 0.1 2>/dev/null || sleep 1\n"
-        "  i=$((i + 1))\n"
-        "done\n"
-        + _STATE_PROBE
-        + f'echo "{PROTOCOL_TAG} submit os=$(uname -s 2>/dev/null | tr -d " ") launched=$launched {_STATE_FIELDS}"\n'
+        + script_prelude()
+        + shell_source("submit.sh")
+        + f"begin {_q(paths.base_dir)} {_q(paths.job_id)} {_q(token)}\n"
+        + 'if [ "$claimed" = 0 ]; then\n'
+        + writes
+        + "  launch\n"
+        + "fi\n"
+        + "finish\n"
     )
 
 
-def build_poll_script(paths: RemoteJobPaths, log_offset: int, max_bytes: int) -> str:
+def build_poll_script(paths: RemoteJobPaths, log_offset: int, max_bytes: int, token: str = "") -> str:
     """
     Script that reports one job's state and up to ``max_bytes`` of its log from ``log_offset``.
 
@@ -317,69 +404,41 @@ def build_poll_script(paths: RemoteJobPaths, log_offset: int, max_bytes: int) ->
 
     if log_offset < 0 or max_bytes <= 0:
         raise ValueError(f"Invalid log window: offset={log_offset}, max_bytes={max_bytes}.")
-    return build_batch_script([PollEntry(paths, log_offset, max_bytes)])
+    return build_batch_script([PollEntry(paths, log_offset, max_bytes, token=token)])
 
 
-def build_kill_script(paths: RemoteJobPaths, grace_seconds: int = KILL_GRACE_SECONDS) -> str:
+def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int = KILL_GRACE_SECONDS) -> str:
     """
-    Script that terminates the job's whole process tree: SIGTERM, then SIGKILL after a grace period.
+    Script that stops every process of the job: SIGTERM, then SIGKILL after a grace period.
 
-    Under setsid the recorded pid leads its own process group, so the group is signalled.
-    Without setsid (e.g. macOS) the descendants of the wrapper are found with ``ps`` and
-    signalled one by one. A pid of 0 or 1 is never signalled.
+    The job's processes are those carrying its marker in their environment (Linux), the
+    process group of its verified wrapper (setsid), or the wrapper's descendants (without
+    setsid, e.g. macOS); see ``sh/kill.sh``. A pid of 0 or 1 is never signalled, nor a pid
+    that now belongs to another process. The answer names any process that survived.
+
+    :param token: the submit's token, checked against the directory's; ``""`` checks only
+        that the directory is the SSH user's and uses the token recorded in it
     """
+    validate_token(token, required=False)
     return (
-        f"cd {shlex.quote(paths.job_dir)} 2>/dev/null || "
-        f'{{ echo "{PROTOCOL_TAG} kill state=missing"; exit 0; }}\n'
-        "pid=$(cat pid 2>/dev/null)\n"
-        "case \"$pid\" in ''|*[!0-9]*) pid= ;; esac\n"
-        'if [ -z "$pid" ] || [ "$pid" -le 1 ]; then\n'
-        f'  echo "{PROTOCOL_TAG} kill state=not-started"; exit 0\n'
-        "fi\n"
-        # setsid jobs lead their own process group: signal the group. Without setsid
-        # (e.g. macOS) the job's processes are found as descendants of the wrapper.
-        "mode=$(cat launcher 2>/dev/null)\n"
-        "members() {\n"
-        '  ps -A -o pid= -o ppid= -o pgid= -o stat= 2>/dev/null | awk -v root="$pid" -v mode="$mode" \'\n'
-        "    { parent[$1] = $2; group[$1] = $3; state[$1] = $4 }\n"
-        "    END { for (p in parent) {\n"
-        "      if (state[p] ~ /^Z/) continue\n"
-        '      if (mode == "setsid") { if (group[p] == root) print p; continue }\n'
-        "      q = p; n = 0\n"
-        '      while (q != "" && q > 1 && n < 64) { if (q == root) { print p; break }; q = parent[q]; n++ } } }\'\n'
-        "}\n"
-        "signal() {\n"
-        '  if [ "$mode" = setsid ]; then kill -"$1" "-$pid" 2>/dev/null; fi\n'
-        '  for p in $(members); do kill -"$1" "$p" 2>/dev/null; done\n'
-        "}\n"
-        'running() { [ -n "$(members)" ]; }\n'
-        "if ! running; then\n"
-        f'  echo "{PROTOCOL_TAG} kill state=not-running"; exit 0\n'
-        "fi\n"
-        "signal TERM\n"
-        "i=0\n"
-        f'while running && [ "$i" -lt {grace_seconds * 10} ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done\n'
-        "if running; then signal KILL; sleep 0.2 2>/dev/null || sleep 1; fi\n"
-        "if running; then state=survived; else state=killed; fi\n"
-        f'echo "{PROTOCOL_TAG} kill state=$state"\n'
+        script_prelude()
+        + shell_source("kill.sh")
+        + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)}\n"
     )
 
 
-def build_cleanup_script(paths: RemoteJobPaths) -> str:
+def build_cleanup_script(paths: RemoteJobPaths, token: str = "") -> str:
     """
     Script that removes the job directory and nothing else.
 
     ``paths`` is validated on construction (job id is one plain path component, base dir
     absolute and normalised), so the directory removed is always a direct child of the
-    base directory.
+    base directory; it is only removed when it is the SSH user's and, with ``token``, carries it.
     """
-    job_dir = shlex.quote(paths.job_dir)
-    return (
-        f'if [ ! -e {job_dir} ]; then echo "{PROTOCOL_TAG} cleanup state=absent"; exit 0; fi\n'
-        f"rm -rf -- {job_dir}\n"
-        f'if [ -e {job_dir} ]; then echo "{PROTOCOL_TAG} cleanup state=failed"; exit 4; fi\n'
-        f'echo "{PROTOCOL_TAG} cleanup state=removed"\n'
-    )
+    from ssh_jobs_provider.utils.batch_poll import CleanupEntry, build_batch_script
+
+    validate_token(token, required=False)
+    return build_batch_script([CleanupEntry(paths, token=token)])
 
 
 # --------------------------------------------------------------------------- answers
@@ -393,6 +452,7 @@ class JobState(str, Enum):
     EXITED = "exited"  # exit code recorded: the log is complete
     VANISHED = "vanished"  # process gone (killed, OOM, reboot) without an exit code
     MISSING = "missing"  # no job directory at all
+    FOREIGN = "foreign"  # the directory does not carry this job's token: not ours to watch
 
 
 @dataclass(frozen=True)
@@ -407,11 +467,13 @@ class JobStatus:
     launched: bool | None = None
     #: Log bytes an earlier watcher recorded as delivered (for resuming after a restart).
     delivered: int = 0
+    #: The file system holding the job directory was (or is) full: the log may be incomplete.
+    disk_full: bool = False
     log_data: bytes = field(default=b"", repr=False)
 
     @property
     def done(self) -> bool:
-        return self.state in (JobState.EXITED, JobState.VANISHED, JobState.MISSING)
+        return self.state in (JobState.EXITED, JobState.VANISHED, JobState.MISSING, JobState.FOREIGN)
 
 
 def _find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
@@ -448,9 +510,14 @@ def int_or_none(value: str | None) -> int | None:
 def status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStatus:
     if fields.get("state") == "missing":
         return JobStatus(JobState.MISSING)
+    if fields.get("state") == "foreign":
+        return JobStatus(JobState.FOREIGN)
     pid = int_or_none(fields.get("pid"))
-    exit_code = int_or_none(fields.get("exit"))
     alive = fields.get("alive") == "1"
+    # An exit record counts only once the wrapper that writes it is gone: one that appears
+    # while the wrapper still runs was written by the job itself (or the wrapper is about to
+    # exit, and the next poll sees it gone).
+    exit_code = None if alive else int_or_none(fields.get("exit"))
     if exit_code is not None:
         state = JobState.EXITED
     elif pid is None:
@@ -467,14 +534,42 @@ def status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStat
         remote_os=fields.get("os") or None,
         launched=None if "launched" not in fields else fields["launched"] == "1",
         delivered=int_or_none(fields.get("delivered")) or 0,
+        disk_full=fields.get("full") == "1" or fields.get("note") == "nospace",
         log_data=log_data,
     )
 
 
+class SubmitRefused(RemoteJobProtocolError):
+    """
+    The submit script refused or failed before launching anything, and removed what it created.
+
+    :param code: ``unsafe`` (an untrusted directory on the way to the base dir), ``foreign``
+        (the job directory is not this submit's), ``nospace`` (the file system is full) or
+        ``io`` (another write failure)
+    :param detail: the script's one-line reason, naming the path
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
 def parse_submit_output(output: bytes) -> JobStatus:
-    """Parse the submit script's answer."""
-    fields, _ = _find_header(output, "submit")
-    return status_from_fields(fields)
+    """Parse the submit script's answer: its header, then the job's state as a poll answer."""
+    from ssh_jobs_provider.utils.batch_poll import PollEntry, parse_batch_output
+
+    fields, rest = _find_header(output, "submit")
+    if fields.get("error"):
+        detail = rest.decode("utf-8", errors="replace").strip().splitlines()
+        raise SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
+    # The poll record has no log window; its entry only has to name some job for messages.
+    probe = PollEntry(RemoteJobPaths("submitted-job", DEFAULT_BASE_DIR), 0, 0)
+    result = parse_batch_output(rest + f"{PROTOCOL_TAG} end\n".encode(), [probe])[0]
+    if isinstance(result, RemoteJobProtocolError):
+        raise result
+    assert isinstance(result, JobStatus)
+    return replace(result, remote_os=fields.get("os") or None, launched=fields.get("launched") == "1")
 
 
 def parse_poll_output(output: bytes, max_bytes: int) -> JobStatus:
@@ -497,3 +592,10 @@ def parse_simple_state(output: bytes, verb: str) -> str:
     """Parse the ``state=`` of a kill or cleanup answer."""
     fields, _ = _find_header(output, verb)
     return fields.get("state", "")
+
+
+def parse_kill_output(output: bytes) -> tuple[str, list[int]]:
+    """The kill answer's state, and the pids that survived SIGKILL (``state=survived``)."""
+    fields, _ = _find_header(output, "kill")
+    pids = [int(pid) for pid in fields.get("pids", "").split(",") if pid.isdigit()]
+    return fields.get("state", ""), pids

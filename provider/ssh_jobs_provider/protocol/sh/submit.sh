@@ -1,0 +1,120 @@
+# Submit: create (or verify) the job directory and launch the wrapper detached, idempotently.
+# The caller runs: begin BASE JOB_ID TOKEN; then, unless $claimed, put ... and launch; then
+# finish. Any refusal or failure answers "TAG submit error=<code>" followed by one line that
+# says why, after removing what this submit created: nothing half-done is left behind.
+
+# refuse CODE MESSAGE: undo what this submit created, answer, and stop.
+refuse() {
+  rollback
+  echo "$T submit error=$1"
+  printf '%s\n' "$2"
+  exit 0
+}
+
+# abort WHAT: a write failed; say whether it was for lack of space.
+abort() {
+  if fs_full "$B"; then
+    refuse nospace "the file system holding $B is full (no space left while $1)"
+  fi
+  refuse io "could not complete $1 in $jd"
+}
+
+rollback() {
+  if [ -n "$job_created" ]; then rm -rf -- "$jd"; fi
+  if [ -n "$top" ]; then
+    d=$B
+    while rmdir "$d" 2>/dev/null && [ "$d" != "$top" ]; do d=${d%/*}; done
+  fi
+}
+
+# ensure_base BASE: check the deepest existing directory of BASE (and the path to it), then
+# create what is missing below it with mode 700. top = the topmost directory created here.
+ensure_base() {
+  d=$1 missing=
+  while [ ! -e "$d" ] && [ ! -L "$d" ]; do
+    missing="/${d##*/}$missing"
+    d=${d%/*}
+    [ -n "$d" ] || d=/
+  done
+  check_chain "$d"
+  if [ -n "$why" ]; then refuse unsafe "$why"; fi
+  [ "$d" = / ] && d=
+  rest=${missing#/}
+  while [ -n "$rest" ]; do
+    d="$d/${rest%%/*}"
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    if mkdir -m 700 "$d" 2>/dev/null; then
+      [ -n "$top" ] || top=$d
+    elif [ -e "$d" ] || [ -L "$d" ]; then
+      # Created meanwhile by someone else (often another task of the same fan-out).
+      unsafe "$d"
+      if [ -n "$why" ]; then refuse unsafe "$d $why"; fi
+    else
+      abort "creating $d (its parent must be writable by the SSH user)"
+    fi
+  done
+}
+
+# begin BASE JOB_ID TOKEN: the job directory exists afterwards, is the SSH user's, private,
+# and carries TOKEN; claimed=1 when a wrapper already owns it (this submit re-attaches).
+begin() {
+  B=$1 jd=$1/$2 tok=$3 job_created='' top='' launched=0 claimed=0
+  ensure_base "$B"
+  t=
+  if mkdir -m 700 "$jd" 2>/dev/null; then
+    job_created=1
+  elif [ -e "$jd" ] || [ -L "$jd" ]; then
+    if ! owned_by_job "$jd" ""; then
+      refuse foreign "$jd exists but is not a directory of the SSH user's (mode ${m:-?}, owner uid ${o:-?})"
+    fi
+    case $m in
+      d???------*) ;;
+      *) refuse foreign "$jd exists but is accessible to group or others (mode $m)" ;;
+    esac
+    [ -f "$jd/token" ] && read -r t < "$jd/token"
+    if [ "$t" != "$tok" ]; then
+      if [ -n "$t" ] || [ -e "$jd/claimed" ]; then
+        refuse foreign "$jd was created by another submit, not by this task instance"
+      fi
+      # A submit of ours that stopped before recording its token: nothing ran; take it over.
+      job_created=1
+    fi
+  else
+    abort "creating $jd"
+  fi
+  if [ "$t" != "$tok" ]; then put token "$tok
+"; fi
+  # shellcheck disable=SC2034 # read by the caller's script
+  if [ -d "$jd/claimed" ]; then claimed=1; fi
+}
+
+# put NAME CONTENT: write a file of the job directory atomically (tmp + rename), byte for byte.
+put() {
+  { printf '%s' "$2" > "$jd/$1.tmp.$$" && mv -f "$jd/$1.tmp.$$" "$jd/$1"; } 2>/dev/null || abort "writing $1"
+}
+
+launch() {
+  chmod 700 "$jd/command.sh" 2>/dev/null || abort "making command.sh executable"
+  { : >> "$jd/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
+  if command -v setsid >/dev/null 2>&1; then
+    put launcher setsid
+    launched=1
+    setsid /bin/sh "$jd/run.sh" "$jd" </dev/null >/dev/null 2>&1 &
+  else
+    put launcher nohup
+    launched=1
+    nohup /bin/sh "$jd/run.sh" "$jd" </dev/null >/dev/null 2>&1 &
+  fi
+}
+
+# finish: wait (bounded, ~5 s) for the wrapper to record its pid, so the answer says whether
+# the job really started; then answer with the submit header and the job's state.
+finish() {
+  i=0
+  while [ ! -s "$jd/pid" ] && [ ! -f "$jd/exit_code" ] && [ "$i" -lt 50 ]; do
+    sleep 0.1 2>/dev/null || sleep 1
+    i=$((i + 1))
+  done
+  echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched"
+  p 0 "$jd" 0 0 0 "$tok"
+}

@@ -1,0 +1,63 @@
+# The detached wrapper (run.sh in the job directory): claims the job, runs the command and
+# records how it ended. Started as `/bin/sh <job_dir>/run.sh <job_dir>` under setsid (or
+# nohup), so its pid leads the job's process group.
+jd=$1
+cd "$jd" || exit 1
+# The one wrapper that creates "claimed" owns the job; any later one leaves at once.
+mkdir claimed 2>/dev/null || exit 0
+printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid
+if [ -r /proc/$$/stat ]; then
+  read -r st < /proc/$$/stat
+  st=${st##*) }
+  set -f
+  # shellcheck disable=SC2086
+  set -- $st
+  set +f
+  printf '%s\n' "${20:-}" > start
+fi
+b=
+[ -r /proc/sys/kernel/random/boot_id ] && read -r b < /proc/sys/kernel/random/boot_id
+if [ -n "$b" ]; then printf '%s\n' "$b" > boot_id; fi
+# Record a status even when the group is signalled: the trap runs after the child ends.
+trap 'got_signal=1' HUP INT TERM
+
+# Everything the wrapper needs is resolved before the job's environment applies: a PATH (or
+# anything else) in `environment` changes the command's world, never the wrapper's.
+first=
+IFS= read -r first < command.sh
+shell=/bin/sh
+bash_path=$(command -v bash 2>/dev/null) && [ -n "$bash_path" ] && shell=$bash_path
+wd=
+[ -f workdir ] && IFS= read -r wd < workdir
+# shellcheck disable=SC2088 # a literal "~" from the operator's remote_working_dir
+case $wd in
+  ''|'~') wd=${HOME:-/} ;;
+  '~/'*) wd=${HOME:-}/${wd#??} ;;
+esac
+token=
+read -r token < token
+(
+  if ! cd "$wd" 2>/dev/null; then
+    echo "ssh-jobs: cannot enter the working directory $wd" >&2
+    exit 126
+  fi
+  SSH_JOBS_JOB_ID=${jd##*/}
+  SSH_JOBS_JOB_DIR=$jd
+  SSH_JOBS_LOG_FILE=$jd/stdout.log
+  SSH_JOBS_JOB_TOKEN=$token
+  export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE SSH_JOBS_JOB_TOKEN
+  # shellcheck disable=SC1091 # written by the submit
+  . "$jd/env.sh"
+  case $first in '#!'*) exec "$jd/command.sh" ;; esac
+  exec "$shell" "$jd/command.sh"
+) </dev/null >>"$jd/stdout.log" 2>&1
+rc=$?
+
+note=
+# A full file system also cost the job (part of) its output: say so beside the exit code.
+if [ "$(df -P -k . 2>/dev/null | awk 'NR == 2 { print $4 }')" = 0 ]; then note=nospace; fi
+# exit_code.new was filled at submit: rewriting it in place needs no free block, so the
+# exit code is recorded even on a full file system. The clean copy follows where there is room.
+printf '%s%s\n' "$rc" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
+{ printf '%s%s\n' "$rc" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null ||
+  rm -f exit_code.tmp
