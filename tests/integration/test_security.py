@@ -211,7 +211,7 @@ def test_command_runs_in_the_home_directory_and_cannot_forge_its_exit_code(
 def test_a_job_writing_its_own_exit_record_does_not_end_the_watch(ssh_conn, remote_base_dir) -> None:
     # Even a job that goes looking for the exit record only delays nothing: while the wrapper
     # runs, an exit record does not count, and the wrapper's own record replaces it.
-    command = 'echo 0 > "$SSH_JOBS_JOB_DIR/exit_code"\nsleep 1\necho still running\nexit 4\n'
+    command = 'echo 0 > "${SSH_JOBS_JOB_DIR:?}/exit_code"\nsleep 1\necho still running\nexit 4\n'
     result = run_operator(make_operator(ssh_conn, remote_base_dir, command))
 
     assert result.outcome == "failed"
@@ -223,7 +223,11 @@ def test_remote_working_dir_and_job_variables(ssh_conn, remote_base_dir, sshd, t
     data = sshd.home_dir / "data"
     data.mkdir()
     (data / "input.txt").write_text("relative input\n")
-    command = 'cat input.txt\nrm -rf ./*\necho "$SSH_JOBS_JOB_ID $SSH_JOBS_JOB_DIR $SSH_JOBS_LOG_FILE"\n'
+    # The tidy-up only runs where it is meant to: never wildcard-remove anything else.
+    command = (
+        f'cat input.txt\n[ "$PWD" = "{data}" ] && rm -rf ./*\n'
+        'echo "$SSH_JOBS_JOB_ID $SSH_JOBS_JOB_DIR $SSH_JOBS_LOG_FILE"\n'
+    )
     ti = StandInTaskInstance()
     result = run_operator(make_operator(ssh_conn, remote_base_dir, command, remote_working_dir="~/data"), ti)
 
@@ -283,7 +287,8 @@ def fill(path: Path) -> None:
 
 
 def test_job_that_fills_the_disk_still_reports_its_exit_code(ssh_conn, small_fs) -> None:
-    command = 'echo filling\ndd if=/dev/zero of="$SSH_JOBS_JOB_DIR/fill" bs=64k 2>/dev/null\nexit 0\n'
+    # An absolute path on the small file system: whatever the job's cwd, only it fills up.
+    command = f"echo filling\ndd if=/dev/zero of={small_fs}/jobs/fill bs=64k 2>/dev/null\nexit 0\n"
     result = run_operator(make_operator(ssh_conn, str(small_fs / "jobs"), command))
 
     assert result.outcome == "success", result.error
@@ -397,21 +402,21 @@ def test_trigger_does_not_remove_or_watch_a_directory_whose_token_changed(ssh_co
         ({"environment": {"BIG": "x" * (128 * 1024)}}, "environment entry is limited"),
         ({"environment": {"SSH_JOBS_JOB_DIR": "/x"}}, "reserved"),
         ({"remote_base_dir": ""}, "remote_base_dir is empty"),
-        ({"remote_base_dir": "/tmp/" + "d/" * 2500}, "path limit"),
-        ({"remote_base_dir": "/tmp/" + "n" * 300}, "limited to 255 bytes"),
+        ({"remote_base_dir": "{base}/" + "d/" * 2500}, "path limit"),
+        ({"remote_base_dir": "{base}/" + "n" * 300}, "limited to 255 bytes"),
         ({"remote_working_dir": "relative/dir"}, "absolute path or start with '~/'"),
     ],
 )
 def test_bad_input_fails_before_any_connection(ssh_conn, sshd, remote_base_dir, kwargs, message) -> None:
-    kwargs = {"remote_base_dir": remote_base_dir, **kwargs}
-    base = kwargs.pop("remote_base_dir")
-    op = make_operator(ssh_conn, base, "echo hi", **kwargs)
+    base = kwargs.get("remote_base_dir", "{base}").replace("{base}", remote_base_dir)
+    others = {name: value for name, value in kwargs.items() if name != "remote_base_dir"}
+    op = make_operator(ssh_conn, base, "echo hi", **others)
 
     with pytest.raises(ValueError, match=message):
         submit(op, StandInTaskInstance())
     time.sleep(0.2)
     assert sshd.counts()["connections"] == 0
-    assert not Path("/tmp/d").exists()
+    assert not Path(remote_base_dir).exists(), "a refused submit left a tree behind"
 
 
 def test_kill_of_a_sigterm_ignoring_job_reports_killed_only_when_all_are_gone(

@@ -286,7 +286,9 @@ _env_counter = itertools.count()
 def test_environment_values_reach_the_command_byte_for_byte(base_dir: Path, values: list[str]) -> None:
     paths = RemoteJobPaths(job_id=f"env{next(_env_counter)}", base_dir=str(base_dir))
     environment = normalise_environment({f"V{i}": value for i, value in enumerate(values)})
-    command = "\n".join(f'printf \'%s\' "$V{i}" > "$SSH_JOBS_JOB_DIR/out{i}"' for i in range(len(values)))
+    command = "\n".join(
+        f'printf \'%s\' "$V{i}" > "${{SSH_JOBS_JOB_DIR:?}}/out{i}"' for i in range(len(values))
+    )
 
     submit(paths, command, environment)
 
