@@ -137,7 +137,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     def make_session(self, settings: SSHConnectionSettings, hook: SSHHookAsync) -> HostSession:
         """The shared session this trigger polls through."""
-        return HostSession.for_settings(settings, hook.connect_with, hook.run_script_on)
+        return HostSession.for_settings(settings, hook.connect_with, hook.run_script)
 
     # ------------------------------------------------------------------ events
 
@@ -220,7 +220,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
-            _, stdout, _ = await hook.run_script_on(conn, build_kill_script(self.paths), self.command_timeout)
+            _, stdout, _ = await hook.run_script(conn, build_kill_script(self.paths), self.command_timeout)
             self.log.info("Remote job %s: kill %s", self.job_id, parse_simple_state(stdout, "kill"))
         finally:
             conn.close()
