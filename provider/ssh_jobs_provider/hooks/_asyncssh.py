@@ -22,6 +22,7 @@ from airflow.sdk import BaseHook
 from ssh_jobs_provider.hooks._errors import INSECURE_WARNING
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
+from ssh_jobs_provider.utils.remote_job import REMOTE_SHELL
 
 _CIPHER_PREFERENCE = (
     "aes128-gcm@openssh.com",
@@ -194,6 +195,13 @@ async def run_on(
             pass
     status = completed.returncode if completed.returncode is not None else -1
     return status, _as_bytes(completed.stdout), _as_bytes(completed.stderr)
+
+
+async def run_script(
+    conn: asyncssh.SSHClientConnection, script: str, timeout: float | None
+) -> tuple[int, bytes, bytes]:
+    """Run a remote-job protocol script (``/bin/sh -s``, script on stdin) on an open connection."""
+    return await run_on(conn, REMOTE_SHELL, script.encode("utf-8"), timeout)
 
 
 async def _open_process(

@@ -119,10 +119,8 @@ class SSHHook(SSHHookBase):
         self, attempt: Callable[[], T], what: str, log: Any = None, retry: RetryPolicy | None = None
     ) -> T:
         """
-        Call ``attempt`` until it succeeds, under one retry policy: the only loop.
-
-        Everything ``attempt`` does shares one budget, so a connect inside it (use
-        :meth:`connect_with`) is never retried by a second, nested loop.
+        Call ``attempt`` until it succeeds, under one retry policy: the only loop, so a connect
+        inside it (use :meth:`connect_with`) is never retried by a second, nested loop.
 
         :param attempt: one try, e.g. connect and run a script
         :param what: what is tried, for the retry messages
@@ -281,7 +279,10 @@ class SSHHookAsync(SSHHookBase):
         self, conn: asyncssh.SSHClientConnection, script: str, timeout: float | None
     ) -> CommandResult:
         """Run a remote-job protocol script on an open connection; ``(exit_status, stdout, stderr)``."""
-        return await _asyncssh.run_on(conn, REMOTE_SHELL, script.encode("utf-8"), timeout)
+        return await _asyncssh.run_script(conn, script, timeout)
+
+    #: :meth:`run_script` under its earlier, static name, for callers written against it.
+    run_script_on = staticmethod(_asyncssh.run_script)
 
     async def run_command(self, command: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Open a connection, run ``command``, close it; ``(exit_status, stdout, stderr)`` as text."""

@@ -9,7 +9,6 @@ normally the cleanup happen in :class:`~ssh_jobs_provider.triggers.ssh_remote_jo
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
-from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from ssh_jobs_provider.exceptions import (
     SSHHostKeyError,
 )
 from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.retry import RetryPolicy
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.utils.remote_job import (
     DEFAULT_BASE_DIR,
@@ -376,7 +376,7 @@ class SSHRemoteJobOperator(BaseOperator):
         """
         if not (kill or remove):
             return
-        hook = self._hook(attempts=self.cleanup_retries)
+        hook = self._hook(attempts=1)
         scripts = ([("kill", build_kill_script(paths))] if kill else []) + (
             [("cleanup", build_cleanup_script(paths))] if remove else []
         )
@@ -401,11 +401,11 @@ class SSHRemoteJobOperator(BaseOperator):
                     scripts.pop(0)
 
         def worth_retrying(error: BaseException) -> bool:
-            # Everything but credentials and host keys: retrying cannot fix those. Broader than
-            # the connect rule on purpose: a failed rm -rf (busy mount) may pass later too.
+            # Everything but credentials and host keys: retrying cannot fix those.
             return not isinstance(error, (SSHAuthenticationError, SSHHostKeyError))
 
-        retry = replace(hook.retry, retry_on=worth_retrying)
+        # Broader than the connect rule (is_retryable) on purpose: a failed rm -rf may pass later.
+        retry = RetryPolicy(self.cleanup_retries, hook.backoff, worth_retrying)
         try:
             hook.call_with_retries(attempt, f"Cleanup of {paths.job_dir}", log=self.log, retry=retry)
         except Exception as error:  # reported loudly below, never raised

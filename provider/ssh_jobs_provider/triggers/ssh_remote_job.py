@@ -220,7 +220,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
-            _, stdout, _ = await hook.run_script(conn, build_kill_script(self.paths), self.command_timeout)
+            _, stdout, _ = await hook.run_script_on(conn, build_kill_script(self.paths), self.command_timeout)
             self.log.info("Remote job %s: kill %s", self.job_id, parse_simple_state(stdout, "kill"))
         finally:
             conn.close()
