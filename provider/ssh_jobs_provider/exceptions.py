@@ -31,7 +31,18 @@ class SSHHostKeyError(SSHJobsError):
 
 
 class SSHConnectError(SSHJobsError):
-    """The connection could not be made (refused, dropped before the banner, timed out)."""
+    """
+    The connection could not be made (refused, dropped before the banner, timed out).
+
+    :param message: what failed and, once ``final``, what to change
+    :param final: ``True`` (the default) once a retry loop has spent its budget on this
+        connection: nothing retries it again, so budgets never multiply. ``False`` for the
+        failure of one attempt that the caller's own loop owns (see :func:`is_retryable`).
+    """
+
+    def __init__(self, message: str, *, final: bool = True) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class RemoteJobError(SSHJobsError):
@@ -54,6 +65,25 @@ _TRANSIENT_PARAMIKO_WORDS = (
 )
 
 
+def is_auth_timeout(error: BaseException) -> bool:
+    """True when authentication did not finish in time: a slow link, not bad credentials."""
+    return isinstance(error, paramiko.AuthenticationException) and "timeout" in str(error).lower()
+
+
+def is_retryable(error: BaseException) -> bool:
+    """
+    The one rule for what a retry loop of this provider tries again.
+
+    Connection-level failures (:func:`is_transient_connect_error`) and authentication
+    timeouts are retried. An :class:`SSHConnectError` is retried only while it stands for ONE
+    refused or dropped attempt (``final=False``); once final, the loop that raised it has
+    already spent its attempts, and retrying it again would multiply the two budgets.
+    """
+    if isinstance(error, SSHConnectError):
+        return not error.final
+    return is_auth_timeout(error) or is_transient_connect_error(error)
+
+
 def is_transient_connect_error(error: BaseException) -> bool:
     """
     True for connection-level failures that may pass on retry.
@@ -61,7 +91,8 @@ def is_transient_connect_error(error: BaseException) -> bool:
     These are what a loaded or restarting sshd produces: EOF before the banner
     (``MaxStartups`` drop), connection refused/reset, banner, handshake or command timeouts,
     a lost connection, and refused channels (``MaxSessions``). Authentication and host-key
-    failures are never transient: retrying cannot fix them.
+    failures are never transient: retrying cannot fix them. Whether a failure is *retried*
+    is decided by :func:`is_retryable`, which builds on this.
     """
     if isinstance(error, (SSHAuthenticationError, SSHHostKeyError)):
         return False

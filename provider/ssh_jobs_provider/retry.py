@@ -1,5 +1,10 @@
 """
-One backoff policy, used by the hooks, the operator and the trigger.
+One retry policy, used by the hooks, the operator and the trigger.
+
+A :class:`RetryPolicy` bundles how many attempts, which failures are tried again (one
+classifier, :func:`~ssh_jobs_provider.exceptions.is_retryable`) and the waits between them
+(a :class:`BackoffPolicy`). Every retry loop of the provider is built from one; none is
+nested in another, so each failure is retried by exactly one loop and budgets never multiply.
 
 Retries that fire in lockstep across a fan-out are dropped by ``sshd`` for the same reason
 as the first attempt (``MaxStartups``), so every wait is exponential *and* jittered
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -21,6 +26,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
 )
+
+from ssh_jobs_provider.exceptions import is_retryable
 
 T = TypeVar("T")
 
@@ -62,9 +69,6 @@ class BackoffPolicy:
             yield self.delay(attempt, rng)
             attempt += 1
 
-    def _wait(self, state: RetryCallState) -> float:
-        return self.delay(state.attempt_number)
-
     def retrying(
         self,
         attempts: int,
@@ -72,8 +76,8 @@ class BackoffPolicy:
         log: Any = None,
         what: str = "operation",
     ) -> Retrying:
-        """A tenacity ``Retrying`` for blocking code (the worker side)."""
-        return Retrying(**self._tenacity_args(attempts, retry_on, log, what))
+        """Shorthand for ``RetryPolicy(attempts, self, retry_on).retrying(log, what)``."""
+        return RetryPolicy(attempts, self, retry_on).retrying(log, what)
 
     def async_retrying(
         self,
@@ -82,17 +86,55 @@ class BackoffPolicy:
         log: Any = None,
         what: str = "operation",
     ) -> AsyncRetrying:
-        """A tenacity ``AsyncRetrying`` for asyncio code (the triggerer side)."""
-        return AsyncRetrying(**self._tenacity_args(attempts, retry_on, log, what))
+        """Shorthand for ``RetryPolicy(attempts, self, retry_on).async_retrying(log, what)``."""
+        return RetryPolicy(attempts, self, retry_on).async_retrying(log, what)
 
-    def _tenacity_args(
-        self,
-        attempts: int,
-        retry_on: Callable[[BaseException], bool],
-        log: Any,
-        what: str,
-    ) -> dict[str, Any]:
-        total = max(1, attempts)
+
+#: The policy every retry in this package uses unless a caller passes its own: the first
+#: retry waits 1-2 s, then 2-4 s, 4-8 s, ... capped at 15-30 s. Starting at a second or two
+#: matters under a fan-out: sooner retries meet an sshd that is still saturated.
+DEFAULT_BACKOFF = BackoffPolicy(initial=2.0, maximum=30.0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How often to try, what to try again, and how long to wait in between: one immutable object.
+
+    :param attempts: most attempts in all, the first included (at least 1 is always made)
+    :param backoff: the waits between attempts
+    :param retry_on: which failures are tried again; the others are raised at once
+    """
+
+    attempts: int = 3
+    backoff: BackoffPolicy = DEFAULT_BACKOFF
+    retry_on: Callable[[BaseException], bool] = is_retryable
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attempts", max(1, int(self.attempts)))
+
+    def with_attempts(self, attempts: int) -> RetryPolicy:
+        """The same policy with another number of attempts."""
+        return replace(self, attempts=attempts)
+
+    def retrying(self, log: Any = None, what: str = "operation") -> Retrying:
+        """
+        A tenacity ``Retrying`` for blocking code (the worker side); call it with the attempt.
+
+        :param log: where each retry is announced (``None``: nowhere)
+        :param what: what is being tried, for those messages
+        """
+        return Retrying(**self._tenacity_args(log, what))
+
+    def async_retrying(self, log: Any = None, what: str = "operation") -> AsyncRetrying:
+        """A tenacity ``AsyncRetrying`` for asyncio code (the triggerer side); as :meth:`retrying`."""
+        return AsyncRetrying(**self._tenacity_args(log, what))
+
+    def _wait(self, state: RetryCallState) -> float:
+        return self.backoff.delay(state.attempt_number)
+
+    def _tenacity_args(self, log: Any, what: str) -> dict[str, Any]:
+        total = self.attempts
 
         def before_sleep(state: RetryCallState) -> None:
             if log is None or state.outcome is None or state.next_action is None:
@@ -109,16 +151,19 @@ class BackoffPolicy:
         return {
             "stop": stop_after_attempt(total),
             "wait": self._wait,
-            "retry": retry_if_exception(retry_on),
+            "retry": retry_if_exception(self.retry_on),
             "before_sleep": before_sleep,
             "reraise": True,
         }
 
 
-#: The policy every retry in this package uses unless a caller passes its own: the first
-#: retry waits 1-2 s, then 2-4 s, 4-8 s, ... capped at 15-30 s. Starting at a second or two
-#: matters under a fan-out: sooner retries meet an sshd that is still saturated.
-DEFAULT_BACKOFF = BackoffPolicy(initial=2.0, maximum=30.0)
+def attempts_made(retrying: Retrying | AsyncRetrying) -> int:
+    """How many attempts the last call of ``retrying`` made (read after it returned or raised)."""
+    return int(retrying.statistics.get("attempt_number", 0))
+
+
+#: The connect policy of a hook built with its defaults (``conn_retry_attempts=3``).
+DEFAULT_RETRY = RetryPolicy(attempts=3, backoff=DEFAULT_BACKOFF)
 
 #: Waits before re-opening a refused channel on the SAME connection. sshd frees a closed
 #: session's slot a moment after the close is processed, so with a low ``MaxSessions`` a

@@ -341,6 +341,15 @@ def test_empty_timeout_extra_keeps_the_default() -> None:
 
 
 KEY_B64 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+# Real keys of the other types: the key data names its type, and a stated type must match it.
+ECDSA_B64 = (
+    "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBNVidhZbshO4cwaIEDMiSBA0iEJi38UYT+FNBvn0hx"
+    "CUzoBUFvRaEsH+xtuHnCQ2tamHLRLRJ27ag0dPCg/Crl4="
+)
+RSA_B64 = (
+    "AAAAB3NzaC1yc2EAAAADAQABAAAAgQDeC7t8ZERjKjcc7AkOYKvD9uXnzu14T/sW9BT2H4oTRUyYPAgXO5jb9wFlONIfXvBIr5mo"
+    "vOQZJXdi0FB8+aJIdy1P6Fy7OjN5aIKRiyaN9xO/kkELwJ7bYzHp3WSH1MqTkFIqw2g7+t3efWi6DCtHgkMiM88teQcsgfZ9sq4jGw=="
+)
 
 
 @pytest.mark.parametrize(
@@ -348,9 +357,9 @@ KEY_B64 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
     [
         (f"ssh-ed25519 {KEY_B64}", f"ssh-ed25519 {KEY_B64}"),
         (f"example.org ssh-ed25519 {KEY_B64} root@example", f"ssh-ed25519 {KEY_B64}"),
-        (f"[example.org]:2222,10.0.0.1 ecdsa-sha2-nistp256 {KEY_B64}", f"ecdsa-sha2-nistp256 {KEY_B64}"),
-        (f"  ssh-rsa {KEY_B64} comment with spaces  ", f"ssh-rsa {KEY_B64}"),
-        (KEY_B64, f"ssh-rsa {KEY_B64}"),
+        (f"[example.org]:2222,10.0.0.1 ecdsa-sha2-nistp256 {ECDSA_B64}", f"ecdsa-sha2-nistp256 {ECDSA_B64}"),
+        (f"  ssh-rsa {RSA_B64} comment with spaces  ", f"ssh-rsa {RSA_B64}"),
+        (RSA_B64, f"ssh-rsa {RSA_B64}"),
     ],
 )
 def test_host_key_forms_are_normalised(host_key: str, expected: str) -> None:

@@ -21,10 +21,9 @@ from ssh_jobs_provider.exceptions import (
     SSHAuthenticationError,
     SSHConnectError,
     SSHHostKeyError,
-    is_transient_connect_error,
 )
 from ssh_jobs_provider.hooks.ssh import SSHHook
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF
+from ssh_jobs_provider.retry import RetryPolicy
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.utils.remote_job import (
     DEFAULT_BASE_DIR,
@@ -320,19 +319,15 @@ class SSHRemoteJobOperator(BaseOperator):
         hook = self.ssh_hook
         timeouts = iter(min(MAX_SUBMIT_TIMEOUT, self.command_timeout * 2**n) for n in range(1000))
 
-        def not_connect_exhaustion(error: BaseException) -> bool:
-            return is_transient_connect_error(error) and not isinstance(error, SSHConnectError)
-
         def attempt() -> JobStatus:
-            with hook.get_conn() as client:
+            # ONE connect per attempt, retried by this loop only: a server refusing every
+            # connection sees at most conn_retry_attempts of them from one submit.
+            with hook.connect_with(hook.settings) as client:
                 status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
             return self._parse_submit(paths, status, stdout, stderr)
 
-        retrying = DEFAULT_BACKOFF.retrying(
-            self.conn_retry_attempts, not_connect_exhaustion, self.log, f"Submit of remote job {paths.job_id}"
-        )
         try:
-            result: JobStatus = retrying(attempt)
+            return hook.call_with_retries(attempt, f"Submit of remote job {paths.job_id}", log=self.log)
         except SSHConnectError:
             self.log.error(
                 "Could not connect to %s to submit remote job %s (conn_retry_attempts=%d).",
@@ -341,7 +336,6 @@ class SSHRemoteJobOperator(BaseOperator):
                 self.conn_retry_attempts,
             )
             raise
-        return result
 
     def _parse_submit(self, paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
         try:
@@ -446,9 +440,12 @@ class SSHRemoteJobOperator(BaseOperator):
         scripts = ([("kill", build_kill_script(paths, token))] if kill else []) + (
             [("cleanup", build_cleanup_script(paths, token))] if remove else []
         )
+        tries = 0
 
         def attempt() -> None:
-            with hook.get_conn() as client:
+            nonlocal tries
+            tries += 1
+            with hook.connect_with(hook.settings) as client:
                 while scripts:
                     verb, script = scripts[0]
                     status, stdout, stderr = hook.run_script(client, script, timeout=self.command_timeout)
@@ -469,11 +466,10 @@ class SSHRemoteJobOperator(BaseOperator):
             # Everything but credentials and host keys: retrying cannot fix those.
             return not isinstance(error, (SSHAuthenticationError, SSHHostKeyError))
 
-        retrying = DEFAULT_BACKOFF.retrying(
-            self.cleanup_retries, worth_retrying, self.log, f"Cleanup of {paths.job_dir}"
-        )
+        # Broader than the connect rule (is_retryable) on purpose: a failed rm -rf may pass later.
+        retry = RetryPolicy(self.cleanup_retries, hook.backoff, worth_retrying)
         try:
-            retrying(attempt)
+            hook.call_with_retries(attempt, f"Cleanup of {paths.job_dir}", log=self.log, retry=retry)
         except _NotOurs as error:
             self.log.error("%s Nothing was killed or removed.", error)
         except Exception as error:  # reported loudly below, never raised
@@ -488,7 +484,7 @@ class SSHRemoteJobOperator(BaseOperator):
                 "Remove it by hand, or run a TTL reaper (e.g. systemd-tmpfiles) on the host.",
                 hook.remote_host,
                 " and ".join(left),
-                self.cleanup_retries,
+                tries,
                 type(error).__name__,
                 error,
                 "; ".join(consequences),

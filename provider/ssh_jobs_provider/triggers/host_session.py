@@ -32,9 +32,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_transient_connect_error
+from ssh_jobs_provider.exceptions import FAN_OUT_HINT
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
+from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
 from ssh_jobs_provider.utils.batch_poll import (
     CleanupEntry,
     CleanupResult,
@@ -118,7 +118,9 @@ class HostSession:
     :param settings: connection settings shared by every watcher of this session
     :param connector: opens one connection (a single attempt)
     :param runner: runs a script on a connection: ``(conn, script, timeout) -> (status, out, err)``
-    :param backoff: reconnect backoff after a failed batch
+    :param retry: which failures of a batch are retried (``retry_on``) and the waits before
+        reconnecting (``backoff``); the number of attempts is each watch's own
+        ``max_reconnect_attempts``, so the policy's ``attempts`` is not used here
     """
 
     #: Seconds the connection stays open after the last watcher left.
@@ -133,12 +135,13 @@ class HostSession:
         settings: SSHConnectionSettings,
         connector: Connector,
         runner: ScriptRunner,
-        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.settings = settings
         self._connector = connector
         self._runner = runner
-        self._backoff = backoff
+        self._retry = retry
+        self._backoff = retry.backoff
         self._watches: list[JobWatch] = []
         self._changed = asyncio.Event()
         self._conn: Any = None
@@ -309,7 +312,7 @@ class HostSession:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            if not is_transient_connect_error(error):
+            if not self._retry.retry_on(error):
                 for watch in due:
                     if watch.final_outcome is not None:  # only its cleanup was pending
                         self._finish(watch, watch.final_outcome, cleaned_up=False)

@@ -160,7 +160,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     def make_session(self, settings: SSHConnectionSettings, hook: SSHHookAsync) -> HostSession:
         """The shared session this trigger polls through."""
-        return HostSession.for_settings(settings, hook.connect_with, hook.run_script_on)
+        return HostSession.for_settings(settings, hook.connect_with, hook.run_script)
 
     # ------------------------------------------------------------------ events
 

@@ -1,0 +1,84 @@
+"""
+What the two SSH hooks share: how a hook is configured, and its one retry loop.
+
+:class:`SSHHookBase` holds the parts that do not depend on the library or on asyncio: the
+connection id, the explicit parameters that win over the connection
+(:class:`~ssh_jobs_provider.hooks.connection_settings.SSHConnectionSettings` resolves them),
+and the connect :class:`~ssh_jobs_provider.retry.RetryPolicy`. The twins in
+:mod:`ssh_jobs_provider.hooks.ssh` add the same methods on top, blocking or async:
+
+- ``get_conn()``: connect, retrying refusals (``conn_retry_attempts`` attempts);
+- ``connect_with(settings)``: ONE connect attempt, for callers that own the retry loop;
+- ``call_with_retries(attempt, what)``: run ``attempt`` under the hook's policy, the only
+  loop: whatever ``attempt`` does (connect, then run a script) shares one budget;
+- ``run_script(conn, script, timeout)``: a remote-job script on an open connection,
+  ``(exit_status, stdout, stderr)`` as bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn, TypeVar
+
+from airflow.sdk import BaseHook
+from tenacity import AsyncRetrying, Retrying
+
+from ssh_jobs_provider.exceptions import SSHConnectError
+from ssh_jobs_provider.hooks._errors import gave_up
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy, attempts_made
+
+#: What one attempt returns, for ``call_with_retries``.
+T = TypeVar("T")
+#: What running a command or script gives, on both hooks: ``(exit_status, stdout, stderr)``.
+CommandResult = tuple[int, bytes, bytes]
+
+
+class SSHHookBase(BaseHook):
+    """
+    Configuration and retry policy shared by :class:`~ssh_jobs_provider.hooks.ssh.SSHHook` and
+    :class:`~ssh_jobs_provider.hooks.ssh.SSHHookAsync`.
+
+    :param ssh_conn_id: Airflow connection id of type ``ssh`` (``None``: parameters only)
+    :param conn_retry_attempts: connect attempts of :meth:`retry` (at least 1)
+    :param backoff: the waits between attempts
+    :param overrides: explicit parameters by setting name; ``None`` values do not override
+    """
+
+    conn_name_attr = "ssh_conn_id"
+    default_conn_name = "ssh_default"
+    conn_type = "ssh"
+
+    def __init__(
+        self,
+        ssh_conn_id: str | None,
+        conn_retry_attempts: int,
+        backoff: BackoffPolicy,
+        overrides: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.ssh_conn_id = ssh_conn_id
+        self.conn_retry_attempts = max(1, int(conn_retry_attempts))
+        self.backoff = backoff
+        self._overrides = overrides
+        self._settings: SSHConnectionSettings | None = None
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The policy of this hook's retry loop: ``conn_retry_attempts`` attempts, ``backoff`` waits."""
+        return RetryPolicy(self.conn_retry_attempts, self.backoff)
+
+    def _resolve(self, conn: Any) -> SSHConnectionSettings:
+        """Resolve and keep the settings from the Airflow connection ``conn`` (``None``: parameters only)."""
+        self._settings = SSHConnectionSettings.from_connection(conn, **self._overrides)
+        return self._settings
+
+    @staticmethod
+    def _give_up(
+        settings: SSHConnectionSettings, retrying: Retrying | AsyncRetrying, error: SSHConnectError
+    ) -> NoReturn:
+        """Raise what the loop ``retrying`` means by its last failure, a connect failure ``error``."""
+        failure = gave_up(settings, error, attempts_made(retrying))
+        if failure is error:
+            raise error
+        # The library's error is the cause worth showing, not our per-attempt wrapper.
+        raise failure from error.__cause__ or error

@@ -1,0 +1,201 @@
+"""
+The paramiko side of :class:`~ssh_jobs_provider.hooks.ssh.SSHHook`: settings in, a client out.
+
+Everything here speaks paramiko and nothing else: host-key policy, private key loading,
+algorithm lists, one connect attempt, and running one command on a channel. Errors are
+left as paramiko raises them; the hook translates them (see :mod:`._errors`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import select
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import paramiko
+
+from ssh_jobs_provider.hooks._errors import INSECURE_WARNING
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
+
+
+class _AcceptAnyHostKey(paramiko.MissingHostKeyPolicy):
+    """Accept an unknown host key without saving it anywhere (``no_host_key_check``)."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        return None
+
+
+def load_pkey(private_key: str, passphrase: str | None) -> paramiko.PKey:
+    """The private key from the ``private_key`` extra's text, trying each key type paramiko knows."""
+    errors = []
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(private_key), password=passphrase)
+        except paramiko.PasswordRequiredException:
+            raise ValueError(
+                "The connection's private_key is encrypted: set the 'private_key_passphrase' extra."
+            ) from None
+        except paramiko.SSHException as error:
+            errors.append(f"{key_class.__name__}: {error}")
+    raise ValueError("Could not load the connection's private_key: " + "; ".join(errors))
+
+
+def disabled_algorithms(settings: SSHConnectionSettings) -> dict[str, list[str]] | None:
+    """paramiko's ``disabled_algorithms`` for these settings (``ciphers`` included)."""
+    disabled = {key: list(value) for key, value in (settings.disabled_algorithms or {}).items()}
+    if settings.ciphers:
+        # paramiko only lets us *remove* ciphers before negotiation, so offering exactly the
+        # requested ones means disabling every other cipher it knows.
+        known = list(paramiko.Transport._preferred_ciphers)  # type: ignore[attr-defined]
+        disabled["ciphers"] = sorted(
+            set(disabled.get("ciphers", [])) | {c for c in known if c not in settings.ciphers}
+        )
+    return disabled or None
+
+
+def set_host_key_policy(client: paramiko.SSHClient, settings: SSHConnectionSettings, log: Any) -> None:
+    """Trust exactly what the settings say: a pinned key, known_hosts files, or (insecure) anything."""
+    if settings.no_host_key_check or settings.allow_host_key_change:
+        log.warning(INSECURE_WARNING, settings.known_hosts_name)
+        client.set_missing_host_key_policy(_AcceptAnyHostKey())
+        return
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if settings.host_key:
+        key_type, blob = settings.host_key.split(" ", 1)
+        key = paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
+        for name in {settings.known_hosts_name, settings.host}:
+            client.get_host_keys().add(name, key.get_name(), key)
+        return
+    client.load_system_host_keys()
+    if settings.known_hosts:
+        client.get_host_keys().load(settings.known_hosts)
+
+
+def _connect_kwargs(settings: SSHConnectionSettings, sock: socket.socket) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "hostname": settings.host,
+        "port": settings.port,
+        "sock": sock,
+        "username": settings.username,
+        "password": settings.password,
+        "timeout": max(settings.conn_timeout or 0.0, settings.banner_timeout),
+        "banner_timeout": settings.banner_timeout,
+        "auth_timeout": settings.auth_timeout,
+        "look_for_keys": settings.look_for_keys,
+        "compress": settings.compress,
+        "disabled_algorithms": disabled_algorithms(settings),
+    }
+    if settings.key_file:
+        kwargs["key_filename"] = settings.key_file
+        kwargs["passphrase"] = settings.private_key_passphrase
+    if settings.private_key:
+        kwargs["pkey"] = load_pkey(settings.private_key, settings.private_key_passphrase)
+    return kwargs
+
+
+def connect(settings: SSHConnectionSettings, log: Any) -> paramiko.SSHClient:
+    """
+    ONE connect attempt; paramiko's errors are raised as they are.
+
+    :param settings: where and how to connect
+    :param log: where the insecure host-key warning goes
+    """
+    client = paramiko.SSHClient()
+    set_host_key_policy(client, settings, log)
+    # paramiko applies its `timeout` to the TCP connect AND to the key exchange. Under a
+    # fan-out the key exchange of a loaded server can take longer than a sensible connect
+    # timeout, so connect the socket ourselves with conn_timeout and give the key exchange
+    # the banner budget.
+    sock = socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout)
+    try:
+        client.connect(**_connect_kwargs(settings, sock))
+    except BaseException:
+        client.close()
+        sock.close()
+        raise
+    transport = client.get_transport()
+    if transport is not None and settings.keepalive_interval:
+        transport.set_keepalive(int(max(1, settings.keepalive_interval)))
+    return client
+
+
+def run_on(
+    client: paramiko.SSHClient,
+    command: str,
+    stdin_data: bytes | None,
+    timeout: float | None,
+    environment: Mapping[str, str] | None = None,
+    get_pty: bool = False,
+) -> tuple[int, bytes, bytes]:
+    """
+    Run ``command`` on one channel of an open client; ``(exit_status, stdout, stderr)``.
+
+    :param client: an open client
+    :param command: the command line
+    :param stdin_data: bytes sent on stdin, which is then closed (``None``: nothing sent)
+    :param timeout: seconds before ``TimeoutError`` (``None``: no limit)
+    :param environment: variables sent with the exec request (the server must accept them)
+    :param get_pty: request a pseudo-terminal
+    """
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise EOFError("SSH connection is not active")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    channel = _open_session(transport, timeout)
+    try:
+        if get_pty:
+            channel.get_pty()
+        if environment:
+            channel.update_environment(dict(environment))
+        channel.exec_command(command)
+        if stdin_data is not None:
+            channel.sendall(stdin_data)
+            channel.shutdown_write()
+        stdout, stderr = _drain_channel(channel, deadline)
+        return channel.recv_exit_status(), stdout, stderr
+    finally:
+        # Always close the channel, also on errors: a leaked channel counts against
+        # the server's MaxSessions for as long as the connection lives.
+        channel.close()
+
+
+def _open_session(transport: paramiko.Transport, timeout: float | None) -> paramiko.Channel:
+    """Open a session channel, pausing briefly and retrying when the server refuses it."""
+    for delay in (*CHANNEL_OPEN_RETRY_DELAYS, None):
+        try:
+            return transport.open_session(timeout=timeout)
+        except paramiko.ChannelException:
+            if delay is None:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _drain_channel(channel: paramiko.Channel, deadline: float | None) -> tuple[bytes, bytes]:
+    """Read stdout and stderr until the command has exited and both streams are at EOF."""
+    stdout: list[bytes] = []
+    stderr: list[bytes] = []
+    while True:
+        progressed = False
+        while channel.recv_ready():
+            stdout.append(channel.recv(65536))
+            progressed = True
+        while channel.recv_stderr_ready():
+            stderr.append(channel.recv_stderr(65536))
+            progressed = True
+        buffered = channel.recv_ready() or channel.recv_stderr_ready()
+        if not buffered and channel.exit_status_ready() and channel.eof_received:
+            return b"".join(stdout), b"".join(stderr)
+        if not buffered and channel.closed:
+            if not channel.exit_status_ready():
+                raise EOFError("SSH channel closed before the command reported its exit status")
+            return b"".join(stdout), b"".join(stderr)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("Remote command did not finish in time")
+        if not progressed:
+            select.select([channel], [], [], 0.05)

@@ -1,0 +1,58 @@
+"""A lost submit reply and the refusals after it share ONE budget, against a real sshd."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ssh_jobs_provider.exceptions import SSHConnectError
+from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from ssh_jobs_provider.retry import BackoffPolicy
+from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_submit_script, new_job_token
+from support.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+FAST = BackoffPolicy(initial=0.001, maximum=0.002)
+
+
+@pytest.fixture
+def proxy(sshd, monkeypatch) -> Iterator[FaultProxy]:
+    with FaultProxy(sshd.host, sshd.port) as fault_proxy:
+        for name, value in sshd.airflow_env(conn_id="ssh_budget", port=fault_proxy.port).items():
+            monkeypatch.setenv(name, value)
+        yield fault_proxy
+
+
+def test_lost_reply_then_refusals_make_at_most_conn_retry_attempts_connections(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, remote_base_dir: str
+) -> None:
+    run_script = SSHHook.run_script
+
+    def reply_lost_then_server_refuses(self: SSHHook, client, script: str, timeout: float):
+        # From here on nothing comes back on this connection (the reply is lost, the
+        # attempt times out), and the server drops every new connection before its banner.
+        proxy.blackhole(True)
+        proxy.refuse_all(True)
+        return run_script(self, client, script, timeout)
+
+    monkeypatch.setattr(SSHHook, "run_script", reply_lost_then_server_refuses)
+    op = SSHRemoteJobOperator(
+        task_id="job",
+        ssh_conn_id="ssh_budget",
+        command="true",
+        remote_base_dir=remote_base_dir,
+        command_timeout=0.5,
+        conn_retry_attempts=3,
+    )
+    op.ssh_hook.backoff = FAST
+    paths = RemoteJobPaths(job_id="af_budget_mixed", base_dir=remote_base_dir)
+
+    with pytest.raises(SSHConnectError, match=r"after 3 attempt\(s\)"):
+        op._submit(paths, build_submit_script(paths, "true", {}, new_job_token()))
+    # One connection that submitted, two refused: not 1 + 3 from a connect loop nested
+    # inside the submit loop.
+    assert proxy.accepted_total == 3
+    assert proxy.refused_total == 2

@@ -1,0 +1,178 @@
+"""RetryPolicy, the one retry classifier, and how one failed connect attempt is translated."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import asyncssh
+import paramiko
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ssh_jobs_provider.exceptions import (
+    SSHAuthenticationError,
+    SSHConnectError,
+    SSHHostKeyError,
+    is_retryable,
+    is_transient_connect_error,
+)
+from ssh_jobs_provider.hooks._errors import gave_up, translated_connect_errors
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, DEFAULT_RETRY, BackoffPolicy, RetryPolicy, attempts_made
+
+FAST = BackoffPolicy(initial=0.001, maximum=0.002)
+SETTINGS = SSHConnectionSettings(conn_id="ssh_x", host="gpu-box", port=22, username="airflow")
+
+
+def failing(error: Exception):
+    def attempt() -> None:
+        raise error
+
+    return attempt
+
+
+# --------------------------------------------------------------------------- the policy object
+
+
+def test_policy_is_immutable_and_defaults_to_the_one_classifier() -> None:
+    assert RetryPolicy(3, DEFAULT_BACKOFF, is_retryable) == DEFAULT_RETRY
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_RETRY.attempts = 5  # type: ignore[misc]
+    assert DEFAULT_RETRY.with_attempts(5) == RetryPolicy(5)
+    assert DEFAULT_RETRY.attempts == 3
+
+
+@given(attempts=st.integers(-5, 0))
+def test_policy_always_makes_at_least_one_attempt(attempts: int) -> None:
+    assert RetryPolicy(attempts).attempts == 1
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 5])
+def test_retrying_counts_the_attempts_it_made(attempts: int) -> None:
+    retrying = RetryPolicy(attempts, FAST, lambda e: True).retrying()
+    with pytest.raises(OSError):
+        retrying(failing(OSError("down")))
+    assert attempts_made(retrying) == attempts
+
+
+def test_a_failure_that_is_not_retried_stops_after_one_attempt() -> None:
+    retrying = RetryPolicy(5, FAST).retrying()
+    with pytest.raises(SSHAuthenticationError):
+        retrying(failing(SSHAuthenticationError("denied")))
+    assert attempts_made(retrying) == 1
+
+
+def test_async_retrying_counts_its_attempts() -> None:
+    async def lost() -> None:
+        raise asyncssh.ConnectionLost("lost")
+
+    retrying = RetryPolicy(3, FAST).async_retrying()
+    with pytest.raises(asyncssh.ConnectionLost):
+        asyncio.run(retrying(lost))
+    assert attempts_made(retrying) == 3
+
+
+# --------------------------------------------------------------------------- the classifier
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (SSHConnectError("Could not connect ... after 3 attempt(s)"), False),
+        (SSHConnectError("one attempt refused", final=False), True),
+        (paramiko.AuthenticationException("Authentication timeout."), True),
+        (paramiko.AuthenticationException("Authentication failed."), False),
+        (paramiko.SSHException("Error reading SSH protocol banner"), True),
+        (asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "MaxSessions"), True),
+        (TimeoutError(), True),
+        (SSHHostKeyError("mismatch"), False),
+        (ValueError("bug"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_is_retryable(error: BaseException, retried: bool) -> None:
+    assert is_retryable(error) is retried
+
+
+def test_a_final_connect_error_is_still_a_connection_failure() -> None:
+    # Transient in kind (the knobs are the same), but its budget is spent: not retried again.
+    error = SSHConnectError("after 5 attempt(s)")
+    assert is_transient_connect_error(error) and not is_retryable(error)
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def translate(error: Exception) -> BaseException:
+    with pytest.raises(Exception) as info, translated_connect_errors(SETTINGS):
+        raise error
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "error",
+    [paramiko.AuthenticationException("Authentication failed."), asyncssh.PermissionDenied("denied")],
+    ids=["paramiko", "asyncssh"],
+)
+def test_rejected_credentials_become_one_final_error_for_both_libraries(error: Exception) -> None:
+    failure = translate(error)
+    assert isinstance(failure, SSHAuthenticationError)
+    assert "airflow@gpu-box:22" in str(failure) and "Not retried" in str(failure)
+    assert failure.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        paramiko.SSHException("Server 'gpu-box' not found in known_hosts"),
+        asyncssh.HostKeyNotVerifiable("Host key is not trusted"),
+    ],
+    ids=["paramiko", "asyncssh"],
+)
+def test_unverified_host_keys_name_the_fix_for_both_libraries(error: Exception) -> None:
+    failure = translate(error)
+    assert isinstance(failure, SSHHostKeyError)
+    assert "ssh-keyscan -t ed25519 <host>" in str(failure)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        paramiko.SSHException("Error reading SSH protocol banner"),
+        ConnectionRefusedError(111, "Connection refused"),
+        asyncssh.ConnectionLost("Connection lost"),
+    ],
+    ids=["banner", "refused", "lost"],
+)
+def test_a_refused_attempt_is_retryable_and_keeps_its_cause(error: Exception) -> None:
+    failure = translate(error)
+    assert isinstance(failure, SSHConnectError) and not failure.final
+    assert is_retryable(failure)
+    assert failure.__cause__ is error
+    assert type(error).__name__ in str(failure)
+
+
+def test_an_authentication_timeout_is_a_retryable_refusal() -> None:
+    failure = translate(paramiko.AuthenticationException("Authentication timeout."))
+    assert isinstance(failure, SSHConnectError) and not failure.final
+    assert "Authentication to airflow@gpu-box:22 timed out" in str(failure)
+
+
+def test_other_errors_pass_unchanged() -> None:
+    error = ValueError("Could not load the connection's private_key")
+    assert translate(error) is error
+
+
+def test_giving_up_turns_a_refusal_into_the_final_error_with_the_real_count() -> None:
+    refused = translate(paramiko.SSHException("Error reading SSH protocol banner"))
+    assert isinstance(refused, SSHConnectError)
+    final = gave_up(SETTINGS, refused, 4)
+    assert isinstance(final, SSHConnectError) and final.final
+    assert str(final).startswith(
+        "Could not connect to airflow@gpu-box:22 after 4 attempt(s): SSHException: Error reading SSH protocol banner."
+    )
+    assert "MaxStartups" in str(final)
+    for other in (SSHAuthenticationError("denied"), TimeoutError("reply lost"), final):
+        assert gave_up(SETTINGS, other, 4) is other
