@@ -3,7 +3,7 @@ Build-time helpers for this documentation: numbers computed from the code, never
 
 - ``.. maxstartups-table::`` tabulates sshd's ``MaxStartups start:rate:full`` drop probability.
 - ``.. backoff-table::`` tabulates the waits of the provider's retry policy (``DEFAULT_BACKOFF``).
-- ``.. remote-layout::`` shows the job directory listing documented in ``utils.remote_job``.
+- ``.. remote-layout::`` shows the job directory listing documented in ``protocol.scripts``.
 - ``.. sharing-key::`` lists the connection settings that decide whether two triggers share
   one connection, found by trying ``SSHConnectionSettings.identity()`` field by field.
 - ``:default:`Class.param``` renders a parameter's default from the class signature,
@@ -191,10 +191,10 @@ def _seconds(value: float) -> str:
 
 
 class RemoteLayout(SphinxDirective):
-    """``.. remote-layout::``: the job directory listing from ``utils.remote_job``'s docstring."""
+    """``.. remote-layout::``: the job directory listing from ``protocol.scripts``'s docstring."""
 
     def run(self) -> list[nodes.Node]:
-        from ssh_jobs_provider.utils import remote_job
+        from ssh_jobs_provider.protocol import scripts as remote_job
 
         lines = (remote_job.__doc__ or "").splitlines()
         start = next((i for i, line in enumerate(lines) if line.startswith("Remote layout of one job")), None)
@@ -207,7 +207,7 @@ class RemoteLayout(SphinxDirective):
         text = "\n".join(block).strip("\n")
         if not text:
             logger.warning(
-                "remote-layout: no 'Remote layout of one job' block in utils.remote_job's docstring"
+                "remote-layout: no 'Remote layout of one job' block in protocol.scripts's docstring"
             )
             return []
         return [nodes.literal_block(text, text)]
@@ -324,7 +324,7 @@ def _problem(inliner: Any, rawtext: str, lineno: int, text: str) -> tuple[list[n
 
 
 def value_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, options=None, content=None):
-    """``:value:`ssh_jobs_provider.utils.remote_job.DEFAULT_BASE_DIR``` -> the constant's value.
+    """``:value:`ssh_jobs_provider.protocol.identity.DEFAULT_BASE_DIR``` -> the constant's value.
 
     Class attributes work too (``module.Class.attribute``); a tuple or list is rendered as
     ``a, b and c``.

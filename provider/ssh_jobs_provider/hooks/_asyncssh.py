@@ -21,8 +21,8 @@ from airflow.sdk import BaseHook
 
 from ssh_jobs_provider.hooks._errors import INSECURE_WARNING
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
-from ssh_jobs_provider.utils.remote_job import REMOTE_SHELL
 
 _CIPHER_PREFERENCE = (
     "aes128-gcm@openssh.com",

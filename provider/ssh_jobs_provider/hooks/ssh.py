@@ -20,8 +20,8 @@ from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNEC
 from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
-from ssh_jobs_provider.utils.remote_job import REMOTE_SHELL
 
 
 class SSHHook(SSHHookBase):

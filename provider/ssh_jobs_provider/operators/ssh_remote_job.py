@@ -23,26 +23,26 @@ from ssh_jobs_provider.exceptions import (
     SSHHostKeyError,
 )
 from ssh_jobs_provider.hooks.ssh import SSHHook
-from ssh_jobs_provider.retry import RetryPolicy
-from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from ssh_jobs_provider.utils.remote_job import (
-    DEFAULT_BASE_DIR,
+from ssh_jobs_provider.protocol.answers import (
     JobStatus,
-    RemoteJobPaths,
     RemoteJobProtocolError,
     SubmitRefused,
-    build_cleanup_script,
-    build_kill_script,
-    build_submit_script,
-    make_job_id,
-    new_job_token,
-    normalise_environment,
     parse_kill_output,
     parse_simple_state,
     parse_submit_output,
+)
+from ssh_jobs_provider.protocol.environment import normalise_environment
+from ssh_jobs_provider.protocol.identity import (
+    DEFAULT_BASE_DIR,
+    RemoteJobPaths,
+    make_job_id,
+    new_job_token,
     validate_base_dir,
     validate_working_dir,
 )
+from ssh_jobs_provider.protocol.scripts import build_cleanup_script, build_kill_script, build_submit_script
+from ssh_jobs_provider.retry import RetryPolicy
+from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -1,18 +1,83 @@
 """
-The remote-job protocol's shell side: the POSIX ``sh`` programs every remote step runs.
+The remote-job protocol, as pure code: no sockets, no SSH, no Airflow.
 
-``sh/`` holds them as real ``.sh`` files (checked by ``shellcheck`` in the test command);
-:mod:`ssh_jobs_provider.utils.remote_job` and :mod:`ssh_jobs_provider.utils.batch_poll`
-assemble them with the quoted arguments of one call.
+Its layers, each a module (in the manner of a sans-I/O protocol library):
+
+- :mod:`~ssh_jobs_provider.protocol.identity`: job ids, tokens and paths, validated;
+- :mod:`~ssh_jobs_provider.protocol.environment`: the job's ``environment``, validated;
+- :mod:`~ssh_jobs_provider.protocol.scripts`: the remote ``sh`` programs (``sh/*.sh``,
+  checked by ShellCheck) assembled with one call's arguments, and batch entries;
+- :mod:`~ssh_jobs_provider.protocol.answers`: what the scripts answer, parsed;
+- :mod:`~ssh_jobs_provider.protocol.log_stream`: log bytes to whole lines, exactly once;
+- :mod:`~ssh_jobs_provider.protocol.monitor`: what successive answers mean for one job.
+
+The hooks only carry scripts and answers; the operator, the trigger and the host session
+decide with these modules. Nothing here imports from outside this package.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from importlib.resources import files
+from ssh_jobs_provider.protocol.answers import (
+    CleanupResult,
+    EntryResult,
+    JobState,
+    JobStatus,
+    RemoteJobProtocolError,
+    SubmitRefused,
+    parse_batch_output,
+    parse_kill_output,
+    parse_simple_state,
+    parse_submit_output,
+)
+from ssh_jobs_provider.protocol.environment import normalise_environment
+from ssh_jobs_provider.protocol.identity import (
+    DEFAULT_BASE_DIR,
+    RemoteJobPaths,
+    make_job_id,
+    new_job_token,
+    validate_base_dir,
+    validate_working_dir,
+)
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.scripts import (
+    PROTOCOL_TAG,
+    REMOTE_SHELL,
+    CleanupEntry,
+    Entry,
+    PollEntry,
+    build_batch_script,
+    build_cleanup_script,
+    build_kill_script,
+    build_submit_script,
+)
 
-
-@cache
-def shell_source(name: str) -> str:
-    """The text of ``sh/<name>`` shipped with the package."""
-    return files(__name__).joinpath("sh").joinpath(name).read_text(encoding="utf-8")
+__all__ = [
+    "DEFAULT_BASE_DIR",
+    "PROTOCOL_TAG",
+    "REMOTE_SHELL",
+    "CleanupEntry",
+    "CleanupResult",
+    "Entry",
+    "EntryResult",
+    "JobMonitor",
+    "JobState",
+    "JobStatus",
+    "Outcome",
+    "PollEntry",
+    "RemoteJobPaths",
+    "RemoteJobProtocolError",
+    "SubmitRefused",
+    "build_batch_script",
+    "build_cleanup_script",
+    "build_kill_script",
+    "build_submit_script",
+    "make_job_id",
+    "new_job_token",
+    "normalise_environment",
+    "parse_batch_output",
+    "parse_kill_output",
+    "parse_simple_state",
+    "parse_submit_output",
+    "validate_base_dir",
+    "validate_working_dir",
+]

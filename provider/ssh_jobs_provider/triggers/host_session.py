@@ -1,20 +1,18 @@
 """
-One SSH connection per host for the whole triggerer, with batched polls.
+One SSH connection per host for the whole triggerer, with batched polls: the asyncio side.
 
 Every :class:`~ssh_jobs_provider.triggers.ssh_remote_job.SSHRemoteJobTrigger` in an event
 loop that reaches the same server with the same credentials and host-key rules shares
-ONE :class:`HostSession`. The session holds one asyncssh connection and runs one poll
-loop: at each tick it sends ONE exec covering every job that is due (state, log window,
-delivered-offset bookkeeping, and cleanups of finished jobs), splits the answer, and
-feeds each job's :class:`~ssh_jobs_provider.utils.job_monitor.JobMonitor`.
+ONE :class:`HostSession`. The session holds one asyncssh connection and runs one loop: at
+each tick it sends ONE exec covering every job that is due, and hands the answer to the
+:class:`~ssh_jobs_provider.triggers.poll_scheduler.PollScheduler`, which decides what it
+means for each job (pure code, tested without a network). This module only owns the
+connection, the waiting, and the queues the triggers read from.
 
-- Ticks are aligned on a grid of each job's ``poll_interval``, so jobs with the same
-  interval are polled together however they arrived.
 - Only one channel is open at a time on the connection, so ``MaxSessions`` is never
   approached by monitoring.
 - A failed batch drops the connection once for everybody and reconnects after ONE
-  jittered backoff (no thundering herd); each job in the failed batch spends one unit of
-  its own ``max_reconnect_attempts`` budget, which a successful answer restores.
+  jittered backoff (no thundering herd).
 - The session outlives any single trigger: a cancelled trigger just leaves. The
   connection closes after :attr:`HostSession.linger` seconds without watchers.
 """
@@ -24,91 +22,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import logging
-import math
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from ssh_jobs_provider.exceptions import FAN_OUT_HINT
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.protocol.answers import parse_batch_output
+from ssh_jobs_provider.protocol.scripts import Entry, PollEntry, build_batch_script
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
-from ssh_jobs_provider.utils.batch_poll import (
-    CleanupEntry,
-    CleanupResult,
-    Entry,
-    PollEntry,
-    build_batch_script,
-    parse_batch_output,
-)
-from ssh_jobs_provider.utils.job_monitor import JobMonitor, Outcome
-from ssh_jobs_provider.utils.remote_job import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.triggers.poll_scheduler import Deliveries, Delivery, PollScheduler, Watch
+
+__all__ = ["Delivery", "HostSession", "JobWatch"]
 
 log = logging.getLogger(__name__)
 
 Connector = Callable[[SSHConnectionSettings], Awaitable[Any]]
 ScriptRunner = Callable[[Any, str, float], Awaitable[tuple[int, bytes, bytes]]]
 
-#: Jobs due within this many seconds of each other share a batch.
-COALESCE_SECONDS = 0.05
-#: Log bytes one batch may carry in all; every job still gets at least MIN_WINDOW.
-MAX_BATCH_BYTES = 8 * 1024 * 1024
-MIN_WINDOW = 4096
 #: Seconds allowed for recording the delivered offsets of triggers that left early.
 RECORD_TIMEOUT_SECONDS = 30.0
 
 
-@dataclass
-class Delivery:
-    """What a watching trigger receives: log lines, warnings, and at the end its result."""
-
-    lines: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    log_offset: int = 0
-    outcome: Outcome | None = None
-    #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
-    cleaned_up: bool | None = None
-
-
 @dataclass(eq=False)
-class JobWatch:
-    """One trigger's registration with a session."""
+class JobWatch(Watch):
+    """One trigger's registration: a :class:`Watch` and the queue its deliveries arrive on."""
 
-    monitor: JobMonitor
-    poll_interval: float
-    command_timeout: float
-    max_reconnect_attempts: int
-    cleanup: str = "never"
-    cleanup_retries: int = 3
-    failures: int = 0
-    next_due: float = 0.0
-    delivered: int = 0
-    active: bool = True
-    final_outcome: Outcome | None = None
-    cleanup_attempts: int = 0
     queue: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
-
-    def __post_init__(self) -> None:
-        self.delivered = self.monitor.log_offset
 
     async def next_delivery(self) -> Delivery:
         return await self.queue.get()
-
-    def record_delivered(self, offset: int) -> None:
-        """The trigger has written the log up to ``offset`` to the task log."""
-        self.delivered = max(self.delivered, offset)
-
-    def wants_cleanup(self, outcome: Outcome) -> bool:
-        if outcome.status not in ("success", "failed"):
-            return False  # the job may still be running: the operator kills before cleaning
-        return self.cleanup == "always" or (self.cleanup == "on_success" and outcome.status == "success")
-
-
-def _next_tick(now: float, interval: float) -> float:
-    """The next instant on the ``interval`` grid, so equal intervals share ticks."""
-    return (math.floor(now / interval) + 1) * interval
 
 
 class HostSession:
@@ -141,12 +85,9 @@ class HostSession:
         self._connector = connector
         self._runner = runner
         self._retry = retry
-        self._backoff = retry.backoff
-        self._watches: list[JobWatch] = []
+        self.scheduler = PollScheduler(retry.backoff)
         self._changed = asyncio.Event()
         self._conn: Any = None
-        self._failures = 0
-        self._backoff_until = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         # Offsets of watchers that left early (cancelled), still to be recorded remotely.
@@ -178,12 +119,15 @@ class HostSession:
 
     def watch(self, watch: JobWatch) -> JobWatch:
         """Register a job; its first poll comes at its next grid tick."""
-        loop = asyncio.get_running_loop()
-        watch.next_due = _next_tick(loop.time(), watch.poll_interval)
-        self._watches.append(watch)
+        self.scheduler.add(watch, asyncio.get_running_loop().time())
         self._changed.set()
         self._ensure_running()
         return watch
+
+    def unwatch(self, watch: JobWatch) -> None:
+        """Leave the session (normal end or cancellation); safe to call twice."""
+        self.scheduler.remove(watch)
+        self._changed.set()
 
     def record_offset(self, watch: JobWatch) -> asyncio.Future[bool]:
         """
@@ -193,12 +137,8 @@ class HostSession:
         that a re-created trigger resumes exactly there. The future resolves to ``True`` once
         recorded, ``False`` if the batch failed.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        entry = PollEntry(
-            watch.monitor.paths, offset=0, max_bytes=0, delivered=watch.delivered, token=watch.monitor.token
-        )
-        self._records.append((entry, future))
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._records.append((watch.offset_record(), future))
         self._changed.set()
         self._ensure_running()
         return future
@@ -214,12 +154,10 @@ class HostSession:
             loop.create_task, self._run(), name=f"ssh-jobs session {self.settings.address}"
         )
 
-    def unwatch(self, watch: JobWatch) -> None:
-        """Leave the session (normal end or cancellation); safe to call twice."""
-        watch.active = False
-        if watch in self._watches:
-            self._watches.remove(watch)
-        self._changed.set()
+    @staticmethod
+    def _deliver(deliveries: Deliveries) -> None:
+        for watch, delivery in deliveries:
+            cast(JobWatch, watch).queue.put_nowait(delivery)
 
     # ------------------------------------------------------------------ the loop
 
@@ -230,15 +168,16 @@ class HostSession:
                 if self._records:
                     await self._flush_records()
                     continue
-                if not self._watches:
-                    if not await self._wait_for_change(self.linger) and not (self._watches or self._records):
+                if not self.scheduler.watches:
+                    if not await self._wait_for_change(self.linger) and not (
+                        self.scheduler.watches or self._records
+                    ):
                         return
                     continue
                 now = loop.time()
-                due = [w for w in self._watches if w.next_due <= now + COALESCE_SECONDS]
-                if not due or now < self._backoff_until:
-                    earliest = min(w.next_due for w in self._watches)
-                    await self._wait_for_change(max(earliest, self._backoff_until) - now)
+                due = self.scheduler.due(now)
+                if not due:
+                    await self._wait_for_change(self.scheduler.next_wake() - now)
                     continue
                 await self._poll(due)
         except asyncio.CancelledError:
@@ -248,10 +187,7 @@ class HostSession:
             raise
         except Exception as error:  # a bug here must not leave triggers waiting forever
             log.exception("SSH host session for %s failed", self.settings.address)
-            for watch in list(self._watches):
-                self._finish(
-                    watch, Outcome("error", None, f"Internal error in the SSH host session: {error}")
-                )
+            self._deliver(self.scheduler.abandon(error))
         finally:
             self._closed = True
             for _, future in self._records:
@@ -290,148 +226,32 @@ class HostSession:
             if not future.done():
                 future.set_result(ok)
 
-    def _entries(self, due: list[JobWatch]) -> list[Entry]:
-        entries: list[Entry] = []
-        budget = MAX_BATCH_BYTES
-        for watch in due:
-            if watch.final_outcome is not None:
-                entries.append(CleanupEntry(watch.monitor.paths, token=watch.monitor.token))
-                continue
-            window = max(min(watch.monitor.chunk_size, budget), min(watch.monitor.chunk_size, MIN_WINDOW))
-            budget = max(0, budget - window)
-            entries.append(watch.monitor.poll_entry(max_bytes=window, delivered=watch.delivered))
-        return entries
-
-    async def _poll(self, due: list[JobWatch]) -> None:
+    async def _poll(self, due: list[Watch]) -> None:
         loop = asyncio.get_running_loop()
-        entries = self._entries(due)
-        timeout = max(w.command_timeout for w in due)
+        entries = self.scheduler.entries(due)
         try:
             conn = await self._connection()
-            _, stdout, _ = await self._runner(conn, build_batch_script(entries), timeout)
+            _, stdout, _ = await self._runner(conn, build_batch_script(entries), self.scheduler.timeout(due))
         except asyncio.CancelledError:
             raise
         except Exception as error:
             if not self._retry.retry_on(error):
-                for watch in due:
-                    if watch.final_outcome is not None:  # only its cleanup was pending
-                        self._finish(watch, watch.final_outcome, cleaned_up=False)
-                    else:
-                        self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
+                self._deliver(self.scheduler.batch_broken(due, error))
                 return
-            await self._on_batch_failure(due, error)
+            await self._drop_connection()
+            delay, deliveries = self.scheduler.batch_failed(due, error, loop.time())
+            log.warning(
+                "SSH batch poll of %d job(s) on %s failed (%s: %s); reconnecting in %.1fs",
+                len(due),
+                self.settings.address,
+                type(error).__name__,
+                error,
+                delay,
+            )
+            self._deliver(deliveries)
             return
         self.batches += 1
-        self._failures = 0
-        now = loop.time()
-        results = parse_batch_output(stdout, entries)
-        for key, watch in enumerate(due):
-            if watch.active:
-                self._apply(watch, results[key], now)
-
-    def _apply(self, watch: JobWatch, result: Any, now: float) -> None:
-        if isinstance(result, RemoteJobProtocolError):
-            self._count_failure(watch, result)
-            watch.next_due = now + watch.poll_interval
-            return
-        watch.failures = 0
-        if isinstance(result, CleanupResult):
-            self._after_cleanup(watch, result, now)
-            return
-        assert isinstance(result, JobStatus)
-        update = watch.monitor.feed_status(result, now)
-        delivery = Delivery(lines=update.lines, log_offset=watch.monitor.log_offset)
-        if update.outcome is None:
-            watch.next_due = now if update.more_now else _next_tick(now, watch.poll_interval)
-            watch.queue.put_nowait(delivery)
-            return
-        if watch.wants_cleanup(update.outcome):
-            watch.final_outcome = update.outcome
-            watch.next_due = now  # clean up in the very next batch, over this connection
-            watch.queue.put_nowait(delivery)
-            return
-        delivery.outcome = update.outcome
-        self._complete(watch, delivery)
-
-    def _after_cleanup(self, watch: JobWatch, result: CleanupResult, now: float) -> None:
-        assert watch.final_outcome is not None
-        watch.cleanup_attempts += 1
-        if result.state in ("removed", "absent"):
-            self._finish(watch, watch.final_outcome, cleaned_up=True)
-        elif result.state == "foreign":
-            # Not this job's directory any more: retrying cannot change that, and neither the
-            # trigger nor the operator may remove it.
-            job_dir = watch.monitor.paths.job_dir
-            delivery = Delivery(
-                warnings=[f"Not removing {job_dir}: it no longer carries this job's token."],
-                log_offset=watch.monitor.log_offset,
-                outcome=dataclasses.replace(watch.final_outcome, leave_remote=True),
-                cleaned_up=False,
-            )
-            self._complete(watch, delivery)
-        elif watch.cleanup_attempts >= watch.cleanup_retries:
-            self._finish(watch, watch.final_outcome, cleaned_up=False)
-        else:
-            watch.next_due = now + self._backoff.delay(watch.cleanup_attempts)
-
-    async def _on_batch_failure(self, due: list[JobWatch], error: BaseException) -> None:
-        loop = asyncio.get_running_loop()
-        self._failures += 1
-        await self._drop_connection()
-        delay = self._backoff.delay(self._failures)
-        self._backoff_until = loop.time() + delay
-        log.warning(
-            "SSH batch poll of %d job(s) on %s failed (%s: %s); reconnecting in %.1fs",
-            len(due),
-            self.settings.address,
-            type(error).__name__,
-            error,
-            delay,
-        )
-        for watch in due:
-            if watch.active:
-                self._count_failure(watch, error, delay)
-
-    def _count_failure(self, watch: JobWatch, error: BaseException, delay: float | None = None) -> None:
-        watch.failures += 1
-        if watch.final_outcome is not None and watch.failures > watch.cleanup_retries:
-            # The job's outcome is known and its log delivered: only the cleanup is stuck.
-            # Report the real outcome and leave the cleanup to the operator.
-            self._finish(watch, watch.final_outcome, cleaned_up=False)
-            return
-        if watch.failures > watch.max_reconnect_attempts:
-            job = watch.monitor.paths
-            self._finish(
-                watch,
-                Outcome(
-                    "error",
-                    None,
-                    f"Lost the SSH connection while watching remote job {job.job_id} and could not restore it "
-                    f"after {watch.max_reconnect_attempts} reconnect attempt(s) ({type(error).__name__}: {error}). "
-                    f"The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
-                ),
-            )
-            return
-        retry = f"; retrying in {delay:.1f}s" if delay is not None else ""
-        watch.queue.put_nowait(
-            Delivery(
-                warnings=[
-                    f"SSH poll of job {watch.monitor.paths.job_id} failed "
-                    f"({watch.failures}/{watch.max_reconnect_attempts}): {type(error).__name__}: {error}{retry}"
-                ],
-                log_offset=watch.monitor.log_offset,
-            )
-        )
-
-    def _finish(self, watch: JobWatch, outcome: Outcome, cleaned_up: bool | None = None) -> None:
-        """End ``watch`` with its one final delivery."""
-        self._complete(
-            watch, Delivery(log_offset=watch.monitor.log_offset, outcome=outcome, cleaned_up=cleaned_up)
-        )
-
-    def _complete(self, watch: JobWatch, delivery: Delivery) -> None:
-        self.unwatch(watch)
-        watch.queue.put_nowait(delivery)
+        self._deliver(self.scheduler.apply(due, parse_batch_output(stdout, entries), loop.time()))
 
     # ------------------------------------------------------------------ connection
 

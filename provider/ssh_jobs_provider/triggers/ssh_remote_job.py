@@ -2,7 +2,7 @@
 :class:`SSHRemoteJobTrigger`: watches one detached remote job from the triggerer.
 
 The trigger itself is thin. What a poll answer means is decided by
-:class:`~ssh_jobs_provider.utils.job_monitor.JobMonitor` (pure code); where the connection
+:class:`~ssh_jobs_provider.protocol.monitor.JobMonitor` (pure code); where the connection
 comes from and how polls are issued is the business of
 :class:`~ssh_jobs_provider.triggers.host_session.HostSession`, which every trigger of the
 triggerer that reaches the same server shares: one connection, one batched exec per tick.
@@ -20,14 +20,11 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
+from ssh_jobs_provider.protocol.answers import parse_kill_output
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.scripts import build_kill_script
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
-from ssh_jobs_provider.utils.job_monitor import JobMonitor, Outcome
-from ssh_jobs_provider.utils.remote_job import (
-    RemoteJobPaths,
-    build_kill_script,
-    parse_kill_output,
-    validate_token,
-)
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.

@@ -1,10 +1,10 @@
 """
 What a trigger does with poll answers, as pure code: no sockets, no clocks of its own.
 
-:class:`JobMonitor` is a small state machine. The trigger asks it for the next poll
-script (or batch entry), has it run however it likes (today: one batched exec per host
-shared by every trigger, see :mod:`ssh_jobs_provider.triggers.host_session`), feeds the
-answer back with the current time, and gets back the
+:class:`JobMonitor` is a small state machine. The host session asks it for its next batch
+entry, has it run however it likes (one batched exec per host shared by every trigger, see
+:mod:`ssh_jobs_provider.triggers.host_session`), feeds the parsed answer back with the
+current time, and gets back the
 log lines to emit and, at the end, the one final outcome. Keeping this free of I/O is
 what lets the transport change without touching the poll logic.
 """
@@ -13,15 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ssh_jobs_provider.utils.batch_poll import PollEntry
-from ssh_jobs_provider.utils.log_stream import LogStream
-from ssh_jobs_provider.utils.remote_job import (
-    JobState,
-    JobStatus,
-    RemoteJobPaths,
-    build_poll_script,
-    parse_poll_output,
-)
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.log_stream import LogStream
+from ssh_jobs_provider.protocol.scripts import PollEntry
 
 #: Consecutive polls that must see the process gone without an exit code before the
 #: monitor gives up on it (one more look guards against a transient ``kill -0`` answer).
@@ -85,10 +80,6 @@ class JobMonitor:
         """Offset of the first log byte not yet emitted (safe to resume from)."""
         return self.log.emitted_offset
 
-    def poll_script(self) -> str:
-        """A script polling just this job (a batch of one)."""
-        return build_poll_script(self.paths, self.log.read_offset, self.chunk_size, self.token)
-
     def poll_entry(self, max_bytes: int | None = None, delivered: int | None = None) -> PollEntry:
         """
         This job's entry in a batch poll.
@@ -100,10 +91,6 @@ class JobMonitor:
         size = self.chunk_size if max_bytes is None else min(max_bytes, self.chunk_size)
         recorded = self.log_offset if delivered is None else delivered
         return PollEntry(self.paths, self.log.read_offset, size, delivered=recorded, token=self.token)
-
-    def feed(self, output: bytes, now: float) -> MonitorUpdate:
-        """Digest the raw answer of :meth:`poll_script`."""
-        return self.feed_status(parse_poll_output(output, self.chunk_size), now)
 
     def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
         """Digest one parsed poll answer."""

@@ -1,0 +1,243 @@
+"""
+What the remote scripts answer, parsed. Pure code: bytes in, values out.
+
+Every answer is a header line ``SSHJOBS1 <verb> k=v ...``, found even after a chatty login
+shell printed something first. A batch answer is a sequence of such headers, each with
+``len=N`` and followed by exactly ``N`` raw bytes, ended by ``SSHJOBS1 end``. Length framing
+keeps arbitrary log bytes (newlines, invalid UTF-8, even text that looks like a header) from
+confusing the parser, and a missing ``end`` line reveals a truncated answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from ssh_jobs_provider.protocol.identity import DEFAULT_BASE_DIR, RemoteJobPaths
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, CleanupEntry, Entry, PollEntry
+
+_HEADER_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+class RemoteJobProtocolError(ValueError):
+    """Raised when a script's answer cannot be understood (not our protocol, or truncated)."""
+
+
+class JobState(str, Enum):
+    """What the remote job directory says about the job."""
+
+    PENDING = "pending"  # directory exists, no wrapper has recorded a pid yet
+    RUNNING = "running"
+    EXITED = "exited"  # exit code recorded: the log is complete
+    VANISHED = "vanished"  # process gone (killed, OOM, reboot) without an exit code
+    MISSING = "missing"  # no job directory at all
+    FOREIGN = "foreign"  # the directory does not carry this job's token: not ours to watch
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One parsed answer of the submit or poll script."""
+
+    state: JobState
+    pid: int | None = None
+    exit_code: int | None = None
+    log_size: int = 0
+    remote_os: str | None = None
+    launched: bool | None = None
+    #: Log bytes an earlier watcher recorded as delivered (for resuming after a restart).
+    delivered: int = 0
+    #: The file system holding the job directory was (or is) full: the log may be incomplete.
+    disk_full: bool = False
+    log_data: bytes = field(default=b"", repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.state in (JobState.EXITED, JobState.VANISHED, JobState.MISSING, JobState.FOREIGN)
+
+
+def _find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
+    """Locate ``TAG verb k=v ...`` as a whole line; return its fields and the bytes after it."""
+    needle = f"{PROTOCOL_TAG} {verb}".encode()
+    start = 0
+    while True:
+        index = output.find(needle, start)
+        if index < 0:
+            preview = output[:200].decode("utf-8", errors="replace")
+            raise RemoteJobProtocolError(f"No '{PROTOCOL_TAG} {verb}' answer in remote output: {preview!r}")
+        at_line_start = index == 0 or output[index - 1 : index] == b"\n"
+        end = output.find(b"\n", index)
+        if at_line_start and end >= 0:
+            line = output[index + len(needle) : end].decode("utf-8", errors="replace")
+            return header_fields(line), output[end + 1 :]
+        start = index + 1
+
+
+def header_fields(text: str) -> dict[str, str]:
+    """The ``name=value`` fields of a header line."""
+    return dict(_HEADER_FIELD.findall(text))
+
+
+def int_or_none(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RemoteJobProtocolError(f"Expected an integer, got {value!r}") from None
+
+
+def status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStatus:
+    if fields.get("state") == "missing":
+        return JobStatus(JobState.MISSING)
+    if fields.get("state") == "foreign":
+        return JobStatus(JobState.FOREIGN)
+    pid = int_or_none(fields.get("pid"))
+    alive = fields.get("alive") == "1"
+    # An exit record counts only once the wrapper that writes it is gone: one that appears
+    # while the wrapper still runs was written by the job itself (or the wrapper is about to
+    # exit, and the next poll sees it gone).
+    exit_code = None if alive else int_or_none(fields.get("exit"))
+    if exit_code is not None:
+        state = JobState.EXITED
+    elif pid is None:
+        state = JobState.PENDING
+    elif alive and fields.get("boot") != "changed":
+        state = JobState.RUNNING
+    else:
+        state = JobState.VANISHED
+    return JobStatus(
+        state=state,
+        pid=pid,
+        exit_code=exit_code,
+        log_size=int_or_none(fields.get("size")) or 0,
+        remote_os=fields.get("os") or None,
+        launched=None if "launched" not in fields else fields["launched"] == "1",
+        delivered=int_or_none(fields.get("delivered")) or 0,
+        disk_full=fields.get("full") == "1" or fields.get("note") == "nospace",
+        log_data=log_data,
+    )
+
+
+class SubmitRefused(RemoteJobProtocolError):
+    """
+    The submit script refused or failed before launching anything, and removed what it created.
+
+    :param code: ``unsafe`` (an untrusted directory on the way to the base dir), ``foreign``
+        (the job directory is not this submit's), ``nospace`` (the file system is full) or
+        ``io`` (another write failure)
+    :param detail: the script's one-line reason, naming the path
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def parse_submit_output(output: bytes) -> JobStatus:
+    """Parse the submit script's answer: its header, then the job's state as a poll answer."""
+    fields, rest = _find_header(output, "submit")
+    if fields.get("error"):
+        detail = rest.decode("utf-8", errors="replace").strip().splitlines()
+        raise SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
+    # The poll record has no log window; its entry only has to name some job for messages.
+    probe = PollEntry(RemoteJobPaths("submitted-job", DEFAULT_BASE_DIR), 0, 0)
+    result = parse_batch_output(rest + f"{PROTOCOL_TAG} end\n".encode(), [probe])[0]
+    if isinstance(result, RemoteJobProtocolError):
+        raise result
+    assert isinstance(result, JobStatus)
+    return replace(result, remote_os=fields.get("os") or None, launched=fields.get("launched") == "1")
+
+
+def parse_simple_state(output: bytes, verb: str) -> str:
+    """Parse the ``state=`` of a kill or cleanup answer."""
+    fields, _ = _find_header(output, verb)
+    return fields.get("state", "")
+
+
+def parse_kill_output(output: bytes) -> tuple[str, list[int]]:
+    """The kill answer's state, and the pids that survived SIGKILL (``state=survived``)."""
+    fields, _ = _find_header(output, "kill")
+    pids = [int(pid) for pid in fields.get("pids", "").split(",") if pid.isdigit()]
+    return fields.get("state", ""), pids
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    state: str  # "removed", "absent", "failed" or "foreign" (not this job's: left alone)
+
+
+EntryResult = JobStatus | CleanupResult | RemoteJobProtocolError
+
+
+def parse_batch_output(output: bytes, entries: Sequence[Entry]) -> dict[int, EntryResult]:
+    """
+    Split a batch answer into one result per entry.
+
+    An entry whose answer is malformed, or missing because the output was cut short, gets
+    a :class:`RemoteJobProtocolError` of its own; the other entries are unaffected.
+    """
+    results: dict[int, EntryResult] = {}
+    tag = PROTOCOL_TAG.encode() + b" "
+    position = _first_line_start(output, tag)
+    complete = False
+    while position is not None and position < len(output):
+        line_end = output.find(b"\n", position)
+        if line_end < 0:
+            break
+        verb, _, rest = (
+            output[position + len(tag) : line_end].decode("utf-8", errors="replace").partition(" ")
+        )
+        if verb == "end":
+            complete = True
+            break
+        fields = header_fields(rest)
+        data_start = line_end + 1
+        try:
+            key = int(fields.get("key", ""))
+            length = int_or_none(fields.get("len")) or 0
+        except (ValueError, RemoteJobProtocolError):
+            position = _first_line_start(output, tag, data_start)
+            continue
+        data = output[data_start : data_start + length]
+        position = data_start + length
+        if key not in range(len(entries)) or len(data) != length:
+            continue
+        results[key] = _entry_result(verb, fields, data, entries[key])
+        if position < len(output) and not output.startswith(tag, position):
+            # The announced length did not match what followed: resynchronise, and do not
+            # trust this entry's answer.
+            results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
+            position = _first_line_start(output, tag, position)
+    for key, entry in enumerate(entries):
+        if key not in results:
+            why = "missing from the batch answer" if not complete else "not answered"
+            results[key] = RemoteJobProtocolError(f"Answer for {entry.paths.job_id} is {why}")
+    return results
+
+
+def _entry_result(verb: str, fields: dict[str, str], data: bytes, entry: Entry) -> EntryResult:
+    try:
+        if verb == "poll" and isinstance(entry, PollEntry):
+            return status_from_fields(fields, data)
+        if verb == "cleanup" and isinstance(entry, CleanupEntry):
+            return CleanupResult(fields.get("state", "failed"))
+    except RemoteJobProtocolError as error:
+        return error
+    return RemoteJobProtocolError(f"Unexpected '{verb}' answer for {entry.paths.job_id}")
+
+
+def _first_line_start(output: bytes, tag: bytes, start: int = 0) -> int | None:
+    """Offset of the first ``tag`` at or after ``start`` that begins a line."""
+    while True:
+        index = output.find(tag, start)
+        if index < 0:
+            return None
+        if index == 0 or output[index - 1 : index] == b"\n":
+            return index
+        start = index + 1

@@ -1,0 +1,224 @@
+"""
+The remote-job scripts: the ``.sh`` programs of ``sh/`` with one call's quoted arguments. Pure code.
+
+Every step of a job's life (submit, poll, kill, cleanup) is a POSIX ``sh`` script fed to
+``/bin/sh -s`` on the remote host through its *standard input* (:data:`REMOTE_SHELL`), which
+keeps it away from the login shell's quoting rules (csh, fish, ...) and from ``ARG_MAX``.
+The programs themselves are real ``.sh`` files shipped with the package (checked by
+ShellCheck); this module only validates the inputs and appends the calls. Every script
+answers with header lines starting with :data:`PROTOCOL_TAG`, parsed by
+:mod:`ssh_jobs_provider.protocol.answers`.
+
+A batch (one per poll tick and host) is the shared prelude and one call per entry:
+
+- ``p KEY DIR OFFSET MAX DELIVERED TOKEN`` reports one job's state, records how much of its
+  log has been delivered (so a re-created trigger can resume at the right byte), and
+  appends up to ``MAX`` log bytes from ``OFFSET``;
+- ``c KEY DIR TOKEN`` removes one finished job's directory, if it is the SSH user's and
+  carries ``TOKEN``.
+
+A ``TOKEN`` of ``''`` skips the token check (watchers created before tokens existed).
+
+The shell programs themselves live in ``ssh_jobs_provider/protocol/sh/*.sh``; this module
+validates every input and assembles one script from them and the quoted arguments.
+
+The job directory is private to the SSH user (mode 700), and the base dir and every directory
+above it must be trusted (see the Security page of the docs).
+
+Remote layout of one job, all under ``<base_dir>/<job_id>/``::
+
+    token          random, written first: proves which submit created the directory
+    command.sh     the user's command, byte for byte
+    env.sh         ``export NAME='value'`` lines for ``environment``
+    workdir        where the command runs (default: the SSH user's home, as ``ssh host cmd``)
+    run.sh         the wrapper that runs detached and records what happened
+    launcher       ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
+    claimed/       created atomically by the one wrapper that owns the job
+    pid            the wrapper's pid (its process group and session id under setsid)
+    start          the wrapper's start time (Linux), so a recycled pid is not taken for the job
+    boot_id        the kernel boot id at start (Linux), to tell a reboot from a live job
+    stdout.log     the command's stdout and stderr
+    exit_code.new  space reserved at submit for the exit record
+    exit_code      ``<code>[ nospace]``, written atomically when the command has ended
+    delivered      log bytes a watcher has delivered (for resuming after a restart)
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+from ssh_jobs_provider.protocol.environment import render_env_file
+from ssh_jobs_provider.protocol.identity import (
+    RemoteJobPaths,
+    require_utf8,
+    validate_token,
+    validate_working_dir,
+)
+
+#: The tag every answer line starts with: defined here only, handed to the shell as ``$T``.
+PROTOCOL_TAG = "SSHJOBS1"
+#: How every script is run: on standard input, so the login shell's quoting never applies.
+REMOTE_SHELL = "/bin/sh -s"
+#: Seconds the kill script waits between SIGTERM and SIGKILL.
+KILL_GRACE_SECONDS = 5
+#: Bytes reserved at submit for the exit record, so that it can be written on a full disk.
+EXIT_RECORD_RESERVE = 64
+
+
+@cache
+def shell_source(name: str) -> str:
+    """The text of ``sh/<name>`` shipped with the package."""
+    return files("ssh_jobs_provider.protocol").joinpath("sh").joinpath(name).read_text(encoding="utf-8")
+
+
+def script_prelude() -> str:
+    """The start of every script: the protocol tag (defined only here) and the shared functions."""
+    return f"T={PROTOCOL_TAG}\n" + shell_source("lib.sh")
+
+
+def _q(value: str | int) -> str:
+    return shlex.quote(str(value))
+
+
+def build_submit_script(
+    paths: RemoteJobPaths,
+    command: str,
+    environment: Mapping[str, str],
+    token: str,
+    working_dir: str | None = None,
+) -> str:
+    """
+    Script that creates the job directory and launches the job detached, idempotently.
+
+    Before anything is written, every directory on the way to the base dir is checked the
+    way sshd's ``StrictModes`` checks a home directory, and a job directory that exists
+    already is only re-used when it is the SSH user's, private, and carries ``token`` (this
+    submit's own, from a try whose reply was lost). Anything else is refused with a reason.
+    Running it twice for the same job never starts two jobs: the wrapper claims the job with
+    an atomic ``mkdir``, and files are only written while no wrapper has claimed it. Space
+    for the exit record is reserved here; if the disk is full, what this submit created is
+    removed again.
+
+    :param paths: the job's paths
+    :param command: the shell text to run
+    :param environment: validated by :func:`normalise_environment`
+    :param token: this submit's :func:`new_job_token`
+    :param working_dir: where the command runs (see :func:`validate_working_dir`)
+    """
+    if not command or not command.strip():
+        raise ValueError("command is empty: give the shell text to run on the remote host.")
+    if "\0" in command:
+        raise ValueError("command contains a NUL byte, which a shell script cannot hold.")
+    require_utf8(command, "command")
+    validate_token(token)
+    workdir = validate_working_dir(working_dir)
+    files = (
+        ("command.sh", command),
+        ("env.sh", render_env_file(environment)),
+        ("workdir", workdir + "\n"),
+        ("run.sh", shell_source("wrapper.sh")),
+        ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
+    )
+    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
+    return (
+        "umask 077\n"
+        + script_prelude()
+        + shell_source("submit.sh")
+        + f"begin {_q(paths.base_dir)} {_q(paths.job_id)} {_q(token)}\n"
+        + 'if [ "$claimed" = 0 ]; then\n'
+        + writes
+        + "  launch\n"
+        + "fi\n"
+        + "finish\n"
+    )
+
+
+def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int = KILL_GRACE_SECONDS) -> str:
+    """
+    Script that stops every process of the job: SIGTERM, then SIGKILL after a grace period.
+
+    The job's processes are those carrying its marker in their environment (Linux), the
+    process group of its verified wrapper (setsid), or the wrapper's descendants (without
+    setsid, e.g. macOS); see ``sh/kill.sh``. A pid of 0 or 1 is never signalled, nor a pid
+    that now belongs to another process. The answer names any process that survived.
+
+    :param token: the submit's token, checked against the directory's; ``""`` checks only
+        that the directory is the SSH user's and uses the token recorded in it
+    """
+    validate_token(token, required=False)
+    return (
+        script_prelude()
+        + shell_source("kill.sh")
+        + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)}\n"
+    )
+
+
+def build_cleanup_script(paths: RemoteJobPaths, token: str = "") -> str:
+    """
+    Script that removes the job directory and nothing else.
+
+    ``paths`` is validated on construction (job id is one plain path component, base dir
+    absolute and normalised), so the directory removed is always a direct child of the
+    base directory; it is only removed when it is the SSH user's and, with ``token``, carries it.
+    """
+    return build_batch_script([CleanupEntry(paths, token=token)])
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class PollEntry:
+    """Ask for one job's state and the log window ``[offset, offset + max_bytes)``."""
+
+    paths: RemoteJobPaths
+    offset: int
+    max_bytes: int
+    delivered: int = 0
+    #: The submit's token, checked against the job directory's (``""``: not checked).
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or self.max_bytes < 0 or self.delivered < 0:
+            raise ValueError(f"Invalid poll window: {self}")
+        validate_token(self.token, required=False)
+
+
+@dataclass(frozen=True)
+class CleanupEntry:
+    """Remove one finished job's directory (a direct child of its base dir, by construction)."""
+
+    paths: RemoteJobPaths
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        validate_token(self.token, required=False)
+
+
+Entry = PollEntry | CleanupEntry
+
+
+def build_batch_script(entries: Sequence[Entry]) -> str:
+    """One script for all ``entries``; entry ``i`` answers with ``key=i``."""
+    calls = []
+    for key, entry in enumerate(entries):
+        job_dir = shlex.quote(entry.paths.job_dir)
+        token = shlex.quote(entry.token)
+        if isinstance(entry, PollEntry):
+            calls.append(f"p {key} {job_dir} {entry.offset} {entry.max_bytes} {entry.delivered} {token}\n")
+        else:
+            calls.append(f"c {key} {job_dir} {token}\n")
+    # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
+    # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
+    # the triggerer (and sshd) would otherwise spend most of their CPU on.
+    return (
+        script_prelude()
+        + "{\n"
+        + "".join(calls)
+        + f'echo "{PROTOCOL_TAG} end"\n'
+        + "} | dd obs=65536 2>/dev/null\n"
+    )

@@ -1,0 +1,280 @@
+"""
+What the shared host session decides, as pure code: no asyncio, no sockets, the clock passed in.
+
+:class:`PollScheduler` holds every job watched over one connection. The session's loop asks it
+which watches are due (:meth:`PollScheduler.due`) and for the batch entries of those
+(:meth:`PollScheduler.entries`), runs the batch however it likes, and hands back either the
+parsed answers (:meth:`PollScheduler.apply`) or the failure (:meth:`PollScheduler.batch_failed`,
+:meth:`PollScheduler.batch_broken`). Each of those returns the :class:`Delivery` objects to hand
+to the watching triggers: log lines, warnings, and at the end the one final outcome.
+
+- Ticks are aligned on a grid of each job's ``poll_interval``, so jobs with the same interval
+  are polled together however they arrived.
+- A batch carries at most :data:`MAX_BATCH_BYTES` of log in all; every job still gets at least
+  :data:`MIN_WINDOW` bytes, so a noisy job cannot starve the others.
+- A failed batch costs every job in it one unit of its own ``max_reconnect_attempts`` budget,
+  which a successful answer restores; the whole session waits one jittered backoff (ONE
+  reconnect for everybody, no thundering herd).
+- A finished job whose cleanup is wanted stays registered, and its next entry is the cleanup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ssh_jobs_provider.exceptions import FAN_OUT_HINT
+from ssh_jobs_provider.protocol.answers import CleanupResult, EntryResult, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.scripts import CleanupEntry, Entry, PollEntry
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
+
+#: Jobs due within this many seconds of each other share a batch.
+COALESCE_SECONDS = 0.05
+#: Log bytes one batch may carry in all; every job still gets at least MIN_WINDOW.
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+MIN_WINDOW = 4096
+
+
+@dataclass
+class Delivery:
+    """What a watching trigger receives: log lines, warnings, and at the end its result."""
+
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    log_offset: int = 0
+    outcome: Outcome | None = None
+    #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
+    cleaned_up: bool | None = None
+
+
+@dataclass(eq=False)
+class Watch:
+    """One job's registration: its monitor, its budgets, and where it stands."""
+
+    monitor: JobMonitor
+    poll_interval: float
+    command_timeout: float
+    max_reconnect_attempts: int
+    cleanup: str = "never"
+    cleanup_retries: int = 3
+    failures: int = 0
+    next_due: float = 0.0
+    delivered: int = 0
+    active: bool = True
+    final_outcome: Outcome | None = None
+    cleanup_attempts: int = 0
+
+    def __post_init__(self) -> None:
+        self.delivered = self.monitor.log_offset
+
+    def record_delivered(self, offset: int) -> None:
+        """The trigger has written the log up to ``offset`` to the task log."""
+        self.delivered = max(self.delivered, offset)
+
+    def wants_cleanup(self, outcome: Outcome) -> bool:
+        if outcome.status not in ("success", "failed"):
+            return False  # the job may still be running: the operator kills before cleaning
+        return self.cleanup == "always" or (self.cleanup == "on_success" and outcome.status == "success")
+
+    def offset_record(self) -> PollEntry:
+        """An entry that only records how far the log was delivered (for a trigger that leaves)."""
+        return PollEntry(self.monitor.paths, 0, 0, delivered=self.delivered, token=self.monitor.token)
+
+
+def next_tick(now: float, interval: float) -> float:
+    """The next instant on the ``interval`` grid, so equal intervals share ticks."""
+    return (math.floor(now / interval) + 1) * interval
+
+
+Deliveries = list[tuple[Watch, Delivery]]
+
+
+class PollScheduler:
+    """
+    The watches of one host session and what every answer means for them.
+
+    :param backoff: the session's reconnect backoff after a failed batch
+    """
+
+    def __init__(self, backoff: BackoffPolicy = DEFAULT_BACKOFF) -> None:
+        self.backoff = backoff
+        self.watches: list[Watch] = []
+        self.failures = 0
+        self.backoff_until = 0.0
+
+    # ------------------------------------------------------------------ membership
+
+    def add(self, watch: Watch, now: float) -> None:
+        """Register a job; its first poll comes at its next grid tick."""
+        watch.next_due = next_tick(now, watch.poll_interval)
+        self.watches.append(watch)
+
+    def remove(self, watch: Watch) -> None:
+        """Leave (normal end or cancellation); safe to call twice."""
+        watch.active = False
+        if watch in self.watches:
+            self.watches.remove(watch)
+
+    # ------------------------------------------------------------------ timing
+
+    def due(self, now: float) -> list[Watch]:
+        """The watches to poll now: none while the session backs off after a failure."""
+        if now < self.backoff_until:
+            return []
+        return [w for w in self.watches if w.next_due <= now + COALESCE_SECONDS]
+
+    def next_wake(self) -> float:
+        """When something is due next (the end of a backoff counts); ``inf`` without watches."""
+        if not self.watches:
+            return math.inf
+        return max(min(w.next_due for w in self.watches), self.backoff_until)
+
+    # ------------------------------------------------------------------ one batch
+
+    def entries(self, due: list[Watch]) -> list[Entry]:
+        """The batch for ``due``: a cleanup for finished jobs, a log window for the others."""
+        entries: list[Entry] = []
+        budget = MAX_BATCH_BYTES
+        for watch in due:
+            monitor = watch.monitor
+            if watch.final_outcome is not None:
+                entries.append(CleanupEntry(monitor.paths, token=monitor.token))
+                continue
+            window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
+            budget = max(0, budget - window)
+            entries.append(monitor.poll_entry(max_bytes=window, delivered=watch.delivered))
+        return entries
+
+    @staticmethod
+    def timeout(due: list[Watch]) -> float:
+        """A batch may take as long as the most patient of its jobs allows."""
+        return max(w.command_timeout for w in due)
+
+    def apply(self, due: list[Watch], results: dict[int, EntryResult], now: float) -> Deliveries:
+        """The batch was answered: feed each watch its own result."""
+        self.failures = 0
+        out: Deliveries = []
+        for key, watch in enumerate(due):
+            if watch.active:
+                out.extend(self._apply(watch, results[key], now))
+        return out
+
+    def batch_failed(self, due: list[Watch], error: BaseException, now: float) -> tuple[float, Deliveries]:
+        """
+        The connection failed under the batch (worth a reconnect): back off, count it per job.
+
+        Returns the backoff delay and the deliveries (warnings, or final errors for the jobs whose
+        budget is used up).
+        """
+        self.failures += 1
+        delay = self.backoff.delay(self.failures)
+        self.backoff_until = now + delay
+        out: Deliveries = []
+        for watch in due:
+            if watch.active:
+                out.extend(self._count_failure(watch, error, delay))
+        return delay, out
+
+    def batch_broken(self, due: list[Watch], error: BaseException) -> Deliveries:
+        """The batch failed in a way a retry cannot fix: end every job in it."""
+        out: Deliveries = []
+        for watch in due:
+            if watch.final_outcome is not None:  # only its cleanup was pending
+                out.append(self._finish(watch, watch.final_outcome, cleaned_up=False))
+            else:
+                out.append(
+                    self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
+                )
+        return out
+
+    def abandon(self, error: BaseException) -> Deliveries:
+        """The session itself broke (a bug): end every job with an error instead of a hang."""
+        return [
+            self._finish(w, Outcome("error", None, f"Internal error in the SSH host session: {error}"))
+            for w in list(self.watches)
+        ]
+
+    # ------------------------------------------------------------------ one answer
+
+    def _apply(self, watch: Watch, result: EntryResult, now: float) -> Deliveries:
+        if isinstance(result, RemoteJobProtocolError):
+            watch.next_due = now + watch.poll_interval
+            return self._count_failure(watch, result)
+        watch.failures = 0
+        if isinstance(result, CleanupResult):
+            return self._after_cleanup(watch, result, now)
+        assert isinstance(result, JobStatus)
+        update = watch.monitor.feed_status(result, now)
+        delivery = Delivery(lines=update.lines, log_offset=watch.monitor.log_offset)
+        if update.outcome is None:
+            watch.next_due = now if update.more_now else next_tick(now, watch.poll_interval)
+            return [(watch, delivery)]
+        if watch.wants_cleanup(update.outcome):
+            watch.final_outcome = update.outcome
+            watch.next_due = now  # clean up in the very next batch, over this connection
+            return [(watch, delivery)]
+        delivery.outcome = update.outcome
+        return [self._complete(watch, delivery)]
+
+    def _after_cleanup(self, watch: Watch, result: CleanupResult, now: float) -> Deliveries:
+        outcome = watch.final_outcome
+        assert outcome is not None
+        watch.cleanup_attempts += 1
+        if result.state in ("removed", "absent"):
+            return [self._finish(watch, outcome, cleaned_up=True)]
+        if result.state == "foreign":
+            # Not this job's directory any more: retrying cannot change that, and neither the
+            # trigger nor the operator may remove it.
+            delivery = Delivery(
+                warnings=[
+                    f"Not removing {watch.monitor.paths.job_dir}: it no longer carries this job's token."
+                ],
+                log_offset=watch.monitor.log_offset,
+                outcome=dataclasses.replace(outcome, leave_remote=True),
+                cleaned_up=False,
+            )
+            return [self._complete(watch, delivery)]
+        if watch.cleanup_attempts >= watch.cleanup_retries:
+            return [self._finish(watch, outcome, cleaned_up=False)]
+        watch.next_due = now + self.backoff.delay(watch.cleanup_attempts)
+        return []
+
+    def _count_failure(self, watch: Watch, error: BaseException, delay: float | None = None) -> Deliveries:
+        watch.failures += 1
+        if watch.final_outcome is not None and watch.failures > watch.cleanup_retries:
+            # The job's outcome is known and its log delivered: only the cleanup is stuck.
+            # Report the real outcome and leave the cleanup to the operator.
+            return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
+        if watch.failures > watch.max_reconnect_attempts:
+            job = watch.monitor.paths
+            return [
+                self._finish(
+                    watch,
+                    Outcome(
+                        "error",
+                        None,
+                        f"Lost the SSH connection while watching remote job {job.job_id} and could not restore "
+                        f"it after {watch.max_reconnect_attempts} reconnect attempt(s) ({type(error).__name__}: "
+                        f"{error}). The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
+                    ),
+                )
+            ]
+        retry = f"; retrying in {delay:.1f}s" if delay is not None else ""
+        warning = (
+            f"SSH poll of job {watch.monitor.paths.job_id} failed "
+            f"({watch.failures}/{watch.max_reconnect_attempts}): {type(error).__name__}: {error}{retry}"
+        )
+        return [(watch, Delivery(warnings=[warning], log_offset=watch.monitor.log_offset))]
+
+    def _finish(
+        self, watch: Watch, outcome: Outcome, cleaned_up: bool | None = None
+    ) -> tuple[Watch, Delivery]:
+        """End ``watch`` with its one final delivery."""
+        delivery = Delivery(log_offset=watch.monitor.log_offset, outcome=outcome, cleaned_up=cleaned_up)
+        return self._complete(watch, delivery)
+
+    def _complete(self, watch: Watch, delivery: Delivery) -> tuple[Watch, Delivery]:
+        self.remove(watch)
+        return watch, delivery
