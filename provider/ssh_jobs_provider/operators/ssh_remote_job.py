@@ -16,21 +16,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from ssh_jobs_provider.exceptions import (
-    RemoteJobError,
-    SSHAuthenticationError,
-    SSHConnectError,
-    SSHHostKeyError,
-)
+from ssh_jobs_provider.exceptions import RemoteJobError, SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook
-from ssh_jobs_provider.protocol.answers import (
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-    parse_kill_output,
-    parse_simple_state,
-    parse_submit_output,
+from ssh_jobs_provider.operators.remote_steps import (
+    exit_codes,
+    finish_remote,
+    require_positive,
+    submit_answer,
 )
+from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import (
     DEFAULT_BASE_DIR,
@@ -40,8 +34,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_working_dir,
 )
-from ssh_jobs_provider.protocol.scripts import build_cleanup_script, build_kill_script, build_submit_script
-from ssh_jobs_provider.retry import RetryPolicy
+from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
 if TYPE_CHECKING:
@@ -54,49 +47,6 @@ TRIGGER_FAIL_METHOD = "__fail__"
 MAX_SUBMIT_TIMEOUT = 600.0
 
 _EVENT_KEYS = ("job_id", "job_dir", "status", "done")
-
-
-def _exit_codes(value: int | Container[int] | None) -> Container[int]:
-    if value is None:
-        return ()
-    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, Container)):
-        raise ValueError(f"skip_on_exit_code must be an int or a collection of ints, got {value!r}.")
-    return (value,) if isinstance(value, int) else value
-
-
-def _positive(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}.")
-    if (strict and value <= minimum) or (not strict and value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
-
-
-def _refusal_message(paths: RemoteJobPaths, refused: SubmitRefused) -> str:
-    """What a refused submit tells the user: what was wrong, and what to change."""
-    nothing = "Nothing was run and nothing was left behind."
-    if refused.code == "unsafe":
-        return (
-            f"Refusing remote_base_dir {paths.base_dir}: {refused.detail}. Every directory on the way to it must "
-            "be owned by the SSH user or root and not writable by group or others unless sticky (as sshd's "
-            "StrictModes), or other users could replace job files. Fix the owner or mode (e.g. chmod go-w), "
-            f"or set remote_base_dir to a directory of the SSH user's, e.g. '/home/<user>/airflow-ssh-jobs'. {nothing}"
-        )
-    if refused.code == "foreign":
-        return (
-            f"Refusing to use the job directory {paths.job_dir}: {refused.detail}. This task instance did not "
-            "create it (another user, or another Airflow deployment with the same DAG and run ids, may have). "
-            f"Check who made it and remove it, or give each deployment its own remote_base_dir. {nothing}"
-        )
-    if refused.code == "nospace":
-        return (
-            f"Could not submit remote job {paths.job_id}: {refused.detail}. Free space there or set "
-            f"remote_base_dir to another file system. {nothing}"
-        )
-    return (
-        f"Could not submit remote job {paths.job_id}: {refused.detail}. Check that remote_base_dir is "
-        f"writable by the SSH user. {nothing}"
-    )
 
 
 class SSHRemoteJobOperator(BaseOperator):
@@ -196,17 +146,17 @@ class SSHRemoteJobOperator(BaseOperator):
             raise ValueError(f"remote_os must be 'auto' or 'posix', got {remote_os!r}.")
         if cleanup not in CLEANUP_CHOICES:
             raise ValueError(f"cleanup must be one of {CLEANUP_CHOICES}, got {cleanup!r}.")
-        _positive("poll_interval", poll_interval)
-        _positive("command_timeout", command_timeout)
-        _positive("banner_timeout", banner_timeout)
-        _positive("log_chunk_size", log_chunk_size, 1024, strict=False)
-        _positive("conn_retry_attempts", conn_retry_attempts, 1, strict=False)
-        _positive("cleanup_retries", cleanup_retries, 1, strict=False)
-        _positive("max_reconnect_attempts", max_reconnect_attempts, 0, strict=False)
+        require_positive("poll_interval", poll_interval)
+        require_positive("command_timeout", command_timeout)
+        require_positive("banner_timeout", banner_timeout)
+        require_positive("log_chunk_size", log_chunk_size, 1024, strict=False)
+        require_positive("conn_retry_attempts", conn_retry_attempts, 1, strict=False)
+        require_positive("cleanup_retries", cleanup_retries, 1, strict=False)
+        require_positive("max_reconnect_attempts", max_reconnect_attempts, 0, strict=False)
         if timeout is not None:
-            _positive("timeout", timeout)
+            require_positive("timeout", timeout)
         if conn_timeout is not None:
-            _positive("conn_timeout", conn_timeout)
+            require_positive("conn_timeout", conn_timeout)
         self.ssh_conn_id = ssh_conn_id
         self.command = command
         self.remote_host = remote_host
@@ -217,7 +167,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self.timeout = timeout
         self.cleanup = cleanup
         self.remote_os = remote_os
-        self.skip_on_exit_code = _exit_codes(skip_on_exit_code)
+        self.skip_on_exit_code = exit_codes(skip_on_exit_code)
         self.conn_timeout = conn_timeout
         self.banner_timeout = banner_timeout
         self.conn_retry_attempts = int(conn_retry_attempts)
@@ -324,7 +274,10 @@ class SSHRemoteJobOperator(BaseOperator):
             # connection sees at most conn_retry_attempts of them from one submit.
             with hook.connect_with(hook.settings) as client:
                 status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
-            return self._parse_submit(paths, status, stdout, stderr)
+            parsed = submit_answer(paths, status, stdout, stderr)
+            if parsed.remote_os:
+                self.log.info("Remote OS: %s", parsed.remote_os)
+            return parsed
 
         try:
             return hook.call_with_retries(attempt, f"Submit of remote job {paths.job_id}", log=self.log)
@@ -336,21 +289,6 @@ class SSHRemoteJobOperator(BaseOperator):
                 self.conn_retry_attempts,
             )
             raise
-
-    def _parse_submit(self, paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
-        try:
-            parsed = parse_submit_output(stdout)
-        except SubmitRefused as refused:
-            raise RemoteJobError(_refusal_message(paths, refused)) from None
-        except RemoteJobProtocolError:
-            detail = stderr.decode("utf-8", errors="replace").strip()[:2000]
-            raise RemoteJobError(
-                f"The remote host did not run the submit script (exit status {status}): {detail or 'no output'}. "
-                "SSHRemoteJobOperator needs a POSIX host with /bin/sh; Windows hosts are not supported."
-            ) from None
-        if parsed.remote_os:
-            self.log.info("Remote OS: %s", parsed.remote_os)
-        return parsed
 
     # ------------------------------------------------------------------ completion
 
@@ -425,87 +363,17 @@ class SSHRemoteJobOperator(BaseOperator):
     # ------------------------------------------------------------------ kill & cleanup
 
     def _finish_remote(self, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
-        """
-        Kill and/or remove the job over one connection, ``cleanup_retries`` times if needed.
-
-        Never raises: the task's outcome is decided by the job, not by its cleanup. If every
-        attempt fails the log says which directory is left behind and why.
-        """
-        if not (kill or remove):
-            return
-        hook = self._hook(attempts=1)
-        # Without this try's token (a later worker process), the scripts check that the
-        # directory is the SSH user's and use the token recorded in it.
+        """Kill and/or remove the job (see :func:`~ssh_jobs_provider.operators.remote_steps.finish_remote`)."""
+        # A later worker process does not know this try's token: the scripts then check that
+        # the directory is the SSH user's and use the token recorded in it.
         token = self._token if paths == self._paths else ""
-        scripts = ([("kill", build_kill_script(paths, token))] if kill else []) + (
-            [("cleanup", build_cleanup_script(paths, token))] if remove else []
+        finish_remote(
+            self._hook(attempts=1),
+            paths,
+            token,
+            kill=kill,
+            remove=remove,
+            attempts=self.cleanup_retries,
+            command_timeout=self.command_timeout,
+            log=self.log,
         )
-        tries = 0
-
-        def attempt() -> None:
-            nonlocal tries
-            tries += 1
-            with hook.connect_with(hook.settings) as client:
-                while scripts:
-                    verb, script = scripts[0]
-                    status, stdout, stderr = hook.run_script(client, script, timeout=self.command_timeout)
-                    try:
-                        state = parse_simple_state(stdout, verb)
-                    except RemoteJobProtocolError as error:
-                        raise RemoteJobError(
-                            f"{verb} failed (exit status {status}): {stderr[:500]!r}"
-                        ) from error
-                    if verb == "cleanup" and state == "failed":
-                        raise RemoteJobError(f"rm -rf could not remove {paths.job_dir}: {stderr[:500]!r}")
-                    self._report(paths, verb, state, stdout)
-                    scripts.pop(0)
-
-        def worth_retrying(error: BaseException) -> bool:
-            if isinstance(error, _NotOurs):
-                return False
-            # Everything but credentials and host keys: retrying cannot fix those.
-            return not isinstance(error, (SSHAuthenticationError, SSHHostKeyError))
-
-        # Broader than the connect rule (is_retryable) on purpose: a failed rm -rf may pass later.
-        retry = RetryPolicy(self.cleanup_retries, hook.backoff, worth_retrying)
-        try:
-            hook.call_with_retries(attempt, f"Cleanup of {paths.job_dir}", log=self.log, retry=retry)
-        except _NotOurs as error:
-            self.log.error("%s Nothing was killed or removed.", error)
-        except Exception as error:  # reported loudly below, never raised
-            left = [verb for verb, _ in scripts]
-            consequences = []
-            if "kill" in left:
-                consequences.append(f"the job may still be running (pid file {paths.pid_file})")
-            if "cleanup" in left:
-                consequences.append(f"directory left behind: {paths.job_dir}")
-            self.log.error(
-                "REMOTE JOB NOT CLEANED UP on %s: %s failed after %d attempt(s) (%s: %s); %s. "
-                "Remove it by hand, or run a TTL reaper (e.g. systemd-tmpfiles) on the host.",
-                hook.remote_host,
-                " and ".join(left),
-                tries,
-                type(error).__name__,
-                error,
-                "; ".join(consequences),
-            )
-
-    def _report(self, paths: RemoteJobPaths, verb: str, state: str, stdout: bytes) -> None:
-        """Log what a kill or cleanup did; raise :class:`_NotOurs` for a directory not ours."""
-        if state == "foreign":
-            raise _NotOurs(
-                f"Remote job directory {paths.job_dir} is not this task instance's ({verb} refused)."
-            )
-        if verb == "kill" and state == "survived":
-            _, survivors = parse_kill_output(stdout)
-            self.log.error(
-                "Remote job %s: processes %s survived SIGTERM and SIGKILL; check them on the host.",
-                paths.job_id,
-                survivors,
-            )
-            return
-        self.log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
-
-
-class _NotOurs(RemoteJobError):
-    """A kill or cleanup found a directory this task instance does not own: never retried."""

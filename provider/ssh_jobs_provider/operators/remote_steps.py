@@ -1,0 +1,182 @@
+"""
+The operator's remote steps in the worker: what a submit answer means, and the final kill
+and cleanup. Kept apart from the operator class so that each reads on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from typing import Any
+
+from ssh_jobs_provider.exceptions import RemoteJobError, SSHAuthenticationError, SSHHostKeyError
+from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.protocol.answers import (
+    JobStatus,
+    RemoteJobProtocolError,
+    SubmitRefused,
+    parse_kill_output,
+    parse_simple_state,
+    parse_submit_output,
+)
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.scripts import build_cleanup_script, build_kill_script
+from ssh_jobs_provider.retry import RetryPolicy
+
+# --------------------------------------------------------------------------- arguments
+
+
+def exit_codes(value: int | Container[int] | None) -> Container[int]:
+    """``skip_on_exit_code`` as a collection, or ``ValueError`` naming the argument."""
+    if value is None:
+        return ()
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, Container)):
+        raise ValueError(f"skip_on_exit_code must be an int or a collection of ints, got {value!r}.")
+    return (value,) if isinstance(value, int) else value
+
+
+def require_positive(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a number above ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    if (strict and value <= minimum) or (not strict and value < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
+
+
+# --------------------------------------------------------------------------- submit answers
+
+
+def refusal_message(paths: RemoteJobPaths, refused: SubmitRefused) -> str:
+    """What a refused submit tells the user: what was wrong, and what to change."""
+    nothing = "Nothing was run and nothing was left behind."
+    if refused.code == "unsafe":
+        return (
+            f"Refusing remote_base_dir {paths.base_dir}: {refused.detail}. Every directory on the way to it must "
+            "be owned by the SSH user or root and not writable by group or others unless sticky (as sshd's "
+            "StrictModes), or other users could replace job files. Fix the owner or mode (e.g. chmod go-w), "
+            f"or set remote_base_dir to a directory of the SSH user's, e.g. '/home/<user>/airflow-ssh-jobs'. {nothing}"
+        )
+    if refused.code == "foreign":
+        return (
+            f"Refusing to use the job directory {paths.job_dir}: {refused.detail}. This task instance did not "
+            "create it (another user, or another Airflow deployment with the same DAG and run ids, may have). "
+            f"Check who made it and remove it, or give each deployment its own remote_base_dir. {nothing}"
+        )
+    if refused.code == "nospace":
+        return (
+            f"Could not submit remote job {paths.job_id}: {refused.detail}. Free space there or set "
+            f"remote_base_dir to another file system. {nothing}"
+        )
+    return (
+        f"Could not submit remote job {paths.job_id}: {refused.detail}. Check that remote_base_dir is "
+        f"writable by the SSH user. {nothing}"
+    )
+
+
+def submit_answer(paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
+    """The submit script's answer, or a :class:`RemoteJobError` that says what to change."""
+    try:
+        return parse_submit_output(stdout)
+    except SubmitRefused as refused:
+        raise RemoteJobError(refusal_message(paths, refused)) from None
+    except RemoteJobProtocolError:
+        detail = stderr.decode("utf-8", errors="replace").strip()[:2000]
+        raise RemoteJobError(
+            f"The remote host did not run the submit script (exit status {status}): {detail or 'no output'}. "
+            "SSHRemoteJobOperator needs a POSIX host with /bin/sh; Windows hosts are not supported."
+        ) from None
+
+
+# --------------------------------------------------------------------------- kill and cleanup
+
+
+class _NotOurs(RemoteJobError):
+    """A kill or cleanup found a directory this task instance does not own: never retried."""
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    # Broader than the connect rule (is_retryable) on purpose: a failed rm -rf may pass later.
+    # Not retried: credentials, host keys, and a directory that is not ours.
+    return not isinstance(error, (SSHAuthenticationError, SSHHostKeyError, _NotOurs))
+
+
+def finish_remote(
+    hook: SSHHook,
+    paths: RemoteJobPaths,
+    token: str,
+    *,
+    kill: bool,
+    remove: bool,
+    attempts: int,
+    command_timeout: float,
+    log: Any,
+) -> None:
+    """
+    Kill and/or remove the job over one connection, ``attempts`` times if needed.
+
+    Never raises: the task's outcome is decided by the job, not by its cleanup. If every
+    attempt fails the log says which directory is left behind and why.
+
+    :param token: the submit's token; ``""`` checks only that the directory is the SSH
+        user's and uses the token recorded in it (a later worker process does not know it)
+    """
+    scripts = ([("kill", build_kill_script(paths, token))] if kill else []) + (
+        [("cleanup", build_cleanup_script(paths, token))] if remove else []
+    )
+    if not scripts:
+        return
+    tries = 0
+
+    def attempt() -> None:
+        nonlocal tries
+        tries += 1
+        with hook.connect_with(hook.settings) as client:
+            while scripts:
+                verb, script = scripts[0]
+                status, stdout, stderr = hook.run_script(client, script, timeout=command_timeout)
+                try:
+                    state = parse_simple_state(stdout, verb)
+                except RemoteJobProtocolError as error:
+                    raise RemoteJobError(f"{verb} failed (exit status {status}): {stderr[:500]!r}") from error
+                if verb == "cleanup" and state == "failed":
+                    raise RemoteJobError(f"rm -rf could not remove {paths.job_dir}: {stderr[:500]!r}")
+                _report(paths, verb, state, stdout, log)
+                scripts.pop(0)
+
+    retry = RetryPolicy(attempts, hook.backoff, _worth_retrying)
+    try:
+        hook.call_with_retries(attempt, f"Cleanup of {paths.job_dir}", log=log, retry=retry)
+    except _NotOurs as error:
+        log.error("%s Nothing was killed or removed.", error)
+    except Exception as error:  # reported loudly below, never raised
+        left = [verb for verb, _ in scripts]
+        consequences = []
+        if "kill" in left:
+            consequences.append(f"the job may still be running (pid file {paths.pid_file})")
+        if "cleanup" in left:
+            consequences.append(f"directory left behind: {paths.job_dir}")
+        log.error(
+            "REMOTE JOB NOT CLEANED UP on %s: %s failed after %d attempt(s) (%s: %s); %s. "
+            "Remove it by hand, or run a TTL reaper (e.g. systemd-tmpfiles) on the host.",
+            hook.remote_host,
+            " and ".join(left),
+            tries,
+            type(error).__name__,
+            error,
+            "; ".join(consequences),
+        )
+
+
+def _report(paths: RemoteJobPaths, verb: str, state: str, stdout: bytes, log: Any) -> None:
+    """Log what a kill or cleanup did; raise :class:`_NotOurs` for a directory not ours."""
+    if state == "foreign":
+        raise _NotOurs(f"Remote job directory {paths.job_dir} is not this task instance's ({verb} refused).")
+    if verb == "kill" and state == "survived":
+        _, survivors = parse_kill_output(stdout)
+        log.error(
+            "Remote job %s: processes %s survived SIGTERM and SIGKILL; check them on the host.",
+            paths.job_id,
+            survivors,
+        )
+        return
+    log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)
