@@ -69,26 +69,6 @@ class BackoffPolicy:
             yield self.delay(attempt, rng)
             attempt += 1
 
-    def retrying(
-        self,
-        attempts: int,
-        retry_on: Callable[[BaseException], bool],
-        log: Any = None,
-        what: str = "operation",
-    ) -> Retrying:
-        """Shorthand for ``RetryPolicy(attempts, self, retry_on).retrying(log, what)``."""
-        return RetryPolicy(attempts, self, retry_on).retrying(log, what)
-
-    def async_retrying(
-        self,
-        attempts: int,
-        retry_on: Callable[[BaseException], bool],
-        log: Any = None,
-        what: str = "operation",
-    ) -> AsyncRetrying:
-        """Shorthand for ``RetryPolicy(attempts, self, retry_on).async_retrying(log, what)``."""
-        return RetryPolicy(attempts, self, retry_on).async_retrying(log, what)
-
 
 #: The policy every retry in this package uses unless a caller passes its own: the first
 #: retry waits 1-2 s, then 2-4 s, 4-8 s, ... capped at 15-30 s. Starting at a second or two

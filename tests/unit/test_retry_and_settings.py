@@ -24,7 +24,7 @@ from ssh_jobs_provider.exceptions import (
     is_transient_connect_error,
 )
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings, normalise_host_key
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
 
 FAST = BackoffPolicy(initial=0.001, maximum=0.002)
 
@@ -92,7 +92,7 @@ def test_retrying_stops_after_n_attempts_and_reraises(caplog: pytest.LogCaptureF
         caplog.at_level(logging.WARNING, logger="test.retry"),
         pytest.raises(ConnectionResetError, match="boom 4"),
     ):
-        FAST.retrying(4, lambda e: True, log, "Submit")(flaky)
+        RetryPolicy(4, FAST, lambda e: True).retrying(log, "Submit")(flaky)
 
     assert len(calls) == 4
     warnings = [r.getMessage() for r in caplog.records]
@@ -109,7 +109,7 @@ def test_retrying_returns_the_first_success() -> None:
             raise value
         return value
 
-    assert FAST.retrying(5, lambda e: isinstance(e, OSError))(attempt) == "ok"
+    assert RetryPolicy(5, FAST, lambda e: isinstance(e, OSError)).retrying()(attempt) == "ok"
 
 
 def test_retrying_does_not_retry_when_the_predicate_says_no() -> None:
@@ -120,7 +120,7 @@ def test_retrying_does_not_retry_when_the_predicate_says_no() -> None:
         raise ValueError("permanent")
 
     with pytest.raises(ValueError, match="permanent"):
-        FAST.retrying(5, lambda e: not isinstance(e, ValueError))(fails)
+        RetryPolicy(5, FAST, lambda e: not isinstance(e, ValueError)).retrying()(fails)
     assert len(calls) == 1
 
 
@@ -133,7 +133,7 @@ def test_retrying_makes_at_least_one_attempt(attempts: int) -> None:
         raise OSError
 
     with pytest.raises(OSError):
-        FAST.retrying(attempts, lambda e: True)(fails)
+        RetryPolicy(attempts, FAST, lambda e: True).retrying()(fails)
     assert len(calls) == 1
 
 
@@ -151,11 +151,11 @@ def test_async_retrying_retries_coroutines_and_reraises() -> None:
         calls.append(1)
         raise OSError("down")
 
-    assert asyncio.run(FAST.async_retrying(5, is_transient_connect_error)(flaky)) == "done"
+    assert asyncio.run(RetryPolicy(5, FAST, is_transient_connect_error).async_retrying()(flaky)) == "done"
     assert len(calls) == 3
     calls.clear()
     with pytest.raises(OSError, match="down"):
-        asyncio.run(FAST.async_retrying(2, is_transient_connect_error)(always_fails))
+        asyncio.run(RetryPolicy(2, FAST, is_transient_connect_error).async_retrying()(always_fails))
     assert len(calls) == 2
 
 
@@ -167,7 +167,7 @@ def test_async_retrying_does_not_retry_permanent_errors() -> None:
         raise asyncssh.PermissionDenied("nope")
 
     with pytest.raises(asyncssh.PermissionDenied):
-        asyncio.run(FAST.async_retrying(5, is_transient_connect_error)(denied))
+        asyncio.run(RetryPolicy(5, FAST, is_transient_connect_error).async_retrying()(denied))
     assert len(calls) == 1
 
 

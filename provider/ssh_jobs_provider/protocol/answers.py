@@ -38,7 +38,19 @@ class JobState(str, Enum):
 
 @dataclass(frozen=True)
 class JobStatus:
-    """One parsed answer of the submit or poll script."""
+    """
+    One parsed answer of the submit or poll script.
+
+    :param state: what the job directory says about the job
+    :param pid: the wrapper's pid, once recorded
+    :param exit_code: the exit code, once the wrapper has ended
+    :param log_size: bytes in the log when the answer was written
+    :param remote_os: ``uname -s`` of the host (submit answers only)
+    :param launched: whether this submit launched the job (``False``: it re-attached)
+    :param delivered: log bytes an earlier watcher recorded as delivered
+    :param disk_full: the file system holding the job directory was (or is) full
+    :param log_data: the log window asked for
+    """
 
     state: JobState
     pid: int | None = None
@@ -169,6 +181,12 @@ def parse_kill_output(output: bytes) -> tuple[str, list[int]]:
 
 @dataclass(frozen=True)
 class CleanupResult:
+    """
+    The answer of one cleanup entry.
+
+    :param state: ``removed``, ``absent``, ``failed`` or ``foreign`` (not this job's: left alone)
+    """
+
     state: str  # "removed", "absent", "failed" or "foreign" (not this job's: left alone)
 
 

@@ -28,7 +28,14 @@ PENDING_LIMIT_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """The final result of watching one job."""
+    """
+    The final result of watching one job.
+
+    :param status: ``"success"``, ``"failed"`` or ``"error"``
+    :param exit_code: the job's exit code (``None`` after an error)
+    :param message: what happened, for the task log
+    :param leave_remote: the job directory is not this task instance's: nothing may kill or remove it
+    """
 
     status: str  # "success", "failed" or "error"
     exit_code: int | None
@@ -39,7 +46,13 @@ class Outcome:
 
 @dataclass
 class MonitorUpdate:
-    """What one poll answer means for the trigger."""
+    """
+    What one poll answer means for the trigger.
+
+    :param lines: complete log lines to emit
+    :param more_now: more log is waiting: poll again at once instead of after ``poll_interval``
+    :param outcome: the final outcome, once the job has ended and its log is drained
+    """
 
     lines: list[str] = field(default_factory=list)
     #: Poll again right away (more log is waiting) instead of sleeping ``poll_interval``.

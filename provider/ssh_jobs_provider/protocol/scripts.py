@@ -173,7 +173,15 @@ def build_cleanup_script(paths: RemoteJobPaths, token: str = "") -> str:
 
 @dataclass(frozen=True)
 class PollEntry:
-    """Ask for one job's state and the log window ``[offset, offset + max_bytes)``."""
+    """
+    Ask for one job's state and the log window ``[offset, offset + max_bytes)``.
+
+    :param paths: the job's paths
+    :param offset: the first log byte wanted
+    :param max_bytes: most log bytes wanted (``0``: the state only)
+    :param delivered: log bytes known to be in the task log, recorded remotely for a resume
+    :param token: the submit's token, checked against the job directory's (``""``: not checked)
+    """
 
     paths: RemoteJobPaths
     offset: int
@@ -190,7 +198,12 @@ class PollEntry:
 
 @dataclass(frozen=True)
 class CleanupEntry:
-    """Remove one finished job's directory (a direct child of its base dir, by construction)."""
+    """
+    Remove one finished job's directory (a direct child of its base dir, by construction).
+
+    :param paths: the job's paths
+    :param token: the submit's token; the directory is only removed when it carries it
+    """
 
     paths: RemoteJobPaths
     token: str = ""

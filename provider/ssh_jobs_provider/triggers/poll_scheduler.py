@@ -39,7 +39,15 @@ MIN_WINDOW = 4096
 
 @dataclass
 class Delivery:
-    """What a watching trigger receives: log lines, warnings, and at the end its result."""
+    """
+    What a watching trigger receives: log lines, warnings, and at the end its result.
+
+    :param lines: log lines for the task log
+    :param warnings: warnings for the task log (failed polls, a cleanup refused)
+    :param log_offset: the log offset after these lines
+    :param outcome: the final outcome (the last delivery only)
+    :param cleaned_up: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested
+    """
 
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -51,7 +59,22 @@ class Delivery:
 
 @dataclass(eq=False)
 class Watch:
-    """One job's registration: its monitor, its budgets, and where it stands."""
+    """
+    One job's registration: its monitor, its budgets, and where it stands.
+
+    :param monitor: the job's :class:`~ssh_jobs_provider.protocol.monitor.JobMonitor`
+    :param poll_interval: seconds between polls while the job runs
+    :param command_timeout: seconds a batch with this job may take
+    :param max_reconnect_attempts: consecutive failed polls tolerated
+    :param cleanup: ``"never"``, ``"on_success"`` or ``"always"``
+    :param cleanup_retries: attempts for the cleanup before leaving it to the operator
+    :param failures: consecutive failed polls so far
+    :param next_due: clock reading of the next poll
+    :param delivered: log bytes the trigger has written to the task log
+    :param active: still registered
+    :param final_outcome: the outcome, while the cleanup is pending
+    :param cleanup_attempts: cleanups tried so far
+    """
 
     monitor: JobMonitor
     poll_interval: float
