@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer
+from support.faultproxy import FaultProxy
+from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer, use_connection
 
 SSHD_MODE_ENV = "SSH_JOBS_TEST_SSHD"
 SSHD_FIXTURES = frozenset({"sshd", "sshd_factory", "ssh_conn"})
@@ -84,10 +85,15 @@ def sshd(sshd_factory: SSHServerFactory) -> BaseSSHServer:
 @pytest.fixture
 def ssh_conn(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch) -> str:
     """Airflow connection id ``ssh_test`` pointing at ``sshd`` (via AIRFLOW_CONN_SSH_TEST)."""
-    conn_id = "ssh_test"
-    for name, value in sshd.airflow_env(conn_id).items():
-        monkeypatch.setenv(name, value)
-    return conn_id
+    return use_connection(monkeypatch, sshd, "ssh_test")
+
+
+@pytest.fixture
+def proxy(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """A fault proxy in front of ``sshd``, exposed as Airflow connection ``ssh_proxy``."""
+    with FaultProxy(sshd.host, sshd.port) as fault_proxy:
+        use_connection(monkeypatch, sshd, "ssh_proxy", port=fault_proxy.port)
+        yield fault_proxy
 
 
 @pytest.fixture

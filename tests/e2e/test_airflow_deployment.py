@@ -128,26 +128,17 @@ def write_dags(deployment: AirflowDeployment, fanout_jobs: Path, aux_jobs: Path)
         f"{FANOUT_DAG}.py",
         FANOUT_DAG_TEXT.format(dag_id=FANOUT_DAG, fan_out=FAN_OUT, base_dir=str(fanout_jobs)),
     )
-    deployment.add_dag_file(
-        f"{FAILING_DAG}.py",
-        SINGLE_JOB_DAG_TEXT.format(
-            dag_id=FAILING_DAG,
-            command=f"echo 'e2e about to fail'\nexit {FAIL_CODE}\n",
-            base_dir=str(aux_jobs),
-            cleanup="on_success",
-            skip_code=None,
-        ),
-    )
-    deployment.add_dag_file(
-        f"{SKIPPING_DAG}.py",
-        SINGLE_JOB_DAG_TEXT.format(
-            dag_id=SKIPPING_DAG,
-            command=f"echo 'e2e nothing to do'\nexit {SKIP_CODE}\n",
-            base_dir=str(aux_jobs),
-            cleanup="always",
-            skip_code=SKIP_CODE,
-        ),
-    )
+    single_jobs = [
+        (FAILING_DAG, f"echo 'e2e about to fail'\nexit {FAIL_CODE}\n", "on_success", None),
+        (SKIPPING_DAG, f"echo 'e2e nothing to do'\nexit {SKIP_CODE}\n", "always", SKIP_CODE),
+    ]
+    for dag_id, command, cleanup, skip_code in single_jobs:
+        deployment.add_dag_file(
+            f"{dag_id}.py",
+            SINGLE_JOB_DAG_TEXT.format(
+                dag_id=dag_id, command=command, base_dir=str(aux_jobs), cleanup=cleanup, skip_code=skip_code
+            ),
+        )
 
 
 def raced_tasks(race_lines: list[str]) -> dict[str, Counter[int]]:

@@ -12,6 +12,7 @@ import pytest
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from support.report import report
 from support.runner import StandInTaskInstance, submit
+from support.sshd import use_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,8 +43,7 @@ def test_120_way_simultaneous_submit_against_default_max_startups(
     sshd_factory, monkeypatch, tmp_path: Path
 ) -> None:
     server = sshd_factory(max_startups="10:30:100", max_sessions=10)
-    for name, value in server.airflow_env(conn_id="ssh_test").items():
-        monkeypatch.setenv(name, value)
+    use_connection(monkeypatch, server, "ssh_test")
     base_dir = str(tmp_path / "jobs")
     started_file = str(tmp_path / "started.txt")
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from ssh_jobs_provider.exceptions import SSHAuthenticationError, SSHConnectError, SSHHostKeyError
 from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
 from support.faultproxy import FaultProxy
+from support.sshd import use_connection
 
 pytestmark = pytest.mark.integration
-
-
-def use_connection(monkeypatch, server, conn_id: str, **kwargs) -> str:
-    for name, value in server.airflow_env(conn_id=conn_id, **kwargs).items():
-        monkeypatch.setenv(name, value)
-    return conn_id
 
 
 def sync_run(conn_id: str, **hook_kwargs) -> tuple[int, bytes, bytes]:
@@ -30,13 +23,6 @@ def sync_run(conn_id: str, **hook_kwargs) -> tuple[int, bytes, bytes]:
 
 def async_run(conn_id: str, **hook_kwargs) -> tuple[int, str, str]:
     return asyncio.run(SSHHookAsync(ssh_conn_id=conn_id, **hook_kwargs).run_command("echo hello", timeout=10))
-
-
-@pytest.fixture
-def proxy(sshd, monkeypatch) -> Iterator[FaultProxy]:
-    with FaultProxy(sshd.host, sshd.port) as fault_proxy:
-        use_connection(monkeypatch, sshd, "ssh_proxy", port=fault_proxy.port)
-        yield fault_proxy
 
 
 def test_both_hooks_run_a_command_over_the_same_connection(ssh_conn: str) -> None:
@@ -152,36 +138,3 @@ def test_slow_key_exchange_is_not_cut_by_the_connect_timeout(sshd, monkeypatch) 
         started = time.monotonic()
         assert sync_run(conn_id, conn_retry_attempts=1)[0] == 0
         assert time.monotonic() - started > 1.0, "the exchange really was slower than conn_timeout"
-
-
-def test_connect_timeout_still_bounds_the_tcp_connect(monkeypatch) -> None:
-    # A listening socket that never accepts: the SYN queue fills and connects hang.
-    import socket
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(8):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
-        connection = {
-            "conn_type": "ssh",
-            "host": "127.0.0.1",
-            "port": port,
-            "login": "x",
-            "extra": {"conn_timeout": 1, "no_host_key_check": True},
-        }
-        monkeypatch.setenv("AIRFLOW_CONN_SSH_HANG", json.dumps(connection))
-        started = time.monotonic()
-        with pytest.raises(SSHConnectError):
-            sync_run("ssh_hang", conn_retry_attempts=1)
-        assert time.monotonic() - started < 10
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -16,16 +15,11 @@ from airflow.sdk.exceptions import TaskDeferralTimeout
 from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy
-from support.runner import StandInTaskInstance, context_for, run_trigger, submit
+from support.jobs import make_operator, wait_until
+from support.runner import StandInTaskInstance, context_for, submit, watch
+from support.sshd import use_connection
 
 pytestmark = pytest.mark.integration
-
-
-def make_operator(conn_id: str, base_dir: str, command: str, **kwargs) -> SSHRemoteJobOperator:
-    kwargs.setdefault("poll_interval", 0.2)
-    return SSHRemoteJobOperator(
-        task_id="remote_job", ssh_conn_id=conn_id, command=command, remote_base_dir=base_dir, **kwargs
-    )
 
 
 def group_processes(pgid: int) -> list[str]:
@@ -34,30 +28,24 @@ def group_processes(pgid: int) -> list[str]:
     return [line for line in out.splitlines() if line.split()[1:2] != ["Z"]]
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def wait_for_processes(pgid: int, count: int, exactly: bool = False) -> None:
+    """Wait until process group ``pgid`` has at least (or ``exactly``) ``count`` live processes."""
+    wait_until(
+        lambda: len(group_processes(pgid)) == count if exactly else len(group_processes(pgid)) >= count,
+        what=lambda: f"{count} processes in group {pgid}, not {group_processes(pgid)}",
+    )
 
 
-@pytest.fixture
-def proxy(sshd, monkeypatch) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the test sshd, exposed as connection ``ssh_proxy``."""
-    with FaultProxy(sshd.host, sshd.port) as fault_proxy:
-        for name, value in sshd.airflow_env(conn_id="ssh_proxy", port=fault_proxy.port).items():
-            monkeypatch.setenv(name, value)
-        yield fault_proxy
+def wait_until_gone(pgid: int) -> None:
+    """Wait until no process of group ``pgid`` is left alive."""
+    wait_until(lambda: group_processes(pgid) == [], what=lambda: f"the end of {group_processes(pgid)}")
 
 
 def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, monkeypatch, tmp_path) -> None:
     # The login shell takes 2.5 s; the first two submit replies (1 s, then 2 s allowed) are lost,
     # but the first submit's script still runs remotely and starts the job.
     server = sshd_factory(login_shell_delay=2.5)
-    for name, value in server.airflow_env(conn_id="ssh_slow").items():
-        monkeypatch.setenv(name, value)
+    use_connection(monkeypatch, server, "ssh_slow")
     counter = tmp_path / "launches.txt"
     op = make_operator(
         "ssh_slow",
@@ -71,32 +59,37 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
         submit(op, ti)
 
     job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
-    assert wait_for(lambda: (job_dir / "exit_code").exists(), 15)
+    wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
     assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
     messages = " ".join(str(entry["event"]) for entry in logs)
     assert "re-attaching" in messages
     assert server.counts()["accepted"] >= 2
 
 
-def trigger_without_cleanup(deferred) -> SSHRemoteJobTrigger:
-    """The deferred trigger, but leaving cleanup to the worker (as when it could not clean up)."""
-    _, kwargs = deferred.trigger.serialize()
-    return SSHRemoteJobTrigger(**{**kwargs, "cleanup_policy": "never"})
+def run_leaving_cleanup_to_the_worker(
+    base_dir: str, cleanup_retries: int
+) -> tuple[SSHRemoteJobOperator, StandInTaskInstance, dict[str, Any], Path]:
+    """
+    Submit ``echo done`` (cleanup "always") over ``ssh_proxy`` and watch it with a trigger that
+    leaves the cleanup to the worker (as when it could not clean up itself); return the
+    operator, task instance, event payload and job directory.
+    """
+    op = make_operator("ssh_proxy", base_dir, "echo done", cleanup="always", cleanup_retries=cleanup_retries)
+    ti = StandInTaskInstance()
+    _, kwargs = submit(op, ti).trigger.serialize()
+    _, payload = watch(SSHRemoteJobTrigger(**{**kwargs, "cleanup_policy": "never"}))
+    return op, ti, payload, Path(ti.xcom[XCOM_KEY]["job_dir"])
 
 
 def test_worker_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is_refused(
     proxy: FaultProxy, remote_base_dir: str
 ) -> None:
-    op = make_operator("ssh_proxy", remote_base_dir, "echo done", cleanup="always", cleanup_retries=3)
-    ti = StandInTaskInstance()
-    deferred = submit(op, ti)
-    _, events = asyncio.run(run_trigger(trigger_without_cleanup(deferred)))
-    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    op, ti, payload, job_dir = run_leaving_cleanup_to_the_worker(remote_base_dir, cleanup_retries=3)
     assert job_dir.is_dir()
 
     proxy.refuse_new(1)  # the first cleanup connection is dropped before the banner
     with structlog.testing.capture_logs() as logs:
-        op.execute_complete(context_for(ti), event=events[0].payload)
+        op.execute_complete(context_for(ti), event=payload)
 
     assert proxy.refused_total == 1
     assert not job_dir.exists(), "nothing left behind"
@@ -107,15 +100,11 @@ def test_worker_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is
 def test_cleanup_that_never_succeeds_says_so_loudly_and_keeps_the_outcome(
     proxy: FaultProxy, remote_base_dir: str
 ) -> None:
-    op = make_operator("ssh_proxy", remote_base_dir, "echo done", cleanup="always", cleanup_retries=2)
-    ti = StandInTaskInstance()
-    deferred = submit(op, ti)
-    _, events = asyncio.run(run_trigger(trigger_without_cleanup(deferred)))
-    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    op, ti, payload, job_dir = run_leaving_cleanup_to_the_worker(remote_base_dir, cleanup_retries=2)
 
     proxy.refuse_all(True)
     with structlog.testing.capture_logs() as logs:
-        op.execute_complete(context_for(ti), event=events[0].payload)  # no exception: the job succeeded
+        op.execute_complete(context_for(ti), event=payload)  # no exception: the job succeeded
 
     errors = [entry for entry in logs if entry.get("log_level") == "error"]
     assert len(errors) == 1
@@ -143,11 +132,11 @@ def test_on_kill_kills_the_whole_remote_process_tree(ssh_conn: str, remote_base_
     ti = StandInTaskInstance()
     submit(op, ti)
     pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
-    assert wait_for(lambda: len(group_processes(pid)) >= 5), group_processes(pid)
+    wait_for_processes(pid, 5)
 
     op.on_kill()
 
-    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+    wait_until_gone(pid)
     assert Path(ti.xcom[XCOM_KEY]["exit_code_file"]).read_text().strip() == "143"
 
 
@@ -163,7 +152,7 @@ def test_deferral_timeout_kills_the_remote_job_before_failing(ssh_conn: str, rem
     with pytest.raises(TaskDeferralTimeout):
         fresh.resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(ti))
 
-    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+    wait_until_gone(pid)
 
 
 def test_trigger_on_kill_stops_the_job(ssh_conn: str, remote_base_dir: str) -> None:
@@ -174,7 +163,7 @@ def test_trigger_on_kill_stops_the_job(ssh_conn: str, remote_base_dir: str) -> N
 
     asyncio.run(deferred.trigger.on_kill())
 
-    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+    wait_until_gone(pid)
 
 
 def test_trigger_error_event_kills_the_job_so_it_never_runs_unwatched(
@@ -193,7 +182,7 @@ def test_trigger_error_event_kills_the_job_so_it_never_runs_unwatched(
     }
     with pytest.raises(Exception, match="Lost the SSH connection"):
         op.execute_complete(context_for(ti), event=event)
-    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+    wait_until_gone(pid)
 
 
 def test_kill_finds_the_job_group_even_after_its_leader_died(ssh_conn: str, remote_base_dir: str) -> None:
@@ -201,13 +190,13 @@ def test_kill_finds_the_job_group_even_after_its_leader_died(ssh_conn: str, remo
     ti = StandInTaskInstance()
     submit(op, ti)
     pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
-    assert wait_for(lambda: len(group_processes(pid)) >= 3), group_processes(pid)
+    wait_for_processes(pid, 3)
     os.kill(pid, 9)  # only the wrapper: its children live on, orphaned, in the same group
-    assert wait_for(lambda: len(group_processes(pid)) == 3), group_processes(pid)
+    wait_for_processes(pid, 3, exactly=True)
 
     op.on_kill()
 
-    assert wait_for(lambda: group_processes(pid) == []), group_processes(pid)
+    wait_until_gone(pid)
 
 
 def test_trigger_cleanup_that_fails_falls_back_to_the_worker_which_retries(
@@ -228,8 +217,7 @@ def test_trigger_cleanup_that_fails_falls_back_to_the_worker_which_retries(
     try:
         _, kwargs = deferred.trigger.serialize()
         trigger = SSHRemoteJobTrigger(**{**kwargs, "cleanup_retries": 2})
-        _, events = asyncio.run(run_trigger(trigger))
-        event = events[0].payload
+        _, event = watch(trigger)
         assert event["status"] == "success" and event["cleaned_up"] is False
         assert job_dir.is_dir()
 

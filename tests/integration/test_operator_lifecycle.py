@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
+from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY
+from support.jobs import make_operator
 from support.runner import StandInTaskInstance, run_operator, submit
+from support.sshd import use_connection
 
 pytestmark = pytest.mark.integration
-
-
-def make_operator(conn_id: str, base_dir: str, command: str, **kwargs) -> SSHRemoteJobOperator:
-    kwargs.setdefault("poll_interval", 0.2)
-    return SSHRemoteJobOperator(
-        task_id="remote_job", ssh_conn_id=conn_id, command=command, remote_base_dir=base_dir, **kwargs
-    )
 
 
 def test_success_streams_output_and_pushes_identity(ssh_conn: str, remote_base_dir: str) -> None:
@@ -34,13 +29,21 @@ def test_success_streams_output_and_pushes_identity(ssh_conn: str, remote_base_d
     assert result.event is not None and result.event["exit_code"] == 0
 
 
-def test_nonzero_exit_fails_with_the_code_in_the_message(ssh_conn: str, remote_base_dir: str) -> None:
-    op = make_operator(ssh_conn, remote_base_dir, "echo about to fail\nexit 3\n")
-    result = run_operator(op)
+@pytest.mark.parametrize(
+    ("command", "code", "lines"),
+    [
+        pytest.param("echo about to fail\nexit 3\n", 3, ["about to fail"], id="nonzero-exit"),
+        pytest.param("set -e\necho before\nfalse\necho after\n", 1, ["before"], id="set-e-stops-early"),
+    ],
+)
+def test_a_failing_command_fails_with_the_code_in_the_message(
+    ssh_conn: str, remote_base_dir: str, command: str, code: int, lines: list[str]
+) -> None:
+    result = run_operator(make_operator(ssh_conn, remote_base_dir, command))
 
     assert result.outcome == "failed"
-    assert "exit code 3" in str(result.error)
-    assert result.trigger_lines == ["about to fail"]
+    assert f"exit code {code}" in str(result.error)
+    assert result.trigger_lines == lines
 
 
 @pytest.mark.parametrize("skip_codes", [99, [98, 99], {99}])
@@ -67,15 +70,6 @@ printf '[%s]\\n' "$TRICKY"
 
     assert result.outcome == "success", result.error
     assert result.trigger_lines == ["hello world", "PIPED HEREDOC", f"[{tricky}]"]
-
-
-def test_set_e_stops_at_the_first_failing_statement(ssh_conn: str, remote_base_dir: str) -> None:
-    op = make_operator(ssh_conn, remote_base_dir, "set -e\necho before\nfalse\necho after\n")
-    result = run_operator(op)
-
-    assert result.outcome == "failed"
-    assert "exit code 1" in str(result.error)
-    assert result.trigger_lines == ["before"]
 
 
 @pytest.mark.parametrize(
@@ -108,11 +102,6 @@ def test_invalid_environment_name_fails_before_anything_runs_remotely(
         submit(op, StandInTaskInstance())
     assert sshd.counts()["connections"] == before
     assert not os.path.exists(remote_base_dir)
-
-
-def test_windows_is_rejected_with_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"windows.*not supported"):
-        SSHRemoteJobOperator(task_id="t", ssh_conn_id="x", command="dir", remote_os="windows")
 
 
 def test_one_connection_serves_os_detection_and_submit(sshd, ssh_conn: str, remote_base_dir: str) -> None:
@@ -148,8 +137,7 @@ def test_a_host_without_a_posix_shell_gets_a_clear_error(
             "ForceCommand echo \"'/bin/sh' is not recognized as an internal or external command\" >&2; exit 1"
         ]
     )
-    for name, value in server.airflow_env(conn_id="ssh_notposix").items():
-        monkeypatch.setenv(name, value)
+    use_connection(monkeypatch, server, "ssh_notposix")
     op = make_operator("ssh_notposix", remote_base_dir, "echo hi")
     with pytest.raises(Exception, match="POSIX host with /bin/sh") as info:
         submit(op, StandInTaskInstance())

@@ -10,6 +10,7 @@ root, the SSH user of the test sshd).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import subprocess
@@ -20,33 +21,17 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.exceptions import RemoteJobError
-from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
-from ssh_jobs_provider.utils.remote_job import make_job_id
-from support.runner import StandInTaskInstance, context_for, run_operator, submit
+from ssh_jobs_provider.protocol.identity import make_job_id
+from support.jobs import make_operator, wait_until
+from support.runner import StandInTaskInstance, context_for, run_operator, submit, watch
 
 pytestmark = pytest.mark.integration
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to nobody / mount a tmpfs")
 
 
-def make_operator(conn_id: str, base_dir: str, command: str, **kwargs) -> SSHRemoteJobOperator:
-    kwargs.setdefault("poll_interval", 0.2)
-    return SSHRemoteJobOperator(
-        task_id="remote_job", ssh_conn_id=conn_id, command=command, remote_base_dir=base_dir, **kwargs
-    )
-
-
 def job_id_of(ti: StandInTaskInstance) -> str:
     return make_job_id(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def alive(pid: int) -> bool:
@@ -317,7 +302,7 @@ def test_kill_reaches_a_child_that_left_the_job_session(ssh_conn, remote_base_di
     )
     op = make_operator(ssh_conn, remote_base_dir, command)
     deferred = submit(op, StandInTaskInstance())
-    assert wait_for(child_pid_file.exists)
+    wait_until(child_pid_file.exists, what="the child's pid file")
     child = int(child_pid_file.read_text())
     leader = int(Path(deferred.trigger.job_dir, "pid").read_text())
     assert os.getsid(child) != os.getsid(leader), "the child must have left the job's session"
@@ -325,18 +310,16 @@ def test_kill_reaches_a_child_that_left_the_job_session(ssh_conn, remote_base_di
     if killer == "worker":
         op.on_kill()
     else:
-        import asyncio
-
         asyncio.run(deferred.trigger.on_kill())
 
-    assert wait_for(lambda: not alive(child) and not alive(leader)), "a job process survived the kill"
+    wait_until(lambda: not alive(child) and not alive(leader), what="every job process to die after the kill")
 
 
 def test_kill_never_signals_a_process_that_reused_the_job_pid(ssh_conn, remote_base_dir, bystander) -> None:
     op = make_operator(ssh_conn, remote_base_dir, "exit 0")
     deferred = submit(op, StandInTaskInstance())
     job_dir = Path(deferred.trigger.job_dir)
-    assert wait_for((job_dir / "exit_code").exists)
+    wait_until((job_dir / "exit_code").exists, what="the job's exit record")
     # The job is long gone and the kernel handed its pid to an unrelated process.
     (job_dir / "pid").write_text(f"{bystander}\n")
 
@@ -363,36 +346,23 @@ def test_event_naming_another_jobs_directory_is_refused(ssh_conn, remote_base_di
     assert alive(victim_pid) and Path(victim.job_dir).is_dir()
     for operator, trigger in ((victim_op, victim), (op, own)):
         operator.on_kill()
-        assert wait_for(lambda trigger=trigger: not alive(int(Path(trigger.job_dir, "pid").read_text())))
-
-
-def test_trigger_refuses_directories_outside_its_base_dir_or_not_its_job(remote_base_dir) -> None:
-    from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-
-    base = remote_base_dir
-    with pytest.raises(ValueError, match="not directly under"):
-        SSHRemoteJobTrigger("c", None, "j1", "/etc/j1", "x", "x", remote_base_dir=base)
-    with pytest.raises(ValueError, match="not named after job"):
-        SSHRemoteJobTrigger("c", None, "j1", f"{base}/other", "x", "x", remote_base_dir=base)
+        pid = int(Path(trigger.job_dir, "pid").read_text())
+        wait_until(lambda pid=pid: not alive(pid), what=f"job process {pid} to end")
 
 
 def test_trigger_does_not_remove_or_watch_a_directory_whose_token_changed(ssh_conn, remote_base_dir) -> None:
-    import asyncio
-
-    from support.runner import run_trigger
-
     op = make_operator(ssh_conn, remote_base_dir, "sleep 2\necho done\n", cleanup="always")
     trigger = submit(op, StandInTaskInstance()).trigger
     job_dir = Path(trigger.job_dir)
     (job_dir / "token").write_text("e" * 32 + "\n")  # replaced behind our back
 
-    _, events = asyncio.run(run_trigger(trigger, timeout=30))
+    _, event = watch(trigger, timeout=30)
 
-    assert events[0].payload["status"] == "error"
-    assert events[0].payload["leave_remote"] is True
+    assert event["status"] == "error"
+    assert event["leave_remote"] is True
     assert job_dir.is_dir()
     with pytest.raises(RemoteJobError, match="no longer carries"):
-        op.execute_complete(context_for(StandInTaskInstance()), event=events[0].payload)
+        op.execute_complete(context_for(StandInTaskInstance()), event=event)
     assert job_dir.is_dir()
 
 
@@ -426,7 +396,7 @@ def test_kill_of_a_sigterm_ignoring_job_reports_killed_only_when_all_are_gone(
     op = make_operator(ssh_conn, remote_base_dir, command)
     deferred = submit(op, StandInTaskInstance())
     job_dir = Path(deferred.trigger.job_dir)
-    assert wait_for(lambda: (job_dir / "pid").exists())
+    wait_until((job_dir / "pid").exists, what="the job's pid file")
     time.sleep(0.5)
 
     op.on_kill()

@@ -6,6 +6,7 @@ connection and one exec per tick. Counts come from the sshd log and the socket t
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -17,76 +18,22 @@ import psutil
 import pytest
 import structlog.testing
 
-from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from ssh_jobs_provider.utils.remote_job import (
-    RemoteJobPaths,
-    build_submit_script,
-    new_job_token,
-    parse_submit_output,
-)
+from support.jobs import submit_jobs, trigger_for
 from support.report import report
-
-#: The token of every job these tests submit: their triggers check it like the operator's.
-TOKEN = new_job_token()
+from support.runner import collect_events, remote_lines, run_triggers, watch_async, while_running
+from support.sshd import use_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-def submit_jobs(conn_id: str, base_dir: str, commands: list[str]) -> list[RemoteJobPaths]:
-    """Start every job over one connection (the submit path is tested elsewhere)."""
-    hook = SSHHook(ssh_conn_id=conn_id)
-    all_paths = []
-    with hook.get_conn() as client:
-        for index, command in enumerate(commands):
-            paths = RemoteJobPaths(job_id=f"job{index:03d}", base_dir=base_dir)
-            _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}, TOKEN), timeout=30)
-            assert parse_submit_output(stdout).pid is not None
-            all_paths.append(paths)
-    return all_paths
+#: A trigger of these tests: one batch polls up to 50 jobs, so a command may take longer.
+shared_trigger = functools.partial(trigger_for, command_timeout=20.0)
 
 
 def ticking_job(index: int, lines: int, pause: float) -> str:
     return f"for i in $(seq 1 {lines}); do echo job{index} line $i; sleep {pause}; done\n"
-
-
-def trigger_for(conn_id: str, paths: RemoteJobPaths, **kwargs: Any) -> SSHRemoteJobTrigger:
-    kwargs.setdefault("poll_interval", 1.0)
-    kwargs.setdefault("command_timeout", 20.0)
-    kwargs.setdefault("job_token", TOKEN)
-    return SSHRemoteJobTrigger(
-        ssh_conn_id=conn_id,
-        remote_host=None,
-        job_id=paths.job_id,
-        job_dir=paths.job_dir,
-        log_file=paths.log_file,
-        exit_code_file=paths.exit_code_file,
-        **kwargs,
-    )
-
-
-async def consume(trigger: SSHRemoteJobTrigger) -> tuple[list[str], dict[str, Any]]:
-    """Run one trigger; its remote lines are the info entries logged with its job id bound."""
-    events = []
-    with structlog.testing.capture_logs() as logs:
-        async for event in trigger.run():
-            events.append(event)
-    assert len(events) == 1
-    return [e["event"] for e in logs if e.get("log_level") == "info"], events[0].payload
-
-
-async def run_all(triggers: list[SSHRemoteJobTrigger], timeout: float = 120) -> list[Any]:
-    """Run triggers concurrently in this loop, like the triggerer does."""
-    events: list[Any] = [None] * len(triggers)
-
-    async def one(index: int, trigger: SSHRemoteJobTrigger) -> None:
-        async for event in trigger.run():
-            events[index] = event.payload
-
-    await asyncio.wait_for(asyncio.gather(*(one(i, t) for i, t in enumerate(triggers))), timeout)
-    HostSession.linger = 0.1
-    return events
 
 
 @contextmanager
@@ -135,11 +82,11 @@ def test_fifty_triggers_share_one_connection_and_one_exec_per_tick(
 ) -> None:
     jobs = 50
     all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 16, 0.5) for i in range(jobs)])
-    triggers = [trigger_for(ssh_conn, p, poll_interval=1.0, cleanup_policy="always") for p in all_paths]
+    triggers = [shared_trigger(ssh_conn, p, poll_interval=1.0, cleanup_policy="always") for p in all_paths]
     before = sshd.counts()
     started = time.monotonic()
     with socket_sampler(sshd.port) as samples:
-        events = asyncio.run(run_all(triggers))
+        events = asyncio.run(run_triggers(triggers))
     elapsed = time.monotonic() - started
     after = sshd.wait_for_counts(accepted=before["accepted"] + 1)
 
@@ -171,9 +118,9 @@ class RecordingTrigger(SSHRemoteJobTrigger):
 def test_every_trigger_gets_exactly_its_own_lines(sshd, ssh_conn: str, remote_base_dir: str) -> None:
     all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 5, 0.3) for i in range(12)])
     triggers = [
-        RecordingTrigger(**trigger_for(ssh_conn, p, poll_interval=0.5).serialize()[1]) for p in all_paths
+        RecordingTrigger(**shared_trigger(ssh_conn, p, poll_interval=0.5).serialize()[1]) for p in all_paths
     ]
-    events = asyncio.run(run_all(triggers))
+    events = asyncio.run(run_triggers(triggers))
 
     for index, (trigger, event) in enumerate(zip(triggers, events, strict=True)):
         assert event["status"] == "success"
@@ -185,7 +132,7 @@ def test_sshd_restart_with_fifty_triggers_reconnects_once_for_all(
 ) -> None:
     jobs = 50
     all_paths = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 14, 0.5) for i in range(jobs)])
-    triggers = [trigger_for(ssh_conn, p, poll_interval=1.0, max_reconnect_attempts=6) for p in all_paths]
+    triggers = [shared_trigger(ssh_conn, p, poll_interval=1.0, max_reconnect_attempts=6) for p in all_paths]
     before = sshd.counts()
 
     def outage() -> None:
@@ -194,12 +141,7 @@ def test_sshd_restart_with_fifty_triggers_reconnects_once_for_all(
         time.sleep(2.0)
         sshd.start()
 
-    thread = threading.Thread(target=outage)
-    thread.start()
-    try:
-        events = asyncio.run(run_all(triggers))
-    finally:
-        thread.join()
+    events = while_running(outage, lambda: asyncio.run(run_triggers(triggers)))
     after = sshd.counts()
 
     assert all(e["status"] == "success" for e in events), [e for e in events if e["status"] != "success"][:2]
@@ -213,11 +155,10 @@ def test_sshd_restart_with_fifty_triggers_reconnects_once_for_all(
 
 def test_max_sessions_2_with_twenty_triggers(sshd_factory, monkeypatch, remote_base_dir: str) -> None:
     server = sshd_factory(max_sessions=2)
-    for name, value in server.airflow_env(conn_id="ssh_two").items():
-        monkeypatch.setenv(name, value)
+    use_connection(monkeypatch, server, "ssh_two")
     all_paths = submit_jobs("ssh_two", remote_base_dir, [ticking_job(i, 4, 0.3) for i in range(20)])
     before = server.counts()
-    events = asyncio.run(run_all([trigger_for("ssh_two", p, poll_interval=0.5) for p in all_paths]))
+    events = asyncio.run(run_triggers([shared_trigger("ssh_two", p, poll_interval=0.5) for p in all_paths]))
     after = server.counts()
 
     assert all(e["status"] == "success" for e in events)
@@ -233,19 +174,14 @@ def test_a_cancelled_trigger_leaves_the_shared_connection_healthy(
     before = sshd.counts()
 
     async def main() -> list[Any]:
-        triggers = [trigger_for(ssh_conn, p, poll_interval=0.3) for p in all_paths]
-        results: dict[int, Any] = {}
-
-        async def one(index: int) -> None:
-            async for event in triggers[index].run():
-                results[index] = event.payload
-
-        tasks = [asyncio.create_task(one(i)) for i in range(len(triggers))]
+        triggers = [shared_trigger(ssh_conn, p, poll_interval=0.3) for p in all_paths]
+        events: list[list[Any]] = [[] for _ in triggers]
+        tasks = [asyncio.create_task(collect_events(t, e)) for t, e in zip(triggers, events, strict=True)]
         await asyncio.sleep(1.0)
         tasks[0].cancel()  # mid-poll: the task was cleared, or timed out
         await asyncio.gather(*tasks, return_exceptions=True)
         await triggers[0].cleanup()
-        return [results.get(i) for i in range(len(triggers))]
+        return [found[-1].payload if found else None for found in events]
 
     events = asyncio.run(main())
     after = sshd.counts()
@@ -259,29 +195,22 @@ def test_recreated_trigger_resumes_the_log_at_the_right_byte(
 ) -> None:
     """A triggerer restart: the trigger is cancelled, then re-created from its serialized form."""
     (paths,) = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(7, 20, 0.15)])
-    first = trigger_for(ssh_conn, paths, poll_interval=0.3)
+    first = shared_trigger(ssh_conn, paths, poll_interval=0.3)
     _, kwargs = first.serialize()
 
     async def first_half() -> list[str]:
-        lines: list[str] = []
         with structlog.testing.capture_logs() as logs:
-            task = asyncio.create_task(_drain(first))
+            task = asyncio.create_task(collect_events(first, []))
             await asyncio.sleep(1.2)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await first.cleanup()
-        lines = [e["event"] for e in logs if e.get("log_level") == "info"]
-        return lines
+        return remote_lines(logs)
 
     before_restart = asyncio.run(first_half())
-    after_restart, event = asyncio.run(consume(SSHRemoteJobTrigger(**kwargs)))
+    after_restart, event = asyncio.run(watch_async(SSHRemoteJobTrigger(**kwargs)))
 
     expected = [f"job7 line {i}" for i in range(1, 21)]
     assert 0 < len(before_restart) < 20
     assert before_restart + after_restart == expected, "no line repeated or lost across the restart"
     assert event["status"] == "success"
-
-
-async def _drain(trigger: SSHRemoteJobTrigger) -> None:
-    async for _ in trigger.run():
-        pass

@@ -348,19 +348,7 @@ def test_proxy_serves_a_test_that_runs_its_own_event_loop(sshd: BaseSSHServer) -
         assert asyncio.run(asyncio.wait_for(scenario(proxy), timeout=20)) == "async\n"
 
 
-def test_proxy_only_targets_loopback() -> None:
-    with pytest.raises(ValueError, match="loopback"):
-        FaultProxy("192.0.2.1", 22)
-
-
 # -- the Docker variant ---------------------------------------------------------------
-
-
-def test_container_server_offers_the_same_interface() -> None:
-    from support.sshd_container import ContainerSSHServer
-
-    public = {name for name in dir(SSHServer) if not name.startswith("_")}
-    assert public <= set(dir(ContainerSSHServer)) | {"pid", "stdio_path"}
 
 
 @pytest.mark.integration

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
+from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy
-from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_submit_script, new_job_token
 from support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
 FAST = BackoffPolicy(initial=0.001, maximum=0.002)
-
-
-@pytest.fixture
-def proxy(sshd, monkeypatch) -> Iterator[FaultProxy]:
-    with FaultProxy(sshd.host, sshd.port) as fault_proxy:
-        for name, value in sshd.airflow_env(conn_id="ssh_budget", port=fault_proxy.port).items():
-            monkeypatch.setenv(name, value)
-        yield fault_proxy
 
 
 def test_lost_reply_then_refusals_make_at_most_conn_retry_attempts_connections(
@@ -41,7 +32,7 @@ def test_lost_reply_then_refusals_make_at_most_conn_retry_attempts_connections(
     monkeypatch.setattr(SSHHook, "run_script", reply_lost_then_server_refuses)
     op = SSHRemoteJobOperator(
         task_id="job",
-        ssh_conn_id="ssh_budget",
+        ssh_conn_id="ssh_proxy",
         command="true",
         remote_base_dir=remote_base_dir,
         command_timeout=0.5,

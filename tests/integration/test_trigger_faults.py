@@ -2,62 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ssh_jobs_provider.hooks.ssh import SSHHook
-from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from ssh_jobs_provider.utils.remote_job import (
-    RemoteJobPaths,
-    build_submit_script,
-    new_job_token,
-    parse_submit_output,
-)
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from support.jobs import start_job, trigger_for
 from support.report import report
-from support.runner import run_trigger
-
-#: The token of every job these tests submit: their triggers check it like the operator's.
-TOKEN = new_job_token()
+from support.runner import watch, while_running
+from support.sshd import use_connection
 
 pytestmark = pytest.mark.integration
-
-
-def start_job(conn_id: str, base_dir: str, command: str, job_id: str = "job") -> RemoteJobPaths:
-    """Submit a job directly with the sync hook (the operator's own submit is tested elsewhere)."""
-    paths = RemoteJobPaths(job_id=job_id, base_dir=base_dir)
-    hook = SSHHook(ssh_conn_id=conn_id)
-    with hook.get_conn() as client:
-        _, stdout, _ = hook.run_script(client, build_submit_script(paths, command, {}, TOKEN), timeout=30)
-    assert parse_submit_output(stdout).pid is not None
-    return paths
-
-
-def trigger_for(conn_id: str, paths: RemoteJobPaths, **kwargs) -> SSHRemoteJobTrigger:
-    kwargs.setdefault("poll_interval", 0.2)
-    kwargs.setdefault("command_timeout", 10.0)
-    kwargs.setdefault("job_token", TOKEN)
-    return SSHRemoteJobTrigger(
-        ssh_conn_id=conn_id,
-        remote_host=None,
-        job_id=paths.job_id,
-        job_dir=paths.job_dir,
-        log_file=paths.log_file,
-        exit_code_file=paths.exit_code_file,
-        **kwargs,
-    )
-
-
-def watch(trigger: SSHRemoteJobTrigger, timeout: float = 120) -> tuple[list[str], dict]:
-    logs, events = asyncio.run(run_trigger(trigger, timeout))
-    assert len(events) == 1, events
-    lines = [entry["event"] for entry in logs if entry.get("log_level") == "info"]
-    return lines, events[0].payload
 
 
 def test_trigger_holds_one_connection_for_the_whole_watch(sshd, ssh_conn: str, remote_base_dir: str) -> None:
@@ -125,34 +85,43 @@ def test_vanished_process_ends_with_a_clear_error_within_a_few_polls(
     assert time.monotonic() - started < 10
 
 
+def watch_ticking_job_through(
+    outage: Callable[[], None],
+    conn_id: str,
+    base_dir: str,
+    line: str,
+    count: int,
+    pause: float,
+    **kwargs: Any,
+) -> None:
+    """Watch a job printing ``<line>1`` ... ``<line><count>`` while ``outage`` runs; every line must arrive once."""
+    paths = start_job(conn_id, base_dir, f"for i in $(seq 1 {count}); do echo {line}$i; sleep {pause}; done")
+    trigger = trigger_for(conn_id, paths, command_timeout=5, **kwargs)
+    lines, event = while_running(outage, lambda: watch(trigger))
+    assert event["status"] == "success", event
+    assert lines == [f"{line}{i}" for i in range(1, count + 1)], (
+        "no line lost or duplicated across the reconnect"
+    )
+
+
 def test_trigger_survives_sshd_stopped_for_seconds_and_restarted(
     sshd, ssh_conn: str, remote_base_dir: str
 ) -> None:
-    paths = start_job(ssh_conn, remote_base_dir, "for i in $(seq 1 30); do echo tick $i; sleep 0.2; done")
-    trigger = trigger_for(ssh_conn, paths, poll_interval=0.3, max_reconnect_attempts=8, command_timeout=5)
-
     def outage() -> None:
         time.sleep(1.0)
         sshd.stop()  # also kills the per-connection sshd process: the held connection drops
         time.sleep(3.0)
         sshd.start()
 
-    thread = threading.Thread(target=outage)
-    thread.start()
-    try:
-        lines, event = watch(trigger)
-    finally:
-        thread.join()
-
-    assert event["status"] == "success", event
-    assert lines == [f"tick {i}" for i in range(1, 31)], "no line lost or duplicated across the reconnect"
+    watch_ticking_job_through(
+        outage, ssh_conn, remote_base_dir, "tick ", 30, 0.2, poll_interval=0.3, max_reconnect_attempts=8
+    )
     assert sshd.counts()["accepted"] >= 3, "submit, first watch connection, and at least one reconnect"
 
 
 def test_max_sessions_1_still_completes(sshd_factory, monkeypatch, remote_base_dir: str) -> None:
     server = sshd_factory(max_sessions=1)
-    for name, value in server.airflow_env(conn_id="ssh_one").items():
-        monkeypatch.setenv(name, value)
+    use_connection(monkeypatch, server, "ssh_one")
     paths = start_job("ssh_one", remote_base_dir, "for i in 1 2 3 4 5; do echo n$i; sleep 0.2; done")
     before = server.counts()
     lines, event = watch(trigger_for("ssh_one", paths, poll_interval=0.1))
@@ -171,8 +140,7 @@ def test_max_sessions_1_still_completes(sshd_factory, monkeypatch, remote_base_d
 
 def test_max_sessions_0_ends_in_an_error_event_after_the_budget(sshd_factory, monkeypatch, tmp_path) -> None:
     server = sshd_factory(max_sessions=0)
-    for name, value in server.airflow_env(conn_id="ssh_none").items():
-        monkeypatch.setenv(name, value)
+    use_connection(monkeypatch, server, "ssh_none")
     paths = RemoteJobPaths(job_id="never", base_dir=str(tmp_path / "jobs"))
     trigger = trigger_for("ssh_none", paths, max_reconnect_attempts=2, command_timeout=5)
 
@@ -192,19 +160,12 @@ def test_reconnect_budget_resets_only_after_a_successful_poll(
     sshd, ssh_conn: str, remote_base_dir: str
 ) -> None:
     """Three outages, each needing 1-2 reconnects, with a budget of 2: survives because polls succeed in between."""
-    paths = start_job(ssh_conn, remote_base_dir, "for i in $(seq 1 40); do echo t$i; sleep 0.25; done")
-    trigger = trigger_for(ssh_conn, paths, poll_interval=0.2, max_reconnect_attempts=2, command_timeout=5)
 
     def outages() -> None:
         for _ in range(3):
             time.sleep(1.5)
             sshd.restart()
 
-    thread = threading.Thread(target=outages)
-    thread.start()
-    try:
-        lines, event = watch(trigger)
-    finally:
-        thread.join()
-    assert event["status"] == "success", event
-    assert lines == [f"t{i}" for i in range(1, 41)]
+    watch_ticking_job_through(
+        outages, ssh_conn, remote_base_dir, "t", 40, 0.25, poll_interval=0.2, max_reconnect_attempts=2
+    )

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog.testing
 from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,19 +67,49 @@ def submit(op: SSHRemoteJobOperator, ti: StandInTaskInstance) -> TaskDeferred:
     raise AssertionError("execute() returned without deferring")
 
 
+async def collect_events(trigger: SSHRemoteJobTrigger, events: list[Any]) -> None:
+    """Run ``trigger`` to its end, appending each event it yields (those before a cancel stay)."""
+    async for event in trigger.run():
+        events.append(event)
+
+
 async def run_trigger(
     trigger: SSHRemoteJobTrigger, timeout: float = 120
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Run a trigger to completion; return its captured log entries and every event it yielded."""
     events: list[Any] = []
-
-    async def consume() -> None:
-        async for event in trigger.run():
-            events.append(event)
-
     with structlog.testing.capture_logs() as logs:
-        await asyncio.wait_for(consume(), timeout)
+        await asyncio.wait_for(collect_events(trigger, events), timeout)
     return logs, events
+
+
+async def run_to_its_event(
+    trigger: SSHRemoteJobTrigger, timeout: float = 120
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run a trigger that must yield exactly one event: its captured log entries, and the payload."""
+    logs, events = await run_trigger(trigger, timeout)
+    assert len(events) == 1, f"trigger must yield exactly one event, got {events}"
+    return logs, events[0].payload
+
+
+async def watch_async(trigger: SSHRemoteJobTrigger, timeout: float = 120) -> tuple[list[str], dict[str, Any]]:
+    """Run a trigger that must yield exactly one event: the remote lines it logged, and its payload."""
+    logs, payload = await run_to_its_event(trigger, timeout)
+    return remote_lines(logs), payload
+
+
+def watch(trigger: SSHRemoteJobTrigger, timeout: float = 120) -> tuple[list[str], dict[str, Any]]:
+    """:func:`watch_async` in an event loop of its own."""
+    return asyncio.run(watch_async(trigger, timeout))
+
+
+async def run_triggers(triggers: list[SSHRemoteJobTrigger], timeout: float = 120) -> list[Any]:
+    """Run triggers concurrently in this loop, like the triggerer does; each one's last payload."""
+    events: list[list[Any]] = [[] for _ in triggers]
+    await asyncio.wait_for(
+        asyncio.gather(*(collect_events(t, e) for t, e in zip(triggers, events, strict=True))), timeout
+    )
+    return [found[-1].payload if found else None for found in events]
 
 
 def remote_lines(logs: list[dict[str, Any]]) -> list[str]:
@@ -94,9 +128,7 @@ def run_operator(
     classpath, kwargs = trigger.serialize()
     module_name, _, class_name = classpath.rpartition(".")
     trigger = getattr(importlib.import_module(module_name), class_name)(**kwargs)
-    logs, events = asyncio.run(run_trigger(trigger, timeout))
-    assert len(events) == 1, f"trigger must yield exactly one event, got {events}"
-    payload = events[0].payload
+    logs, payload = asyncio.run(run_to_its_event(trigger, timeout))
     method = getattr(op, deferred.method_name)
     try:
         method(context_for(ti), event=payload)
@@ -105,3 +137,13 @@ def run_operator(
     except Exception as error:
         return RunResult("failed", error, payload, remote_lines(logs), logs, ti)
     return RunResult("success", None, payload, remote_lines(logs), logs, ti)
+
+
+def while_running(background: Callable[[], None], work: Callable[[], T]) -> T:
+    """Return ``work()``, run while ``background()`` (an outage, say) runs in a thread; wait for both."""
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        return work()
+    finally:
+        thread.join()

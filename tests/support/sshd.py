@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from harness.sshd import (
     LOG_PATTERNS,
     LOOPBACK,
@@ -42,4 +46,14 @@ __all__ = [
     "generate_ed25519_key",
     "public_key_without_comment",
     "split_extra_config",
+    "use_connection",
 ]
+
+
+def use_connection(
+    monkeypatch: pytest.MonkeyPatch, server: BaseSSHServer, conn_id: str, **kwargs: Any
+) -> str:
+    """Make Airflow connection ``conn_id`` point at ``server`` (``kwargs`` as for ``airflow_env``)."""
+    for name, value in server.airflow_env(conn_id=conn_id, **kwargs).items():
+        monkeypatch.setenv(name, value)
+    return conn_id

@@ -11,6 +11,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,8 +20,9 @@ import structlog.testing
 from ssh_jobs_provider.exceptions import SSHAuthenticationError, SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
+from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy
-from ssh_jobs_provider.utils.remote_job import RemoteJobPaths, build_submit_script, new_job_token
 
 FAST = BackoffPolicy(initial=0.001, maximum=0.002)
 CONN_ID = "ssh_refusing"
@@ -53,17 +55,22 @@ class RefusingListener:
         self._socket.close()
 
 
-@pytest.fixture
-def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefusingListener]:
-    listener = RefusingListener()
+def loopback_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, port: int, **extra: object) -> None:
+    """Airflow connection ``conn_id`` to ``127.0.0.1:port``, with no host key check."""
     connection = {
         "conn_type": "ssh",
         "host": "127.0.0.1",
-        "port": listener.port,
+        "port": port,
         "login": "nobody",
-        "extra": {"no_host_key_check": True, "look_for_keys": False},
+        "extra": {"no_host_key_check": True, **extra},
     }
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+
+
+@pytest.fixture
+def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefusingListener]:
+    listener = RefusingListener()
+    loopback_connection(monkeypatch, CONN_ID, listener.port, look_for_keys=False)
     try:
         yield listener
     finally:
@@ -119,10 +126,33 @@ def test_nothing_listening_is_retried_and_named_as_well(monkeypatch: pytest.Monk
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there now
-    connection = {"conn_type": "ssh", "host": "127.0.0.1", "port": port, "extra": {"no_host_key_check": True}}
-    monkeypatch.setenv("AIRFLOW_CONN_SSH_NOTHING", json.dumps(connection))
+    loopback_connection(monkeypatch, "ssh_nothing", port)
     with pytest.raises(SSHConnectError, match=r"after 2 attempt\(s\): ConnectionRefusedError"):
         SSHHook(ssh_conn_id="ssh_nothing", conn_retry_attempts=2, backoff=FAST).get_conn()
+
+
+def test_connect_timeout_still_bounds_the_tcp_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listening socket that never accepts: the SYN queue fills and connects hang.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        loopback_connection(monkeypatch, "ssh_hang", port, conn_timeout=1)
+        started = time.monotonic()
+        with pytest.raises(SSHConnectError):
+            SSHHook(ssh_conn_id="ssh_hang", conn_retry_attempts=1).get_conn()
+        assert time.monotonic() - started < 10
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 # --------------------------------------------------------------------------- cleanup attempts

@@ -1,19 +1,22 @@
-"""JobMonitor fed with synthetic poll answers shaped exactly like the poll script's output."""
+"""JobMonitor fed with synthetic poll answers shaped exactly like the batch script's output."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.utils.job_monitor import (
+from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.monitor import (
     PENDING_LIMIT_SECONDS,
     VANISHED_CONFIRMATIONS,
     JobMonitor,
     MonitorUpdate,
 )
-from ssh_jobs_provider.utils.remote_job import PROTOCOL_TAG, RemoteJobPaths, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.scripts import build_batch_script
+from support.protocol import answer as framed
+from support.protocol import batch, only_result, run_batch
 
 PATHS = RemoteJobPaths(job_id="job1", base_dir="/srv/jobs")
 
@@ -28,19 +31,24 @@ def answer(
     claimed: int = 1,
     data: bytes = b"",
 ) -> bytes:
-    """What the poll script prints: its header line, then the log bytes."""
-    return (
-        f"{PROTOCOL_TAG} poll pid={pid} alive={alive} exit={exit} size={size} boot={boot} claimed={claimed}\n"
-    ).encode() + data
+    """What the batch script prints for one poll entry: its header line, then the log bytes."""
+    return framed(pid=pid, alive=alive, exit=exit, size=size, boot=boot, claimed=claimed, data=data)
 
 
-MISSING = f"{PROTOCOL_TAG} poll state=missing\n".encode()
+MISSING = framed(state="missing")
+
+
+def feed(monitor: JobMonitor, output: bytes, now: float) -> MonitorUpdate:
+    """Parse ``output`` as the answer to the monitor's next poll entry, and feed it the status."""
+    status = only_result(batch(output), monitor.poll_entry())
+    assert isinstance(status, JobStatus)
+    return monitor.feed_status(status, now)
 
 
 def window(monitor: JobMonitor) -> tuple[int, int]:
-    """(offset, max_bytes) the monitor's next poll script asks for."""
+    """(offset, max_bytes) the monitor's next poll entry asks for."""
     entry = monitor.poll_entry()
-    assert f"p 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in monitor.poll_script()
+    assert f"p 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in build_batch_script([entry])
     return entry.offset, entry.max_bytes
 
 
@@ -61,7 +69,7 @@ def drive(
 ) -> list[MonitorUpdate]:
     updates = []
     for _ in range(limit):
-        update = monitor.feed(remote.run(monitor), now)
+        update = feed(monitor, remote.run(monitor), now)
         updates.append(update)
         if update.outcome or not update.more_now:
             return updates
@@ -74,7 +82,7 @@ def drive(
 def test_running_job_emits_whole_lines_and_keeps_the_partial_one() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
 
-    update = monitor.feed(answer(size=8, data=b"a\nb\npart"), now=1.0)
+    update = feed(monitor, answer(size=8, data=b"a\nb\npart"), now=1.0)
 
     assert update.lines == ["a", "b"]
     assert update.outcome is None
@@ -87,7 +95,7 @@ def test_running_job_emits_whole_lines_and_keeps_the_partial_one() -> None:
 def test_running_job_with_log_ahead_asks_for_more_now() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=4, started_at=0.0)
 
-    update = monitor.feed(answer(size=10, data=b"ab\ncd"[:4]), now=1.0)
+    update = feed(monitor, answer(size=10, data=b"ab\ncd"[:4]), now=1.0)
 
     assert update.more_now is True
     assert update.lines == ["ab"]
@@ -100,7 +108,7 @@ def test_poll_script_offsets_advance_with_the_data_read() -> None:
     offsets = []
     for _ in range(5):
         offsets.append(window(monitor)[0])
-        monitor.feed(remote.run(monitor), now=1.0)
+        feed(monitor, remote.run(monitor), now=1.0)
 
     assert offsets == [0, 16, 32, 48, 64]
 
@@ -114,13 +122,13 @@ def test_monitor_resumes_at_the_given_log_offset() -> None:
 def test_running_job_never_gets_an_outcome_however_long() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
     for now in (1.0, 1000.0, 1e6):
-        assert monitor.feed(answer(), now).outcome is None
+        assert feed(monitor, answer(), now).outcome is None
 
 
 def test_more_log_bytes_than_the_chunk_is_a_protocol_error() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=4, started_at=0.0)
     with pytest.raises(RemoteJobProtocolError):
-        monitor.feed(answer(size=5, data=b"12345"), now=1.0)
+        feed(monitor, answer(size=5, data=b"12345"), now=1.0)
 
 
 # --------------------------------------------------------------------------- exited
@@ -148,19 +156,19 @@ def test_exited_job_with_big_log_is_drained_before_the_outcome(code: int, status
 
 def test_exit_seen_mid_drain_is_kept_even_if_later_polls_differ() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=4, started_at=0.0)
-    first = monitor.feed(answer(alive=0, exit=3, size=8, data=b"abc\n"), now=1.0)
+    first = feed(monitor, answer(alive=0, exit=3, size=8, data=b"abc\n"), now=1.0)
     assert first.more_now and first.outcome is None
     # The directory was cleaned up meanwhile: the recorded exit still decides the outcome.
-    second = monitor.feed(MISSING, now=2.0)
+    second = feed(monitor, MISSING, now=2.0)
     assert second.outcome is not None
     assert (second.outcome.status, second.outcome.exit_code) == ("failed", 3)
 
 
 def test_exited_job_with_nothing_left_ends_at_once_flushing_the_partial_line() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
-    assert monitor.feed(answer(size=3, data=b"abc"), now=1.0).lines == []
+    assert feed(monitor, answer(size=3, data=b"abc"), now=1.0).lines == []
 
-    update = monitor.feed(answer(alive=0, exit=0, size=3), now=2.0)
+    update = feed(monitor, answer(alive=0, exit=0, size=3), now=2.0)
 
     assert update.lines == ["abc"]
     assert update.outcome is not None and update.outcome.status == "success"
@@ -174,7 +182,7 @@ def test_vanished_needs_confirmation_then_errors_mentioning_oom() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
     gone = answer(alive=0, size=5, data=b"out\nx")
 
-    updates = [monitor.feed(gone if i == 0 else answer(alive=0, size=5), now=float(i)) for i in range(2)]
+    updates = [feed(monitor, gone if i == 0 else answer(alive=0, size=5), now=float(i)) for i in range(2)]
 
     assert VANISHED_CONFIRMATIONS == 2
     assert updates[0].outcome is None
@@ -189,23 +197,23 @@ def test_vanished_needs_confirmation_then_errors_mentioning_oom() -> None:
 
 def test_vanished_count_resets_when_the_job_is_seen_alive_again() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
-    assert monitor.feed(answer(alive=0), now=1.0).outcome is None
-    assert monitor.feed(answer(alive=1), now=2.0).outcome is None
-    assert monitor.feed(answer(alive=0), now=3.0).outcome is None
-    assert monitor.feed(answer(alive=0), now=4.0).outcome is not None
+    assert feed(monitor, answer(alive=0), now=1.0).outcome is None
+    assert feed(monitor, answer(alive=1), now=2.0).outcome is None
+    assert feed(monitor, answer(alive=0), now=3.0).outcome is None
+    assert feed(monitor, answer(alive=0), now=4.0).outcome is not None
 
 
 def test_reboot_counts_as_vanished_even_if_the_pid_is_alive() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
     for now in (1.0, 2.0):
-        update = monitor.feed(answer(alive=1, boot="changed"), now)
+        update = feed(monitor, answer(alive=1, boot="changed"), now)
     assert update.outcome is not None and update.outcome.status == "error"
 
 
 def test_missing_job_dir_is_an_error_at_once() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
 
-    update = monitor.feed(MISSING, now=1.0)
+    update = feed(monitor, MISSING, now=1.0)
 
     assert update.outcome is not None
     assert (update.outcome.status, update.outcome.exit_code) == ("error", None)
@@ -217,9 +225,9 @@ def test_pending_is_tolerated_up_to_the_limit_then_an_error() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=100.0)
     pending = answer(pid="", alive=0, claimed=0)
 
-    assert monitor.feed(pending, now=100.0 + PENDING_LIMIT_SECONDS - 1).outcome is None
-    assert monitor.feed(pending, now=100.0 + PENDING_LIMIT_SECONDS).outcome is None
-    update = monitor.feed(pending, now=100.0 + PENDING_LIMIT_SECONDS + 1)
+    assert feed(monitor, pending, now=100.0 + PENDING_LIMIT_SECONDS - 1).outcome is None
+    assert feed(monitor, pending, now=100.0 + PENDING_LIMIT_SECONDS).outcome is None
+    update = feed(monitor, pending, now=100.0 + PENDING_LIMIT_SECONDS + 1)
 
     assert update.outcome is not None
     assert update.outcome.status == "error"
@@ -228,14 +236,14 @@ def test_pending_is_tolerated_up_to_the_limit_then_an_error() -> None:
 
 def test_pending_then_running_is_not_an_error() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
-    assert monitor.feed(answer(pid="", alive=0), now=1.0).outcome is None
-    assert monitor.feed(answer(), now=PENDING_LIMIT_SECONDS + 10).outcome is None
+    assert feed(monitor, answer(pid="", alive=0), now=1.0).outcome is None
+    assert feed(monitor, answer(), now=PENDING_LIMIT_SECONDS + 10).outcome is None
 
 
-# --------------------------------------------------------------------------- with the real poll script
+# --------------------------------------------------------------------------- with the real batch script
 
 
-def test_monitor_drains_a_finished_job_through_the_real_poll_script(tmp_path: Path) -> None:
+def test_monitor_drains_a_finished_job_through_the_real_batch_script(tmp_path: Path) -> None:
     paths = RemoteJobPaths(job_id="real", base_dir=str(tmp_path))
     Path(paths.job_dir).mkdir(parents=True)
     log = "".join(f"r\u00e9sultat {i}\n" for i in range(150)).encode() + b"\xff end"
@@ -246,14 +254,10 @@ def test_monitor_drains_a_finished_job_through_the_real_poll_script(tmp_path: Pa
 
     lines: list[str] = []
     for _ in range(100):
-        result = subprocess.run(
-            ["/bin/sh", "-s"],
-            input=monitor.poll_script().encode(),
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
-        update = monitor.feed(result.stdout, now=1.0)
+        entry = monitor.poll_entry()
+        status = only_result(run_batch([entry]), entry)
+        assert isinstance(status, JobStatus)
+        update = monitor.feed_status(status, now=1.0)
         lines += update.lines
         if update.outcome:
             break

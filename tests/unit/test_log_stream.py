@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.utils.log_stream import LogStream
+from ssh_jobs_provider.protocol.log_stream import LogStream
 
 
 def decode(data: bytes) -> str:

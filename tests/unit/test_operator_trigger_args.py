@@ -11,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from ssh_jobs_provider.utils.remote_job import RemoteJobPaths
-
-
-def make_operator(**kwargs: Any) -> SSHRemoteJobOperator:
-    kwargs.setdefault("task_id", "job")
-    kwargs.setdefault("ssh_conn_id", "ssh_default")
-    kwargs.setdefault("command", "echo hi")
-    return SSHRemoteJobOperator(**kwargs)
-
+from support.jobs import make_operator
 
 # --------------------------------------------------------------------------- operator
 
@@ -65,7 +58,7 @@ def test_signature_defaults_match_the_documented_ones() -> None:
 
 
 def test_constructed_operator_holds_the_documented_defaults() -> None:
-    op = make_operator()
+    op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_default", command="echo hi")
     expected = {**DOCUMENTED_DEFAULTS, "skip_on_exit_code": ()}
     assert {name: getattr(op, name) for name in expected} == expected
     assert (op.ssh_conn_id, op.command) == ("ssh_default", "echo hi")
@@ -75,7 +68,7 @@ def test_explicit_arguments_are_kept() -> None:
     op = make_operator(
         remote_host="h",
         environment={"A": "1"},
-        remote_base_dir="/srv/jobs",
+        base_dir="/srv/jobs",
         poll_interval=0.5,
         log_chunk_size=1024,
         timeout=60,
@@ -106,6 +99,8 @@ def test_single_skip_exit_code_becomes_a_collection() -> None:
 def test_windows_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="remote_os='windows' is not supported"):
         make_operator(remote_os="windows")
+    with pytest.raises(ValueError, match=r"windows.*not supported"):
+        make_operator("x", command="dir", remote_os="windows")
 
 
 @pytest.mark.parametrize(
@@ -247,3 +242,11 @@ def test_trigger_serialize_covers_every_init_argument() -> None:
 def test_trigger_paths_are_rebuilt_from_job_dir() -> None:
     trigger = SSHRemoteJobTrigger("c", None, "j1", "/srv/jobs/j1/", "/srv/jobs/j1/stdout.log", "x")
     assert trigger.paths == RemoteJobPaths(job_id="j1", base_dir="/srv/jobs")
+
+
+def test_trigger_refuses_directories_outside_its_base_dir_or_not_its_job(remote_base_dir: str) -> None:
+    base = remote_base_dir
+    with pytest.raises(ValueError, match="not directly under"):
+        SSHRemoteJobTrigger("c", None, "j1", "/etc/j1", "x", "x", remote_base_dir=base)
+    with pytest.raises(ValueError, match="not named after job"):
+        SSHRemoteJobTrigger("c", None, "j1", f"{base}/other", "x", "x", remote_base_dir=base)

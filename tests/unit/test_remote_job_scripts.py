@@ -23,24 +23,22 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.utils.remote_job import (
-    JobState,
-    JobStatus,
-    RemoteJobPaths,
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_simple_state, parse_submit_output
+from ssh_jobs_provider.protocol.environment import normalise_environment
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.scripts import (
+    PollEntry,
     build_cleanup_script,
     build_kill_script,
-    build_poll_script,
     build_submit_script,
-    normalise_environment,
-    parse_poll_output,
-    parse_simple_state,
-    parse_submit_output,
 )
+from support.jobs import wait_until
+from support.protocol import poll_once as poll
+from support.protocol import run_sh
 
 #: One submit's token: a re-submit with it is the same submit retried (lost reply).
 TOKEN = "0123456789abcdef0123456789abcdef"
 SCRIPT_TIMEOUT = 30.0
-JOB_WAIT = 10.0
 
 JobFactory = Callable[[], RemoteJobPaths]
 
@@ -48,31 +46,10 @@ JobFactory = Callable[[], RemoteJobPaths]
 # --------------------------------------------------------------------------- helpers
 
 
-def run_sh(script: str, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
-    """Run a protocol script the way the hooks do: ``/bin/sh -s`` with the script on stdin."""
-    return subprocess.run(
-        ["/bin/sh", "-s"], input=script.encode("utf-8"), capture_output=True, timeout=timeout, check=False
-    )
-
-
 def submit(paths: RemoteJobPaths, command: str, environment: dict[str, str] | None = None) -> JobStatus:
     result = run_sh(build_submit_script(paths, command, environment or {}, TOKEN))
     assert result.returncode == 0, result.stderr
     return parse_submit_output(result.stdout)
-
-
-def poll(paths: RemoteJobPaths, offset: int = 0, max_bytes: int = 1 << 20) -> JobStatus:
-    result = run_sh(build_poll_script(paths, offset, max_bytes))
-    assert result.returncode == 0, result.stderr
-    return parse_poll_output(result.stdout, max_bytes)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = JOB_WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_for_exit(paths: RemoteJobPaths) -> int:
@@ -486,23 +463,35 @@ def test_poll_of_real_job_reports_final_size_and_binary_log(new_job: JobFactory)
     assert rest.log_data == expected[4:]
 
 
-def test_poll_script_rejects_bad_window() -> None:
+@pytest.mark.parametrize(
+    ("offset", "max_bytes", "delivered"), [(-1, 10, 0), (0, -1, 0), (0, 10, -1), (-5, -5, -5)]
+)
+def test_poll_entry_rejects_bad_window(offset: int, max_bytes: int, delivered: int) -> None:
     paths = RemoteJobPaths(job_id="j")
-    with pytest.raises(ValueError, match="log window"):
-        build_poll_script(paths, -1, 10)
-    with pytest.raises(ValueError, match="log window"):
-        build_poll_script(paths, 0, 0)
+    with pytest.raises(ValueError, match="poll window"):
+        PollEntry(paths, offset, max_bytes, delivered=delivered)
+
+
+def test_poll_entry_rejects_a_malformed_token() -> None:
+    with pytest.raises(ValueError, match="Invalid job token"):
+        PollEntry(RemoteJobPaths(job_id="j"), 0, 10, token="not-a-token")
 
 
 # --------------------------------------------------------------------------- kill
 
 
-def test_kill_terminates_whole_process_tree_and_wrapper_records_143(new_job: JobFactory) -> None:
-    paths = new_job()
-    status = submit(paths, "sleep 60 &\n(sleep 60; echo never) &\nsh -c 'sleep 60' &\nwait\n")
+def start_process_tree(paths: RemoteJobPaths, command: str, processes: int) -> int:
+    """Submit ``command`` and wait until its group has ``processes`` live members; return the group."""
+    status = submit(paths, command)
     assert status.pid is not None
     pgid = status.pid
-    wait_until(lambda: len(live_group_members(pgid)) >= 5, what="the job's children to start")
+    wait_until(lambda: len(live_group_members(pgid)) >= processes, what="the job's children to start")
+    return pgid
+
+
+def test_kill_terminates_whole_process_tree_and_wrapper_records_143(new_job: JobFactory) -> None:
+    paths = new_job()
+    pgid = start_process_tree(paths, "sleep 60 &\n(sleep 60; echo never) &\nsh -c 'sleep 60' &\nwait\n", 5)
 
     result = run_sh(build_kill_script(paths))
 
@@ -515,10 +504,7 @@ def test_kill_terminates_whole_process_tree_and_wrapper_records_143(new_job: Job
 
 def test_kill_escalates_to_sigkill_when_term_is_ignored(new_job: JobFactory) -> None:
     paths = new_job()
-    status = submit(paths, "trap '' TERM\nsleep 60 &\nsleep 60 &\nwait\n")
-    assert status.pid is not None
-    pgid = status.pid
-    wait_until(lambda: len(live_group_members(pgid)) >= 4, what="the job's children to start")
+    pgid = start_process_tree(paths, "trap '' TERM\nsleep 60 &\nsleep 60 &\nwait\n", 4)
 
     started = time.monotonic()
     result = run_sh(build_kill_script(paths, grace_seconds=1))

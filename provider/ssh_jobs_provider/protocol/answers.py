@@ -242,6 +242,13 @@ def parse_batch_output(output: bytes, entries: Sequence[Entry]) -> dict[int, Ent
 def _entry_result(verb: str, fields: dict[str, str], data: bytes, entry: Entry) -> EntryResult:
     try:
         if verb == "poll" and isinstance(entry, PollEntry):
+            if len(data) > entry.max_bytes:
+                # A window larger than asked for is not an answer to this entry: trusting it
+                # could emit log bytes twice or skip the ones in between.
+                return RemoteJobProtocolError(
+                    f"Answer for {entry.paths.job_id} has {len(data)} log bytes, more than the "
+                    f"{entry.max_bytes} asked for"
+                )
             return status_from_fields(fields, data)
         if verb == "cleanup" and isinstance(entry, CleanupEntry):
             return CleanupResult(fields.get("state", "failed"))

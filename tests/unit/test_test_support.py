@@ -1,0 +1,20 @@
+"""The parts of the test infrastructure that need no sshd: the fault proxy's guard, the server twins."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.faultproxy import FaultProxy
+from support.sshd import SSHServer
+
+
+def test_proxy_only_targets_loopback() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        FaultProxy("192.0.2.1", 22)
+
+
+def test_container_server_offers_the_same_interface() -> None:
+    from support.sshd_container import ContainerSSHServer
+
+    public = {name for name in dir(SSHServer) if not name.startswith("_")}
+    assert public <= set(dir(ContainerSSHServer)) | {"pid", "stdio_path"}
