@@ -136,6 +136,10 @@ def test_own_job_dir_left_by_another_submit_is_not_adopted(ssh_conn, tmp_path, s
         ("base-group-writable", "is writable by group or others"),
         ("parent-world-writable", "is writable by group or others"),
         ("base-is-symlink-to-other-users-dir", "is owned by uid"),
+        # The link leads somewhere trusted, but its owner could re-point it at any moment
+        # (e.g. between the check and the wrapper sourcing env.sh): never follow it.
+        ("base-is-other-users-symlink-to-trusted-dir", "is a symbolic link owned by uid"),
+        ("parent-is-other-users-symlink-to-trusted-dir", "is a symbolic link owned by uid"),
     ],
 )
 @needs_root
@@ -151,13 +155,23 @@ def test_untrusted_path_to_the_base_dir_is_refused_before_anything_is_written(
     elif layout == "parent-world-writable":
         parent.chmod(0o777)
         culprit = parent
-    else:
+    elif layout == "base-is-symlink-to-other-users-dir":
         target = tmp_path / "elsewhere"
         target.mkdir()
         os.chown(target, nobody, nobody)
         base.rmdir()
         base.symlink_to(target)
         culprit = target
+    else:
+        trusted = tmp_path / "trusted"
+        (trusted / "jobs").mkdir(parents=True)
+        link = base if layout.startswith("base") else parent
+        base.rmdir()
+        if link == parent:
+            parent.rmdir()
+        link.symlink_to(trusted if link == parent else trusted / "jobs")
+        os.lchown(link, nobody, nobody)
+        culprit = link
     op = make_operator(ssh_conn, str(base), f"touch {tmp_path}/ran")
 
     with pytest.raises(RemoteJobError, match=f"{culprit} {reason}"):
@@ -281,13 +295,17 @@ def test_job_that_fills_the_disk_still_reports_its_exit_code(ssh_conn, small_fs)
     assert "was full when it ended" in result.event["message"]
 
 
-def test_submit_on_a_full_disk_says_so_and_leaves_nothing_behind(ssh_conn, small_fs) -> None:
+def test_submit_on_a_full_disk_says_so_and_leaves_no_job_dir_behind(ssh_conn, small_fs) -> None:
     fill(small_fs / "filler")
-    op = make_operator(ssh_conn, str(small_fs / "a" / "b" / "jobs"), "echo never")
+    base = small_fs / "a" / "b" / "jobs"
+    op = make_operator(ssh_conn, str(base), "echo never")
 
-    with pytest.raises(RemoteJobError, match=f"the file system holding {small_fs}/a/b/jobs is full"):
+    with pytest.raises(RemoteJobError, match=f"the file system holding {base} is full"):
         submit(op, StandInTaskInstance())
-    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+    # The base dir stays, empty and private: another submit may have checked it meanwhile,
+    # and one that vanished could be re-created by someone else.
+    assert list(base.iterdir()) == []
+    assert base.stat().st_mode & 0o777 == 0o700
 
 
 # --------------------------------------------------------------------------- 5. kill
@@ -396,18 +414,21 @@ def test_kill_of_a_sigterm_ignoring_job_reports_killed_only_when_all_are_gone(
     op = make_operator(ssh_conn, remote_base_dir, command)
     deferred = submit(op, StandInTaskInstance())
     job_dir = Path(deferred.trigger.job_dir)
-    wait_until((job_dir / "pid").exists, what="the job's pid file")
-    time.sleep(0.5)
+    marker = f"SSH_JOBS_JOB_MARKER={(job_dir / 'marker').read_text().strip()}"
+
+    def marked() -> list[int]:
+        return [
+            int(p)
+            for p in os.listdir("/proc")
+            if p.isdigit() and _environ_has(int(p), marker) and alive(int(p))
+        ]
+
+    # The job's shell, the escaped child's shell and the two sleeps.
+    wait_until(lambda: len(marked()) >= 4, what="the job's processes to carry its marker")
 
     op.on_kill()
 
-    marker = f"SSH_JOBS_JOB_TOKEN={(job_dir / 'token').read_text().strip()}"
-    survivors = [
-        pid
-        for pid in os.listdir("/proc")
-        if pid.isdigit() and _environ_has(int(pid), marker) and alive(int(pid))
-    ]
-    assert survivors == []
+    assert marked() == []
 
 
 def _environ_has(pid: int, marker: str) -> bool:

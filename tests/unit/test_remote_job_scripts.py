@@ -578,3 +578,15 @@ def test_cleanup_removes_read_only_and_nested_content(tmp_path: Path) -> None:
     assert parse_simple_state(run_sh(build_cleanup_script(paths)).stdout, "cleanup") == "removed"
     assert not Path(paths.job_dir).exists()
     assert tmp_path.is_dir()
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8, 0.99])
+def test_a_script_cut_short_in_transit_runs_not_at_all(tmp_path: Path, fraction: float) -> None:
+    paths = RemoteJobPaths(job_id="cut", base_dir=str(tmp_path / "jobs"))
+    script = build_submit_script(paths, f"touch {tmp_path}/ran", {}, TOKEN)
+
+    result = run_sh(script[: int(len(script) * fraction)])
+
+    assert result.returncode != 0
+    assert not (tmp_path / "jobs").exists()
+    assert not (tmp_path / "ran").exists()

@@ -193,23 +193,30 @@ class CleanupResult:
 EntryResult = JobStatus | CleanupResult | RemoteJobProtocolError
 
 
-def parse_batch_output(output: bytes, entries: Sequence[Entry]) -> dict[int, EntryResult]:
+def parse_batch_output(
+    output: bytes, entries: Sequence[Entry], tag: str = PROTOCOL_TAG
+) -> dict[int, EntryResult]:
     """
     Split a batch answer into one result per entry.
 
-    An entry whose answer is malformed, or missing because the output was cut short, gets
-    a :class:`RemoteJobProtocolError` of its own; the other entries are unaffected.
+    Only what comes before the first header is skipped as noise (a chatty login shell). From
+    there on the answer must be framed exactly: once a header cannot be read or a length does
+    not match what follows, nothing after it is trusted, because log bytes are never searched
+    for headers (a log may hold any text). Every entry without a trusted answer gets a
+    :class:`RemoteJobProtocolError` of its own, and is simply asked again in the next batch.
+
+    :param tag: the tag the batch was built with (see :func:`~ssh_jobs_provider.protocol.scripts.batch_tag`)
     """
     results: dict[int, EntryResult] = {}
-    tag = PROTOCOL_TAG.encode() + b" "
-    position = _first_line_start(output, tag)
+    marker = tag.encode() + b" "
+    position = _first_line_start(output, marker)
     complete = False
     while position is not None and position < len(output):
         line_end = output.find(b"\n", position)
         if line_end < 0:
             break
         verb, _, rest = (
-            output[position + len(tag) : line_end].decode("utf-8", errors="replace").partition(" ")
+            output[position + len(marker) : line_end].decode("utf-8", errors="replace").partition(" ")
         )
         if verb == "end":
             complete = True
@@ -220,18 +227,21 @@ def parse_batch_output(output: bytes, entries: Sequence[Entry]) -> dict[int, Ent
             key = int(fields.get("key", ""))
             length = int_or_none(fields.get("len")) or 0
         except (ValueError, RemoteJobProtocolError):
-            position = _first_line_start(output, tag, data_start)
-            continue
+            break  # an unreadable header: the framing is lost
         data = output[data_start : data_start + length]
         position = data_start + length
-        if key not in range(len(entries)) or len(data) != length:
-            continue
-        results[key] = _entry_result(verb, fields, data, entries[key])
-        if position < len(output) and not output.startswith(tag, position):
-            # The announced length did not match what followed: resynchronise, and do not
-            # trust this entry's answer.
-            results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
-            position = _first_line_start(output, tag, position)
+        known = key in range(len(entries))
+        if len(data) != length:
+            break  # cut short
+        if position < len(output) and not output.startswith(marker, position):
+            # The announced length did not match what followed: the framing is lost.
+            if known:
+                results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
+            break
+        if known and key in results:
+            results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} came twice")
+        elif known:
+            results[key] = _entry_result(verb, fields, data, entries[key])
     for key, entry in enumerate(entries):
         if key not in results:
             why = "missing from the batch answer" if not complete else "not answered"

@@ -19,6 +19,8 @@ MAX_ENV_ENTRY_BYTES = 128 * 1024 - 1
 MAX_ENV_TOTAL_BYTES = 1024 * 1024
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Names a POSIX shell or bash will not let a script set: ``env.sh`` would fail on them.
+_SHELL_READONLY = frozenset({"BASHOPTS", "BASH_VERSINFO", "EUID", "PPID", "SHELLOPTS", "UID"})
 
 
 def normalise_environment(environment: Mapping[str, object] | None) -> dict[str, str]:
@@ -50,6 +52,11 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
         if "\0" in text:
             raise ValueError(
                 f"environment[{name!r}] contains a NUL byte, which no process environment can hold."
+            )
+        if name in _SHELL_READONLY:
+            raise ValueError(
+                f"environment[{name!r}]: the shell keeps {name} read-only, so the job could not start "
+                "with it; rename it."
             )
         if name.startswith(RESERVED_ENV_PREFIX):
             raise ValueError(

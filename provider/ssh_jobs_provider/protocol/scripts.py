@@ -32,6 +32,7 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     env.sh         ``export NAME='value'`` lines for ``environment``
     workdir        where the command runs (default: the SSH user's home, as ``ssh host cmd``)
     run.sh         the wrapper that runs detached and records what happened
+    marker         random, exported to every process of the job as SSH_JOBS_JOB_MARKER (for kill)
     launcher       ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
     claimed/       created atomically by the one wrapper that owns the job
     pid            the wrapper's pid (its process group and session id under setsid)
@@ -45,6 +46,7 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,9 +77,26 @@ def shell_source(name: str) -> str:
     return files("ssh_jobs_provider.protocol").joinpath("sh").joinpath(name).read_text(encoding="utf-8")
 
 
-def script_prelude() -> str:
-    """The start of every script: the protocol tag (defined only here) and the shared functions."""
-    return f"T={PROTOCOL_TAG}\n" + shell_source("lib.sh")
+def script_prelude(tag: str = PROTOCOL_TAG) -> str:
+    """The start of every script: the answers' tag and the shared functions."""
+    return f"T={tag}\n" + shell_source("lib.sh")
+
+
+def batch_tag() -> str:
+    """
+    A fresh tag for one batch: :data:`PROTOCOL_TAG` and a random suffix.
+
+    A batch carries log bytes, which may hold any text, even lines that look like answers. The
+    parser never reads log bytes as headers, and with a tag nobody can know in advance, no
+    log can even contain one.
+    """
+    return f"{PROTOCOL_TAG}.{secrets.token_hex(8)}"
+
+
+def _whole(body: str) -> str:
+    # One compound command: a script cut short in transit is a syntax error and runs not at
+    # all, instead of running up to wherever it was cut.
+    return "{\n" + body + "}\n"
 
 
 def _q(value: str | int) -> str:
@@ -121,10 +140,13 @@ def build_submit_script(
         ("env.sh", render_env_file(environment)),
         ("workdir", workdir + "\n"),
         ("run.sh", shell_source("wrapper.sh")),
+        # The marker every process of the job carries in its environment, for the kill: its
+        # own random value, since the job's environment may well end up in a log.
+        ("marker", secrets.token_hex(16) + "\n"),
         ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
     )
     writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
-    return (
+    return _whole(
         "umask 077\n"
         + script_prelude()
         + shell_source("submit.sh")
@@ -150,7 +172,7 @@ def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int
         that the directory is the SSH user's and uses the token recorded in it
     """
     validate_token(token, required=False)
-    return (
+    return _whole(
         script_prelude()
         + shell_source("kill.sh")
         + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)}\n"
@@ -215,8 +237,13 @@ class CleanupEntry:
 Entry = PollEntry | CleanupEntry
 
 
-def build_batch_script(entries: Sequence[Entry]) -> str:
-    """One script for all ``entries``; entry ``i`` answers with ``key=i``."""
+def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG) -> str:
+    """
+    One script for all ``entries``; entry ``i`` answers with ``key=i``.
+
+    :param tag: the tag its answers start with; a batch that carries log bytes should use a
+        fresh :func:`batch_tag`, and parse the answer with the same one
+    """
     calls = []
     for key, entry in enumerate(entries):
         job_dir = shlex.quote(entry.paths.job_dir)
@@ -228,10 +255,6 @@ def build_batch_script(entries: Sequence[Entry]) -> str:
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
     # the triggerer (and sshd) would otherwise spend most of their CPU on.
-    return (
-        script_prelude()
-        + "{\n"
-        + "".join(calls)
-        + f'echo "{PROTOCOL_TAG} end"\n'
-        + "} | dd obs=65536 2>/dev/null\n"
+    return _whole(
+        script_prelude(tag) + "{\n" + "".join(calls) + 'echo "$T end"\n' + "} | dd obs=65536 2>/dev/null\n"
     )

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.answers import parse_batch_output
-from ssh_jobs_provider.protocol.scripts import Entry, PollEntry, build_batch_script
+from ssh_jobs_provider.protocol.scripts import Entry, PollEntry, batch_tag, build_batch_script
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import Deliveries, Delivery, PollScheduler, Watch
 
@@ -229,9 +229,11 @@ class HostSession:
     async def _poll(self, due: list[Watch]) -> None:
         loop = asyncio.get_running_loop()
         entries = self.scheduler.entries(due)
+        tag = batch_tag()
         try:
             conn = await self._connection()
-            _, stdout, _ = await self._runner(conn, build_batch_script(entries), self.scheduler.timeout(due))
+            script = build_batch_script(entries, tag)
+            _, stdout, _ = await self._runner(conn, script, self.scheduler.timeout(due))
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -251,7 +253,7 @@ class HostSession:
             self._deliver(deliveries)
             return
         self.batches += 1
-        self._deliver(self.scheduler.apply(due, parse_batch_output(stdout, entries), loop.time()))
+        self._deliver(self.scheduler.apply(due, parse_batch_output(stdout, entries, tag), loop.time()))
 
     # ------------------------------------------------------------------ connection
 

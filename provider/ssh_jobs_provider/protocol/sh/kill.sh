@@ -4,8 +4,9 @@
 #
 # A job's processes are found three ways, so that neither a recycled pid nor a child that
 # left the job's process group or session is missed:
-#  - every process whose environment carries the job's marker SSH_JOBS_JOB_TOKEN=<token>
-#    (Linux /proc; a process can only shed it by clearing its own environment);
+#  - every process whose environment carries the job's marker SSH_JOBS_JOB_MARKER=<marker>
+#    (Linux /proc; a process can only shed it by clearing its own environment). The marker is
+#    a random value of its own, not the token: the job's environment may end up in logs;
 #  - under setsid, the members of the job's process group, when its leader is verified to be
 #    the job's wrapper (start time recorded in ./start) or a marked process is in the group;
 #  - without setsid (e.g. macOS), the descendants of a verified wrapper.
@@ -13,8 +14,8 @@ k() {
   d=$1 tok=$2 grace=$3
   if ! cd "$d" 2>/dev/null; then echo "$T kill state=missing"; return 0; fi
   if ! owned_by_job "$d" "$tok"; then echo "$T kill state=foreign"; return 0; fi
-  t=
-  [ -f token ] && read -r t < token
+  mk=
+  [ -f marker ] && read -r mk < marker
   pid=
   [ -f pid ] && read -r pid < pid
   case $pid in ''|*[!0-9]*) pid= ;; esac
@@ -38,11 +39,17 @@ k() {
 # members: the job's live processes, one pid a line.
 members() {
   marked=
-  if [ -n "$t" ] && [ -d /proc/self ]; then
-    marked=$(grep -l -F "SSH_JOBS_JOB_TOKEN=$t" /proc/[0-9]*/environ 2>/dev/null |
+  if [ -n "$mk" ] && [ -d /proc/self ]; then
+    marked=$(grep -l -F "SSH_JOBS_JOB_MARKER=$mk" /proc/[0-9]*/environ 2>/dev/null |
       sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' | tr '\n' ' ')
   fi
-  ps -A -o pid= -o ppid= -o pgid= -o stat= 2>/dev/null | awk -v root="$pid" -v mode="$mode" \
+  table=$(ps -A -o pid= -o ppid= -o pgid= -o stat= 2>/dev/null)
+  if [ -z "$table" ]; then
+    # No usable ps: the marked processes still count (a zombie has no environment to match).
+    for member in $marked; do kill -0 "$member" 2>/dev/null && echo "$member"; done
+    return 0
+  fi
+  printf '%s\n' "$table" | awk -v root="$pid" -v mode="$mode" \
     -v leader="$leader" -v marked="$marked" '
     BEGIN { n = split(marked, list, " "); for (i = 1; i <= n; i++) mark[list[i]] = 1 }
     { parent[$1] = $2; group[$1] = $3; state[$1] = $4 }

@@ -41,19 +41,48 @@ unsafe() {
   esac
 }
 
-# check_chain DIR: why = "<component> <reason>" for the first untrusted directory on DIR's
-# resolved path (symbolic links resolved first, as sshd does), or nothing.
+# check_chain DIR: why = "<component> <reason>" for the first untrusted component of DIR, or
+# nothing. Every component of the path as written is checked, not only the resolved path:
+# each later step goes through the literal path again, so a symbolic link on it must be one
+# nobody else can re-point (owned by the SSH user or root, in a directory that passed), and
+# then the directories it leads to are checked as well.
 check_chain() {
   why=
-  phys=$(cd -P "$1" 2>/dev/null && pwd -P) || { why="$1 cannot be entered"; return 0; }
   unsafe /
   if [ -n "$why" ]; then why="/ $why"; return 0; fi
-  c='' rest=${phys#/}
+  c='' rest=${1#/}
   while [ -n "$rest" ]; do
     c="$c/${rest%%/*}"
     case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
-    unsafe "$c"
-    if [ -n "$why" ]; then why="$c $why"; return 0; fi
+    stat_of "$c"
+    case $m in
+      l*)
+        whoami_uid
+        if [ "$o" != "$me" ] && [ "$o" != 0 ]; then
+          why="$c is a symbolic link owned by uid $o, not by the SSH user (uid $me) or root"
+          return 0
+        fi
+        check_resolved "$c"
+        if [ -n "$why" ]; then return 0; fi
+        ;;
+      *)
+        unsafe "$c"
+        if [ -n "$why" ]; then why="$c $why"; return 0; fi
+        ;;
+    esac
+  done
+}
+
+# check_resolved LINK: why = the first untrusted directory on the path LINK resolves to.
+check_resolved() {
+  why=
+  phys=$(cd -P "$1" 2>/dev/null && pwd -P) || { why="$1 cannot be entered"; return 0; }
+  r='' rest_r=${phys#/}
+  while [ -n "$rest_r" ]; do
+    r="$r/${rest_r%%/*}"
+    case $rest_r in */*) rest_r=${rest_r#*/} ;; *) rest_r= ;; esac
+    unsafe "$r"
+    if [ -n "$why" ]; then why="$r $why"; return 0; fi
   done
 }
 
@@ -93,14 +122,32 @@ started_at() {
   st=${20:-}
 }
 
-# is_wrapper PID: success when PID is alive and, where /proc can tell, is the process that
-# recorded its start time in ./start (the job's wrapper), not a later one given the same pid.
+# is_wrapper PID: success when PID is alive and is the process that recorded its start time
+# in ./start (the job's wrapper), not a later one given the same pid. The start time is the
+# kernel's (Linux /proc), else what `ps -o lstart=` says; without a record, only a live pid
+# in the same boot counts (the wrapper writes ./start before ./pid, so that is rare).
 is_wrapper() {
+  case $1 in ''|*[!0-9]*|0|1) return 1 ;; esac
   kill -0 "$1" 2>/dev/null || return 1
+  if [ -n "$boot_now" ] && [ -f boot_id ]; then
+    read -r b < boot_id
+    [ "$b" = "$boot_now" ] || return 1
+  fi
   [ -f start ] || return 0
+  rec=
   read -r rec < start
-  started_at "$1"
-  [ -z "$st" ] || [ "$st" = "$rec" ]
+  case $rec in
+    '') return 0 ;;
+    ps:*)
+      # Word-split and re-joined: ps pads its columns differently from run to run.
+      set -f
+      # shellcheck disable=SC2046
+      set -- $(ps -o lstart= -p "$1" 2>/dev/null)
+      set +f
+      [ "ps:$*" = "$rec" ]
+      ;;
+    *) started_at "$1"; [ "$st" = "$rec" ] ;;
+  esac
 }
 
 boot_now=
@@ -118,6 +165,8 @@ p() {
     t=
     [ -f token ] && read -r t < token
     if [ "$t" != "$tok" ]; then echo "$T poll key=$k state=foreign len=0"; cd /; return 0; fi
+  elif ! owned_by_job "$2" ""; then
+    echo "$T poll key=$k state=foreign len=0"; cd /; return 0
   fi
   pid=
   [ -f pid ] && read -r pid < pid
@@ -126,6 +175,9 @@ p() {
   if [ -n "$pid" ] && is_wrapper "$pid"; then alive=1; fi
   ec='' note=''
   [ -f exit_code ] && read -r ec note < exit_code
+  # Only what the wrapper writes: a number, and "nospace" or nothing.
+  case $ec in *[!0-9]*) ec= ;; esac
+  case $note in nospace) ;; *) note= ;; esac
   size=0
   [ -f stdout.log ] && size=$(wc -c < stdout.log)
   size=$((size + 0))

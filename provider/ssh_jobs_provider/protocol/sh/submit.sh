@@ -19,16 +19,15 @@ abort() {
   refuse io "could not complete $1 in $jd"
 }
 
+# rollback: remove the job directory this submit created. The base dir (and parents) it may
+# have created stay, empty and private: another task of the same fan-out may have checked
+# them a moment ago, and a base dir that vanished could be re-created by someone else.
 rollback() {
   if [ -n "$job_created" ]; then rm -rf -- "$jd"; fi
-  if [ -n "$top" ]; then
-    d=$B
-    while rmdir "$d" 2>/dev/null && [ "$d" != "$top" ]; do d=${d%/*}; done
-  fi
 }
 
 # ensure_base BASE: check the deepest existing directory of BASE (and the path to it), then
-# create what is missing below it with mode 700. top = the topmost directory created here.
+# create what is missing below it with mode 700.
 ensure_base() {
   d=$1 missing=
   while [ ! -e "$d" ] && [ ! -L "$d" ]; do
@@ -44,7 +43,7 @@ ensure_base() {
     d="$d/${rest%%/*}"
     case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
     if mkdir -m 700 "$d" 2>/dev/null; then
-      [ -n "$top" ] || top=$d
+      :
     elif [ -e "$d" ] || [ -L "$d" ]; then
       # Created meanwhile by someone else (often another task of the same fan-out).
       unsafe "$d"
@@ -58,7 +57,7 @@ ensure_base() {
 # begin BASE JOB_ID TOKEN: the job directory exists afterwards, is the SSH user's, private,
 # and carries TOKEN; claimed=1 when a wrapper already owns it (this submit re-attaches).
 begin() {
-  B=$1 jd=$1/$2 tok=$3 job_created='' top='' launched=0 claimed=0
+  B=$1 jd=$1/$2 tok=$3 job_created='' launched=0 claimed=0
   ensure_base "$B"
   t=
   if mkdir -m 700 "$jd" 2>/dev/null; then

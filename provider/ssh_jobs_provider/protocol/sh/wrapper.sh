@@ -5,7 +5,7 @@ jd=$1
 cd "$jd" || exit 1
 # The one wrapper that creates "claimed" owns the job; any later one leaves at once.
 mkdir claimed 2>/dev/null || exit 0
-printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid
+# The start time and boot id come before the pid: whoever sees the pid can verify it.
 if [ -r /proc/$$/stat ]; then
   read -r st < /proc/$$/stat
   st=${st##*) }
@@ -14,10 +14,19 @@ if [ -r /proc/$$/stat ]; then
   set -- $st
   set +f
   printf '%s\n' "${20:-}" > start
+else
+  # Word-split and re-joined, as the poll compares it (ps pads its columns).
+  set -f
+  # shellcheck disable=SC2046
+  set -- $(ps -o lstart= -p $$ 2>/dev/null)
+  set +f
+  printf 'ps:%s\n' "$*" > start
 fi
 b=
 [ -r /proc/sys/kernel/random/boot_id ] && read -r b < /proc/sys/kernel/random/boot_id
 if [ -n "$b" ]; then printf '%s\n' "$b" > boot_id; fi
+# Without a recorded pid the job could neither be watched nor killed: do not run it.
+{ printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid; } || exit 1
 # Record a status even when the group is signalled: the trap runs after the child ends.
 trap 'got_signal=1' HUP INT TERM
 
@@ -34,8 +43,8 @@ case $wd in
   ''|'~') wd=${HOME:-/} ;;
   '~/'*) wd=${HOME:-}/${wd#??} ;;
 esac
-token=
-read -r token < token
+marker=
+read -r marker < marker
 (
   if ! cd "$wd" 2>/dev/null; then
     echo "ssh-jobs: cannot enter the working directory $wd" >&2
@@ -44,8 +53,8 @@ read -r token < token
   SSH_JOBS_JOB_ID=${jd##*/}
   SSH_JOBS_JOB_DIR=$jd
   SSH_JOBS_LOG_FILE=$jd/stdout.log
-  SSH_JOBS_JOB_TOKEN=$token
-  export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE SSH_JOBS_JOB_TOKEN
+  SSH_JOBS_JOB_MARKER=$marker
+  export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE SSH_JOBS_JOB_MARKER
   # shellcheck disable=SC1091 # written by the submit
   . "$jd/env.sh"
   case $first in '#!'*) exec "$jd/command.sh" ;; esac
