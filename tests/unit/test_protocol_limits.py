@@ -101,6 +101,12 @@ def test_reserved_environment_names_are_refused() -> None:
         normalise_environment({f"{RESERVED_ENV_PREFIX}JOB_DIR": "/x"})
 
 
+@pytest.mark.parametrize("name", ["UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO"])
+def test_environment_names_the_shell_keeps_read_only_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=f"the shell keeps {name} read-only"):
+        normalise_environment({name: "1"})
+
+
 def test_environment_value_that_cannot_be_encoded_is_refused() -> None:
     with pytest.raises(ValueError, match=r"environment\['A'\] cannot be encoded"):
         normalise_environment({"A": LONE_SURROGATE})
