@@ -101,11 +101,14 @@ owned_by_job() {
 
 # fs_full DIR: success when the file system holding DIR has no space left for the SSH user.
 fs_full() {
-  set -f
-  # shellcheck disable=SC2046
-  set -- $(df -P -k "$1" 2>/dev/null | awk 'NR == 2 { print $4 }')
-  set +f
-  [ "${1:-x}" = 0 ]
+  [ "$(df_available "$1")" = 0 ]
+}
+
+# df_available DIR: the KiB available on DIR's file system. The column is found as the one
+# before the capacity ("NN%"): a file system name may hold spaces (automounts, FUSE).
+df_available() {
+  df -P -k "$1" 2>/dev/null |
+    awk 'NR == 2 { for (i = 2; i <= NF; i++) if ($i ~ /%$/) { print $(i - 1); exit } }'
 }
 
 # started_at PID: st = PID's start time in clock ticks since boot (Linux), else nothing.

@@ -16,7 +16,7 @@ abort() {
   if fs_full "$B"; then
     refuse nospace "the file system holding $B is full (no space left while $1)"
   fi
-  refuse io "could not complete $1 in $jd"
+  refuse io "could not complete $1 in $jd (a used-up disk quota looks like this too)"
 }
 
 # rollback: remove the job directory this submit created. The base dir (and parents) it may

@@ -64,7 +64,11 @@ rc=$?
 
 note=
 # A full file system also cost the job (part of) its output: say so beside the exit code.
-if [ "$(df -P -k . 2>/dev/null | awk 'NR == 2 { print $4 }')" = 0 ]; then note=nospace; fi
+# (The available column is the one before the capacity: a file system name may hold spaces.)
+if [ "$(df -P -k . 2>/dev/null |
+  awk 'NR == 2 { for (i = 2; i <= NF; i++) if ($i ~ /%$/) { print $(i - 1); exit } }')" = 0 ]; then
+  note=nospace
+fi
 # exit_code.new was filled at submit: rewriting it in place needs no free block, so the
 # exit code is recorded even on a full file system. The clean copy follows where there is room.
 printf '%s%s\n' "$rc" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
