@@ -91,8 +91,9 @@ def is_transient_connect_error(error: BaseException) -> bool:
     These are what a loaded or restarting sshd produces: EOF before the banner
     (``MaxStartups`` drop), connection refused/reset, banner, handshake or command timeouts,
     a lost connection, and refused channels (``MaxSessions``). Authentication and host-key
-    failures are never transient: retrying cannot fix them. Whether a failure is *retried*
-    is decided by :func:`is_retryable`, which builds on this.
+    failures are never transient: retrying cannot fix them. This classifies the libraries'
+    and the OS's errors only; this provider's own :class:`SSHConnectError` is judged by
+    :func:`is_retryable`, the one rule for what is retried, which builds on this.
     """
     if isinstance(error, (SSHAuthenticationError, SSHHostKeyError)):
         return False
@@ -100,7 +101,7 @@ def is_transient_connect_error(error: BaseException) -> bool:
         return False
     if isinstance(error, (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable)):
         return False
-    if isinstance(error, (SSHConnectError, OSError, EOFError, socket.timeout, asyncio.TimeoutError)):
+    if isinstance(error, (OSError, EOFError, socket.timeout, asyncio.TimeoutError)):
         return True
     if isinstance(error, paramiko.ChannelException):
         return True  # channel open refused (e.g. MaxSessions)

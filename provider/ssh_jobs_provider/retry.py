@@ -3,8 +3,12 @@ One retry policy, used by the hooks, the operator and the trigger.
 
 A :class:`RetryPolicy` bundles how many attempts, which failures are tried again (one
 classifier, :func:`~ssh_jobs_provider.exceptions.is_retryable`) and the waits between them
-(a :class:`BackoffPolicy`). Every retry loop of the provider is built from one; none is
-nested in another, so each failure is retried by exactly one loop and budgets never multiply.
+(a :class:`BackoffPolicy`). Every retry loop of the provider is built from one, and none of
+them is nested in another, so connection attempts never multiply. The one smaller loop inside
+an attempt re-opens a refused *channel* on the same connection after short pauses
+(:data:`CHANNEL_OPEN_RETRY_DELAYS`, under a second in all): sshd frees a closed session's slot a
+moment late, and that must not cost a connection. It opens no connection; a refusal after its
+last pause fails the attempt like any other connection-level failure.
 
 Retries that fire in lockstep across a fan-out are dropped by ``sshd`` for the same reason
 as the first attempt (``MaxStartups``), so every wait is exponential *and* jittered

@@ -102,7 +102,7 @@ def test_running_job_with_log_ahead_asks_for_more_now() -> None:
     assert window(monitor) == (4, 4)
 
 
-def test_poll_script_offsets_advance_with_the_data_read() -> None:
+def test_poll_entry_offsets_advance_with_the_data_read() -> None:
     remote = FakeRemote(b"".join(b"line %d\n" % i for i in range(50)))
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=16, started_at=0.0)
     offsets = []

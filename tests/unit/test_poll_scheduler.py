@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ssh_jobs_provider.triggers.poll_scheduler import (
     Watch,
     next_tick,
 )
+from support.protocol import run_sh
 
 BACKOFF = BackoffPolicy(initial=2.0, maximum=8.0)
 
@@ -289,10 +289,6 @@ def test_inactive_watches_are_skipped() -> None:
 # --------------------------------------------------------------------------- with a real shell
 
 
-def run_sh(script: str) -> bytes:
-    return subprocess.run(["/bin/sh", "-s"], input=script.encode(), capture_output=True, timeout=30).stdout
-
-
 def test_scheduler_drains_real_jobs_through_the_real_batch_script(tmp_path: Path) -> None:
     """Submit two jobs with the real scripts on a local /bin/sh, then poll them to the end."""
     token = new_job_token()
@@ -303,7 +299,7 @@ def test_scheduler_drains_real_jobs_through_the_real_batch_script(tmp_path: Path
     watches = []
     for job, command in commands.items():
         paths = RemoteJobPaths(job, str(tmp_path / "jobs"))
-        assert parse_submit_output(run_sh(build_submit_script(paths, command, {}, token))).launched
+        assert parse_submit_output(run_sh(build_submit_script(paths, command, {}, token)).stdout).launched
         monitor = JobMonitor(paths, 0, 1024, started_at=0.0, token=token)
         watches.append(Watch(monitor, 0.05, 10.0, 3, cleanup="always"))
     scheduler = PollScheduler(BACKOFF)
@@ -320,7 +316,7 @@ def test_scheduler_drains_real_jobs_through_the_real_batch_script(tmp_path: Path
             continue
         entries = scheduler.entries(due)
         for watch, delivery in scheduler.apply(
-            due, parse_batch_output(run_sh(build_batch_script(entries)), entries), now
+            due, parse_batch_output(run_sh(build_batch_script(entries)).stdout, entries), now
         ):
             lines[watch.monitor.paths.job_id] += delivery.lines
             if delivery.outcome is not None:
@@ -330,3 +326,22 @@ def test_scheduler_drains_real_jobs_through_the_real_batch_script(tmp_path: Path
     assert lines == {"one": ["one 1", "one 2", "one 3"], "two": ["two"] * 500}
     assert outcomes == {"one": (0, True), "two": (4, True)}
     assert not (tmp_path / "jobs" / "one").exists() and not (tmp_path / "jobs" / "two").exists()
+
+
+@pytest.mark.parametrize(("reconnects", "cleanups"), [(0, 3), (2, 10), (5, 1)])
+def test_a_finished_job_is_never_reported_lost_while_only_its_cleanup_fails(
+    reconnects: int, cleanups: int
+) -> None:
+    watch = make_watch(cleanup="always", cleanup_retries=cleanups, max_reconnect_attempts=reconnects)
+    scheduler = scheduler_with(watch)
+    scheduler.apply([watch], {0: exited(0)}, now=1.0)
+
+    final = None
+    for attempt in range(1, 20):
+        _, deliveries = scheduler.batch_failed([watch], OSError("reset"), now=float(attempt))
+        final = next((d for _, d in deliveries if d.outcome is not None), None)
+        if final is not None:
+            break
+
+    assert final is not None and final.outcome is not None
+    assert (final.outcome.status, final.outcome.exit_code, final.cleaned_up) == ("success", 0, False)

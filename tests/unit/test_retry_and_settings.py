@@ -201,7 +201,8 @@ class _Key:
         (asyncssh.ConnectionLost("lost"), True),
         (asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "MaxSessions"), True),
         (asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many"), True),
-        (SSHConnectError("refused"), True),
+        # Our own error is not classified here: is_retryable decides by its `final` flag.
+        (SSHConnectError("refused"), False),
         (SSHAuthenticationError("denied"), False),
         (SSHHostKeyError("mismatch"), False),
         (ValueError("bug"), False),

@@ -96,10 +96,12 @@ def test_is_retryable(error: BaseException, retried: bool) -> None:
     assert is_retryable(error) is retried
 
 
-def test_a_final_connect_error_is_still_a_connection_failure() -> None:
-    # Transient in kind (the knobs are the same), but its budget is spent: not retried again.
-    error = SSHConnectError("after 5 attempt(s)")
-    assert is_transient_connect_error(error) and not is_retryable(error)
+def test_only_is_retryable_judges_our_connect_error() -> None:
+    # One refused attempt is retried; a final one (its loop's budget is spent) is not. The
+    # library classifier does not know our error at all, so no caller has to exclude it again.
+    assert is_retryable(SSHConnectError("refused", final=False))
+    assert not is_retryable(SSHConnectError("after 5 attempt(s)"))
+    assert not is_transient_connect_error(SSHConnectError("refused", final=False))
 
 
 # --------------------------------------------------------------------------- translation

@@ -152,9 +152,9 @@ class SSHHook(SSHHookBase):
         """
         return _paramiko.run_on(ssh_client, command, None, timeout or self.cmd_timeout, environment, get_pty)
 
-    def run_script(self, ssh_client: paramiko.SSHClient, script: str, timeout: float) -> CommandResult:
+    def run_script(self, conn: paramiko.SSHClient, script: str, timeout: float | None) -> CommandResult:
         """Run a remote-job protocol script (``/bin/sh -s``, script on stdin) on an open client."""
-        return _paramiko.run_on(ssh_client, REMOTE_SHELL, script.encode("utf-8"), timeout)
+        return _paramiko.run_on(conn, REMOTE_SHELL, script.encode("utf-8"), timeout)
 
     def test_connection(self) -> tuple[bool, str]:
         """Connect and run ``true``; used by the Airflow UI's *Test* button."""
@@ -282,7 +282,6 @@ class SSHHookAsync(SSHHookBase):
         return await _asyncssh.run_script(conn, script, timeout)
 
     #: :meth:`run_script` under its earlier, static name, for callers written against it.
-    run_script_on = staticmethod(_asyncssh.run_script)
 
     async def run_command(self, command: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Open a connection, run ``command``, close it; ``(exit_status, stdout, stderr)`` as text."""

@@ -354,7 +354,7 @@ class SSHRemoteJobOperator(BaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
-        """The task was killed while in the worker: stop the remote job's whole process group."""
+        """The task was killed while in the worker: stop every process of the remote job."""
         if self._paths is None:
             self.log.info("No remote job was submitted by this task instance; nothing to kill.")
             return

@@ -17,10 +17,8 @@ A batch (one per poll tick and host) is the shared prelude and one call per entr
 - ``c KEY DIR TOKEN`` removes one finished job's directory, if it is the SSH user's and
   carries ``TOKEN``.
 
-A ``TOKEN`` of ``''`` skips the token check (watchers created before tokens existed).
-
-The shell programs themselves live in ``ssh_jobs_provider/protocol/sh/*.sh``; this module
-validates every input and assembles one script from them and the quoted arguments.
+A ``TOKEN`` of ``''`` (watchers created before tokens existed) checks only that the directory
+is the SSH user's.
 
 The job directory is private to the SSH user (mode 700), and the base dir and every directory
 above it must be trusted (see the Security page of the docs).

@@ -84,8 +84,7 @@ class HostSession:
         self.settings = settings
         self._connector = connector
         self._runner = runner
-        self._retry = retry
-        self.scheduler = PollScheduler(retry.backoff)
+        self.scheduler = PollScheduler(retry.backoff, retry.retry_on)
         self._changed = asyncio.Event()
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -237,19 +236,17 @@ class HostSession:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            if not self._retry.retry_on(error):
-                self._deliver(self.scheduler.batch_broken(due, error))
-                return
-            await self._drop_connection()
-            delay, deliveries = self.scheduler.batch_failed(due, error, loop.time())
-            log.warning(
-                "SSH batch poll of %d job(s) on %s failed (%s: %s); reconnecting in %.1fs",
-                len(due),
-                self.settings.address,
-                type(error).__name__,
-                error,
-                delay,
-            )
+            delay, deliveries = self.scheduler.batch_error(due, error, loop.time())
+            if delay is not None:
+                await self._drop_connection()
+                log.warning(
+                    "SSH batch poll of %d job(s) on %s failed (%s: %s); reconnecting in %.1fs",
+                    len(due),
+                    self.settings.address,
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
             self._deliver(deliveries)
             return
         self.batches += 1

@@ -4,8 +4,8 @@ What the shared host session decides, as pure code: no asyncio, no sockets, the 
 :class:`PollScheduler` holds every job watched over one connection. The session's loop asks it
 which watches are due (:meth:`PollScheduler.due`) and for the batch entries of those
 (:meth:`PollScheduler.entries`), runs the batch however it likes, and hands back either the
-parsed answers (:meth:`PollScheduler.apply`) or the failure (:meth:`PollScheduler.batch_failed`,
-:meth:`PollScheduler.batch_broken`). Each of those returns the :class:`Delivery` objects to hand
+parsed answers (:meth:`PollScheduler.apply`) or the failure (:meth:`PollScheduler.batch_error`,
+which decides between a reconnect and the end of the jobs). Each of those returns the :class:`Delivery` objects to hand
 to the watching triggers: log lines, warnings, and at the end the one final outcome.
 
 - Ticks are aligned on a grid of each job's ``poll_interval``, so jobs with the same interval
@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ssh_jobs_provider.exceptions import FAN_OUT_HINT
+from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_retryable
 from ssh_jobs_provider.protocol.answers import CleanupResult, EntryResult, JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
 from ssh_jobs_provider.protocol.scripts import CleanupEntry, Entry, PollEntry
@@ -119,10 +120,16 @@ class PollScheduler:
     The watches of one host session and what every answer means for them.
 
     :param backoff: the session's reconnect backoff after a failed batch
+    :param retry_on: which failures of a batch are worth a reconnect (the others end every job in it)
     """
 
-    def __init__(self, backoff: BackoffPolicy = DEFAULT_BACKOFF) -> None:
+    def __init__(
+        self,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        retry_on: Callable[[BaseException], bool] = is_retryable,
+    ) -> None:
         self.backoff = backoff
+        self.retry_on = retry_on
         self.watches: list[Watch] = []
         self.failures = 0
         self.backoff_until = 0.0
@@ -183,6 +190,17 @@ class PollScheduler:
             if watch.active:
                 out.extend(self._apply(watch, results[key], now))
         return out
+
+    def batch_error(
+        self, due: list[Watch], error: BaseException, now: float
+    ) -> tuple[float | None, Deliveries]:
+        """
+        The batch raised ``error``: a reconnect after a backoff when that can help, else the end of
+        every job in it. Returns the backoff delay (``None``: no reconnect) and the deliveries.
+        """
+        if not self.retry_on(error):
+            return None, self.batch_broken(due, error)
+        return self.batch_failed(due, error, now)
 
     def batch_failed(self, due: list[Watch], error: BaseException, now: float) -> tuple[float, Deliveries]:
         """
@@ -266,11 +284,13 @@ class PollScheduler:
 
     def _count_failure(self, watch: Watch, error: BaseException, delay: float | None = None) -> Deliveries:
         watch.failures += 1
-        if watch.final_outcome is not None and watch.failures > watch.cleanup_retries:
-            # The job's outcome is known and its log delivered: only the cleanup is stuck.
-            # Report the real outcome and leave the cleanup to the operator.
-            return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
-        if watch.failures > watch.max_reconnect_attempts:
+        if watch.final_outcome is not None:
+            # The job's outcome is known and its log delivered: only the cleanup is left, and
+            # only its budget counts. Once spent, report the real outcome and leave the cleanup
+            # to the operator; a lost connection never turns a finished job into a lost one.
+            if watch.failures > watch.cleanup_retries or watch.failures > watch.max_reconnect_attempts:
+                return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
+        elif watch.failures > watch.max_reconnect_attempts:
             job = watch.monitor.paths
             return [
                 self._finish(

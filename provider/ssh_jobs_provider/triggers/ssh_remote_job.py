@@ -29,6 +29,8 @@ from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWa
 CLEANUP_CHOICES = ("never", "on_success", "always")
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.
 OFFSET_RECORD_WAIT_SECONDS = 5.0
+#: Seconds ``on_kill`` waits for the server to acknowledge the close.
+KILL_CLOSE_WAIT_SECONDS = 5.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
 KILL_CONNECT_ATTEMPTS = 3
 
@@ -43,7 +45,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
     this trigger's log (the task log) while the job runs; after the job ends its log is
     drained to the last byte, its directory is removed over the same connection when
     ``cleanup_policy`` asks for it, and then the one final event is yielded. A connection-level
-    failure (see :func:`~ssh_jobs_provider.exceptions.is_transient_connect_error`: refused or
+    failure (see :func:`~ssh_jobs_provider.exceptions.is_retryable`: refused or
     lost connections, ``OSError``, timeouts, refused channels) drops the shared connection and
     reconnects with jittered exponential backoff; after ``max_reconnect_attempts``
     consecutive failed polls this trigger ends with an error event. Its count resets only
@@ -239,12 +241,12 @@ class SSHRemoteJobTrigger(BaseTrigger):
     # ------------------------------------------------------------------ user kill
 
     async def on_kill(self) -> None:
-        """A user cleared or marked the deferred task: stop the remote job's whole process group."""
+        """A user cleared or marked the deferred task: stop every process of the remote job."""
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
             script = build_kill_script(self.paths, self.job_token)
-            _, stdout, _ = await hook.run_script_on(conn, script, self.command_timeout)
+            _, stdout, _ = await hook.run_script(conn, script, self.command_timeout)
             state, survivors = parse_kill_output(stdout)
             if survivors:
                 self.log.error("Remote job %s: processes %s survived SIGKILL", self.job_id, survivors)
@@ -252,3 +254,5 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 self.log.info("Remote job %s: kill %s", self.job_id, state)
         finally:
             conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), KILL_CLOSE_WAIT_SECONDS)

@@ -1,0 +1,108 @@
+"""The host session's asyncio loop with an injected connector and a local /bin/sh as the remote."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ssh_jobs_provider.exceptions import SSHAuthenticationError
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
+from ssh_jobs_provider.protocol.monitor import JobMonitor
+from ssh_jobs_provider.protocol.scripts import build_submit_script
+from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy
+from ssh_jobs_provider.triggers.host_session import HostSession, JobWatch
+from support.protocol import run_sh
+
+SETTINGS = SSHConnectionSettings.from_connection(None, host="remote.example", username="u")
+FAST = RetryPolicy(3, BackoffPolicy(initial=0.01, maximum=0.02))
+
+
+async def local_shell(conn: Any, script: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """The remote host is this machine's /bin/sh: the real scripts, no SSH."""
+    process = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-s",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(script.encode()), timeout)
+    return process.returncode or 0, out, err
+
+
+class FakeConnection:
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+def start_job(tmp_path: Path, command: str, token: str) -> RemoteJobPaths:
+    paths = RemoteJobPaths("job", str(tmp_path / "jobs"))
+    run_sh(build_submit_script(paths, command, {}, token))
+    return paths
+
+
+def watch_for(paths: RemoteJobPaths, token: str) -> JobWatch:
+    monitor = JobMonitor(paths, 0, 4096, started_at=0.0, token=token)
+    return JobWatch(monitor=monitor, poll_interval=0.05, command_timeout=10.0, max_reconnect_attempts=3)
+
+
+async def drain(session: HostSession, watch: JobWatch) -> tuple[list[str], list[str], Any]:
+    session.watch(watch)
+    lines: list[str] = []
+    warnings: list[str] = []
+    while True:
+        delivery = await asyncio.wait_for(watch.next_delivery(), 30)
+        lines += delivery.lines
+        warnings += delivery.warnings
+        if delivery.outcome is not None:
+            session.unwatch(watch)
+            return lines, warnings, delivery.outcome
+
+
+def test_an_error_no_retry_can_fix_ends_the_watch_at_once(tmp_path: Path) -> None:
+    token = new_job_token()
+    paths = start_job(tmp_path, "sleep 5", token)
+    connects: list[int] = []
+
+    async def refuse(settings: SSHConnectionSettings) -> Any:
+        connects.append(1)
+        raise SSHAuthenticationError("denied")
+
+    async def scenario() -> Any:
+        return await drain(HostSession(SETTINGS, refuse, local_shell, FAST), watch_for(paths, token))
+
+    lines, _, outcome = asyncio.run(scenario())
+
+    assert (outcome.status, lines, len(connects)) == ("error", [], 1)
+    assert "denied" in outcome.message
+
+
+def test_a_dropped_connection_is_reopened_once_and_the_log_arrives_whole(tmp_path: Path) -> None:
+    token = new_job_token()
+    paths = start_job(tmp_path, "echo one\nsleep 0.3\necho two\n", token)
+    connects: list[int] = []
+
+    async def flaky(settings: SSHConnectionSettings) -> Any:
+        connects.append(1)
+        if len(connects) == 1:
+            raise OSError("connection reset")
+        return FakeConnection()
+
+    async def scenario() -> Any:
+        session = HostSession(SETTINGS, flaky, local_shell, FAST)
+        result = await drain(session, watch_for(paths, token))
+        return result, session.connects
+
+    (lines, warnings, outcome), opened = asyncio.run(scenario())
+
+    assert (outcome.status, outcome.exit_code, lines) == ("success", 0, ["one", "two"])
+    assert len(connects) == 2 and opened == 1
+    assert len(warnings) == 1 and "connection reset" in warnings[0]
