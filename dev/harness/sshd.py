@@ -211,6 +211,11 @@ class BaseSSHServer:
         self.stop()
         self.start()
 
+    def close(self) -> None:
+        """Stop for good and release everything the server holds (the container server's
+        container); ``stop()`` alone leaves it restartable. Idempotent."""
+        self.stop()
+
     def __enter__(self) -> BaseSSHServer:
         self.start()
         return self
@@ -221,7 +226,7 @@ class BaseSSHServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     # -- log ------------------------------------------------------------------
 
