@@ -38,14 +38,17 @@ POLL_INTERVAL = 0.02
 # Attempts at a fresh port when another process grabbed ours before sshd bound it.
 PORT_ATTEMPTS = 3
 
-# Wording checked against OpenSSH 9.2p1 (Debian 12) at LogLevel VERBOSE; lines end in "\r\n".
-# "Accepted key ED25519 ... found at" is also printed (twice per login) and must NOT count,
-# hence "Accepted publickey for" rather than "Accepted".
+# Wording checked against OpenSSH 9.2p1 (Debian 12) and 10.0p2 (bookworm-backports) at
+# LogLevel VERBOSE; lines end in "\r\n". "Accepted key ED25519 ... found at" is also printed
+# (twice per login) and must NOT count, hence "Accepted publickey for" rather than "Accepted".
+# A MaxStartups drop ends in "past MaxStartups" on 9.2 and in "Maxstartups" on 10.0; 10.0 also
+# drops penalised addresses (PerSourcePenalties), logged as "... penalty: <reason>".
 LOG_PATTERNS: dict[str, re.Pattern[str]] = {
     "connections": re.compile(r"Connection from \S+ port \d+ on "),
     "accepted": re.compile(r"Accepted (?:publickey|password) for "),
     "sessions": re.compile(r"Starting session: "),
-    "drops": re.compile(r"drop connection #\d+ from .* past MaxStartups"),
+    "drops": re.compile(r"drop connection #\d+ from .* (?:past MaxStartups|Maxstartups)\s*$"),
+    "penalty_drops": re.compile(r"drop connection #\d+ from .* penalty: "),
     "session_refusals": re.compile(r"no more sessions"),
 }
 
@@ -211,6 +214,11 @@ class BaseSSHServer:
         self.stop()
         self.start()
 
+    def close(self) -> None:
+        """Stop for good and release everything the server holds (the container server's
+        container); ``stop()`` alone leaves it restartable. Idempotent."""
+        self.stop()
+
     def __enter__(self) -> BaseSSHServer:
         self.start()
         return self
@@ -221,7 +229,7 @@ class BaseSSHServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     # -- log ------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ def test_120_way_simultaneous_submit_against_default_max_startups(
     report(
         f"120-way submit (MaxStartups 10:30:100): failed={len(failures)} jobs_started={len(started)} "
         f"handshakes_accepted={counts['accepted']} tcp_connections={counts['connections']} "
-        f"drops={counts['drops']} slowest_submit={slowest:.1f}s burst_wall={wall:.1f}s"
+        f"drops={counts['drops']} penalty_drops={counts['penalty_drops']} slowest_submit={slowest:.1f}s burst_wall={wall:.1f}s"
     )
 
     assert failures == [], failures[:5]

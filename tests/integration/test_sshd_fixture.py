@@ -20,6 +20,7 @@ import asyncssh
 import paramiko
 import pytest
 
+from harness.processes import is_same_live_process, process_id, wait_processes_gone
 from support.faultproxy import SSHD_MAXSTARTUPS_TEXT, FaultProxy
 from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer, SSHServerError
 
@@ -353,9 +354,29 @@ def test_proxy_serves_a_test_that_runs_its_own_event_loop(sshd: BaseSSHServer) -
 
 @pytest.mark.integration
 def test_container_server_runs_a_command(tmp_path: Path) -> None:
-    from support.sshd_container import ContainerSSHServer, docker_engine_reachable
+    from support.sshd_container import DEFAULT_IMAGE, ContainerSSHServer, require_docker_engine
 
-    if not docker_engine_reachable():
-        pytest.skip("no Docker engine reachable: the SSH_JOBS_TEST_SSHD=docker variant cannot run here")
+    require_docker_engine()
     with ContainerSSHServer(tmp_path / "container") as server, server.paramiko_client() as client:
         assert run(client, "echo container")[1] == "container\n"
+        if server.image == DEFAULT_IMAGE:
+            assert run(client, "/usr/sbin/sshd -V 2>&1")[1].startswith("OpenSSH_10."), "the recipe's server"
+
+
+@pytest.mark.integration
+def test_container_server_restart_keeps_detached_processes_and_close_ends_them(tmp_path: Path) -> None:
+    """Like an sshd restart on a host: jobs survive ``restart()``; ``close()`` removes the container."""
+    from support.sshd_container import ContainerSSHServer, require_docker_engine
+
+    require_docker_engine()
+    pid_file = tmp_path / "container" / "job.pid"
+    with ContainerSSHServer(tmp_path / "container") as server:
+        with server.paramiko_client() as client:
+            run(client, f"setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {pid_file}")
+        job = process_id(int(pid_file.read_text()))  # the host's pid: shared PID namespace
+        assert job is not None
+        server.restart()
+        with server.paramiko_client() as client:
+            assert run(client, "echo again")[1] == "again\n"
+        assert is_same_live_process(*job)
+    assert wait_processes_gone([job], 10) == []

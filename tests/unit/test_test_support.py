@@ -17,4 +17,16 @@ def test_container_server_offers_the_same_interface() -> None:
     from support.sshd_container import ContainerSSHServer
 
     public = {name for name in dir(SSHServer) if not name.startswith("_")}
-    assert public <= set(dir(ContainerSSHServer)) | {"pid", "stdio_path"}
+    assert public <= set(dir(ContainerSSHServer))
+
+
+def test_container_tests_skip_where_docker_cannot_run_but_fail_under_ci(monkeypatch) -> None:
+    from support.sshd_container import UNAVAILABLE_ENV, require_docker_engine
+
+    monkeypatch.setenv(UNAVAILABLE_ENV, "dockerd exited during start-up")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="dockerd exited during start-up"):
+        require_docker_engine()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true requires them"):
+        require_docker_engine()
