@@ -590,3 +590,27 @@ def test_a_script_cut_short_in_transit_runs_not_at_all(tmp_path: Path, fraction:
     assert result.returncode != 0
     assert not (tmp_path / "jobs").exists()
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(("recorded", "alive"), [("same", True), ("other", False)])
+def test_without_proc_the_wrapper_is_recognised_by_its_ps_start_time(
+    tmp_path: Path, recorded: str, alive: bool
+) -> None:
+    # Hosts without /proc (macOS, BSD) record `ps -o lstart=` instead: a live pid whose start
+    # time differs from the record is another process that got the same pid.
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        job = tmp_path / "jobs" / "noproc"
+        job.mkdir(parents=True)
+        started = " ".join(
+            subprocess.run(
+                ["ps", "-o", "lstart=", "-p", str(process.pid)], capture_output=True, text=True
+            ).stdout.split()
+        )
+        (job / "start").write_text(f"ps:{started if recorded == 'same' else 'Thu Jan  1 00:00:00 1970'}\n")
+        (job / "pid").write_text(f"{process.pid}\n")
+        status = poll(RemoteJobPaths("noproc", str(tmp_path / "jobs")))
+        assert status.state is (JobState.RUNNING if alive else JobState.VANISHED)
+    finally:
+        process.kill()
+        process.wait()

@@ -77,7 +77,7 @@ def shell_source(name: str) -> str:
 
 def script_prelude(tag: str = PROTOCOL_TAG) -> str:
     """The start of every script: the answers' tag and the shared functions."""
-    return f"T={tag}\n" + shell_source("lib.sh")
+    return f"T={tag}\n" + shell_source("process.sh") + shell_source("lib.sh")
 
 
 def batch_tag() -> str:
@@ -137,7 +137,7 @@ def build_submit_script(
         ("command.sh", command),
         ("env.sh", render_env_file(environment)),
         ("workdir", workdir + "\n"),
-        ("run.sh", shell_source("wrapper.sh")),
+        ("run.sh", shell_source("process.sh") + shell_source("wrapper.sh")),
         # The marker every process of the job carries in its environment, for the kill: its
         # own random value, since the job's environment may well end up in a log.
         ("marker", secrets.token_hex(16) + "\n"),

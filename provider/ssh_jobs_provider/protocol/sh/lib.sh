@@ -1,6 +1,8 @@
-# Functions shared by every remote-job script: path safety, the state probe, the kill.
-# The scripts are fed to `/bin/sh -s` and must stay POSIX sh (dash, busybox ash, bash).
-# The caller defines T, the protocol tag every answer line starts with.
+# Functions shared by every remote-job script: ownership, the job's liveness, the state
+# probe and the cleanup. The scripts are fed to `/bin/sh -s` and must stay POSIX sh (dash,
+# busybox ash, bash). The caller defines T, the protocol tag every answer line starts with,
+# and puts process.sh before this file.
+# shellcheck disable=SC2154 # st, pst and boot_now come from process.sh, which precedes this file
 
 # stat_of PATH: m = PATH's mode string and o = its owner's uid, as `ls -ldn` shows them.
 # Symbolic links are not followed; both are empty when PATH cannot be examined.
@@ -18,72 +20,10 @@ whoami_uid() {
   [ -n "${me:-}" ] || me=$(id -u)
 }
 
-# unsafe DIR: why = why DIR may not be trusted, or nothing. The rule is sshd's StrictModes:
-# owned by the SSH user or root, and not writable by group or others unless the sticky bit
-# is set (then others may add entries of their own, but never remove or rename ours).
-unsafe() {
-  why=
+# trusted_owner: success when $o (from stat_of) is the SSH user or root.
+trusted_owner() {
   whoami_uid
-  stat_of "$1"
-  case $m in
-    d*) ;;
-    l*) why="is a symbolic link"; return 0 ;;
-    '') why="cannot be examined"; return 0 ;;
-    *) why="is not a directory"; return 0 ;;
-  esac
-  if [ "$o" != "$me" ] && [ "$o" != 0 ]; then
-    why="is owned by uid $o, not by the SSH user (uid $me) or root"
-    return 0
-  fi
-  case $m in
-    ?????????[tT]*) ;;
-    ?????w*|????????w*) why="is writable by group or others (mode $m) and not sticky" ;;
-  esac
-}
-
-# check_chain DIR: why = "<component> <reason>" for the first untrusted component of DIR, or
-# nothing. Every component of the path as written is checked, not only the resolved path:
-# each later step goes through the literal path again, so a symbolic link on it must be one
-# nobody else can re-point (owned by the SSH user or root, in a directory that passed), and
-# then the directories it leads to are checked as well.
-check_chain() {
-  why=
-  unsafe /
-  if [ -n "$why" ]; then why="/ $why"; return 0; fi
-  c='' rest=${1#/}
-  while [ -n "$rest" ]; do
-    c="$c/${rest%%/*}"
-    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
-    stat_of "$c"
-    case $m in
-      l*)
-        whoami_uid
-        if [ "$o" != "$me" ] && [ "$o" != 0 ]; then
-          why="$c is a symbolic link owned by uid $o, not by the SSH user (uid $me) or root"
-          return 0
-        fi
-        check_resolved "$c"
-        if [ -n "$why" ]; then return 0; fi
-        ;;
-      *)
-        unsafe "$c"
-        if [ -n "$why" ]; then why="$c $why"; return 0; fi
-        ;;
-    esac
-  done
-}
-
-# check_resolved LINK: why = the first untrusted directory on the path LINK resolves to.
-check_resolved() {
-  why=
-  phys=$(cd -P "$1" 2>/dev/null && pwd -P) || { why="$1 cannot be entered"; return 0; }
-  r='' rest_r=${phys#/}
-  while [ -n "$rest_r" ]; do
-    r="$r/${rest_r%%/*}"
-    case $rest_r in */*) rest_r=${rest_r#*/} ;; *) rest_r= ;; esac
-    unsafe "$r"
-    if [ -n "$why" ]; then why="$r $why"; return 0; fi
-  done
+  [ "$o" = "$me" ] || [ "$o" = 0 ]
 }
 
 # owned_by_job DIR TOKEN: success when DIR is a directory of the SSH user's and, when TOKEN
@@ -97,32 +37,6 @@ owned_by_job() {
   t=
   [ -f "$1/token" ] && read -r t < "$1/token"
   [ "$t" = "$2" ]
-}
-
-# fs_full DIR: success when the file system holding DIR has no space left for the SSH user.
-fs_full() {
-  [ "$(df_available "$1")" = 0 ]
-}
-
-# df_available DIR: the KiB available on DIR's file system. The column is found as the one
-# before the capacity ("NN%"): a file system name may hold spaces (automounts, FUSE).
-df_available() {
-  df -P -k "$1" 2>/dev/null |
-    awk 'NR == 2 { for (i = 2; i <= NF; i++) if ($i ~ /%$/) { print $(i - 1); exit } }'
-}
-
-# started_at PID: st = PID's start time in clock ticks since boot (Linux), else nothing.
-started_at() {
-  st=
-  [ -r "/proc/$1/stat" ] || return 0
-  read -r st < "/proc/$1/stat" || { st=; return 0; }
-  # The command name (field 2) may hold spaces: the fields after it follow the last ") ".
-  st=${st##*) }
-  set -f
-  # shellcheck disable=SC2086
-  set -- $st
-  set +f
-  st=${20:-}
 }
 
 # is_wrapper PID: success when PID is alive and is the process that recorded its start time
@@ -141,20 +55,10 @@ is_wrapper() {
   read -r rec < start
   case $rec in
     '') return 0 ;;
-    ps:*)
-      # Word-split and re-joined: ps pads its columns differently from run to run.
-      set -f
-      # shellcheck disable=SC2046
-      set -- $(ps -o lstart= -p "$1" 2>/dev/null)
-      set +f
-      [ "ps:$*" = "$rec" ]
-      ;;
+    ps:*) ps_started "$1"; [ "ps:$pst" = "$rec" ] ;;
     *) started_at "$1"; [ "$st" = "$rec" ] ;;
   esac
 }
-
-boot_now=
-[ -r /proc/sys/kernel/random/boot_id ] && read -r boot_now < /proc/sys/kernel/random/boot_id
 
 # p KEY DIR OFFSET MAX DELIVERED TOKEN: one job's state, then up to MAX log bytes from OFFSET.
 # Records DELIVERED (log bytes known to be in the task log) for a watcher that resumes.

@@ -2,6 +2,68 @@
 # The caller runs: begin BASE JOB_ID TOKEN; then, unless $claimed, put ... and launch; then
 # finish. Any refusal or failure answers "TAG submit error=<code>" followed by one line that
 # says why, after removing what this submit created: nothing half-done is left behind.
+# shellcheck disable=SC2154 # m, o and me come from lib.sh, which precedes this file
+
+# unsafe DIR: why = why DIR may not be trusted, or nothing. The rule is sshd's StrictModes:
+# owned by the SSH user or root, and not writable by group or others unless the sticky bit
+# is set (then others may add entries of their own, but never remove or rename ours).
+unsafe() {
+  why=
+  stat_of "$1"
+  case $m in
+    d*) ;;
+    l*) why="is a symbolic link"; return 0 ;;
+    '') why="cannot be examined"; return 0 ;;
+    *) why="is not a directory"; return 0 ;;
+  esac
+  if ! trusted_owner; then
+    why="is owned by uid $o, not by the SSH user (uid $me) or root"
+    return 0
+  fi
+  case $m in
+    ?????????[tT]*) ;;
+    ?????w*|????????w*) why="is writable by group or others (mode $m) and not sticky" ;;
+  esac
+}
+
+# check_chain DIR: why = "<component> <reason>" for the first untrusted component of DIR, or
+# nothing. Every component of the path as written is checked, not only the resolved path:
+# each later step goes through the literal path again, so a symbolic link on it must be one
+# nobody else can re-point (owned by the SSH user or root, in a directory that passed), and
+# then the directories it leads to are checked as well.
+check_chain() {
+  why=
+  unsafe /
+  if [ -n "$why" ]; then why="/ $why"; return 0; fi
+  c='' rest=${1#/}
+  while [ -n "$rest" ]; do
+    c="$c/${rest%%/*}"
+    case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    stat_of "$c"
+    case $m in
+      l*)
+        if ! trusted_owner; then
+          why="$c is a symbolic link owned by uid $o, not by the SSH user (uid $me) or root"
+          return 0
+        fi
+        check_resolved "$c"
+        if [ -n "$why" ]; then return 0; fi
+        ;;
+      *)
+        unsafe "$c"
+        if [ -n "$why" ]; then why="$c $why"; return 0; fi
+        ;;
+    esac
+  done
+}
+
+# check_resolved LINK: why = the first untrusted directory on the path LINK resolves to. That
+# path holds no links, so it is the same walk; in a subshell, which keeps the walk in
+# progress (c, rest) of the caller intact.
+check_resolved() {
+  phys=$(cd -P "$1" 2>/dev/null && pwd -P) || { why="$1 cannot be entered"; return 0; }
+  why=$(check_chain "$phys"; printf '%s' "$why")
+}
 
 # refuse CODE MESSAGE: undo what this submit created, answer, and stop.
 refuse() {

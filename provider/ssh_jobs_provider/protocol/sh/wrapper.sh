@@ -1,30 +1,16 @@
-# The detached wrapper (run.sh in the job directory): claims the job, runs the command and
-# records how it ended. Started as `/bin/sh <job_dir>/run.sh <job_dir>` under setsid (or
-# nohup), so its pid leads the job's process group.
+# The detached wrapper (run.sh in the job directory, after process.sh): claims the job, runs
+# the command and records how it ended. Started as `/bin/sh <job_dir>/run.sh <job_dir>` under
+# setsid (or nohup), so its pid leads the job's process group.
+# shellcheck disable=SC2154 # st, pst and boot_now come from process.sh, which precedes this file
 jd=$1
 cd "$jd" || exit 1
 # The one wrapper that creates "claimed" owns the job; any later one leaves at once.
 mkdir claimed 2>/dev/null || exit 0
-# The start time and boot id come before the pid: whoever sees the pid can verify it.
-if [ -r /proc/$$/stat ]; then
-  read -r st < /proc/$$/stat
-  st=${st##*) }
-  set -f
-  # shellcheck disable=SC2086
-  set -- $st
-  set +f
-  printf '%s\n' "${20:-}" > start
-else
-  # Word-split and re-joined, as the poll compares it (ps pads its columns).
-  set -f
-  # shellcheck disable=SC2046
-  set -- $(ps -o lstart= -p $$ 2>/dev/null)
-  set +f
-  printf 'ps:%s\n' "$*" > start
-fi
-b=
-[ -r /proc/sys/kernel/random/boot_id ] && read -r b < /proc/sys/kernel/random/boot_id
-if [ -n "$b" ]; then printf '%s\n' "$b" > boot_id; fi
+# The start time and boot id come before the pid: whoever sees the pid can verify it (the
+# poll compares them the same way, with the functions of process.sh).
+started_at $$
+if [ -n "$st" ]; then printf '%s\n' "$st" > start; else ps_started $$; printf 'ps:%s\n' "$pst" > start; fi
+if [ -n "$boot_now" ]; then printf '%s\n' "$boot_now" > boot_id; fi
 # Without a recorded pid the job could neither be watched nor killed: do not run it.
 { printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid; } || exit 1
 # Record a status even when the group is signalled: the trap runs after the child ends.
@@ -64,11 +50,7 @@ rc=$?
 
 note=
 # A full file system also cost the job (part of) its output: say so beside the exit code.
-# (The available column is the one before the capacity: a file system name may hold spaces.)
-if [ "$(df -P -k . 2>/dev/null |
-  awk 'NR == 2 { for (i = 2; i <= NF; i++) if ($i ~ /%$/) { print $(i - 1); exit } }')" = 0 ]; then
-  note=nospace
-fi
+if fs_full .; then note=nospace; fi
 # exit_code.new was filled at submit: rewriting it in place needs no free block, so the
 # exit code is recorded even on a full file system. The clean copy follows where there is room.
 printf '%s%s\n' "$rc" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code

@@ -1,0 +1,43 @@
+# Process and file-system facts, shared by the remote-job scripts (through lib.sh's prelude)
+# and by the detached wrapper (run.sh starts with this file): both sides must record and
+# compare them the same way.
+# shellcheck disable=SC2034 # st, pst, boot_now are read by the script this file precedes
+
+# started_at PID: st = PID's start time in clock ticks since boot (Linux), else nothing.
+started_at() {
+  st=
+  [ -r "/proc/$1/stat" ] || return 0
+  read -r st < "/proc/$1/stat" || { st=; return 0; }
+  # The command name (field 2) may hold spaces: the fields after it follow the last ") ".
+  st=${st##*) }
+  set -f
+  # shellcheck disable=SC2086
+  set -- $st
+  set +f
+  st=${20:-}
+}
+
+# ps_started PID: pst = PID's start time as `ps -o lstart=` shows it (where there is no
+# /proc), its words re-joined: ps pads its columns differently from run to run.
+ps_started() {
+  set -f
+  # shellcheck disable=SC2046
+  set -- $(ps -o lstart= -p "$1" 2>/dev/null)
+  set +f
+  pst="$*"
+}
+
+# df_available DIR: the KiB available on DIR's file system. The column is found as the one
+# before the capacity ("NN%"): a file system name may hold spaces (automounts, FUSE).
+df_available() {
+  df -P -k "$1" 2>/dev/null |
+    awk 'NR == 2 { for (i = 2; i <= NF; i++) if ($i ~ /%$/) { print $(i - 1); exit } }'
+}
+
+# fs_full DIR: success when the file system holding DIR has no space left for the SSH user.
+fs_full() {
+  [ "$(df_available "$1")" = 0 ]
+}
+
+boot_now=
+[ -r /proc/sys/kernel/random/boot_id ] && read -r boot_now < /proc/sys/kernel/random/boot_id
