@@ -364,13 +364,12 @@ class SSHRemoteJobOperator(BaseOperator):
 
     def _finish_remote(self, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
         """Kill and/or remove the job (see :func:`~ssh_jobs_provider.operators.remote_steps.finish_remote`)."""
-        # A later worker process does not know this try's token: the scripts then check that
-        # the directory is the SSH user's and use the token recorded in it.
-        token = self._token if paths == self._paths else ""
+        # A later worker process does not know this try's token (it is ""): the scripts then
+        # check that the directory is the SSH user's and use the token recorded in it.
         finish_remote(
             self._hook(attempts=1),
             paths,
-            token,
+            self._token,
             kill=kill,
             remove=remove,
             attempts=self.cleanup_retries,

@@ -72,18 +72,14 @@ class JobStatus:
 def _find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
     """Locate ``TAG verb k=v ...`` as a whole line; return its fields and the bytes after it."""
     needle = f"{PROTOCOL_TAG} {verb}".encode()
-    start = 0
-    while True:
-        index = output.find(needle, start)
-        if index < 0:
-            preview = output[:200].decode("utf-8", errors="replace")
-            raise RemoteJobProtocolError(f"No '{PROTOCOL_TAG} {verb}' answer in remote output: {preview!r}")
-        at_line_start = index == 0 or output[index - 1 : index] == b"\n"
-        end = output.find(b"\n", index)
-        if at_line_start and end >= 0:
-            line = output[index + len(needle) : end].decode("utf-8", errors="replace")
-            return header_fields(line), output[end + 1 :]
-        start = index + 1
+    index = _first_line_start(output, needle)
+    # Without a newline after the first header, no later one can have one either.
+    end = -1 if index is None else output.find(b"\n", index)
+    if index is None or end < 0:
+        preview = output[:200].decode("utf-8", errors="replace")
+        raise RemoteJobProtocolError(f"No '{PROTOCOL_TAG} {verb}' answer in remote output: {preview!r}")
+    line = output[index + len(needle) : end].decode("utf-8", errors="replace")
+    return header_fields(line), output[end + 1 :]
 
 
 def header_fields(text: str) -> dict[str, str]:
