@@ -108,6 +108,7 @@ class BaseSSHServer:
     """
 
     host = LOOPBACK
+    _has_started = False
 
     def __init__(
         self,
@@ -291,6 +292,40 @@ class BaseSSHServer:
         self.stop()
         raise SSHServerError(f"sshd not listening after {START_TIMEOUT}s; log:\n{self._log_since(offset)}")
 
+    @property
+    def stdio_path(self) -> Path:
+        """Where sshd's own stdout and stderr go (errors before it opens its -E log)."""
+        return self.base_dir / "sshd.stdio"
+
+    def _stdio_text(self) -> str:
+        try:
+            return self.stdio_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _start_with_port_retries(
+        self, spawn: Callable[[], None], discard: Callable[[], None], where: str = ""
+    ) -> None:
+        """Run ``spawn`` until sshd listens; move to a fresh port when another process took ours.
+
+        :param spawn: starts sshd (it then counts as ``running``)
+        :param discard: forgets (and reaps) an sshd that did not come up
+        :param where: said in the error, e.g. the container image
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            offset = self._log_size()
+            spawn()
+            if self._wait_until_listening(offset, lambda: self.running):
+                self._has_started = True
+                return
+            failure = self._log_since(offset) + self._stdio_text()
+            discard()
+            # Only before the first successful start: afterwards clients depend on the port.
+            if "Address already in use" in failure and not self._has_started and attempt + 1 < PORT_ATTEMPTS:
+                self._move_to_new_port()
+                continue
+            raise SSHServerError(f"sshd exited during start-up{where}; output:\n{failure}")
+
     # -- client-side helpers -----------------------------------------------------
 
     def known_hosts_entry(self, port: int | None = None) -> str:
@@ -357,11 +392,6 @@ class SSHServer(BaseSSHServer):
     """One ``/usr/sbin/sshd -D`` child process on 127.0.0.1."""
 
     _proc: subprocess.Popen[bytes] | None = None
-    _has_started = False
-
-    @property
-    def stdio_path(self) -> Path:
-        return self.base_dir / "sshd.stdio"
 
     @property
     def pid(self) -> int | None:
@@ -376,41 +406,20 @@ class SSHServer(BaseSSHServer):
             return
         ensure_privsep_dir()
         try:
-            self._start_with_port_retries()
+            self._start_with_port_retries(self._spawn, self._reap)
         except BaseException:
             # Whatever went wrong (even Ctrl-C), do not leave an sshd behind.
             self.stop()
             raise
 
-    def _start_with_port_retries(self) -> None:
-        for attempt in range(PORT_ATTEMPTS):
-            offset = self._log_size()
-            self._proc = self._spawn()
-            if self._wait_until_listening(offset, lambda: self.running):
-                self._has_started = True
-                return
-            failure = self._log_since(offset) + self._stdio_text()
-            self._reap()
-            # Only before the first successful start: afterwards clients depend on the port.
-            if "Address already in use" in failure and not self._has_started and attempt + 1 < PORT_ATTEMPTS:
-                self._move_to_new_port()
-                continue
-            raise SSHServerError(f"sshd exited during start-up; output:\n{failure}")
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self) -> None:
         command = [str(SSHD_BINARY), "-D", "-f", str(self.config_path), "-E", str(self.log_path)]
         # Errors before sshd opens its -E log (e.g. bad config) go to stderr.
         with self.stdio_path.open("ab") as stdio:
             # A new session gives sshd its own process group, which stop() can signal as a whole.
-            return subprocess.Popen(
+            self._proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=stdio, stderr=stdio, start_new_session=True
             )
-
-    def _stdio_text(self) -> str:
-        try:
-            return self.stdio_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def stop(self) -> None:
         """Stop the listener and every process it forked. Safe to call repeatedly."""

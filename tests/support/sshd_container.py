@@ -38,7 +38,7 @@ from testcontainers.core.container import DockerContainer
 from harness.processes import ProcessId, descendants, is_same_live_process, process_id, signal_processes
 from harness.processes import wait_processes_gone as _wait_gone
 
-from .sshd import POLL_INTERVAL, PORT_ATTEMPTS, START_TIMEOUT, STOP_TIMEOUT, BaseSSHServer, SSHServerError
+from .sshd import POLL_INTERVAL, START_TIMEOUT, STOP_TIMEOUT, BaseSSHServer, SSHServerError
 
 IMAGE_ENV = "SSH_JOBS_TEST_IMAGE"
 DEFAULT_IMAGE = "local/sshd:openssh10"
@@ -94,11 +94,6 @@ class ContainerSSHServer(BaseSSHServer):
         self.extra_mounts = [Path(path).resolve() for path in extra_mounts]
         self._container: DockerContainer | None = None
         self._listener: ProcessId | None = None
-        self._has_started = False
-
-    @property
-    def stdio_path(self) -> Path:
-        return self.base_dir / "sshd.stdio"
 
     @property
     def pid(self) -> int | None:
@@ -115,7 +110,7 @@ class ContainerSSHServer(BaseSSHServer):
         try:
             if self._container is None:
                 self._container = self._start_container()
-            self._start_sshd_with_port_retries()
+            self._start_with_port_retries(self._spawn_sshd, self._forget_listener, f" in {self.image}")
         except BaseException:
             # Never started: nothing can use the container, so do not leave it behind.
             if self._has_started:
@@ -137,23 +132,14 @@ class ContainerSSHServer(BaseSSHServer):
             message = f"could not start a container from {self.image}: {error}\n{BUILD_HINT}"
             raise SSHServerError(message) from error
 
-    def _start_sshd_with_port_retries(self) -> None:
-        for attempt in range(PORT_ATTEMPTS):
-            offset = self._log_size()
-            self._listener = self._spawn_sshd()
-            if self._wait_until_listening(offset, lambda: self.running):
-                self._has_started = True
-                return
-            failure = self._log_since(offset) + self._stdio_text()
-            self._listener = None
-            # Only before the first successful start: afterwards clients depend on the port.
-            if "Address already in use" in failure and not self._has_started and attempt + 1 < PORT_ATTEMPTS:
-                self._move_to_new_port()
-                continue
-            raise SSHServerError(f"sshd exited during start-up in {self.image}; output:\n{failure}")
+    def _forget_listener(self) -> None:
+        self._listener = None
 
-    def _spawn_sshd(self) -> ProcessId | None:
-        """Run ``sshd -D`` in the container; return the listener as seen from the host."""
+    def _spawn_sshd(self) -> None:
+        """Run ``sshd -D`` in the container; ``_listener`` is then the listener as seen from the host."""
+        self._listener = self._exec_sshd()
+
+    def _exec_sshd(self) -> ProcessId | None:
         assert self._container is not None
         sshd = f"/usr/sbin/sshd -D -f {self.config_path} -E {self.log_path}"
         # Errors before sshd opens its -E log (e.g. bad config) go to the stdio file.
@@ -173,12 +159,6 @@ class ContainerSSHServer(BaseSSHServer):
             if time.monotonic() >= deadline:
                 raise SSHServerError(f"docker exec of sshd did not start within {START_TIMEOUT}s")
             time.sleep(POLL_INTERVAL)
-
-    def _stdio_text(self) -> str:
-        try:
-            return self.stdio_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def stop(self) -> None:
         """Stop sshd and every per-connection process it forked; the container stays. Idempotent."""

@@ -43,51 +43,45 @@ class FakeConnection:
         pass
 
 
-def start_job(tmp_path: Path, command: str, token: str) -> RemoteJobPaths:
+def watch_job(tmp_path: Path, command: str, connector: Any) -> tuple[list[str], list[str], Any, int]:
+    """Start a real job on the local shell, watch it through a session with ``connector``;
+    return its log lines, warnings, outcome, and the connections the session opened."""
+    token = new_job_token()
     paths = RemoteJobPaths("job", str(tmp_path / "jobs"))
     run_sh(build_submit_script(paths, command, {}, token))
-    return paths
-
-
-def watch_for(paths: RemoteJobPaths, token: str) -> JobWatch:
     monitor = JobMonitor(paths, 0, 4096, started_at=0.0, token=token)
-    return JobWatch(monitor=monitor, poll_interval=0.05, command_timeout=10.0, max_reconnect_attempts=3)
+    watch = JobWatch(monitor=monitor, poll_interval=0.05, command_timeout=10.0, max_reconnect_attempts=3)
 
+    async def scenario() -> tuple[list[str], list[str], Any, int]:
+        session = HostSession(SETTINGS, connector, local_shell, FAST)
+        session.watch(watch)
+        lines: list[str] = []
+        warnings: list[str] = []
+        while True:
+            delivery = await asyncio.wait_for(watch.next_delivery(), 30)
+            lines += delivery.lines
+            warnings += delivery.warnings
+            if delivery.outcome is not None:
+                session.unwatch(watch)
+                return lines, warnings, delivery.outcome, session.connects
 
-async def drain(session: HostSession, watch: JobWatch) -> tuple[list[str], list[str], Any]:
-    session.watch(watch)
-    lines: list[str] = []
-    warnings: list[str] = []
-    while True:
-        delivery = await asyncio.wait_for(watch.next_delivery(), 30)
-        lines += delivery.lines
-        warnings += delivery.warnings
-        if delivery.outcome is not None:
-            session.unwatch(watch)
-            return lines, warnings, delivery.outcome
+    return asyncio.run(scenario())
 
 
 def test_an_error_no_retry_can_fix_ends_the_watch_at_once(tmp_path: Path) -> None:
-    token = new_job_token()
-    paths = start_job(tmp_path, "sleep 5", token)
     connects: list[int] = []
 
     async def refuse(settings: SSHConnectionSettings) -> Any:
         connects.append(1)
         raise SSHAuthenticationError("denied")
 
-    async def scenario() -> Any:
-        return await drain(HostSession(SETTINGS, refuse, local_shell, FAST), watch_for(paths, token))
-
-    lines, _, outcome = asyncio.run(scenario())
+    lines, _, outcome, _ = watch_job(tmp_path, "sleep 5", refuse)
 
     assert (outcome.status, lines, len(connects)) == ("error", [], 1)
     assert "denied" in outcome.message
 
 
 def test_a_dropped_connection_is_reopened_once_and_the_log_arrives_whole(tmp_path: Path) -> None:
-    token = new_job_token()
-    paths = start_job(tmp_path, "echo one\nsleep 0.3\necho two\n", token)
     connects: list[int] = []
 
     async def flaky(settings: SSHConnectionSettings) -> Any:
@@ -96,12 +90,7 @@ def test_a_dropped_connection_is_reopened_once_and_the_log_arrives_whole(tmp_pat
             raise OSError("connection reset")
         return FakeConnection()
 
-    async def scenario() -> Any:
-        session = HostSession(SETTINGS, flaky, local_shell, FAST)
-        result = await drain(session, watch_for(paths, token))
-        return result, session.connects
-
-    (lines, warnings, outcome), opened = asyncio.run(scenario())
+    lines, warnings, outcome, opened = watch_job(tmp_path, "echo one\nsleep 0.3\necho two\n", flaky)
 
     assert (outcome.status, outcome.exit_code, lines) == ("success", 0, ["one", "two"])
     assert len(connects) == 2 and opened == 1
