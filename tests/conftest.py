@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import support.protocol
 from support.faultproxy import FaultProxy
 from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer, use_connection
 
@@ -89,6 +90,12 @@ def ssh_conn(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch) -> str:
     return use_connection(monkeypatch, sshd, "ssh_test")
 
 
+@pytest.fixture(params=["perl", "sh"])
+def poll_conn(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """Like ``ssh_conn``, with the polls forced to run in perl, then in POSIX sh."""
+    return use_connection(monkeypatch, sshd, f"ssh_{request.param}", poll_interpreter=request.param)
+
+
 @pytest.fixture
 def proxy(sshd: BaseSSHServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """A fault proxy in front of ``sshd``, exposed as Airflow connection ``ssh_proxy``."""
@@ -111,3 +118,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("measurements")
         for line in LINES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(params=["sh", "perl"])
+def poll_interpreter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test that uses it runs twice: its polls in POSIX sh, and in one perl process."""
+    monkeypatch.setattr(support.protocol, "POLL_INTERPRETER", request.param)
+    return str(request.param)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -20,10 +21,10 @@ from support.sshd import use_connection
 pytestmark = pytest.mark.integration
 
 
-def test_trigger_holds_one_connection_for_the_whole_watch(sshd, ssh_conn: str, remote_base_dir: str) -> None:
-    paths = start_job(ssh_conn, remote_base_dir, "for i in $(seq 1 10); do echo line $i; sleep 0.2; done")
+def test_trigger_holds_one_connection_for_the_whole_watch(sshd, poll_conn: str, remote_base_dir: str) -> None:
+    paths = start_job(poll_conn, remote_base_dir, "for i in $(seq 1 10); do echo line $i; sleep 0.2; done")
     before = sshd.counts()
-    lines, event = watch(trigger_for(ssh_conn, paths, poll_interval=0.1))
+    lines, event = watch(trigger_for(poll_conn, paths, poll_interval=0.1))
     after = sshd.counts()
 
     assert event["status"] == "success"
@@ -33,12 +34,12 @@ def test_trigger_holds_one_connection_for_the_whole_watch(sshd, ssh_conn: str, r
 
 
 def test_several_megabytes_written_just_before_exit_arrive_exactly(
-    ssh_conn: str, remote_base_dir: str
+    poll_conn: str, remote_base_dir: str
 ) -> None:
     # ~6 MB of numbered lines, all written at the very end, then exit.
     command = "sleep 0.5\nseq 1 800000 | sed 's/^/row /'\nexit 0\n"
-    paths = start_job(ssh_conn, remote_base_dir, command)
-    lines, event = watch(trigger_for(ssh_conn, paths, log_chunk_size=256 * 1024), timeout=300)
+    paths = start_job(poll_conn, remote_base_dir, command)
+    lines, event = watch(trigger_for(poll_conn, paths, log_chunk_size=256 * 1024), timeout=300)
 
     assert event["status"] == "success"
     expected = [f"row {i}" for i in range(1, 800001)]
@@ -48,41 +49,52 @@ def test_several_megabytes_written_just_before_exit_arrive_exactly(
 
 
 def test_multibyte_character_split_by_a_chunk_boundary_comes_out_whole(
-    ssh_conn: str, remote_base_dir: str
+    poll_conn: str, remote_base_dir: str
 ) -> None:
     # 1023 ASCII bytes then a 3-byte character: every 1024-byte chunk boundary cuts it.
     command = "printf '%1023s' '' | tr ' ' 'a'\nprintf '\\342\\202\\254 euro\\n'\nprintf 'end\\n'\n"
-    paths = start_job(ssh_conn, remote_base_dir, command)
-    lines, event = watch(trigger_for(ssh_conn, paths, log_chunk_size=1024))
+    paths = start_job(poll_conn, remote_base_dir, command)
+    lines, event = watch(trigger_for(poll_conn, paths, log_chunk_size=1024))
 
     assert event["status"] == "success"
     assert lines == ["a" * 1023 + "\u20ac euro", "end"]
 
 
-def test_invalid_bytes_become_replacement_characters(ssh_conn: str, remote_base_dir: str) -> None:
+def test_invalid_bytes_become_replacement_characters(poll_conn: str, remote_base_dir: str) -> None:
     command = "printf 'ok \\377\\376 bad\\n\\303\\n'\nprintf 'tail-no-newline \\300'\n"
-    paths = start_job(ssh_conn, remote_base_dir, command)
-    lines, event = watch(trigger_for(ssh_conn, paths))
+    paths = start_job(poll_conn, remote_base_dir, command)
+    lines, event = watch(trigger_for(poll_conn, paths))
 
     assert event["status"] == "success"
     assert lines == ["ok \ufffd\ufffd bad", "\ufffd", "tail-no-newline \ufffd"]
 
 
 def test_vanished_process_ends_with_a_clear_error_within_a_few_polls(
-    ssh_conn: str, remote_base_dir: str
+    poll_conn: str, remote_base_dir: str
 ) -> None:
-    paths = start_job(ssh_conn, remote_base_dir, "echo started\nsleep 300\n")
+    paths = start_job(poll_conn, remote_base_dir, "echo started\nsleep 300\n")
     pid = int(Path(paths.pid_file).read_text())
     os.killpg(pid, signal.SIGKILL)  # like the OOM killer: no chance to write an exit code
 
     started = time.monotonic()
-    lines, event = watch(trigger_for(ssh_conn, paths, poll_interval=0.5))
+    lines, event = watch(trigger_for(poll_conn, paths, poll_interval=0.5))
 
     assert event["status"] == "error"
     assert event["exit_code"] is None
     assert "without writing an exit code" in event["message"]
     assert lines == ["started"]
     assert time.monotonic() - started < 10
+
+
+def test_auto_asks_the_host_once_and_polls_in_perl(
+    sshd, ssh_conn: str, remote_base_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = start_job(ssh_conn, remote_base_dir, "echo one\nsleep 1\necho two\n")
+    with caplog.at_level(logging.INFO, logger="ssh_jobs_provider.triggers.host_session"):
+        lines, event = watch(trigger_for(ssh_conn, paths, poll_interval=0.2))
+    assert event["status"] == "success" and lines == ["one", "two"]
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Polls of jobs on")]
+    assert chosen == [f"Polls of jobs on {sshd.user}@{sshd.host}:{sshd.port} run in perl"]
 
 
 def watch_ticking_job_through(

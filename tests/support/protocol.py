@@ -20,14 +20,18 @@ from ssh_jobs_provider.protocol.answers import (
     RemoteJobProtocolError,
     parse_batch_output,
 )
+from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, Entry, PollEntry, build_batch_script
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 
 SCRIPT_TIMEOUT = 30.0
 #: The last line of every complete batch answer.
 END = f"{PROTOCOL_TAG} end\n".encode()
 #: Large enough for the whole log of any job these tests start.
 WHOLE_LOG = 1 << 20
+#: What runs the polls of :func:`run_batch` ("sh" or "perl"); the ``poll_interpreter``
+#: fixture sets it per test.
+POLL_INTERPRETER = "sh"
 
 
 def run_sh(script: str, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
@@ -39,7 +43,7 @@ def run_sh(script: str, timeout: float = SCRIPT_TIMEOUT) -> subprocess.Completed
 
 def run_batch(entries: Sequence[Entry]) -> bytes:
     """The raw answer of the real batch script for ``entries``, run by the local shell."""
-    result = run_sh(build_batch_script(entries))
+    result = run_sh(build_batch_script(entries, interpreter=POLL_INTERPRETER))
     assert result.returncode == 0, result.stderr
     return result.stdout
 

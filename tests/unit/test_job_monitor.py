@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.monitor import (
     PENDING_LIMIT_SECONDS,
@@ -14,9 +15,11 @@ from ssh_jobs_provider.protocol.monitor import (
     JobMonitor,
     MonitorUpdate,
 )
-from ssh_jobs_provider.protocol.scripts import build_batch_script
 from support.protocol import answer as framed
 from support.protocol import batch, only_result, run_batch
+
+#: Every poll here runs in POSIX sh and in perl, which must answer alike.
+pytestmark = pytest.mark.usefixtures("poll_interpreter")
 
 PATHS = RemoteJobPaths(job_id="job1", base_dir="/srv/jobs")
 
@@ -48,7 +51,7 @@ def feed(monitor: JobMonitor, output: bytes, now: float) -> MonitorUpdate:
 def window(monitor: JobMonitor) -> tuple[int, int]:
     """(offset, max_bytes) the monitor's next poll entry asks for."""
     entry = monitor.poll_entry()
-    assert f"p 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in build_batch_script([entry])
+    assert f"w 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in build_batch_script([entry])
     return entry.offset, entry.max_bytes
 
 

@@ -16,6 +16,7 @@ from ssh_jobs_provider.protocol.answers import (
     parse_simple_state,
     parse_submit_output,
 )
+from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.identity import (
     DEFAULT_BASE_DIR,
     RemoteJobPaths,
@@ -23,7 +24,6 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_job_id,
 )
-from ssh_jobs_provider.protocol.scripts import PollEntry
 from support.protocol import answer, batch, header, only_result
 
 PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")

@@ -24,17 +24,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_simple_state, parse_submit_output
+from ssh_jobs_provider.protocol.batch import PollEntry, build_cleanup_script
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
-from ssh_jobs_provider.protocol.scripts import (
-    PollEntry,
-    build_cleanup_script,
-    build_kill_script,
-    build_submit_script,
-)
+from ssh_jobs_provider.protocol.scripts import build_kill_script, build_submit_script
 from support.jobs import wait_until
 from support.protocol import poll_once as poll
 from support.protocol import run_sh
+
+#: Every poll here runs in POSIX sh and in perl, which must answer alike.
+pytestmark = pytest.mark.usefixtures("poll_interpreter")
 
 #: One submit's token: a re-submit with it is the same submit retried (lost reply).
 TOKEN = "0123456789abcdef0123456789abcdef"

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from ssh_jobs_provider.protocol.batch import POLL_INTERPRETERS
+
 DEFAULT_SSH_PORT = 22
 DEFAULT_CONN_TIMEOUT = 10.0
 DEFAULT_BANNER_TIMEOUT = 30.0
@@ -195,6 +197,8 @@ class SSHConnectionSettings:
     :param disabled_algorithms: ``{"ciphers": [...], "kex": [...], "keys": [...], "macs": [...]}``
     :param ciphers: preferred ciphers, in order; others are not offered
     :param compress: enable SSH compression
+    :param poll_interpreter: what runs the triggerer's batched polls on the host: ``"auto"``
+        (perl when the host has it, else POSIX sh), ``"perl"`` or ``"sh"``
     """
 
     conn_id: str | None
@@ -218,8 +222,14 @@ class SSHConnectionSettings:
     disabled_algorithms: Mapping[str, list[str]] | None = None
     ciphers: tuple[str, ...] | None = None
     compress: bool = True
+    poll_interpreter: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.poll_interpreter not in POLL_INTERPRETERS:
+            raise ValueError(
+                f"SSH connection {self.conn_id!r}: extra 'poll_interpreter' must be one of "
+                f"{', '.join(map(repr, POLL_INTERPRETERS))}, got {self.poll_interpreter!r}."
+            )
         if not self.host:
             raise ValueError(
                 f"SSH connection {self.conn_id!r} has no host: set the connection's host or pass remote_host."
@@ -276,7 +286,7 @@ class SSHConnectionSettings:
     @staticmethod
     def _from_extras(extra: Mapping[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for name in ("key_file", "private_key", "known_hosts"):
+        for name in ("key_file", "private_key", "known_hosts", "poll_interpreter"):
             if extra.get(name):
                 values[name] = str(extra[name])
         passphrase = extra.get("private_key_passphrase") or extra.get("passphrase")

@@ -18,8 +18,9 @@ from ssh_jobs_provider.protocol.answers import (
     parse_simple_state,
     parse_submit_output,
 )
+from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
-from ssh_jobs_provider.protocol.scripts import build_cleanup_script, build_kill_script
+from ssh_jobs_provider.protocol.scripts import build_kill_script
 from ssh_jobs_provider.retry import RetryPolicy
 
 # --------------------------------------------------------------------------- arguments

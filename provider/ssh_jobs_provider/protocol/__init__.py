@@ -6,7 +6,9 @@ Its layers, each a module (in the manner of a sans-I/O protocol library):
 - :mod:`~ssh_jobs_provider.protocol.identity`: job ids, tokens and paths, validated;
 - :mod:`~ssh_jobs_provider.protocol.environment`: the job's ``environment``, validated;
 - :mod:`~ssh_jobs_provider.protocol.scripts`: the remote ``sh`` programs (``sh/*.sh``,
-  checked by ShellCheck) assembled with one call's arguments, and batch entries;
+  checked by ShellCheck) assembled with one call's arguments;
+- :mod:`~ssh_jobs_provider.protocol.batch`: the batch of one poll tick, its polls run by one
+  ``perl`` process (``perl/poll.pl``) or by POSIX ``sh`` alone;
 - :mod:`~ssh_jobs_provider.protocol.answers`: what the scripts answer, parsed;
 - :mod:`~ssh_jobs_provider.protocol.log_stream`: log bytes to whole lines, exactly once;
 - :mod:`~ssh_jobs_provider.protocol.monitor`: what successive answers mean for one job.
@@ -29,6 +31,15 @@ from ssh_jobs_provider.protocol.answers import (
     parse_simple_state,
     parse_submit_output,
 )
+from ssh_jobs_provider.protocol.batch import (
+    POLL_INTERPRETERS,
+    CleanupEntry,
+    Entry,
+    PollEntry,
+    build_batch_script,
+    build_cleanup_script,
+    build_probe_script,
+)
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import (
     DEFAULT_BASE_DIR,
@@ -42,17 +53,13 @@ from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
 from ssh_jobs_provider.protocol.scripts import (
     PROTOCOL_TAG,
     REMOTE_SHELL,
-    CleanupEntry,
-    Entry,
-    PollEntry,
-    build_batch_script,
-    build_cleanup_script,
     build_kill_script,
     build_submit_script,
 )
 
 __all__ = [
     "DEFAULT_BASE_DIR",
+    "POLL_INTERPRETERS",
     "PROTOCOL_TAG",
     "REMOTE_SHELL",
     "CleanupEntry",
@@ -70,6 +77,7 @@ __all__ = [
     "build_batch_script",
     "build_cleanup_script",
     "build_kill_script",
+    "build_probe_script",
     "build_submit_script",
     "make_job_id",
     "new_job_token",

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry
 from ssh_jobs_provider.protocol.identity import DEFAULT_BASE_DIR, RemoteJobPaths
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, CleanupEntry, Entry, PollEntry
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 
 _HEADER_FIELD = re.compile(r"(\w+)=(\S*)")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus
+from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.log_stream import LogStream
-from ssh_jobs_provider.protocol.scripts import PollEntry
 
 #: Consecutive polls that must see the process gone without an exit code before the
 #: monitor gives up on it (one more look guards against a transient ``kill -0`` answer).

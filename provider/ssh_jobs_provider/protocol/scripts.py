@@ -9,16 +9,8 @@ ShellCheck); this module only validates the inputs and appends the calls. Every 
 answers with header lines starting with :data:`PROTOCOL_TAG`, parsed by
 :mod:`ssh_jobs_provider.protocol.answers`.
 
-A batch (one per poll tick and host) is the shared prelude and one call per entry:
-
-- ``p KEY DIR OFFSET MAX DELIVERED TOKEN`` reports one job's state, records how much of its
-  log has been delivered (so a re-created trigger can resume at the right byte), and
-  appends up to ``MAX`` log bytes from ``OFFSET``;
-- ``c KEY DIR TOKEN`` removes one finished job's directory, if it is the SSH user's and
-  carries ``TOKEN``.
-
-A ``TOKEN`` of ``''`` (watchers created before tokens existed) checks only that the directory
-is the SSH user's.
+The batch of one poll tick (polls and cleanups of many jobs) is built by
+:mod:`~ssh_jobs_provider.protocol.batch`.
 
 The job directory is private to the SSH user (mode 700), and the base dir and every directory
 above it must be trusted (see the Security page of the docs).
@@ -46,8 +38,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import cache
 from importlib.resources import files
 
@@ -91,7 +82,7 @@ def batch_tag() -> str:
     return f"{PROTOCOL_TAG}.{secrets.token_hex(8)}"
 
 
-def _whole(body: str) -> str:
+def as_whole(body: str) -> str:
     # One compound command: a script cut short in transit is a syntax error and runs not at
     # all, instead of running up to wherever it was cut.
     return "{\n" + body + "}\n"
@@ -144,7 +135,7 @@ def build_submit_script(
         ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
     )
     writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
-    return _whole(
+    return as_whole(
         "umask 077\n"
         + script_prelude()
         + shell_source("submit.sh")
@@ -170,89 +161,8 @@ def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int
         that the directory is the SSH user's and uses the token recorded in it
     """
     validate_token(token, required=False)
-    return _whole(
+    return as_whole(
         script_prelude()
         + shell_source("kill.sh")
         + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)}\n"
-    )
-
-
-def build_cleanup_script(paths: RemoteJobPaths, token: str = "") -> str:
-    """
-    Script that removes the job directory and nothing else.
-
-    ``paths`` is validated on construction (job id is one plain path component, base dir
-    absolute and normalised), so the directory removed is always a direct child of the
-    base directory; it is only removed when it is the SSH user's and, with ``token``, carries it.
-    """
-    return build_batch_script([CleanupEntry(paths, token=token)])
-
-
-# --------------------------------------------------------------------------- batches
-
-
-@dataclass(frozen=True)
-class PollEntry:
-    """
-    Ask for one job's state and the log window ``[offset, offset + max_bytes)``.
-
-    :param paths: the job's paths
-    :param offset: the first log byte wanted
-    :param max_bytes: most log bytes wanted (``0``: the state only)
-    :param delivered: log bytes known to be in the task log, recorded remotely for a resume
-    :param token: the submit's token, checked against the job directory's (``""``: not checked)
-    """
-
-    paths: RemoteJobPaths
-    offset: int
-    max_bytes: int
-    delivered: int = 0
-    #: The submit's token, checked against the job directory's (``""``: not checked).
-    token: str = ""
-
-    def __post_init__(self) -> None:
-        if self.offset < 0 or self.max_bytes < 0 or self.delivered < 0:
-            raise ValueError(f"Invalid poll window: {self}")
-        validate_token(self.token, required=False)
-
-
-@dataclass(frozen=True)
-class CleanupEntry:
-    """
-    Remove one finished job's directory (a direct child of its base dir, by construction).
-
-    :param paths: the job's paths
-    :param token: the submit's token; the directory is only removed when it carries it
-    """
-
-    paths: RemoteJobPaths
-    token: str = ""
-
-    def __post_init__(self) -> None:
-        validate_token(self.token, required=False)
-
-
-Entry = PollEntry | CleanupEntry
-
-
-def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG) -> str:
-    """
-    One script for all ``entries``; entry ``i`` answers with ``key=i``.
-
-    :param tag: the tag its answers start with; a batch that carries log bytes should use a
-        fresh :func:`batch_tag`, and parse the answer with the same one
-    """
-    calls = []
-    for key, entry in enumerate(entries):
-        job_dir = shlex.quote(entry.paths.job_dir)
-        token = shlex.quote(entry.token)
-        if isinstance(entry, PollEntry):
-            calls.append(f"p {key} {job_dir} {entry.offset} {entry.max_bytes} {entry.delivered} {token}\n")
-        else:
-            calls.append(f"c {key} {job_dir} {token}\n")
-    # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
-    # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
-    # the triggerer (and sshd) would otherwise spend most of their CPU on.
-    return _whole(
-        script_prelude(tag) + "{\n" + "".join(calls) + 'echo "$T end"\n' + "} | dd obs=65536 2>/dev/null\n"
     )

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.protocol.answers import parse_batch_output
-from ssh_jobs_provider.protocol.scripts import Entry, PollEntry, batch_tag, build_batch_script
+from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError, parse_batch_output, parse_simple_state
+from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script, build_probe_script
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, batch_tag
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import Deliveries, Delivery, PollScheduler, Watch
 
@@ -43,6 +44,8 @@ ScriptRunner = Callable[[Any, str, float], Awaitable[tuple[int, bytes, bytes]]]
 
 #: Seconds allowed for recording the delivered offsets of triggers that left early.
 RECORD_TIMEOUT_SECONDS = 30.0
+#: Seconds allowed for asking the host, once per session, what can run its polls.
+PROBE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(eq=False)
@@ -93,6 +96,8 @@ class HostSession:
         self._records: list[tuple[PollEntry, asyncio.Future[bool]]] = []
         self.connects = 0
         self.batches = 0
+        #: What runs the polls on the host (``"perl"`` or ``"sh"``), once known.
+        self.interpreter: str | None = None
 
     # ------------------------------------------------------------------ registry
 
@@ -213,7 +218,7 @@ class HostSession:
         entries: list[Entry] = [entry for entry, _ in records]
         try:
             conn = await self._connection()
-            await self._runner(conn, build_batch_script(entries), RECORD_TIMEOUT_SECONDS)
+            await self._runner(conn, self._batch_script(entries), RECORD_TIMEOUT_SECONDS)
             ok = True
         except asyncio.CancelledError:
             raise
@@ -231,7 +236,7 @@ class HostSession:
         tag = batch_tag()
         try:
             conn = await self._connection()
-            script = build_batch_script(entries, tag)
+            script = self._batch_script(entries, tag)
             _, stdout, _ = await self._runner(conn, script, self.scheduler.timeout(due))
         except asyncio.CancelledError:
             raise
@@ -252,13 +257,38 @@ class HostSession:
         self.batches += 1
         self._deliver(self.scheduler.apply(due, parse_batch_output(stdout, entries, tag), loop.time()))
 
+    def _batch_script(self, entries: list[Entry], tag: str = PROTOCOL_TAG) -> str:
+        assert self.interpreter is not None  # resolved by _connection()
+        return build_batch_script(entries, tag, self.interpreter)
+
     # ------------------------------------------------------------------ connection
 
     async def _connection(self) -> Any:
         if self._conn is None:
             self._conn = await self._connector(self.settings)
             self.connects += 1
+        if self.interpreter is None:
+            self.interpreter = await self._probe_interpreter(self._conn)
         return self._conn
+
+    async def _probe_interpreter(self, conn: Any) -> str:
+        """
+        What runs the polls: the setting, or for ``"auto"`` what the host has, asked once.
+
+        Asked in an exec of its own, once per session and not per batch: a host's tools do not
+        change under a watch, and a batch that carried both programs would cost the host the
+        parsing of both at every tick.
+        """
+        if self.settings.poll_interpreter != "auto":
+            return self.settings.poll_interpreter
+        _, stdout, _ = await self._runner(conn, build_probe_script(), PROBE_TIMEOUT_SECONDS)
+        try:
+            found = parse_simple_state(stdout, "probe")
+        except RemoteJobProtocolError:
+            found = "sh"  # an odd answer: POSIX sh is what every host that answers at all has
+        interpreter = found if found in ("perl", "sh") else "sh"
+        log.info("Polls of jobs on %s run in %s", self.settings.address, interpreter)
+        return interpreter
 
     def _abort_connection(self) -> None:
         conn, self._conn = self._conn, None

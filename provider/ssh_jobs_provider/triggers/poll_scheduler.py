@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_retryable
 from ssh_jobs_provider.protocol.answers import CleanupResult, EntryResult, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
-from ssh_jobs_provider.protocol.scripts import CleanupEntry, Entry, PollEntry
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
 
 #: Jobs due within this many seconds of each other share a batch.

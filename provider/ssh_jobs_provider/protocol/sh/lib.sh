@@ -60,21 +60,35 @@ is_wrapper() {
   esac
 }
 
-# p KEY DIR OFFSET MAX DELIVERED TOKEN: one job's state, then up to MAX log bytes from OFFSET.
-# Records DELIVERED (log bytes known to be in the task log) for a watcher that resumes.
-# The order of the probes matters: liveness before exit code (so "dead and no exit code"
-# really means vanished), exit code before log size (so a size reported with an exit code
-# is final and the last bytes written before exit are never missed).
-p() {
-  k=$1 off=$3 max=$4 dl=$5 tok=$6
-  if ! cd "$2" 2>/dev/null; then echo "$T poll key=$k state=missing len=0"; return 0; fi
-  if [ -n "$tok" ]; then
-    t=
-    [ -f token ] && read -r t < token
-    if [ "$t" != "$tok" ]; then echo "$T poll key=$k state=foreign len=0"; cd /; return 0; fi
-  elif ! owned_by_job "$2" ""; then
-    echo "$T poll key=$k state=foreign len=0"; cd /; return 0
+# A poll in POSIX sh comes in three phases, so that a batch starts processes per tick, not per
+# job: `q` reads each job's state with builtins only, `z` finds the log sizes of many jobs with
+# one `ls`, `w` answers and reads the log window (the only per-job processes, and only for a
+# log that grew). The phases keep the order of the probes for every job: liveness before exit
+# code (so "dead and no exit code" really means vanished), exit code before log size (so a
+# size reported with an exit code is final and the last bytes written before exit are never
+# missed). Between phases a job's findings live in H<KEY> (header fields, or missing/foreign),
+# E<KEY> (1: it has a log) and Z<KEY> (its log size); only values checked here are kept there.
+
+# q KEY DIR TOKEN: phase 1, one job's state.
+q() {
+  k=$1 tok=$3 h=missing e=0
+  if cd "$2" 2>/dev/null; then
+    h=foreign
+    if [ -n "$tok" ]; then
+      t=
+      [ -f token ] && read -r t < token
+      [ "$t" = "$tok" ] && h=
+    elif owned_by_job "$2" ""; then
+      h=
+    fi
+    [ -z "$h" ] && q_state
+    cd / || true
   fi
+  eval "H$k=\$h E$k=\$e"
+}
+
+# q_state: the header fields of the job directory we are in (phase 1, after its checks).
+q_state() {
   pid=
   [ -f pid ] && read -r pid < pid
   case $pid in ''|*[!0-9]*) pid= ;; esac
@@ -85,9 +99,7 @@ p() {
   # Only what the wrapper writes: a number, and "nospace" or nothing.
   case $ec in *[!0-9]*) ec= ;; esac
   case $note in nospace) ;; *) note= ;; esac
-  size=0
-  [ -f stdout.log ] && size=$(wc -c < stdout.log)
-  size=$((size + 0))
+  [ -f stdout.log ] && e=1
   boot=unknown
   if [ -n "$boot_now" ] && [ -f boot_id ]; then
     read -r b < boot_id
@@ -97,15 +109,68 @@ p() {
   [ -d claimed ] && claimed=1
   full=0
   if [ "$alive" = 0 ] && [ -n "$pid" ] && [ -z "$ec" ] && fs_full .; then full=1; fi
+  h="pid=$pid alive=$alive exit=$ec note=$note boot=$boot claimed=$claimed full=$full"
+}
+
+# z BASE "KEY:ID ...": phase 2, the log sizes of the jobs BASE/ID with one `ls`. The pairs come
+# sorted as `LC_ALL=C ls` sorts the names ID/stdout.log, so answer lines and pairs are walked
+# together; a size is kept only for the line whose name is its pair's. A job left without a
+# size (a name ls printed differently, a file that vanished) is measured on its own by `w`.
+z() {
+  cd "$1" 2>/dev/null || return 0
+  zp=$2
+  set -f
+  set --
+  for zi in $zp; do set -- "$@" "${zi#*:}/stdout.log"; done
+  zo=$(LC_ALL=C ls -lnL -- "$@" 2>/dev/null)
+  zp="$zp "
+  while IFS= read -r zl; do
+    # shellcheck disable=SC2086 # the fields are wanted as separate words
+    set -- $zl
+    [ "$#" -ge 6 ] || continue
+    eval "zn=\${$#}"
+    while [ -n "$zp" ]; do
+      zi=${zp%% *} zp=${zp#* }
+      if [ "$zn" = "${zi#*:}/stdout.log" ]; then
+        case $5 in ''|*[!0-9]*) ;; *) eval "Z${zi%%:*}=\$5" ;; esac
+        break
+      fi
+    done
+  done <<ZEOF
+$zo
+ZEOF
+  set +f
+  cd / || true
+}
+
+# w KEY DIR OFFSET MAX DELIVERED: phase 3, the answer: the job's state, then up to MAX log bytes
+# from OFFSET. Records DELIVERED (log bytes known to be in the task log) for a watcher that
+# resumes.
+w() {
+  k=$1 off=$3 max=$4 dl=$5
+  eval "h=\${H$k:-missing} e=\${E$k:-0} size=\${Z$k:-}"
+  case $h in missing|foreign) echo "$T poll key=$k state=$h len=0"; return 0 ;; esac
+  if ! cd "$2" 2>/dev/null; then echo "$T poll key=$k state=missing len=0"; return 0; fi
+  if [ -z "$size" ]; then
+    size=0
+    [ "$e" = 1 ] && [ -f stdout.log ] && size=$(wc -c < stdout.log)
+    size=$((size + 0))
+  fi
   old=0
   [ -f delivered ] && read -r old < delivered
   case $old in ''|*[!0-9]*) old=0 ;; esac
   if [ "$dl" -gt "$old" ]; then printf '%s\n' "$dl" 2>/dev/null > delivered; fi
   n=0
   if [ "$size" -gt "$off" ]; then n=$((size - off)); if [ "$n" -gt "$max" ]; then n=$max; fi; fi
-  echo "$T poll key=$k pid=$pid alive=$alive exit=$ec note=$note size=$size boot=$boot claimed=$claimed full=$full delivered=$old len=$n"
+  echo "$T poll key=$k $h size=$size delivered=$old len=$n"
   if [ "$n" -gt 0 ]; then tail -c +$((off + 1)) stdout.log | head -c "$n"; fi
   cd / || true
+}
+
+# p KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `w`).
+p() {
+  q "$1" "$2" "$6"
+  w "$1" "$2" "$3" "$4" "$5"
 }
 
 # c KEY DIR TOKEN: remove one finished job's directory, and only if it is this job's.

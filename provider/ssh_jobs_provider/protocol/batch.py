@@ -1,0 +1,185 @@
+"""
+The batch of one poll tick: polls and cleanups of many jobs in ONE remote script. Pure code.
+
+A batch is the shared prelude (``sh/process.sh``, ``sh/lib.sh``), a call per entry and an
+``end`` line; entry ``i`` answers with ``key=i`` (parsed by
+:func:`~ssh_jobs_provider.protocol.answers.parse_batch_output`):
+
+- a :class:`PollEntry` reports one job's state, records how much of its log has been
+  delivered (so a re-created trigger resumes at the right byte), and carries up to
+  ``max_bytes`` log bytes from ``offset``;
+- a :class:`CleanupEntry` removes one finished job's directory (``c`` in ``sh/lib.sh``), if it
+  is the SSH user's and carries the entry's token.
+
+What a poll costs the host is decided by the processes it starts, not by the reading itself
+(a few small files per job cost microseconds; a fork and exec costs a millisecond). So the
+polls of a batch run either
+
+- in ONE ``perl`` process for all jobs (``perl/poll.pl``): no process per job at all; or
+- in POSIX ``sh`` only, in three phases (``q``, ``z``, ``w`` in ``sh/lib.sh``): builtins for
+  every job's state, one ``ls`` for the log sizes of up to :data:`SIZES_PER_LS` jobs, and a
+  ``tail | head`` only for a job whose log grew.
+
+Both answer alike, byte for byte in the fields that matter, with the same order of probes.
+Which one a host gets is its :data:`POLL_INTERPRETERS` setting; ``"auto"`` asks the host once,
+with :func:`build_probe_script`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from itertools import groupby
+
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_prelude
+
+#: How the polls of a batch run: ``"auto"`` (perl when the host has a working one, else sh),
+#: ``"perl"`` or ``"sh"``.
+POLL_INTERPRETERS = ("auto", "perl", "sh")
+#: Log sizes found by one ``ls`` in the sh polls: well inside any host's ``ARG_MAX``.
+SIZES_PER_LS = 200
+#: The here-document that carries the perl program and its entries (no entry line can be it:
+#: each starts with a digit).
+_PERL_END = "SSH_JOBS_POLLS"
+
+
+@dataclass(frozen=True)
+class PollEntry:
+    """
+    Ask for one job's state and the log window ``[offset, offset + max_bytes)``.
+
+    :param paths: the job's paths
+    :param offset: the first log byte wanted
+    :param max_bytes: most log bytes wanted (``0``: the state only)
+    :param delivered: log bytes known to be in the task log, recorded remotely for a resume
+    :param token: the submit's token, checked against the job directory's (``""``: not checked)
+    """
+
+    paths: RemoteJobPaths
+    offset: int
+    max_bytes: int
+    delivered: int = 0
+    #: The submit's token, checked against the job directory's (``""``: not checked).
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or self.max_bytes < 0 or self.delivered < 0:
+            raise ValueError(f"Invalid poll window: {self}")
+        validate_token(self.token, required=False)
+
+
+@dataclass(frozen=True)
+class CleanupEntry:
+    """
+    Remove one finished job's directory (a direct child of its base dir, by construction).
+
+    :param paths: the job's paths
+    :param token: the submit's token; the directory is only removed when it carries it
+    """
+
+    paths: RemoteJobPaths
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        validate_token(self.token, required=False)
+
+
+Entry = PollEntry | CleanupEntry
+
+
+@cache
+def perl_program() -> str:
+    """The text of ``perl/poll.pl`` shipped with the package."""
+    return (
+        files("ssh_jobs_provider.protocol").joinpath("perl").joinpath("poll.pl").read_text(encoding="utf-8")
+    )
+
+
+def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interpreter: str = "sh") -> str:
+    """
+    One script for all ``entries``; entry ``i`` answers with ``key=i``.
+
+    :param tag: the tag its answers start with; a batch that carries log bytes should use a
+        fresh :func:`~ssh_jobs_provider.protocol.scripts.batch_tag`, and parse the answer with
+        the same one
+    :param interpreter: ``"perl"`` or ``"sh"``: what runs the polls (see the module's text);
+        resolve ``"auto"`` first, with :func:`build_probe_script`
+    """
+    if interpreter not in ("perl", "sh"):
+        raise ValueError(f"A batch runs its polls in 'perl' or 'sh', not {interpreter!r}.")
+    polls = [(key, e) for key, e in enumerate(entries) if isinstance(e, PollEntry)]
+    cleanups = [
+        f"c {key} {_q(e.paths.job_dir)} {_q(e.token)}\n"
+        for key, e in enumerate(entries)
+        if isinstance(e, CleanupEntry)
+    ]
+    calls = "".join(cleanups) + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
+    # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
+    # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
+    # the triggerer (and sshd) would otherwise spend most of their CPU on.
+    return as_whole(
+        script_prelude(tag) + "{\n" + calls + 'echo "$T end"\n' + "} | dd obs=65536 2>/dev/null\n"
+    )
+
+
+def build_cleanup_script(paths: RemoteJobPaths, token: str = "") -> str:
+    """
+    Script that removes the job directory and nothing else.
+
+    ``paths`` is validated on construction (job id is one plain path component, base dir
+    absolute and normalised), so the directory removed is always a direct child of the
+    base directory; it is only removed when it is the SSH user's and, with ``token``, carries it.
+    """
+    return build_batch_script([CleanupEntry(paths, token=token)])
+
+
+def build_probe_script() -> str:
+    """
+    Script that tells whether the host runs the perl polls: answers ``probe state=perl`` or
+    ``state=sh`` (parse with :func:`~ssh_jobs_provider.protocol.answers.parse_simple_state`).
+
+    It runs the real program on no entries, so a perl too old or too broken to compile it
+    counts as no perl at all.
+    """
+    return as_whole(
+        f"T={PROTOCOL_TAG}\n"
+        f'if command -v perl >/dev/null 2>&1 && perl - "$T" "" >/dev/null 2>&1 <<\'{_PERL_END}\'\n'
+        f"{perl_program()}__END__\n{_PERL_END}\n"
+        'then echo "$T probe state=perl"; else echo "$T probe state=sh"; fi\n'
+    )
+
+
+def _q(value: str | int) -> str:
+    return shlex.quote(str(value))
+
+
+def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
+    if not polls:
+        return ""
+    # Tab-separated, the directory last: a base dir may hold tabs or spaces, never a newline.
+    lines = "".join(
+        f"{key}\t{e.offset}\t{e.max_bytes}\t{e.delivered}\t{e.token}\t{e.paths.job_dir}\n" for key, e in polls
+    )
+    return f'perl - "$T" "$boot_now" <<\'{_PERL_END}\'\n{perl_program()}__END__\n{lines}{_PERL_END}\n'
+
+
+def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:
+    states = [f"q {key} {_q(e.paths.job_dir)} {_q(e.token)}\n" for key, e in polls]
+    sizes = []
+    by_base = sorted(polls, key=lambda item: (item[1].paths.base_dir, _log_name(item[1])))
+    for base, group in groupby(by_base, key=lambda item: item[1].paths.base_dir):
+        members = list(group)
+        for start in range(0, len(members), SIZES_PER_LS):
+            pairs = " ".join(f"{key}:{e.paths.job_id}" for key, e in members[start : start + SIZES_PER_LS])
+            sizes.append(f"z {_q(base)} {_q(pairs)}\n")
+    answers = [f"w {key} {_q(e.paths.job_dir)} {e.offset} {e.max_bytes} {e.delivered}\n" for key, e in polls]
+    return "".join(states + sizes + answers)
+
+
+def _log_name(entry: PollEntry) -> bytes:
+    # The order of `LC_ALL=C ls`: the bytes of the names it lists.
+    return f"{entry.paths.job_id}/stdout.log".encode()

@@ -1,0 +1,278 @@
+"""
+The two ways a batch polls (POSIX sh in phases, one perl process) answer alike, and start as
+few processes as they promise; the probe that picks one.
+
+Run by the local ``/bin/sh`` and ``perl`` exactly as a host runs them (see support.protocol).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_batch_output, parse_simple_state
+from ssh_jobs_provider.protocol.batch import (
+    SIZES_PER_LS,
+    CleanupEntry,
+    Entry,
+    PollEntry,
+    build_batch_script,
+    build_probe_script,
+)
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
+from support.protocol import run_sh
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+OTHER_TOKEN = "f" * 32
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+DEAD_PID = "2147483646"
+
+
+def answer_of(entries: list[Entry], interpreter: str, env: dict[str, str] | None = None) -> bytes:
+    result = subprocess.run(
+        ["/bin/sh", "-s"],
+        input=build_batch_script(entries, interpreter=interpreter).encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def live_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that stays alive through the module: a job's wrapper stand-in."""
+    process = subprocess.Popen(["sleep", "300"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def start_time(pid: int) -> str:
+    """What the wrapper records in ./start: field 22 of /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(") ") + 2 :].split()[19]
+
+
+# One job directory's state, drawn: each file absent (None) or with content that the wrapper
+# would write, or that something else wrote (garbage).
+JOB_STATES = st.fixed_dictionaries(
+    {
+        "dir": st.sampled_from(["ours", "token", "other-token", "missing", "link", "file"]),
+        "pid": st.sampled_from([None, "", "abc", "0", "1", "live", DEAD_PID, " live \n"]),
+        "start": st.sampled_from([None, "", "live", "123", "ps:Tue Dec  1 00:00:00 2026"]),
+        "boot_id": st.sampled_from([None, "now", "other-boot"]),
+        "exit_code": st.sampled_from([None, "0", "3", "3 nospace", "x", " 7  junk", "12 nospace extra", ""]),
+        "log": st.one_of(st.none(), st.binary(max_size=300)),
+        "delivered": st.sampled_from([None, "5", "junk", "100000"]),
+        "claimed": st.booleans(),
+        "offset": st.integers(0, 400),
+        "max_bytes": st.integers(0, 400),
+        "deliver": st.integers(0, 400),
+    }
+)
+
+
+def make_state(base: Path, job_id: str, state: dict[str, object], live_pid: int) -> tuple[RemoteJobPaths, str]:
+    """Lay out ``state`` as ``base/job_id``; return the job's paths and the token to poll with."""
+    job = RemoteJobPaths(job_id=job_id, base_dir=str(base))
+    job_dir = Path(job.job_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    kind = state["dir"]
+    token = TOKEN if kind in ("token", "other-token") else ""
+    if kind == "missing":
+        return job, token
+    if kind == "file":
+        job_dir.write_text("not a directory")
+        return job, token
+    target = base / f".{job_id}.target" if kind == "link" else job_dir
+    target.mkdir()
+    if kind == "link":
+        job_dir.symlink_to(target)
+    if kind == "token":
+        (target / "token").write_text(TOKEN + "\n")
+    if kind == "other-token":
+        (target / "token").write_text(OTHER_TOKEN + "\n")
+
+    def put(name: str, value: object) -> None:
+        if value is not None:
+            (target / name).write_text(str(value).replace("live", str(live_pid)) + "\n")
+
+    put("pid", state["pid"])
+    put("start", start_time(live_pid) if state["start"] == "live" else state["start"])
+    if state["boot_id"] is not None and BOOT_ID.exists():
+        put("boot_id", BOOT_ID.read_text().strip() if state["boot_id"] == "now" else state["boot_id"])
+    put("exit_code", state["exit_code"])
+    put("delivered", state["delivered"])
+    if state["log"] is not None:
+        (target / "stdout.log").write_bytes(state["log"])  # type: ignore[arg-type]
+    if state["claimed"]:
+        (target / "claimed").mkdir()
+    return job, token
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(states=st.lists(JOB_STATES, min_size=1, max_size=6))
+def test_perl_and_sh_answer_every_job_state_alike(
+    tmp_path_factory: pytest.TempPathFactory, live_process: subprocess.Popen[bytes], states: list[dict[str, object]]
+) -> None:
+    root = tmp_path_factory.mktemp("alike")
+    seen: dict[str, tuple[dict[int, object], list[str | None]]] = {}
+    for interpreter in ("sh", "perl"):
+        base = root / interpreter / "jobs"
+        entries: list[Entry] = []
+        for i, state in enumerate(states):
+            job, token = make_state(base, f"job{i}", state, live_process.pid)
+            entries.append(
+                PollEntry(job, int(state["offset"]), int(state["max_bytes"]), int(state["deliver"]), token=token)  # type: ignore[call-overload]
+            )
+        results = parse_batch_output(answer_of(entries, interpreter), entries)
+        recorded = [
+            Path(e.paths.job_dir, "delivered").read_text() if Path(e.paths.job_dir, "delivered").is_file() else None
+            for e in entries
+        ]
+        seen[interpreter] = (dict(results), recorded)
+    assert seen["perl"] == seen["sh"]
+
+
+def test_sh_finds_the_sizes_of_many_jobs_in_several_base_dirs(tmp_path: Path) -> None:
+    entries: list[Entry] = []
+    expected: dict[int, bytes] = {}
+    for base_index in range(3):
+        base = tmp_path / f"base {base_index}"  # a space in the path, and ls sorting it
+        for i in range(SIZES_PER_LS + 7 if base_index == 0 else 5):
+            job = RemoteJobPaths(job_id=f"j{(i * 7919) % 1000}.{i}-x", base_dir=str(base))
+            Path(job.job_dir).mkdir(parents=True)
+            log = f"{base_index}:{i}\n".encode() * (i % 4)
+            Path(job.log_file).write_bytes(log)
+            Path(job.exit_code_file).write_text("0\n")
+            expected[len(entries)] = log
+            entries.append(PollEntry(job, 0, 1000))
+    entries.insert(3, CleanupEntry(RemoteJobPaths(job_id="gone", base_dir=str(tmp_path / "base 0"))))
+    expected = {(k if k < 3 else k + 1): v for k, v in expected.items()}
+    for interpreter in ("sh", "perl"):
+        results = parse_batch_output(answer_of(entries, interpreter), entries)
+        for key, log in expected.items():
+            result = results[key]
+            assert isinstance(result, JobStatus), (interpreter, key, result)
+            assert (result.state, result.log_size, result.log_data) == (JobState.EXITED, len(log), log)
+
+
+def test_a_log_that_ls_cannot_size_is_measured_on_its_own(tmp_path: Path) -> None:
+    # stdout.log a symbolic link to the real log: `ls -lnL` follows it, a dangling one it cannot.
+    base = tmp_path / "jobs"
+    good = RemoteJobPaths(job_id="linked", base_dir=str(base))
+    Path(good.job_dir).mkdir(parents=True)
+    (tmp_path / "real.log").write_bytes(b"through a link\n")
+    Path(good.log_file).symlink_to(tmp_path / "real.log")
+    Path(good.exit_code_file).write_text("0\n")
+    dangling = RemoteJobPaths(job_id="dangling", base_dir=str(base))
+    Path(dangling.job_dir).mkdir()
+    Path(dangling.log_file).symlink_to(tmp_path / "nowhere.log")
+    entries: list[Entry] = [PollEntry(good, 0, 100), PollEntry(dangling, 0, 100)]
+    for interpreter in ("sh", "perl"):
+        results = parse_batch_output(answer_of(entries, interpreter), entries)
+        assert results[0] == JobStatus(JobState.EXITED, exit_code=0, log_size=15, log_data=b"through a link\n")
+        assert results[1] == JobStatus(JobState.PENDING)
+
+
+# --------------------------------------------------------------------------- processes per batch
+
+COUNTED_TOOLS = ("ls", "wc", "tail", "head", "ps", "df", "id")
+
+
+@pytest.fixture
+def counting_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH whose tools log each start to a file, then run the real tool."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    calls = tmp_path / "calls"
+    for tool in COUNTED_TOOLS:
+        real = shutil.which(tool)
+        assert real, tool
+        shim = shims / tool
+        shim.write_text(f'#!/bin/sh\necho {tool} >> "{calls}"\nexec {real} "$@"\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    env = dict(os.environ, PATH=f"{shims}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    return env, calls
+
+
+def started(calls: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if calls.exists():
+        for line in calls.read_text().split():
+            counts[line] = counts.get(line, 0) + 1
+    calls.unlink(missing_ok=True)
+    return counts
+
+
+def test_processes_grow_with_batches_not_with_jobs(
+    tmp_path: Path, counting_path: tuple[dict[str, str], Path], live_process: subprocess.Popen[bytes]
+) -> None:
+    env, calls = counting_path
+    base = tmp_path / "jobs"
+    entries: list[Entry] = []
+    for i in range(40):
+        job = RemoteJobPaths(job_id=f"job{i}", base_dir=str(base))
+        Path(job.job_dir).mkdir(parents=True)
+        Path(job.job_dir, "token").write_text(TOKEN + "\n")
+        Path(job.job_dir, "pid").write_text(f"{live_process.pid}\n")
+        Path(job.job_dir, "start").write_text(start_time(live_process.pid) + "\n")
+        Path(job.log_file).write_bytes(b"x\n" * (i + 1))
+        # Half the logs grew since the last poll (offset below their size), half did not.
+        entries.append(PollEntry(job, 0 if i % 2 else 2 * (i + 1), 1000, token=TOKEN))
+    for interpreter, expected in (
+        ("perl", {}),
+        # sh: one ls for the sizes, and a tail | head per log that grew, none per other job.
+        ("sh", {"ls": 1, "tail": 20, "head": 20}),
+    ):
+        results = parse_batch_output(answer_of(entries, interpreter, env), entries)
+        assert all(isinstance(r, JobStatus) and r.state is JobState.RUNNING for r in results.values())
+        assert started(calls) == expected, interpreter
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def probe(env: dict[str, str]) -> str:
+    return parse_simple_state(run_sh_env(build_probe_script(), env), "probe")
+
+
+def run_sh_env(script: str, env: dict[str, str]) -> bytes:
+    result = subprocess.run(["/bin/sh", "-s"], input=script.encode(), capture_output=True, timeout=30, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_probe_finds_perl_here() -> None:
+    assert shutil.which("perl"), "the test machine has perl (Debian's perl-base is essential)"
+    assert probe(dict(os.environ)) == "perl"
+    assert run_sh(build_probe_script()).stdout == f"{PROTOCOL_TAG} probe state=perl\n".encode()
+
+
+def test_the_probe_falls_back_to_sh_without_perl_or_with_a_broken_one(tmp_path: Path) -> None:
+    assert probe({"PATH": str(tmp_path / "nothing-here")}) == "sh"
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    fake = broken / "perl"
+    fake.write_text("#!/bin/sh\necho 'perl: cannot run' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    assert probe({"PATH": f"{broken}:/usr/bin:/bin"}) == "sh"
+
+
+def test_a_batch_runs_in_perl_or_sh_only() -> None:
+    with pytest.raises(ValueError, match="'perl' or 'sh'"):
+        build_batch_script([], interpreter="auto")
