@@ -86,7 +86,9 @@ JOB_STATES = st.fixed_dictionaries(
 )
 
 
-def make_state(base: Path, job_id: str, state: dict[str, object], live_pid: int) -> tuple[RemoteJobPaths, str]:
+def make_state(
+    base: Path, job_id: str, state: dict[str, object], live_pid: int
+) -> tuple[RemoteJobPaths, str]:
     """Lay out ``state`` as ``base/job_id``; return the job's paths and the token to poll with."""
     job = RemoteJobPaths(job_id=job_id, base_dir=str(base))
     job_dir = Path(job.job_dir)
@@ -127,7 +129,9 @@ def make_state(base: Path, job_id: str, state: dict[str, object], live_pid: int)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(states=st.lists(JOB_STATES, min_size=1, max_size=6))
 def test_perl_and_sh_answer_every_job_state_alike(
-    tmp_path_factory: pytest.TempPathFactory, live_process: subprocess.Popen[bytes], states: list[dict[str, object]]
+    tmp_path_factory: pytest.TempPathFactory,
+    live_process: subprocess.Popen[bytes],
+    states: list[dict[str, object]],
 ) -> None:
     root = tmp_path_factory.mktemp("alike")
     seen: dict[str, tuple[dict[int, object], list[str | None]]] = {}
@@ -137,11 +141,15 @@ def test_perl_and_sh_answer_every_job_state_alike(
         for i, state in enumerate(states):
             job, token = make_state(base, f"job{i}", state, live_process.pid)
             entries.append(
-                PollEntry(job, int(state["offset"]), int(state["max_bytes"]), int(state["deliver"]), token=token)  # type: ignore[call-overload]
+                PollEntry(
+                    job, int(state["offset"]), int(state["max_bytes"]), int(state["deliver"]), token=token
+                )  # type: ignore[call-overload]
             )
         results = parse_batch_output(answer_of(entries, interpreter), entries)
         recorded = [
-            Path(e.paths.job_dir, "delivered").read_text() if Path(e.paths.job_dir, "delivered").is_file() else None
+            Path(e.paths.job_dir, "delivered").read_text()
+            if Path(e.paths.job_dir, "delivered").is_file()
+            else None
             for e in entries
         ]
         seen[interpreter] = (dict(results), recorded)
@@ -185,7 +193,9 @@ def test_a_log_that_ls_cannot_size_is_measured_on_its_own(tmp_path: Path) -> Non
     entries: list[Entry] = [PollEntry(good, 0, 100), PollEntry(dangling, 0, 100)]
     for interpreter in ("sh", "perl"):
         results = parse_batch_output(answer_of(entries, interpreter), entries)
-        assert results[0] == JobStatus(JobState.EXITED, exit_code=0, log_size=15, log_data=b"through a link\n")
+        assert results[0] == JobStatus(
+            JobState.EXITED, exit_code=0, log_size=15, log_data=b"through a link\n"
+        )
         assert results[1] == JobStatus(JobState.PENDING)
 
 
@@ -252,7 +262,9 @@ def probe(env: dict[str, str]) -> str:
 
 
 def run_sh_env(script: str, env: dict[str, str]) -> bytes:
-    result = subprocess.run(["/bin/sh", "-s"], input=script.encode(), capture_output=True, timeout=30, env=env)
+    result = subprocess.run(
+        ["/bin/sh", "-s"], input=script.encode(), capture_output=True, timeout=30, env=env
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
