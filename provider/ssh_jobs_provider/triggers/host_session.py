@@ -172,9 +172,9 @@ class HostSession:
                 if self._records:
                     await self._flush_records()
                     continue
-                if not self.scheduler.watches:
-                    if not await self._wait_for_change(self.linger) and not (
-                        self.scheduler.watches or self._records
+                if self.scheduler.idle:
+                    if not await self._wait_for_change(self.linger) and (
+                        self.scheduler.idle and not self._records
                     ):
                         return
                     continue

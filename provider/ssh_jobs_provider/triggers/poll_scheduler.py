@@ -130,22 +130,32 @@ class PollScheduler:
     ) -> None:
         self.backoff = backoff
         self.retry_on = retry_on
-        self.watches: list[Watch] = []
+        # A dict for its order and its O(1) removal: thousands of jobs may end in one tick.
+        self._watches: dict[Watch, None] = {}
         self.failures = 0
         self.backoff_until = 0.0
 
     # ------------------------------------------------------------------ membership
 
+    @property
+    def watches(self) -> list[Watch]:
+        """The registered watches, in the order they came."""
+        return list(self._watches)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is watched."""
+        return not self._watches
+
     def add(self, watch: Watch, now: float) -> None:
         """Register a job; its first poll comes at its next grid tick."""
         watch.next_due = next_tick(now, watch.poll_interval)
-        self.watches.append(watch)
+        self._watches[watch] = None
 
     def remove(self, watch: Watch) -> None:
         """Leave (normal end or cancellation); safe to call twice."""
         watch.active = False
-        if watch in self.watches:
-            self.watches.remove(watch)
+        self._watches.pop(watch, None)
 
     # ------------------------------------------------------------------ timing
 
@@ -153,13 +163,13 @@ class PollScheduler:
         """The watches to poll now: none while the session backs off after a failure."""
         if now < self.backoff_until:
             return []
-        return [w for w in self.watches if w.next_due <= now + COALESCE_SECONDS]
+        return [w for w in self._watches if w.next_due <= now + COALESCE_SECONDS]
 
     def next_wake(self) -> float:
         """When something is due next (the end of a backoff counts); ``inf`` without watches."""
-        if not self.watches:
+        if not self._watches:
             return math.inf
-        return max(min(w.next_due for w in self.watches), self.backoff_until)
+        return max(min(w.next_due for w in self._watches), self.backoff_until)
 
     # ------------------------------------------------------------------ one batch
 
@@ -234,7 +244,7 @@ class PollScheduler:
         """The session itself broke (a bug): end every job with an error instead of a hang."""
         return [
             self._finish(w, Outcome("error", None, f"Internal error in the SSH host session: {error}"))
-            for w in list(self.watches)
+            for w in self.watches
         ]
 
     # ------------------------------------------------------------------ one answer
