@@ -218,6 +218,8 @@ class RemoteLayout(SphinxDirective):
 
 def _other_value(name: str, value: Any, annotation: str) -> Any:
     """A valid value of field ``name`` that differs from ``value``."""
+    if name == "poll_interpreter":
+        return "sh" if value != "sh" else "perl"
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
