@@ -17,6 +17,9 @@ Scenarios:
   asyncio process (poll interval 5 s and 1 s), then completed (``execute_complete`` with
   ``cleanup="always"``) by the pool; every phase counted separately, so the sum is the end-
   to-end cost per task.
+- scaling: the monitoring run for N = 100, 500, 1000, 2000 (upstream up to 500), poll 5 s,
+  a fresh sshd per N, with jobs that write a line a second and all end at one instant: cost
+  per job and poll on the server and in the triggerer, and the delay from job end to event.
 
 Results go to dev/out/bench/<timestamp>/ (raw JSON, Markdown table, plots) and the table
 and plots are copied to docs/_static/bench/ for the Performance page.
@@ -169,6 +172,26 @@ def kill_remote_jobs(marker: str) -> int:
     return killed
 
 
+def watch_problems(tasks: list[dict[str, Any]], limit: int = 8) -> dict[str, int]:
+    """How many watched tasks were not correct, by what went wrong (first 120 characters)."""
+    kinds: dict[str, int] = {}
+    for task in tasks:
+        if task.get("correct"):
+            continue
+        if task.get("error"):
+            kind = str(task["error"])
+        elif not task.get("events"):
+            kind = "no event" + (" (cancelled at the timeout)" if task.get("cancelled") else "")
+        elif task["events"] > 1:
+            kind = f"{task['events']} events"
+        elif task.get("status") != "success" or task.get("exit_code") != 0:
+            kind = f"status {task.get('status')}, exit {task.get('exit_code')}: {task.get('message', '')}"
+        else:
+            kind = "log lines wrong"
+        kinds[kind[:120]] = kinds.get(kind[:120], 0) + 1
+    return dict(sorted(kinds.items(), key=lambda item: -item[1])[:limit])
+
+
 def error_kinds(tasks: list[dict[str, Any]], limit: int = 8) -> dict[str, int]:
     """How many tasks failed with each kind of error (its first 120 characters)."""
     kinds: dict[str, int] = {}
@@ -190,7 +213,7 @@ class Bench:
         self.pythons = {"ours": args.ours_python, "upstream": args.upstream_python}
         self.active: subprocess.Popen[bytes] | None = None
         self.server: SSHServer | None = None
-        self.results: dict[str, Any] = {"bursts": [], "monitor": []}
+        self.results: dict[str, Any] = {"bursts": [], "monitor": [], "scaling": []}
         self.versions: dict[str, Any] = {}
         self.seq = 0
 
@@ -348,103 +371,169 @@ class Bench:
                 turn += 1
             self.stop_server()
 
+    def watched_jobs(
+        self,
+        server: SSHServer,
+        impl: str,
+        name: str,
+        n: int,
+        poll: float,
+        job_seconds: float,
+        submit_budget: float,
+        job: str = "",
+    ) -> dict[str, Any]:
+        """
+        N jobs submitted by the worker pool, watched by N triggers in ONE triggerer process,
+        then completed (``cleanup="always"``) by the pool: every phase measured separately.
+        ``job="lines"`` runs ``common.line_job_command`` (checked as a numbered sequence)
+        instead of ``common.job_command``.
+        """
+        workers = self.args.submit_workers
+        base = server.base_dir / "jobs" / f"{name}-{impl}"
+        run_id = name.replace("-", "_")
+        op_kwargs = {"remote_base_dir": str(base), "poll_interval": poll, "cleanup": "always"}
+        # Every job ends at the same instant, `job_seconds` after the triggers start,
+        # however long the submits took: both implementations watch for equally long.
+        deadline = int(time.time() + submit_budget + job_seconds) + 1
+        common_spec = {
+            "n": n,
+            "workers": workers,
+            "run_id": run_id,
+            "operator_kwargs": op_kwargs,
+            "job_seconds": job_seconds,
+            "job_deadline": deadline,
+            "job": job,
+        }
+        spec = {**common_spec, "phase": "submit", "hard_timeout": submit_budget + 120}
+        log(f"{name}: {impl}: submitting {n} jobs with {workers} workers")
+        submit = self.run_driver(impl, "workers.py", spec, submit_budget + 180, server)
+        tasks = [t for t in submit.get("tasks", []) if t.get("ok")]
+        wait = deadline - job_seconds - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            log(f"   submits overran their budget of {submit_budget:.0f}s by {-wait:.0f}s: shorter watch")
+        window = deadline - time.time()
+        log(
+            f"   submitted {len(tasks)}/{n} in {submit.get('wall_seconds', 0):.1f}s; "
+            f"watching, jobs end in {window:.0f}s"
+        )
+        mspec = {
+            "tasks": [
+                {
+                    "index": t["index"],
+                    "trigger": t["trigger"],
+                    "method_name": t["method_name"],
+                    **(
+                        {"check": "sequence"}
+                        if job == "lines"
+                        else {"expected": common.expected_lines(t["index"], job_seconds)}
+                    ),
+                }
+                for t in tasks
+            ],
+            "timeout": max(window, 0) + self.args.monitor_grace,
+        }
+        watch = self.run_driver(
+            impl, "triggerer.py", mspec, max(window, 0) + self.args.monitor_grace + 60, server
+        )
+        finished = [t for t in watch.get("tasks", []) if t.get("events")]
+        # Cleanup of N jobs by the pool: a second per round of submits, at least 300 s.
+        complete_budget = max(300.0, 60 + math.ceil(n / workers))
+        cspec = {
+            **common_spec,
+            "phase": "complete",
+            "hard_timeout": complete_budget,
+            "tasks": [
+                {"index": t["index"], "method_name": t["method_name"], "event": t["event"]} for t in finished
+            ],
+        }
+        log(f"   {watch.get('correct', 0)}/{n} events correct; completing {len(finished)} tasks (cleanup)")
+        complete = self.run_driver(impl, "workers.py", cspec, complete_budget + 60, server)
+        leftover = len([p for p in base.iterdir() if p.is_dir()]) if base.is_dir() else 0
+        succeeded = (
+            {t["index"] for t in submit.get("tasks", []) if t.get("ok")}
+            & {t["index"] for t in watch.get("tasks", []) if t.get("correct")}
+            & {t["index"] for t in complete.get("tasks", []) if t.get("ok")}
+        )
+        # Job end -> event: the event's wall-clock time minus the common deadline.
+        latencies = sorted(
+            round(t["event_wall_at"] - deadline, 3)
+            for t in watch.get("tasks", [])
+            if t.get("event_wall_at") is not None
+        )
+        submit["errors"] = error_kinds(submit.get("tasks", []))
+        watch["errors"] = watch_problems(watch.get("tasks", []))
+        complete["errors"] = error_kinds(complete.get("tasks", []))
+        for phase in (submit, watch, complete):
+            if not self.args.keep_tasks:
+                phase.pop("tasks", None)
+        log(
+            f"   peak connections {watch['peak_connections']}, handshakes {watch['sshd']['accepted']}, "
+            f"channel opens {watch['sshd']['sessions']}, triggerer CPU {watch.get('cpu_seconds', 0):.1f}s, "
+            f"job dirs left {leftover}"
+        )
+        kill_remote_jobs(str(base))
+        shutil.rmtree(base, ignore_errors=True)
+        return {
+            "n": n,
+            "poll": poll,
+            "impl": impl,
+            "job_seconds": job_seconds,
+            "window_seconds": window,
+            # From the moment the triggers started (the driver's own clock) to the deadline.
+            "watched_seconds": deadline - watch.get("started_wall", deadline - window),
+            "submit_budget_seconds": submit_budget,
+            "submit_overran": wait <= 0,
+            "job_dirs_left": leftover,
+            "tasks_succeeded": len(succeeded),
+            "event_latencies": latencies,
+            "submit": submit,
+            "watch": watch,
+            "complete": complete,
+        }
+
     def monitor(self) -> None:
-        n, workers, job_seconds = self.args.monitor_n, self.args.submit_workers, self.args.job_seconds
+        n, workers = self.args.monitor_n, self.args.submit_workers
         for turn, poll in enumerate(self.args.polls):
-            server = self.new_server(f"monitor-p{poll:g}")
+            name = f"monitor-p{poll:g}"
+            server = self.new_server(name)
+            submit_budget = self.args.submit_budget or (8 + 0.4 * math.ceil(n / workers))
             for impl in self.order(turn):
-                base = server.base_dir / "jobs" / f"monitor-p{poll:g}-{impl}"
-                run_id = f"monitor_p{poll:g}"
-                op_kwargs = {"remote_base_dir": str(base), "poll_interval": poll, "cleanup": "always"}
-                # Every job ends at the same instant, `job_seconds` after the triggers start,
-                # however long the submits took: both implementations watch for equally long.
-                submit_budget = self.args.submit_budget or (8 + 0.4 * math.ceil(n / workers))
-                deadline = int(time.time() + submit_budget + job_seconds) + 1
-                spec = {
-                    "phase": "submit",
-                    "n": n,
-                    "workers": workers,
-                    "run_id": run_id,
-                    "operator_kwargs": op_kwargs,
-                    "job_seconds": job_seconds,
-                    "job_deadline": deadline,
-                    "hard_timeout": submit_budget + 120,
-                }
-                log(f"monitor poll={poll:g}s: {impl}: submitting {n} jobs with {workers} workers")
-                submit = self.run_driver(impl, "workers.py", spec, submit_budget + 180, server)
-                tasks = [t for t in submit.get("tasks", []) if t.get("ok")]
-                wait = deadline - job_seconds - time.time()
-                if wait > 0:
-                    time.sleep(wait)
-                window = deadline - time.time()
-                log(
-                    f"   submitted {len(tasks)}/{n} in {submit.get('wall_seconds', 0):.1f}s; "
-                    f"watching, jobs end in {window:.0f}s"
-                )
-                mspec = {
-                    "tasks": [
-                        {
-                            "index": t["index"],
-                            "trigger": t["trigger"],
-                            "method_name": t["method_name"],
-                            "expected": common.expected_lines(t["index"], job_seconds),
-                        }
-                        for t in tasks
-                    ],
-                    "timeout": max(window, 0) + self.args.monitor_grace,
-                }
-                watch = self.run_driver(
-                    impl, "triggerer.py", mspec, max(window, 0) + self.args.monitor_grace + 60, server
-                )
-                finished = [t for t in watch.get("tasks", []) if t.get("events")]
-                cspec = {
-                    "phase": "complete",
-                    "n": n,
-                    "workers": workers,
-                    "run_id": run_id,
-                    "operator_kwargs": op_kwargs,
-                    "job_seconds": job_seconds,
-                    "job_deadline": deadline,
-                    "hard_timeout": 300,
-                    "tasks": [
-                        {"index": t["index"], "method_name": t["method_name"], "event": t["event"]}
-                        for t in finished
-                    ],
-                }
-                log(
-                    f"   {watch.get('correct', 0)}/{n} events correct; completing {len(finished)} tasks (cleanup)"
-                )
-                complete = self.run_driver(impl, "workers.py", cspec, 360, server)
-                leftover = len([p for p in base.iterdir() if p.is_dir()]) if base.is_dir() else 0
-                succeeded = (
-                    {t["index"] for t in submit.get("tasks", []) if t.get("ok")}
-                    & {t["index"] for t in watch.get("tasks", []) if t.get("correct")}
-                    & {t["index"] for t in complete.get("tasks", []) if t.get("ok")}
-                )
-                for phase in (submit, watch, complete):
-                    if not self.args.keep_tasks:
-                        phase.pop("tasks", None)
                 self.results["monitor"].append(
-                    {
-                        "n": n,
-                        "poll": poll,
-                        "impl": impl,
-                        "job_seconds": job_seconds,
-                        "window_seconds": window,
-                        "job_dirs_left": leftover,
-                        "tasks_succeeded": len(succeeded),
-                        "submit": submit,
-                        "watch": watch,
-                        "complete": complete,
-                    }
+                    self.watched_jobs(server, impl, name, n, poll, self.args.job_seconds, submit_budget)
                 )
-                log(
-                    f"   peak connections {watch['peak_connections']}, handshakes {watch['sshd']['accepted']}, "
-                    f"channel opens {watch['sshd']['sessions']}, triggerer CPU {watch.get('cpu_seconds', 0):.1f}s, "
-                    f"job dirs left {leftover}"
+            self.stop_server()
+
+    def scaling(self) -> None:
+        """
+        The monitoring run at growing N, one fresh sshd per N, with the line-a-second job;
+        upstream only up to --scaling-upstream-max.
+        """
+        args = self.args
+        poll, job_seconds = args.scaling_poll, args.scaling_job_seconds
+        per_round: dict[str, float] = {}  # the slowest round of submits (one per worker) so far
+        for turn, n in enumerate(args.scaling_n):
+            impls = [i for i in self.order(turn) if i != "upstream" or n <= args.scaling_upstream_max]
+            if not impls:
+                continue
+            name = f"scaling-n{n}"
+            server = self.new_server(name)
+            rounds = math.ceil(n / args.submit_workers)
+            # The fixed allowance of `monitor`, or half as much again as the slowest submits so
+            # far took per round: the submits of a large N must not eat into its watch window.
+            # Both implementations of one N get the same budget.
+            slowest = max((per_round.get(impl, 0.0) for impl in impls), default=0.0)
+            submit_budget = args.submit_budget or max(8 + 0.4 * rounds, 8 + 1.5 * slowest * rounds)
+            for impl in impls:
+                row = self.watched_jobs(server, impl, name, n, poll, job_seconds, submit_budget, job="lines")
+                self.results["scaling"].append(row)
+                per_round[impl] = max(
+                    per_round.get(impl, 0.0), row["submit"].get("wall_seconds", 0.0) / rounds
                 )
-                kill_remote_jobs(str(base))
-                shutil.rmtree(base, ignore_errors=True)
+                lat = row["event_latencies"]
+                if lat:
+                    log(f"   job end -> event: p50 {lat[len(lat) // 2]:.2f}s, max {lat[-1]:.2f}s")
             self.stop_server()
 
     def close(self) -> None:
@@ -507,13 +596,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small and short: N=20,50, one repeat, 10 s jobs"
+        "--quick",
+        action="store_true",
+        help="small and short: N=20,50 (bursts and scaling), one repeat, 10 s monitor jobs",
     )
     parser.add_argument("--bursts", help="comma-separated burst sizes (default 120,200,500)")
     parser.add_argument("--repeats", type=int, help="repeats per burst size (default 3)")
     parser.add_argument("--monitor-n", type=int, help="jobs watched at once (default 200)")
     parser.add_argument("--job-seconds", type=float, help="how long the watched jobs run (default 30)")
     parser.add_argument("--polls", help="comma-separated poll intervals in seconds (default 5,1)")
+    parser.add_argument("--scaling-n", help="comma-separated job counts to watch (default 100,500,1000,2000)")
+    parser.add_argument(
+        "--scaling-upstream-max",
+        type=int,
+        default=500,
+        help="measure upstream only up to this N (default 500; beyond it it no longer runs usefully)",
+    )
+    parser.add_argument(
+        "--scaling-job-seconds",
+        type=float,
+        default=20,
+        help="the scaling jobs end this long after their triggerer process is started (default 20)",
+    )
+    parser.add_argument(
+        "--scaling-poll", type=float, default=5, help="poll interval of the scaling run, s (default 5)"
+    )
     parser.add_argument(
         "--submit-workers",
         type=int,
@@ -531,7 +638,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--login-grace-time", type=int, default=120, help="sshd LoginGraceTime (OpenSSH's default: 120)"
     )
     parser.add_argument("--impls", default="ours,upstream")
-    parser.add_argument("--only", choices=["burst", "monitor"], help="run one scenario only")
+    parser.add_argument("--only", choices=["burst", "monitor", "scaling"], help="run one scenario only")
     parser.add_argument("--ours-python", default=sys.executable)
     parser.add_argument("--ours-src", help="measure the provider package found in this directory instead")
     parser.add_argument("--ours-ref", help="measure the provider as committed at this git ref (e.g. HEAD)")
@@ -549,6 +656,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.monitor_n = args.monitor_n or (50 if quick else 200)
     args.job_seconds = args.job_seconds or (10.0 if quick else 30.0)
     args.polls = [float(x) for x in (args.polls or "5,1").split(",")]
+    args.scaling_n = [
+        int(x) for x in (args.scaling_n or ("20,50" if quick else "100,500,1000,2000")).split(",")
+    ]
     args.impls = [x.strip() for x in args.impls.split(",") if x.strip()]
     if args.quick and args.monitor_grace == 150:
         args.monitor_grace = 90
@@ -586,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
             "job_seconds": args.job_seconds,
             "polls": args.polls,
             "submit_workers": args.submit_workers,
+            "scaling_n": args.scaling_n,
+            "scaling_upstream_max": args.scaling_upstream_max,
+            "scaling_job_seconds": args.scaling_job_seconds,
+            "scaling_poll": args.scaling_poll,
         },
         "git": {
             "commit": git("rev-parse", "--short", "HEAD"),
@@ -606,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.burst()
             if args.only in (None, "monitor"):
                 bench.monitor()
+            if args.only in (None, "scaling"):
+                bench.scaling()
     except KeyboardInterrupt as error:
         log(f"interrupted ({str(error) or 'Ctrl-C'}): stopping everything this run started")
         status = 130

@@ -112,6 +112,32 @@ def expected_lines(index: int, seconds: float) -> list[str]:
     return [f"job {index} start", f"job {index} middle", f"job {index} end"]
 
 
+def line_job_command(index: int, deadline: int) -> str:
+    """
+    A job that writes ``job <index> line <k>`` (k = 0, 1, ...) once a second until
+    ``deadline`` (epoch seconds), then ``job <index> end``: the job of the scaling scenario.
+
+    ONE perl process for the whole job, forking nothing per line: thousands of these run at
+    once on the benchmark machine, where a shell loop around ``sleep 1`` would fork a process
+    per job per second. Time::HiRes (core perl) ends the last sleep at the deadline itself, so
+    every job ends at the same instant and the end-to-event latency has an exact origin.
+    Line 0 is written before the first deadline check: every job writes at least one line.
+    One simple command, for the reason ``job_command`` gives.
+    """
+    loop = (
+        f'for ($i = 0; ; $i++) {{ print "job {index} line $i\\n"; $t = {int(deadline)} - time; '
+        "last if $t <= 0; sleep($t < 1 ? $t : 1) }"
+    )
+    return f"perl -MTime::HiRes=time,sleep -e '$| = 1; {loop} print \"job {index} end\\n\"'"
+
+
+def line_sequence_ok(index: int, lines: list[str]) -> bool:
+    """Whether ``lines`` are ``job <index> line 0``, ``line 1``, ... (no gap, no repeat), then the end line."""
+    if len(lines) < 2 or lines[-1] != f"job {index} end":
+        return False
+    return lines[:-1] == [f"job {index} line {k}" for k in range(len(lines) - 1)]
+
+
 # ------------------------------------------------------------------------------ logging
 
 #: Lines logged at INFO by the trigger of task i: in the triggerer these go to that task's log.

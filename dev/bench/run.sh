@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fan-out benchmark: this provider against apache-airflow-providers-ssh, side by side, against
 # a throwaway sshd on 127.0.0.1. Options go to dev/bench/bench.py (see --help), e.g.
-#   bash dev/bench/run.sh            # full run (12 to 15 min on 2 cores)
-#   bash dev/bench/run.sh --quick    # small and short check (about 3 min)
+#   bash dev/bench/run.sh            # full run (burst and monitor 12 to 15 min on 2 cores, then scaling)
+#   bash dev/bench/run.sh --quick    # small and short check (a few minutes)
+#   bash dev/bench/run.sh --only scaling   # one scenario; only its tables and plots reach docs/
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -9,6 +9,10 @@ task's log), and is consumed until its ``run()`` ends. Triggers that declare a s
 ``SharedStreamManager``, as the triggerer would.
 
 Prints one JSON document: per-task events and log lines, CPU seconds and RSS of this process.
+A task's lines are compared with its spec's ``expected`` list, or, with ``"check": "sequence"``,
+checked as the numbered lines of ``common.line_job_command`` (their count depends on when the
+job started). Event times are given on CLOCK_MONOTONIC (``event_at``) and as epoch seconds
+(``event_wall_at``), the clock of the jobs' deadline.
 
 Usage: python triggerer.py --impl ours|upstream --spec SPEC.json --out OUT.json
 """
@@ -64,7 +68,7 @@ class Runner:
         events: list[dict[str, Any]] = out.setdefault("events", [])
         try:
             async for event in self.event_stream(trigger, index):
-                events.append({"payload": event.payload, "at": common.now()})
+                events.append({"payload": event.payload, "at": common.now(), "wall": time.time()})
         except asyncio.CancelledError:
             out["cancelled"] = True
             raise
@@ -88,7 +92,7 @@ async def run_all(spec: dict[str, Any]) -> dict[str, Any]:
     outs: dict[int, dict[str, Any]] = {int(t["index"]): {} for t in spec["tasks"]}
     lag = {"max_lag": 0.0}
     probe = asyncio.create_task(lag_probe(lag))
-    cpu0, wall0, started = common.cpu_seconds(), time.monotonic(), common.now()
+    cpu0, wall0, started, started_wall = common.cpu_seconds(), time.monotonic(), common.now(), time.time()
     tasks = [
         asyncio.create_task(
             runner.watch(int(t["index"]), t["trigger"][0], t["trigger"][1], outs[int(t["index"])])
@@ -106,6 +110,7 @@ async def run_all(spec: dict[str, Any]) -> dict[str, Any]:
         "outs": outs,
         "timed_out": len(pending),
         "started": started,
+        "started_wall": started_wall,
         "cpu_seconds": cpu1 - cpu0,
         "wall_seconds": wall1 - wall0,
         "max_loop_lag_seconds": lag["max_lag"],
@@ -121,6 +126,12 @@ def output_lines(out: dict[str, Any]) -> list[str]:
         if chunk:
             text += "\n" + chunk
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def lines_ok(task: dict[str, Any], lines: list[str]) -> bool:
+    if task.get("check") == "sequence":
+        return common.line_sequence_ok(int(task["index"]), lines)
+    return lines == task["expected"]
 
 
 def main() -> None:
@@ -153,11 +164,12 @@ def main() -> None:
         lines = output_lines(out)
         events = out.get("events", [])
         payload = events[0]["payload"] if events else {}
+        good_lines = lines_ok(task, lines)
         ok = (
             len(events) == 1
             and payload.get("status") == "success"
             and payload.get("exit_code") == 0
-            and lines == task["expected"]
+            and good_lines
         )
         correct += ok
         tasks.append(
@@ -168,11 +180,13 @@ def main() -> None:
                 "status": payload.get("status"),
                 "exit_code": payload.get("exit_code"),
                 "message": str(payload.get("message", ""))[:300],
-                "lines_ok": lines == task["expected"],
+                "lines_ok": good_lines,
+                "line_count": len(lines),
                 "lines": lines[:10],
                 "warnings": len(common.WARNINGS.get(index, [])),
                 "first_warnings": common.WARNINGS.get(index, [])[:2],
                 "event_at": events[0]["at"] if events else None,
+                "event_wall_at": events[0]["wall"] if events else None,
                 "method_name": task.get("method_name"),
                 "event": payload,
                 "error": out.get("error"),
@@ -185,6 +199,7 @@ def main() -> None:
         "correct": correct,
         "timed_out": summary["timed_out"],
         "started": summary["started"],
+        "started_wall": summary["started_wall"],
         "cpu_seconds": summary["cpu_seconds"],
         "wall_seconds": summary["wall_seconds"],
         "max_loop_lag_seconds": summary["max_loop_lag_seconds"],

@@ -40,11 +40,18 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
+def job_command(spec: dict[str, Any], index: int) -> str:
+    """The spec's job: ``"job": "lines"`` is the scaling scenario's line-a-second job."""
+    if spec.get("job") == "lines":
+        return common.line_job_command(index, int(spec["job_deadline"]))
+    return common.job_command(index, spec["job_seconds"], spec.get("job_deadline"))
+
+
 def make_operator(cls: type, spec: dict[str, Any], index: int) -> Any:
     return cls(
         task_id=common.TASK_ID,
         ssh_conn_id=common.CONN_ID,
-        command=common.job_command(index, spec["job_seconds"], spec.get("job_deadline")),
+        command=job_command(spec, index),
         **spec["operator_kwargs"],
     )
 
