@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_batch_output, parse_simple_state
 from ssh_jobs_provider.protocol.batch import (
+    CLEANUPS_PER_CALL,
     SIZES_PER_LS,
     CleanupEntry,
     Entry,
@@ -201,7 +202,7 @@ def test_a_log_that_ls_cannot_size_is_measured_on_its_own(tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------- processes per batch
 
-COUNTED_TOOLS = ("ls", "wc", "tail", "head", "ps", "df", "id")
+COUNTED_TOOLS = ("ls", "wc", "tail", "head", "ps", "df", "id", "rm")
 
 
 @pytest.fixture
@@ -288,3 +289,52 @@ def test_the_probe_falls_back_to_sh_without_perl_or_with_a_broken_one(tmp_path: 
 def test_a_batch_runs_in_perl_or_sh_only() -> None:
     with pytest.raises(ValueError, match="'perl' or 'sh'"):
         build_batch_script([], interpreter="auto")
+
+
+# --------------------------------------------------------------------------- cleanups
+
+
+def own_job_dir(base: Path, job_id: str, token: str = TOKEN) -> RemoteJobPaths:
+    """A finished job's directory as the wrapper leaves it, with hidden files and a subdirectory."""
+    job = RemoteJobPaths(job_id=job_id, base_dir=str(base))
+    job_dir = Path(job.job_dir)
+    (job_dir / "claimed").mkdir(parents=True)
+    for name in ("stdout.log", "exit_code", "pid", ".hidden", "..odd", "name with spaces"):
+        (job_dir / name).write_text("x\n")
+    (job_dir / "token").write_text(token + "\n")
+    return job
+
+
+def test_many_cleanups_take_a_few_processes_and_remove_only_what_is_theirs(
+    tmp_path: Path, counting_path: tuple[dict[str, str], Path]
+) -> None:
+    env, calls = counting_path
+    base = tmp_path / "jobs"
+    ours = [own_job_dir(base, f"done{i}") for i in range(150)]
+    other_token = own_job_dir(base, "replaced", token=OTHER_TOKEN)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "precious").write_text("keep\n")
+    link = RemoteJobPaths(job_id="linked", base_dir=str(base))
+    Path(link.job_dir).symlink_to(tmp_path / "elsewhere")
+    not_a_dir = RemoteJobPaths(job_id="plainfile", base_dir=str(base))
+    Path(not_a_dir.job_dir).write_text("a file\n")
+    absent = RemoteJobPaths(job_id="absent", base_dir=str(base))
+    unchecked = own_job_dir(base, "old-watcher")  # a watcher from before tokens: owner only
+    entries: list[Entry] = [CleanupEntry(job, token=TOKEN) for job in ours]
+    entries += [
+        CleanupEntry(other_token, token=TOKEN),
+        CleanupEntry(link, token=TOKEN),
+        CleanupEntry(not_a_dir, token=TOKEN),
+        CleanupEntry(absent, token=TOKEN),
+        CleanupEntry(unchecked),
+    ]
+    results = parse_batch_output(answer_of(entries, "sh", env), entries)
+    states = [getattr(results[key], "state", results[key]) for key in range(len(entries))]
+    assert states == ["removed"] * 150 + ["foreign", "foreign", "foreign", "absent", "removed"]
+    assert sorted(p.name for p in base.iterdir()) == ["linked", "plainfile", "replaced"]
+    assert (tmp_path / "elsewhere" / "precious").read_text() == "keep\n"
+    assert len(list(Path(other_token.job_dir).iterdir())) == 8  # untouched
+    # Two calls of at most CLEANUPS_PER_CALL directories: one ls and two rm each, and one c
+    # (one ls) for the link, whose line ls writes differently.
+    assert len(entries) > CLEANUPS_PER_CALL
+    assert started(calls) == {"ls": 2 + 1, "rm": 4, "id": 1}

@@ -8,8 +8,9 @@ A batch is the shared prelude (``sh/process.sh``, ``sh/lib.sh``), a call per ent
 - a :class:`PollEntry` reports one job's state, records how much of its log has been
   delivered (so a re-created trigger resumes at the right byte), and carries up to
   ``max_bytes`` log bytes from ``offset``;
-- a :class:`CleanupEntry` removes one finished job's directory (``c`` in ``sh/lib.sh``), if it
-  is the SSH user's and carries the entry's token.
+- a :class:`CleanupEntry` removes one finished job's directory, if it is the SSH user's and
+  carries the entry's token (``cm`` in ``sh/lib.sh``: one ``ls`` and two ``rm`` for up to
+  :data:`CLEANUPS_PER_CALL` directories; ``c`` for one directory at a time).
 
 What a poll costs the host is decided by the processes it starts, not by the reading itself
 (a few small files per job cost microseconds; a fork and exec costs a millisecond). So the
@@ -28,7 +29,7 @@ with :func:`build_probe_script`.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -42,6 +43,9 @@ from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_pr
 POLL_INTERPRETERS = ("auto", "perl", "sh")
 #: Log sizes found by one ``ls`` in the sh polls: well inside any host's ``ARG_MAX``.
 SIZES_PER_LS = 200
+#: Job directories removed by one ``cm`` call (a few processes for all of them); a job
+#: directory holds about 15 files, so its ``rm`` stays well inside any host's ``ARG_MAX``.
+CLEANUPS_PER_CALL = 100
 #: The here-document that carries the perl program and its entries (no entry line can be it:
 #: each starts with a digit).
 _PERL_END = "SSH_JOBS_POLLS"
@@ -112,12 +116,8 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
     if interpreter not in ("perl", "sh"):
         raise ValueError(f"A batch runs its polls in 'perl' or 'sh', not {interpreter!r}.")
     polls = [(key, e) for key, e in enumerate(entries) if isinstance(e, PollEntry)]
-    cleanups = [
-        f"c {key} {_q(e.paths.job_dir)} {_q(e.token)}\n"
-        for key, e in enumerate(entries)
-        if isinstance(e, CleanupEntry)
-    ]
-    calls = "".join(cleanups) + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
+    cleanups = [(key, e) for key, e in enumerate(entries) if isinstance(e, CleanupEntry)]
+    calls = _cleanups(cleanups) + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
     # the triggerer (and sshd) would otherwise spend most of their CPU on.
@@ -157,6 +157,25 @@ def _q(value: str | int) -> str:
     return shlex.quote(str(value))
 
 
+def _by_base_dir(
+    items: Sequence[tuple[int, Entry]], name: Callable[[Entry], str], size: int
+) -> Iterator[tuple[str, list[tuple[int, Entry]]]]:
+    """The entries per base dir, in chunks of at most ``size``, sorted by ``name`` as `ls` sorts."""
+    ordered = sorted(items, key=lambda item: (item[1].paths.base_dir, name(item[1]).encode()))
+    for base, group in groupby(ordered, key=lambda item: item[1].paths.base_dir):
+        members = list(group)
+        for start in range(0, len(members), size):
+            yield base, members[start : start + size]
+
+
+def _cleanups(cleanups: list[tuple[int, CleanupEntry]]) -> str:
+    calls = []
+    for base, members in _by_base_dir(cleanups, lambda e: e.paths.job_id, CLEANUPS_PER_CALL):
+        triples = " ".join(f"{key}:{e.paths.job_id}:{e.token}" for key, e in members)
+        calls.append(f"cm {_q(base)} {_q(triples)}\n")
+    return "".join(calls)
+
+
 def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
     if not polls:
         return ""
@@ -169,17 +188,9 @@ def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
 
 def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:
     states = [f"q {key} {_q(e.paths.job_dir)} {_q(e.token)}\n" for key, e in polls]
-    sizes = []
-    by_base = sorted(polls, key=lambda item: (item[1].paths.base_dir, _log_name(item[1])))
-    for base, group in groupby(by_base, key=lambda item: item[1].paths.base_dir):
-        members = list(group)
-        for start in range(0, len(members), SIZES_PER_LS):
-            pairs = " ".join(f"{key}:{e.paths.job_id}" for key, e in members[start : start + SIZES_PER_LS])
-            sizes.append(f"z {_q(base)} {_q(pairs)}\n")
+    sizes = [
+        f"z {_q(base)} {_q(' '.join(f'{key}:{e.paths.job_id}' for key, e in members))}\n"
+        for base, members in _by_base_dir(polls, lambda e: f"{e.paths.job_id}/stdout.log", SIZES_PER_LS)
+    ]
     answers = [f"w {key} {_q(e.paths.job_dir)} {e.offset} {e.max_bytes} {e.delivered}\n" for key, e in polls]
     return "".join(states + sizes + answers)
-
-
-def _log_name(entry: PollEntry) -> bytes:
-    # The order of `LC_ALL=C ls`: the bytes of the names it lists.
-    return f"{entry.paths.job_id}/stdout.log".encode()

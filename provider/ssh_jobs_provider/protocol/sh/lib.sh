@@ -190,3 +190,97 @@ c() {
   fi
   echo "$T cleanup key=$1 state=$s len=0"
 }
+
+# cm BASE "KEY:ID:TOKEN ...": what c does, for many jobs under BASE with a few processes in all:
+# one `ls` for the owners, one `rm` for the directories' contents, one for the emptied
+# directories (a removal costs the host per process, and thousands of jobs may end together).
+# The pairs come sorted as `LC_ALL=C ls` sorts the IDs; a job whose line cannot be matched to
+# its pair (an odd name, a symbolic link) is left to c, one at a time. The tokens go last, as
+# in c.
+cm() {
+  cb=$1 cp=$2
+  if ! cd "$cb" 2>/dev/null; then
+    for ci in $cp; do
+      ck=${ci%%:*} ci=${ci#*:}
+      c "$ck" "$cb/${ci%%:*}" "${ci#*:}"
+    done
+    return 0
+  fi
+  whoami_uid
+  set -f
+  set --
+  for ci in $cp; do ci=${ci#*:}; set -- "$@" "${ci%%:*}"; done
+  co=$(LC_ALL=C ls -ldn -- "$@" 2>/dev/null)
+  cq="$cp "
+  while IFS= read -r cl; do
+    # shellcheck disable=SC2086 # the fields are wanted as separate words
+    set -- $cl
+    [ "$#" -ge 6 ] || continue
+    cm_=$1 co_=$3
+    # A symbolic link's line ends with its target, not its name: its pair stays unmatched.
+    case $cm_ in l*) continue ;; esac
+    eval "cn=\${$#}"
+    while [ -n "$cq" ]; do
+      ci=${cq%% *} cq=${cq#* }
+      ck=${ci%%:*} ci=${ci#*:}
+      if [ "$cn" = "${ci%%:*}" ]; then
+        cv=no
+        case $cm_ in d*) [ "$co_" = "$me" ] && cv=1 ;; esac
+        eval "O$ck=$cv"
+        break
+      fi
+    done
+  done <<CEOF
+$co
+CEOF
+  set +f
+  # The contents of every directory that is this job's, but its token, in one rm.
+  set --
+  for ci in $cp; do
+    ck=${ci%%:*} ci=${ci#*:}
+    cd_=${ci%%:*} ct=${ci#*:}
+    eval "co_=\${O$ck:-}"
+    if [ "$co_" = no ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
+    if [ -z "$co_" ]; then
+      if [ ! -e "$cd_" ] && [ ! -L "$cd_" ]; then echo "$T cleanup key=$ck state=absent len=0"
+      else c "$ck" "$cb/$cd_" "$ct"
+      fi
+      continue
+    fi
+    if [ -n "$ct" ]; then
+      t=
+      [ -f "$cd_/token" ] && read -r t < "$cd_/token"
+      if [ "$t" != "$ct" ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
+    fi
+    eval "G$ck=1"
+    for f in "$cd_"/* "$cd_"/.[!.]* "$cd_"/..?*; do
+      if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
+      [ "$f" = "$cd_/token" ] || set -- "$@" "$f"
+    done
+  done
+  [ "$#" -eq 0 ] || rm -rf -- "$@" 2>/dev/null
+  # Then the directories left with nothing but their token, in one rm.
+  set --
+  for ci in $cp; do
+    ck=${ci%%:*} ci=${ci#*:}
+    cd_=${ci%%:*}
+    eval "cg=\${G$ck:-}"
+    [ -n "$cg" ] || continue
+    for f in "$cd_"/* "$cd_"/.[!.]* "$cd_"/..?*; do
+      if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
+      [ "$f" = "$cd_/token" ] || { eval "G$ck=kept"; break; }
+    done
+    eval "cg=\${G$ck}"
+    [ "$cg" = kept ] || set -- "$@" "$cd_"
+  done
+  [ "$#" -eq 0 ] || rm -rf -- "$@" 2>/dev/null
+  for ci in $cp; do
+    ck=${ci%%:*} ci=${ci#*:}
+    cd_=${ci%%:*}
+    eval "cg=\${G$ck:-}"
+    [ -n "$cg" ] || continue
+    if [ -e "$cd_" ]; then s=failed; else s=removed; fi
+    echo "$T cleanup key=$ck state=$s len=0"
+  done
+  cd / || true
+}
