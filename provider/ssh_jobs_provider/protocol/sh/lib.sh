@@ -234,8 +234,11 @@ cm() {
 $co
 CEOF
   set +f
-  # The contents of every directory that is this job's, but its token, in one rm.
-  set --
+  # The contents of every directory that is this job's, but its token, in one rm: the patterns
+  # match every name but "token" (IDs are plain names, safe unquoted; a pattern that matches
+  # nothing stays as it is, and rm -f ignores it). Strings, not "$@": appending to "$@" copies
+  # it each time.
+  cr=
   for ci in $cp; do
     ck=${ci%%:*} ci=${ci#*:}
     cd_=${ci%%:*} ct=${ci#*:}
@@ -253,14 +256,13 @@ CEOF
       if [ "$t" != "$ct" ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
     fi
     eval "G$ck=1"
-    for f in "$cd_"/* "$cd_"/.[!.]* "$cd_"/..?*; do
-      if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
-      [ "$f" = "$cd_/token" ] || set -- "$@" "$f"
-    done
+    cr="$cr $cd_/[!t]* $cd_/t[!o]* $cd_/to[!k]* $cd_/tok[!e]* $cd_/toke[!n]* $cd_/token?*"
+    cr="$cr $cd_/t $cd_/to $cd_/tok $cd_/toke $cd_/.[!.]* $cd_/..?*"
   done
-  [ "$#" -eq 0 ] || rm -rf -- "$@" 2>/dev/null
+  # shellcheck disable=SC2086 # the patterns are wanted as globs
+  [ -z "$cr" ] || rm -rf -- $cr 2>/dev/null
   # Then the directories left with nothing but their token, in one rm.
-  set --
+  cr=
   for ci in $cp; do
     ck=${ci%%:*} ci=${ci#*:}
     cd_=${ci%%:*}
@@ -271,9 +273,10 @@ CEOF
       [ "$f" = "$cd_/token" ] || { eval "G$ck=kept"; break; }
     done
     eval "cg=\${G$ck}"
-    [ "$cg" = kept ] || set -- "$@" "$cd_"
+    [ "$cg" = kept ] || cr="$cr $cd_"
   done
-  [ "$#" -eq 0 ] || rm -rf -- "$@" 2>/dev/null
+  # shellcheck disable=SC2086 # plain names
+  [ -z "$cr" ] || rm -rf -- $cr 2>/dev/null
   for ci in $cp; do
     ck=${ci%%:*} ci=${ci#*:}
     cd_=${ci%%:*}
