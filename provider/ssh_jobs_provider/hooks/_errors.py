@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import asyncssh
 import paramiko
 
+from ssh_jobs_provider import metrics
 from ssh_jobs_provider.exceptions import (
     FAN_OUT_HINT,
     SSHAuthenticationError,
@@ -106,9 +107,12 @@ def translated_connect_errors(settings: SSHConnectionSettings) -> Iterator[None]
         yield
     except Exception as error:
         failure = _connect_failure(settings, error)
+        if isinstance(failure, SSHConnectError) and not failure.final:
+            metrics.connect_dropped(settings.host)
         if failure is error:
             raise
         raise failure from failure.__cause__ or error
+    metrics.connected(settings.host)
 
 
 def gave_up(settings: SSHConnectionSettings, error: BaseException, attempts: int) -> BaseException:

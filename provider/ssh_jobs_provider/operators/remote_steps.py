@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
+from ssh_jobs_provider import metrics
 from ssh_jobs_provider.exceptions import RemoteJobError, SSHAuthenticationError, SSHHostKeyError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.protocol.answers import (
@@ -151,6 +152,7 @@ def finish_remote(
         log.error("%s Nothing was killed or removed.", error)
     except Exception as error:  # reported loudly below, never raised
         left = [verb for verb, _ in scripts]
+        metrics.cleanup_failed(hook.remote_host)
         consequences = []
         if "kill" in left:
             consequences.append(f"the job may still be running (pid file {paths.pid_file})")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from ssh_jobs_provider import metrics
 from ssh_jobs_provider.exceptions import RemoteJobError, SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.operators.remote_steps import (
@@ -268,8 +269,13 @@ class SSHRemoteJobOperator(BaseOperator):
         """
         hook = self.ssh_hook
         timeouts = iter(min(MAX_SUBMIT_TIMEOUT, self.command_timeout * 2**n) for n in range(1000))
+        tries = 0
 
         def attempt() -> JobStatus:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                metrics.submit_retried(hook.remote_host)
             # ONE connect per attempt, retried by this loop only: a server refusing every
             # connection sees at most conn_retry_attempts of them from one submit.
             with hook.connect_with(hook.settings) as client:
@@ -277,6 +283,7 @@ class SSHRemoteJobOperator(BaseOperator):
             parsed = submit_answer(paths, status, stdout, stderr)
             if parsed.remote_os:
                 self.log.info("Remote OS: %s", parsed.remote_os)
+            metrics.submitted(hook.remote_host)
             return parsed
 
         try:

@@ -23,6 +23,8 @@ _LONGEST_JOB_FILE = len("/exit_code.new.tmp.4194304")  # tmp names carry a pid
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _JOB_ID_MAX = 200
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+#: The ids :func:`make_job_id` makes: what the operations tools (status, reap) treat as a job.
+JOB_ID_MADE = re.compile(r"af_[A-Za-z0-9_]{1,83}(?:_m[0-9]+)?_t[0-9]+_[0-9a-f]{16}")
 
 
 def require_utf8(text: str, what: str) -> None:
@@ -49,6 +51,11 @@ def make_job_id(dag_id: str, task_id: str, run_id: str, map_index: int, try_numb
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
     map_part = "" if map_index < 0 else f"_m{map_index}"
     return f"af_{_slug(dag_id, 40)}_{_slug(task_id, 40)}{map_part}_t{try_number}_{digest}"
+
+
+def is_made_job_id(name: str) -> bool:
+    """Whether ``name`` has the form of the ids :func:`make_job_id` makes (``af_..._t<try>_<hex>``)."""
+    return bool(JOB_ID_MADE.fullmatch(name)) and len(name) <= _JOB_ID_MAX
 
 
 def new_job_token() -> str:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from ssh_jobs_provider import metrics
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError, parse_batch_output, parse_simple_state
 from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script, build_probe_script
@@ -124,6 +125,7 @@ class HostSession:
     def watch(self, watch: JobWatch) -> JobWatch:
         """Register a job; its first poll comes at its next grid tick."""
         self.scheduler.add(watch, asyncio.get_running_loop().time())
+        metrics.watching(self.settings.host, self.scheduler.watched)
         self._changed.set()
         self._ensure_running()
         return watch
@@ -131,6 +133,7 @@ class HostSession:
     def unwatch(self, watch: JobWatch) -> None:
         """Leave the session (normal end or cancellation); safe to call twice."""
         self.scheduler.remove(watch)
+        metrics.watching(self.settings.host, self.scheduler.watched)
         self._changed.set()
 
     def record_offset(self, watch: JobWatch) -> asyncio.Future[bool]:
@@ -237,10 +240,12 @@ class HostSession:
         try:
             conn = await self._connection()
             script = self._batch_script(entries, tag)
+            started = loop.time()
             _, stdout, _ = await self._runner(conn, script, self.scheduler.timeout(due))
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            metrics.batch_failed(self.settings.host, self.scheduler.watched)
             delay, deliveries = self.scheduler.batch_error(due, error, loop.time())
             if delay is not None:
                 await self._drop_connection()
@@ -255,6 +260,7 @@ class HostSession:
             self._deliver(deliveries)
             return
         self.batches += 1
+        metrics.batch_polled(self.settings.host, (loop.time() - started) * 1000, self.scheduler.watched)
         self._deliver(self.scheduler.apply(due, parse_batch_output(stdout, entries, tag), loop.time()))
 
     def _batch_script(self, entries: list[Entry], tag: str = PROTOCOL_TAG) -> str:

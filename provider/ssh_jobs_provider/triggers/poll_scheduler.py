@@ -143,6 +143,11 @@ class PollScheduler:
         return list(self._watches)
 
     @property
+    def watched(self) -> int:
+        """How many watches are registered."""
+        return len(self._watches)
+
+    @property
     def idle(self) -> bool:
         """Nothing is watched."""
         return not self._watches
