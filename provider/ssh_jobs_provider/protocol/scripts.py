@@ -31,6 +31,7 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     stdout.log     the command's stdout and stderr
     exit_code.new  space reserved at submit for the exit record
     exit_code      ``<code>[ nospace]``, written atomically when the command has ended
+    fs_probe       one byte per end of the command: whether the file system had room left
     delivered      log bytes a watcher has delivered (for resuming after a restart)
 """
 

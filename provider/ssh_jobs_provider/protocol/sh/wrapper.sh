@@ -49,8 +49,13 @@ read -r marker < marker
 rc=$?
 
 note=
-# A full file system also cost the job (part of) its output: say so beside the exit code.
-if fs_full .; then note=nospace; fi
+# A full file system also cost the job (part of) its output: say so beside the exit code. A
+# one-byte write tells without starting a process (thousands of jobs may end in the same
+# second); df is asked too when the job failed, as a network file system may accept a write
+# it cannot store.
+if ! { printf x >> fs_probe; } 2>/dev/null; then note=nospace
+elif [ "$rc" != 0 ] && fs_full .; then note=nospace
+fi
 # exit_code.new was filled at submit: rewriting it in place needs no free block, so the
 # exit code is recorded even on a full file system. The clean copy follows where there is room.
 printf '%s%s\n' "$rc" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
