@@ -112,33 +112,55 @@ q_state() {
   h="pid=$pid alive=$alive exit=$ec note=$note boot=$boot claimed=$claimed full=$full"
 }
 
-# z BASE "KEY:ID ...": phase 2, the log sizes of the jobs BASE/ID with one `ls`. The pairs come
-# sorted as `LC_ALL=C ls` sorts the names ID/stdout.log, so answer lines and pairs are walked
-# together; a size is kept only for the line whose name is its pair's. A job left without a
-# size (a name ls printed differently, a file that vanished) is measured on its own by `w`.
-z() {
-  cd "$1" 2>/dev/null || return 0
-  zp=$2
+# lsn FLAGS SUFFIX "KEY:ID[:...] ...": ONE `LC_ALL=C ls -n<FLAGS>` of the names ID<SUFFIX> in
+# the current directory; L<KEY>="MODE OWNER SIZE" for each name it lists. The pairs come sorted
+# as ls sorts those names, so its lines and the pairs are walked together, and a line is kept
+# only for the pair whose name it shows. A pair left without one (a name ls prints differently,
+# a symbolic link's line, which ends with its target, a file that vanished) has no L<KEY>.
+# IDs are plain names (letters, digits, _ . -), safe unquoted; a string, not "$@", gathers
+# them: appending to "$@" copies it each time.
+lsn() {
+  lf=$1 lx=$2 lp=$3
   set -f
-  set --
-  for zi in $zp; do set -- "$@" "${zi#*:}/stdout.log"; done
-  zo=$(LC_ALL=C ls -lnL -- "$@" 2>/dev/null)
-  zp="$zp "
-  while IFS= read -r zl; do
+  ln=
+  for li in $lp; do li=${li#*:}; ln="$ln ${li%%:*}$lx"; done
+  # shellcheck disable=SC2086 # plain names
+  lo=$(LC_ALL=C ls -n"$lf" -- $ln 2>/dev/null)
+  lp="$lp "
+  while IFS= read -r ll; do
     # shellcheck disable=SC2086 # the fields are wanted as separate words
-    set -- $zl
+    set -- $ll
     [ "$#" -ge 6 ] || continue
-    eval "zn=\${$#}"
-    while [ -n "$zp" ]; do
-      zi=${zp%% *} zp=${zp#* }
-      if [ "$zn" = "${zi#*:}/stdout.log" ]; then
-        case $5 in ''|*[!0-9]*) ;; *) eval "Z${zi%%:*}=\$5" ;; esac
+    case $1 in l*) continue ;; esac
+    eval "lname=\${$#}"
+    while [ -n "$lp" ]; do
+      li=${lp%% *} lp=${lp#* }
+      lk=${li%%:*} li=${li#*:}
+      if [ "$lname" = "${li%%:*}$lx" ]; then
+        eval "L$lk=\"\$1 \$3 \$5\""
         break
       fi
     done
-  done <<ZEOF
-$zo
-ZEOF
+  done <<LEOF
+$lo
+LEOF
+  set +f
+}
+
+# z BASE "KEY:ID ...": phase 2, the log sizes of the jobs BASE/ID, with one `ls` (lsn). A job
+# left without a size is measured on its own by `w`.
+z() {
+  cd "$1" 2>/dev/null || return 0
+  zp=$2
+  lsn lL /stdout.log "$zp"
+  set -f
+  for zi in $zp; do
+    zk=${zi%%:*}
+    eval "zl=\${L$zk:-}"
+    # shellcheck disable=SC2086 # the fields are wanted as separate words
+    set -- $zl
+    case ${3:-} in ''|*[!0-9]*) ;; *) eval "Z$zk=\$3" ;; esac
+  done
   set +f
   cd / || true
 }
@@ -194,9 +216,8 @@ c() {
 # cm BASE "KEY:ID:TOKEN ...": what c does, for many jobs under BASE with a few processes in all:
 # one `ls` for the owners, one `rm` for the directories' contents, one for the emptied
 # directories (a removal costs the host per process, and thousands of jobs may end together).
-# The pairs come sorted as `LC_ALL=C ls` sorts the IDs; a job whose line cannot be matched to
-# its pair (an odd name, a symbolic link) is left to c, one at a time. The tokens go last, as
-# in c.
+# The triples come sorted as `LC_ALL=C ls` sorts the IDs (see lsn); a job ls does not show
+# under its name (a symbolic link) is left to c, one at a time. The tokens go last, as in c.
 cm() {
   cb=$1 cp=$2
   if ! cd "$cb" 2>/dev/null; then
@@ -207,32 +228,19 @@ cm() {
     return 0
   fi
   whoami_uid
+  # Whose each directory is, with one `ls` (lsn); O<KEY>: 1 the SSH user's directory, no not.
+  lsn ld "" "$cp"
   set -f
-  set --
-  for ci in $cp; do ci=${ci#*:}; set -- "$@" "${ci%%:*}"; done
-  co=$(LC_ALL=C ls -ldn -- "$@" 2>/dev/null)
-  cq="$cp "
-  while IFS= read -r cl; do
+  for ci in $cp; do
+    ck=${ci%%:*}
+    eval "cl=\${L$ck:-}"
+    [ -n "$cl" ] || continue
     # shellcheck disable=SC2086 # the fields are wanted as separate words
     set -- $cl
-    [ "$#" -ge 6 ] || continue
-    cm_=$1 co_=$3
-    # A symbolic link's line ends with its target, not its name: its pair stays unmatched.
-    case $cm_ in l*) continue ;; esac
-    eval "cn=\${$#}"
-    while [ -n "$cq" ]; do
-      ci=${cq%% *} cq=${cq#* }
-      ck=${ci%%:*} ci=${ci#*:}
-      if [ "$cn" = "${ci%%:*}" ]; then
-        cv=no
-        case $cm_ in d*) [ "$co_" = "$me" ] && cv=1 ;; esac
-        eval "O$ck=$cv"
-        break
-      fi
-    done
-  done <<CEOF
-$co
-CEOF
+    cv=no
+    case $1 in d*) [ "$2" = "$me" ] && cv=1 ;; esac
+    eval "O$ck=$cv"
+  done
   set +f
   # The contents of every directory that is this job's, but its token, in one rm: the patterns
   # match every name but "token" (IDs are plain names, safe unquoted; a pattern that matches
