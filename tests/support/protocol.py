@@ -34,10 +34,17 @@ WHOLE_LOG = 1 << 20
 POLL_INTERPRETER = "sh"
 
 
-def run_sh(script: str, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+def run_sh(
+    script: str, timeout: float = SCRIPT_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run a protocol script the way the hooks do: ``/bin/sh -s`` with the script on stdin."""
     return subprocess.run(
-        ["/bin/sh", "-s"], input=script.encode("utf-8"), capture_output=True, timeout=timeout, check=False
+        ["/bin/sh", "-s"],
+        input=script.encode("utf-8"),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env=env,
     )
 
 

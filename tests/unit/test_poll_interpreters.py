@@ -39,14 +39,7 @@ DEAD_PID = "2147483646"
 
 
 def answer_of(entries: list[Entry], interpreter: str, env: dict[str, str] | None = None) -> bytes:
-    result = subprocess.run(
-        ["/bin/sh", "-s"],
-        input=build_batch_script(entries, interpreter=interpreter).encode(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
+    result = run_sh(build_batch_script(entries, interpreter=interpreter), timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -259,15 +252,9 @@ def test_processes_grow_with_batches_not_with_jobs(
 
 
 def probe(env: dict[str, str]) -> str:
-    return parse_simple_state(run_sh_env(build_probe_script(), env), "probe")
-
-
-def run_sh_env(script: str, env: dict[str, str]) -> bytes:
-    result = subprocess.run(
-        ["/bin/sh", "-s"], input=script.encode(), capture_output=True, timeout=30, env=env
-    )
+    result = run_sh(build_probe_script(), env=env)
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return parse_simple_state(result.stdout, "probe")
 
 
 def test_the_probe_finds_perl_here() -> None:

@@ -147,9 +147,9 @@ def build_probe_script() -> str:
     """
     return as_whole(
         f"T={PROTOCOL_TAG}\n"
-        f'if command -v perl >/dev/null 2>&1 && perl - "$T" "" >/dev/null 2>&1 <<\'{_PERL_END}\'\n'
-        f"{perl_program()}__END__\n{_PERL_END}\n"
-        'then echo "$T probe state=perl"; else echo "$T probe state=sh"; fi\n'
+        "if command -v perl >/dev/null 2>&1 && "
+        + _perl_call('"$T" "" >/dev/null 2>&1', "")
+        + 'then echo "$T probe state=perl"; else echo "$T probe state=sh"; fi\n'
     )
 
 
@@ -183,7 +183,13 @@ def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
     lines = "".join(
         f"{key}\t{e.offset}\t{e.max_bytes}\t{e.delivered}\t{e.token}\t{e.paths.job_dir}\n" for key, e in polls
     )
-    return f'perl - "$T" "$boot_now" <<\'{_PERL_END}\'\n{perl_program()}__END__\n{lines}{_PERL_END}\n'
+    return _perl_call('"$T" "$boot_now"', lines)
+
+
+def _perl_call(arguments: str, entries: str) -> str:
+    # The program and its entries in one here-document: perl reads the program up to __END__,
+    # and the entries after it from its DATA handle.
+    return f"perl - {arguments} <<'{_PERL_END}'\n{perl_program()}__END__\n{entries}{_PERL_END}\n"
 
 
 def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:
