@@ -6,6 +6,7 @@ import sys
 from typing import Any, TextIO
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.protocol.identity import validate_base_dir
 
 
 class CommandError(Exception):
@@ -19,6 +20,18 @@ class CommandError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+def checked_base_dir(base_dir: str) -> str:
+    """
+    ``--base-dir`` normalised, as the operator's ``remote_base_dir`` is.
+
+    :raises CommandError: (status 2) a base dir the protocol refuses, with its fix
+    """
+    try:
+        return validate_base_dir(base_dir)
+    except ValueError as error:
+        raise CommandError(f"--base-dir: {error}", 2) from None
 
 
 def resolve_settings(conn_id: str, host: str | None = None) -> SSHConnectionSettings:

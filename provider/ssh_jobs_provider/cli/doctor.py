@@ -20,13 +20,12 @@ from typing import Any, TextIO, cast
 import paramiko
 
 from ssh_jobs_provider.cli import advice
-from ssh_jobs_provider.cli.common import CommandError, human_bytes, resolve_settings, table
+from ssh_jobs_provider.cli.common import CommandError, checked_base_dir, human_bytes, resolve_settings, table
 from ssh_jobs_provider.hooks import _paramiko
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.answers import header_fields
 from ssh_jobs_provider.protocol.batch import build_probe_script
-from ssh_jobs_provider.protocol.identity import validate_base_dir
 from ssh_jobs_provider.protocol.scripts import (
     PROTOCOL_TAG,
     REMOTE_SHELL,
@@ -291,10 +290,7 @@ def run(
 
     if fan_out is not None and fan_out < 1:
         raise CommandError("--fan-out must be a number of jobs, at least 1", 2)
-    try:
-        base = validate_base_dir(base_dir)
-    except ValueError as error:
-        raise CommandError(f"--base-dir: {error}", 2) from None
+    base = checked_base_dir(base_dir)
     settings = resolve_settings(conn_id, host)
     log = logging.getLogger("airflow-ssh-jobs")
     report = Report()

@@ -5,9 +5,16 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from ssh_jobs_provider.cli.common import CommandError, Remote, human_age, human_bytes, resolve_settings, table
+from ssh_jobs_provider.cli.common import (
+    CommandError,
+    Remote,
+    checked_base_dir,
+    human_age,
+    human_bytes,
+    resolve_settings,
+    table,
+)
 from ssh_jobs_provider.cli.status import list_jobs
-from ssh_jobs_provider.protocol.identity import validate_base_dir
 from ssh_jobs_provider.protocol.ops import (
     JobDirectory,
     build_reap_script,
@@ -60,10 +67,7 @@ def run(
         age = parse_age(older_than)
     except ValueError as error:
         raise CommandError(f"--older-than: {error}", 2) from None
-    try:
-        base = validate_base_dir(base_dir)
-    except ValueError as error:
-        raise CommandError(f"--base-dir: {error}", 2) from None
+    base = checked_base_dir(base_dir)
     resolve_settings(conn_id, host)
     with Remote(conn_id, host) as remote:
         listing = list_jobs(remote, base)

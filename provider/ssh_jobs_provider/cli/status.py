@@ -6,9 +6,16 @@ import json
 import sys
 from typing import Any, TextIO
 
-from ssh_jobs_provider.cli.common import CommandError, Remote, human_age, human_bytes, resolve_settings, table
+from ssh_jobs_provider.cli.common import (
+    CommandError,
+    Remote,
+    checked_base_dir,
+    human_age,
+    human_bytes,
+    resolve_settings,
+    table,
+)
 from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError
-from ssh_jobs_provider.protocol.identity import validate_base_dir
 from ssh_jobs_provider.protocol.ops import JobDirectory, Listing, build_listing_script, parse_listing
 
 
@@ -76,10 +83,7 @@ def run(conn_id: str, base_dir: str, as_json: bool, host: str | None = None) -> 
     :param as_json: print JSON instead of a table
     :param host: the host instead of the connection's
     """
-    try:
-        base = validate_base_dir(base_dir)
-    except ValueError as error:
-        raise CommandError(f"--base-dir: {error}", 2) from None
+    base = checked_base_dir(base_dir)
     resolve_settings(conn_id, host)
     with Remote(conn_id, host) as remote:
         listing = list_jobs(remote, base)
