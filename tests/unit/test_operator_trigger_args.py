@@ -167,6 +167,7 @@ def test_operator_builds_the_trigger_from_the_job_paths() -> None:
         "cleanup_retries": 4,
         "job_token": "",
         "remote_base_dir": "/srv/jobs",
+        "submit": None,
     }
     assert trigger.paths == paths
 
@@ -194,13 +195,27 @@ base_dirs = st.sampled_from(["/tmp/airflow-ssh-jobs", "/srv/jobs", "/home/u/a b/
 def trigger_kwargs(draw: st.DrawFn) -> dict[str, Any]:
     job_id, base_dir = draw(job_ids), draw(base_dirs)
     kwargs = draw(trigger_other_kwargs)
+    token = draw(st.just("") | st.from_regex(r"[0-9a-f]{32}", fullmatch=True))
     return {
         **kwargs,
         "job_id": job_id,
         "job_dir": f"{base_dir}/{job_id}",
-        "job_token": draw(st.just("") | st.from_regex(r"[0-9a-f]{32}", fullmatch=True)),
+        "job_token": token,
         "remote_base_dir": draw(st.none() | st.just(base_dir)),
+        # A trigger that submits needs the submit's token.
+        "submit": draw(st.none() | submits) if token else None,
     }
+
+
+#: Text a command or an environment value may hold (UTF-8, no NUL).
+shell_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"))
+submits = st.fixed_dictionaries(
+    {
+        "command": shell_text.filter(str.strip),
+        "environment": st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True), shell_text),
+        "working_dir": st.none() | st.just("/srv/work"),
+    }
+)
 
 
 trigger_other_kwargs = st.fixed_dictionaries(

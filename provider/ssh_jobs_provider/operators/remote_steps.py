@@ -9,7 +9,12 @@ from collections.abc import Container
 from typing import Any
 
 from ssh_jobs_provider import metrics
-from ssh_jobs_provider.exceptions import RemoteJobError, SSHAuthenticationError, SSHHostKeyError
+from ssh_jobs_provider.exceptions import (
+    RemoteJobError,
+    SSHAuthenticationError,
+    SSHConnectError,
+    SSHHostKeyError,
+)
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.protocol.answers import (
     JobStatus,
@@ -21,6 +26,7 @@ from ssh_jobs_provider.protocol.answers import (
 )
 from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
 from ssh_jobs_provider.protocol.scripts import build_kill_script
 from ssh_jobs_provider.retry import RetryPolicy
 
@@ -45,34 +51,24 @@ def require_positive(name: str, value: float, minimum: float = 0.0, strict: bool
         raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
 
 
+#: Most bytes of command and environment together that a trigger may carry to the triggerer:
+#: they are stored in the trigger's row of the metadata database (a MySQL TEXT holds 64 KiB).
+MAX_TRIGGER_SUBMIT_BYTES = 48 * 1024
+
+
+def check_trigger_submit_size(command: str, environment: dict[str, str]) -> None:
+    """Raise ``ValueError`` naming the alternatives when a submit is too large for a trigger."""
+    size = len(command.encode()) + sum(len(k) + len(v.encode()) for k, v in environment.items())
+    if size > MAX_TRIGGER_SUBMIT_BYTES:
+        raise ValueError(
+            f"SSHRemoteJobOperator: command and environment hold {size} bytes, more than the "
+            f"{MAX_TRIGGER_SUBMIT_BYTES} that submit_from='triggerer' can carry (they are stored with the "
+            "trigger in the metadata database). Put the long part in a script file on the host and run "
+            "that, or use submit_from='worker'."
+        )
+
+
 # --------------------------------------------------------------------------- submit answers
-
-
-def refusal_message(paths: RemoteJobPaths, refused: SubmitRefused) -> str:
-    """What a refused submit tells the user: what was wrong, and what to change."""
-    nothing = "Nothing was run and nothing was left behind."
-    if refused.code == "unsafe":
-        return (
-            f"Refusing remote_base_dir {paths.base_dir}: {refused.detail}. Every directory on the way to it must "
-            "be owned by the SSH user or root and not writable by group or others unless sticky (as sshd's "
-            "StrictModes), or other users could replace job files. Fix the owner or mode (e.g. chmod go-w), "
-            f"or set remote_base_dir to a directory of the SSH user's, e.g. '/home/<user>/airflow-ssh-jobs'. {nothing}"
-        )
-    if refused.code == "foreign":
-        return (
-            f"Refusing to use the job directory {paths.job_dir}: {refused.detail}. This task instance did not "
-            "create it (another user, or another Airflow deployment with the same DAG and run ids, may have). "
-            f"Check who made it and remove it, or give each deployment its own remote_base_dir. {nothing}"
-        )
-    if refused.code == "nospace":
-        return (
-            f"Could not submit remote job {paths.job_id}: {refused.detail}. Free space there or set "
-            f"remote_base_dir to another file system. {nothing}"
-        )
-    return (
-        f"Could not submit remote job {paths.job_id}: {refused.detail}. Check that remote_base_dir is "
-        f"writable by the SSH user. {nothing}"
-    )
 
 
 def submit_answer(paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
@@ -85,8 +81,48 @@ def submit_answer(paths: RemoteJobPaths, status: int, stdout: bytes, stderr: byt
         detail = stderr.decode("utf-8", errors="replace").strip()[:2000]
         raise RemoteJobError(
             f"The remote host did not run the submit script (exit status {status}): {detail or 'no output'}. "
-            "SSHRemoteJobOperator needs a POSIX host with /bin/sh; Windows hosts are not supported."
+            + POSIX_HINT
         ) from None
+
+
+def submit_job(
+    hook: SSHHook, paths: RemoteJobPaths, script: str, *, command_timeout: float, max_timeout: float, log: Any
+) -> JobStatus:
+    """
+    Connect once and submit; if the reply is lost, reconnect and submit again.
+
+    Re-submitting is safe: the job directory is keyed by the task instance and the wrapper
+    claims it atomically, so a second submit re-attaches instead of launching. The allowance
+    for a reply doubles after each timeout, up to ``max_timeout``.
+    """
+    timeouts = iter(min(max_timeout, command_timeout * 2**n) for n in range(1000))
+    tries = 0
+
+    def attempt() -> JobStatus:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            metrics.submit_retried(hook.remote_host)
+        # ONE connect per attempt, retried by this loop only: a server refusing every
+        # connection sees at most conn_retry_attempts of them from one submit.
+        with hook.connect_with(hook.settings) as client:
+            status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
+        parsed = submit_answer(paths, status, stdout, stderr)
+        if parsed.remote_os:
+            log.info("Remote OS: %s", parsed.remote_os)
+        metrics.submitted(hook.remote_host)
+        return parsed
+
+    try:
+        return hook.call_with_retries(attempt, f"Submit of remote job {paths.job_id}", log=log)
+    except SSHConnectError:
+        log.error(
+            "Could not connect to %s to submit remote job %s (conn_retry_attempts=%d).",
+            hook.remote_host,
+            paths.job_id,
+            hook.conn_retry_attempts,
+        )
+        raise
 
 
 # --------------------------------------------------------------------------- kill and cleanup

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from ssh_jobs_provider import metrics
-from ssh_jobs_provider.exceptions import RemoteJobError, SSHConnectError
+from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.operators.remote_steps import (
+    check_trigger_submit_size,
     exit_codes,
     finish_remote,
     require_positive,
-    submit_answer,
+    submit_job,
 )
 from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.environment import normalise_environment
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
+SUBMIT_FROM_CHOICES = ("worker", "triggerer")
 XCOM_KEY = "ssh_remote_job"
 TRIGGER_FAIL_METHOD = "__fail__"
 #: Longest wait for one submit reply, however often it was doubled after timeouts.
@@ -100,6 +101,12 @@ class SSHRemoteJobOperator(BaseOperator):
         doubles after each timeout (default 30)
     :param max_reconnect_attempts: consecutive failed polls the trigger tolerates before it
         gives up on the job (default 5); the count resets after each successful poll
+    :param submit_from: where the job is submitted: ``"worker"`` (default: over a connection of
+        the worker's own, then the task defers) or ``"triggerer"`` (the task defers at once
+        without any SSH connection from the worker, and the triggerer submits over the one
+        connection it shares for the host: a whole fan-out then costs ONE SSH login). The
+        command and environment then travel in the trigger's arguments, stored in the metadata
+        database, and may hold at most 48 KiB together.
     """
 
     template_fields: Sequence[str] = (
@@ -135,9 +142,15 @@ class SSHRemoteJobOperator(BaseOperator):
         command_timeout: float = 30.0,
         max_reconnect_attempts: int = 5,
         remote_working_dir: str | None = None,
+        submit_from: str = "worker",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if submit_from not in SUBMIT_FROM_CHOICES:
+            raise ValueError(
+                f"submit_from must be 'worker' or 'triggerer', got {submit_from!r}: 'worker' submits over a "
+                "connection of the worker's own, 'triggerer' over the triggerer's shared connection."
+            )
         if remote_os == "windows":
             raise ValueError(
                 "remote_os='windows' is not supported by SSHRemoteJobOperator of ssh_jobs_provider: "
@@ -176,6 +189,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self.command_timeout = float(command_timeout)
         self.max_reconnect_attempts = int(max_reconnect_attempts)
         self.remote_working_dir = remote_working_dir
+        self.submit_from = submit_from
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
@@ -209,7 +223,7 @@ class SSHRemoteJobOperator(BaseOperator):
         return validate_base_dir(DEFAULT_BASE_DIR if self.remote_base_dir is None else self.remote_base_dir)
 
     def execute(self, context: Context) -> None:
-        """Validate, submit the job over one connection, and defer to the trigger."""
+        """Validate, submit the job (here, or from the triggerer) and defer to the trigger."""
         if not isinstance(self.command, str) or not self.command.strip():
             raise ValueError("SSHRemoteJobOperator: command is empty; give the shell text to run remotely.")
         environment = normalise_environment(self.environment)
@@ -217,6 +231,9 @@ class SSHRemoteJobOperator(BaseOperator):
         paths = self._job_paths(context)
         token = new_job_token()
         script = build_submit_script(paths, self.command, environment, token, working_dir or None)
+        if self.submit_from == "triggerer":
+            self._defer_submit(paths, token, environment, working_dir or None)
+            return
         # Known from here on, so that on_kill during the submit finds the job.
         self._paths, self._token = paths, token
 
@@ -231,16 +248,37 @@ class SSHRemoteJobOperator(BaseOperator):
         self.log.info("Remote job %s on %s: %s (pid %s)", paths.job_id, host, status.state.value, status.pid)
         self.log.info("Job directory: %s", paths.job_dir)
         if self.do_xcom_push:
-            context["ti"].xcom_push(
-                key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": status.pid}
-            )
+            self._push_job(context, paths, host, status.pid)
+        self._defer(self._trigger(paths, log_offset=0))
+
+    def _defer_submit(
+        self, paths: RemoteJobPaths, token: str, environment: dict[str, str], working_dir: str | None
+    ) -> None:
+        """Defer at once: the trigger submits the job over the triggerer's shared connection."""
+        check_trigger_submit_size(self.command, environment)
+        self._token = token
+        self.log.info(
+            "Remote job %s will be submitted by the triggerer over its shared connection "
+            "(submit_from='triggerer'); job directory: %s",
+            paths.job_id,
+            paths.job_dir,
+        )
+        submit = {"command": self.command, "environment": environment, "working_dir": working_dir}
+        self._defer(self._trigger(paths, log_offset=0, submit=submit))
+
+    def _defer(self, trigger: SSHRemoteJobTrigger) -> None:
         self.defer(
-            trigger=self._trigger(paths, log_offset=0),
+            trigger=trigger,
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout) if self.timeout else None,
         )
 
-    def _trigger(self, paths: RemoteJobPaths, log_offset: int) -> SSHRemoteJobTrigger:
+    def _push_job(self, context: Context, paths: RemoteJobPaths, host: str | None, pid: int | None) -> None:
+        context["ti"].xcom_push(key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": pid})
+
+    def _trigger(
+        self, paths: RemoteJobPaths, log_offset: int, submit: dict[str, Any] | None = None
+    ) -> SSHRemoteJobTrigger:
         return SSHRemoteJobTrigger(
             ssh_conn_id=self.ssh_conn_id,
             remote_host=self.remote_host,
@@ -258,44 +296,19 @@ class SSHRemoteJobOperator(BaseOperator):
             cleanup_retries=self.cleanup_retries,
             job_token=self._token,
             remote_base_dir=paths.base_dir,
+            submit=submit,
         )
 
     def _submit(self, paths: RemoteJobPaths, script: str) -> JobStatus:
-        """
-        Connect once and submit; if the reply is lost, reconnect and submit again.
-
-        Re-submitting is safe: the job directory is keyed by the task instance and the
-        wrapper claims it atomically, so a second submit re-attaches instead of launching.
-        """
-        hook = self.ssh_hook
-        timeouts = iter(min(MAX_SUBMIT_TIMEOUT, self.command_timeout * 2**n) for n in range(1000))
-        tries = 0
-
-        def attempt() -> JobStatus:
-            nonlocal tries
-            tries += 1
-            if tries > 1:
-                metrics.submit_retried(hook.remote_host)
-            # ONE connect per attempt, retried by this loop only: a server refusing every
-            # connection sees at most conn_retry_attempts of them from one submit.
-            with hook.connect_with(hook.settings) as client:
-                status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
-            parsed = submit_answer(paths, status, stdout, stderr)
-            if parsed.remote_os:
-                self.log.info("Remote OS: %s", parsed.remote_os)
-            metrics.submitted(hook.remote_host)
-            return parsed
-
-        try:
-            return hook.call_with_retries(attempt, f"Submit of remote job {paths.job_id}", log=self.log)
-        except SSHConnectError:
-            self.log.error(
-                "Could not connect to %s to submit remote job %s (conn_retry_attempts=%d).",
-                hook.remote_host,
-                paths.job_id,
-                self.conn_retry_attempts,
-            )
-            raise
+        """Submit from the worker (see :func:`~ssh_jobs_provider.operators.remote_steps.submit_job`)."""
+        return submit_job(
+            self.ssh_hook,
+            paths,
+            script,
+            command_timeout=self.command_timeout,
+            max_timeout=MAX_SUBMIT_TIMEOUT,
+            log=self.log,
+        )
 
     # ------------------------------------------------------------------ completion
 
@@ -305,12 +318,8 @@ class SSHRemoteJobOperator(BaseOperator):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
-            self.defer(
-                trigger=self._trigger(
-                    self._event_paths(event, context), log_offset=int(event.get("log_offset", 0))
-                ),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=self.timeout) if self.timeout else None,
+            self._defer(
+                self._trigger(self._event_paths(event, context), log_offset=int(event.get("log_offset", 0)))
             )
             return
         paths = self._paths = self._event_paths(event, context)
@@ -319,7 +328,13 @@ class SSHRemoteJobOperator(BaseOperator):
         exit_code = event.get("exit_code")
         message = str(event.get("message", ""))
         self.log.info("%s", message)
+        if event.get("pid") is not None and self.do_xcom_push:
+            # Submitted by the trigger: its pid is known only now.
+            self._push_job(context, paths, event.get("remote_host"), int(event["pid"]))
 
+        if event.get("never_started"):
+            # Refused or never sent: no job ran and nothing was left behind.
+            raise RemoteJobError(f"Remote job {paths.job_id} was not started: {message}")
         if event.get("leave_remote"):
             # The directory is not this task instance's any more: touch nothing.
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")

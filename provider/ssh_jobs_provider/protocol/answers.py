@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry
+from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry, SubmitEntry
 from ssh_jobs_provider.protocol.identity import DEFAULT_BASE_DIR, RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 
@@ -205,6 +205,8 @@ def parse_batch_output(
     :param tag: the tag the batch was built with (see :func:`~ssh_jobs_provider.protocol.scripts.batch_tag`)
     """
     results: dict[int, EntryResult] = {}
+    #: The submit headers of the batch's submits, each to be joined with the poll that follows.
+    submits: dict[int, dict[str, str]] = {}
     marker = tag.encode() + b" "
     position = _first_line_start(output, marker)
     complete = False
@@ -235,10 +237,16 @@ def parse_batch_output(
             if known:
                 results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
             break
+        if known and isinstance(entries[key], SubmitEntry):
+            if isinstance(results.get(key), SubmitRefused) and verb == "poll":
+                continue  # the poll of a refused submit's job: the refusal is the answer
+            if verb == "submit" and not fields.get("error") and key not in submits and key not in results:
+                submits[key] = fields  # completed by the poll that follows
+                continue
         if known and key in results:
             results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} came twice")
         elif known:
-            results[key] = _entry_result(verb, fields, data, entries[key])
+            results[key] = _entry_result(verb, fields, data, entries[key], submits.get(key))
     for key, entry in enumerate(entries):
         if key not in results:
             why = "missing from the batch answer" if not complete else "not answered"
@@ -246,7 +254,9 @@ def parse_batch_output(
     return results
 
 
-def _entry_result(verb: str, fields: dict[str, str], data: bytes, entry: Entry) -> EntryResult:
+def _entry_result(
+    verb: str, fields: dict[str, str], data: bytes, entry: Entry, submitted: dict[str, str] | None = None
+) -> EntryResult:
     try:
         if verb == "poll" and isinstance(entry, PollEntry):
             if len(data) > entry.max_bytes:
@@ -256,7 +266,17 @@ def _entry_result(verb: str, fields: dict[str, str], data: bytes, entry: Entry) 
                     f"Answer for {entry.paths.job_id} has {len(data)} log bytes, more than the "
                     f"{entry.max_bytes} asked for"
                 )
-            return status_from_fields(fields, data)
+            status = status_from_fields(fields, data)
+            if not isinstance(entry, SubmitEntry):
+                return status
+            if submitted is None:
+                return RemoteJobProtocolError(f"The submit of {entry.paths.job_id} was not answered")
+            return replace(
+                status, remote_os=submitted.get("os") or None, launched=submitted.get("launched") == "1"
+            )
+        if verb == "submit" and isinstance(entry, SubmitEntry) and fields.get("error"):
+            detail = data.decode("utf-8", errors="replace").strip().splitlines()
+            return SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
         if verb == "cleanup" and isinstance(entry, CleanupEntry):
             return CleanupResult(fields.get("state", "failed"))
     except RemoteJobProtocolError as error:

@@ -8,6 +8,9 @@ A batch is the shared prelude (``sh/process.sh``, ``sh/lib.sh``), a call per ent
 - a :class:`PollEntry` reports one job's state, records how much of its log has been
   delivered (so a re-created trigger resumes at the right byte), and carries up to
   ``max_bytes`` log bytes from ``offset``;
+- a :class:`SubmitEntry` is a poll entry that first submits its job (idempotently, as the
+  worker's submit does: ``sh/submit.sh``), so the triggerer can start jobs over its one
+  connection; it answers with a ``submit`` header, then its poll;
 - a :class:`CleanupEntry` removes one finished job's directory, if it is the SSH user's and
   carries the entry's token (``cm`` in ``sh/lib.sh``: one ``ls`` and two ``rm`` for up to
   :data:`CLEANUPS_PER_CALL` directories; ``c`` for one directory at a time).
@@ -36,7 +39,13 @@ from importlib.resources import files
 from itertools import groupby
 
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_prelude
+from ssh_jobs_provider.protocol.scripts import (
+    PROTOCOL_TAG,
+    as_whole,
+    script_prelude,
+    shell_source,
+    wrapper_source,
+)
 
 #: How the polls of a batch run: ``"auto"`` (perl when the host has a working one, else sh),
 #: ``"perl"`` or ``"sh"``.
@@ -92,6 +101,32 @@ class CleanupEntry:
         validate_token(self.token, required=False)
 
 
+@dataclass(frozen=True)
+class SubmitEntry(PollEntry):
+    """
+    Submit one job, then poll it like a :class:`PollEntry` (its log from ``offset``).
+
+    Sent again until answered: a submit that finds the job directory claimed by a wrapper
+    carrying ``token`` re-attaches (``launched=0``) instead of launching a second job.
+
+    :param files: the job's files besides ``run.sh``
+        (:func:`~ssh_jobs_provider.protocol.scripts.job_files`)
+    """
+
+    files: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_token(self.token)
+        if not self.files:
+            raise ValueError(f"A submit of {self.paths.job_id} needs the job's files.")
+
+    @property
+    def size(self) -> int:
+        """Bytes this submit adds to a batch script (about)."""
+        return sum(len(name) + len(content) for name, content in self.files) + 200
+
+
 Entry = PollEntry | CleanupEntry
 
 
@@ -117,7 +152,14 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
         raise ValueError(f"A batch runs its polls in 'perl' or 'sh', not {interpreter!r}.")
     polls = [(key, e) for key, e in enumerate(entries) if isinstance(e, PollEntry)]
     cleanups = [(key, e) for key, e in enumerate(entries) if isinstance(e, CleanupEntry)]
-    calls = _cleanups(cleanups) + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
+    submits = [(key, e) for key, e in polls if isinstance(e, SubmitEntry)]
+    # Cleanups first (they free space), then the submits, then the polls of every job, the
+    # new ones included: their first log bytes come in the same answer.
+    calls = (
+        _cleanups(cleanups)
+        + _submits(submits)
+        + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
+    )
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
     # the triggerer (and sshd) would otherwise spend most of their CPU on.
@@ -174,6 +216,25 @@ def _cleanups(cleanups: list[tuple[int, CleanupEntry]]) -> str:
         triples = " ".join(f"{key}:{e.paths.job_id}:{e.token}" for key, e in members)
         calls.append(f"cm {_q(base)} {_q(triples)}\n")
     return "".join(calls)
+
+
+def _submits(submits: list[tuple[int, SubmitEntry]]) -> str:
+    if not submits:
+        return ""
+    # The submit functions and the wrapper's text once; each submit in a subshell of its own
+    # (a refusal ends only that one; see sh/submit.sh).
+    head = shell_source("submit.sh") + f"RUN_SH={_q(wrapper_source())}\nwhoami_uid\n"
+    bases = "".join(f"sbase {_q(base)}\n" for base in sorted({e.paths.base_dir for _, e in submits}))
+    calls = []
+    for key, e in submits:
+        writes = "".join(f"put {name} {_q(content)}\n" for name, content in e.files)
+        calls.append(
+            f"(\numask 077\nK={key}\nbegin {_q(e.paths.base_dir)} {_q(e.paths.job_id)} {_q(e.token)}\n"
+            'if [ "$claimed" = 0 ]; then\n'
+            f'{writes}put run.sh "$RUN_SH"\nlaunch\nfi\nsubmitted\n)\n'
+            f"sd $? {key} {_q(e.paths.job_dir)}\n"
+        )
+    return head + bases + "".join(calls) + "sw\nsa\n"
 
 
 def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:

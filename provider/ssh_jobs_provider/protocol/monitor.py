@@ -35,6 +35,8 @@ class Outcome:
     :param exit_code: the job's exit code (``None`` after an error)
     :param message: what happened, for the task log
     :param leave_remote: the job directory is not this task instance's: nothing may kill or remove it
+    :param never_started: no job was started (its submit was refused, or never reached the
+        host): there is nothing to kill or remove
     """
 
     status: str  # "success", "failed" or "error"
@@ -42,6 +44,8 @@ class Outcome:
     message: str
     #: The job directory is not this task instance's: nothing may kill or remove it.
     leave_remote: bool = False
+    #: No job was started (its submit was refused or never reached the host).
+    never_started: bool = False
 
 
 @dataclass
@@ -82,6 +86,10 @@ class JobMonitor:
         self._vanished_seen = 0
         self._final: JobStatus | None = None
         self.last_status: JobStatus | None = None
+
+    def submitted(self, now: float) -> None:
+        """The job was submitted just now: a job without a pid counts as pending from here."""
+        self._started_at = now
 
     @property
     def finishing(self) -> bool:

@@ -93,6 +93,38 @@ def _q(value: str | int) -> str:
     return shlex.quote(str(value))
 
 
+def job_files(
+    command: str, environment: Mapping[str, str], working_dir: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """
+    The files a submit writes into a new job directory besides ``run.sh``, validated.
+
+    :param command: the shell text to run
+    :param environment: validated by :func:`normalise_environment`
+    :param working_dir: where the command runs (see :func:`validate_working_dir`)
+    """
+    if not command or not command.strip():
+        raise ValueError("command is empty: give the shell text to run on the remote host.")
+    if "\0" in command:
+        raise ValueError("command contains a NUL byte, which a shell script cannot hold.")
+    require_utf8(command, "command")
+    workdir = validate_working_dir(working_dir)
+    return (
+        ("command.sh", command),
+        ("env.sh", render_env_file(environment)),
+        ("workdir", workdir + "\n"),
+        # The marker every process of the job carries in its environment, for the kill: its
+        # own random value, since the job's environment may well end up in a log.
+        ("marker", secrets.token_hex(16) + "\n"),
+        ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
+    )
+
+
+def wrapper_source() -> str:
+    """The text of ``run.sh``, the wrapper that runs the job detached and records its end."""
+    return shell_source("process.sh") + shell_source("wrapper.sh")
+
+
 def build_submit_script(
     paths: RemoteJobPaths,
     command: str,
@@ -110,7 +142,8 @@ def build_submit_script(
     Running it twice for the same job never starts two jobs: the wrapper claims the job with
     an atomic ``mkdir``, and files are only written while no wrapper has claimed it. Space
     for the exit record is reserved here; if the disk is full, what this submit created is
-    removed again.
+    removed again. (The triggerer sends the same steps in its batches: see
+    :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry`.)
 
     :param paths: the job's paths
     :param command: the shell text to run
@@ -118,24 +151,11 @@ def build_submit_script(
     :param token: this submit's :func:`new_job_token`
     :param working_dir: where the command runs (see :func:`validate_working_dir`)
     """
-    if not command or not command.strip():
-        raise ValueError("command is empty: give the shell text to run on the remote host.")
-    if "\0" in command:
-        raise ValueError("command contains a NUL byte, which a shell script cannot hold.")
-    require_utf8(command, "command")
+    files = job_files(command, environment, working_dir)
     validate_token(token)
-    workdir = validate_working_dir(working_dir)
-    files = (
-        ("command.sh", command),
-        ("env.sh", render_env_file(environment)),
-        ("workdir", workdir + "\n"),
-        ("run.sh", shell_source("process.sh") + shell_source("wrapper.sh")),
-        # The marker every process of the job carries in its environment, for the kill: its
-        # own random value, since the job's environment may well end up in a log.
-        ("marker", secrets.token_hex(16) + "\n"),
-        ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
+    writes = "".join(
+        f"  put {name} {_q(content)}\n" for name, content in (*files, ("run.sh", wrapper_source()))
     )
-    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
     return as_whole(
         "umask 077\n"
         + script_prelude()

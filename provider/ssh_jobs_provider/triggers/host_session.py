@@ -237,16 +237,20 @@ class HostSession:
         loop = asyncio.get_running_loop()
         entries = self.scheduler.entries(due)
         tag = batch_tag()
+        sent = False
         try:
             conn = await self._connection()
             script = self._batch_script(entries, tag)
             started = loop.time()
+            # From here on the script may reach the host, and its submits start their jobs,
+            # whatever becomes of the answer.
+            sent = True
             _, stdout, _ = await self._runner(conn, script, self.scheduler.timeout(due))
         except asyncio.CancelledError:
             raise
         except Exception as error:
             metrics.batch_failed(self.settings.host, self.scheduler.watched)
-            delay, deliveries = self.scheduler.batch_error(due, error, loop.time())
+            delay, deliveries = self.scheduler.batch_error(due, error, loop.time(), sent=sent)
             if delay is not None:
                 await self._drop_connection()
                 log.warning(

@@ -16,6 +16,10 @@ to the watching triggers: log lines, warnings, and at the end the one final outc
   which a successful answer restores; the whole session waits one jittered backoff (ONE
   reconnect for everybody, no thundering herd).
 - A finished job whose cleanup is wanted stays registered, and its next entry is the cleanup.
+- A job the triggerer submits (``submit_files``) is due at the next :data:`SUBMIT_TICK`; its
+  entry is a :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry` until the host answered
+  it, re-sent after a failure (the submit is idempotent). At most :data:`SUBMITS_PER_BATCH`
+  submits go in one batch; the others are due at once, in the next.
 """
 
 from __future__ import annotations
@@ -23,93 +27,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_retryable
-from ssh_jobs_provider.protocol.answers import CleanupResult, EntryResult, JobStatus, RemoteJobProtocolError
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry
-from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.answers import (
+    CleanupResult,
+    EntryResult,
+    JobStatus,
+    RemoteJobProtocolError,
+    SubmitRefused,
+)
+from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SubmitEntry
+from ssh_jobs_provider.protocol.monitor import Outcome
+from ssh_jobs_provider.protocol.refusals import refusal_message
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
+from ssh_jobs_provider.triggers.watch import SUBMIT_TICK, Delivery, Watch, next_tick, submit_failed
+
+__all__ = ["SUBMIT_TICK", "Deliveries", "Delivery", "PollScheduler", "Watch", "next_tick"]
 
 #: Jobs due within this many seconds of each other share a batch.
 COALESCE_SECONDS = 0.05
 #: Log bytes one batch may carry in all; every job still gets at least MIN_WINDOW.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MIN_WINDOW = 4096
-
-
-@dataclass
-class Delivery:
-    """
-    What a watching trigger receives: log lines, warnings, and at the end its result.
-
-    :param lines: log lines for the task log
-    :param warnings: warnings for the task log (failed polls, a cleanup refused)
-    :param log_offset: the log offset after these lines
-    :param outcome: the final outcome (the last delivery only)
-    :param cleaned_up: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested
-    """
-
-    lines: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    log_offset: int = 0
-    outcome: Outcome | None = None
-    #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
-    cleaned_up: bool | None = None
-
-
-@dataclass(eq=False)
-class Watch:
-    """
-    One job's registration: its monitor, its budgets, and where it stands.
-
-    :param monitor: the job's :class:`~ssh_jobs_provider.protocol.monitor.JobMonitor`
-    :param poll_interval: seconds between polls while the job runs
-    :param command_timeout: seconds a batch with this job may take
-    :param max_reconnect_attempts: consecutive failed polls tolerated
-    :param cleanup: ``"never"``, ``"on_success"`` or ``"always"``
-    :param cleanup_retries: attempts for the cleanup before leaving it to the operator
-    :param failures: consecutive failed polls so far
-    :param next_due: clock reading of the next poll
-    :param delivered: log bytes the trigger has written to the task log
-    :param active: still registered
-    :param final_outcome: the outcome, while the cleanup is pending
-    :param cleanup_attempts: cleanups tried so far
-    """
-
-    monitor: JobMonitor
-    poll_interval: float
-    command_timeout: float
-    max_reconnect_attempts: int
-    cleanup: str = "never"
-    cleanup_retries: int = 3
-    failures: int = 0
-    next_due: float = 0.0
-    delivered: int = 0
-    active: bool = True
-    final_outcome: Outcome | None = None
-    cleanup_attempts: int = 0
-
-    def __post_init__(self) -> None:
-        self.delivered = self.monitor.log_offset
-
-    def record_delivered(self, offset: int) -> None:
-        """The trigger has written the log up to ``offset`` to the task log."""
-        self.delivered = max(self.delivered, offset)
-
-    def wants_cleanup(self, outcome: Outcome) -> bool:
-        if outcome.status not in ("success", "failed"):
-            return False  # the job may still be running: the operator kills before cleaning
-        return self.cleanup == "always" or (self.cleanup == "on_success" and outcome.status == "success")
-
-    def offset_record(self) -> PollEntry:
-        """An entry that only records how far the log was delivered (for a trigger that leaves)."""
-        return PollEntry(self.monitor.paths, 0, 0, delivered=self.delivered, token=self.monitor.token)
-
-
-def next_tick(now: float, interval: float) -> float:
-    """The next instant on the ``interval`` grid, so equal intervals share ticks."""
-    return (math.floor(now / interval) + 1) * interval
+#: Most submits in one batch: each starts a few processes on the host (~10-20 ms in all), so
+#: a batch of this many stays well inside any command_timeout.
+SUBMITS_PER_BATCH = 100
 
 
 Deliveries = list[tuple[Watch, Delivery]]
@@ -153,8 +95,11 @@ class PollScheduler:
         return not self._watches
 
     def add(self, watch: Watch, now: float) -> None:
-        """Register a job; its first poll comes at its next grid tick."""
-        watch.next_due = next_tick(now, watch.poll_interval)
+        """Register a job; its first poll (or its submit) comes at its next grid tick."""
+        interval = (
+            watch.poll_interval if watch.submit_files is None else min(SUBMIT_TICK, watch.poll_interval)
+        )
+        watch.next_due = next_tick(now, interval)
         self._watches[watch] = None
 
     def remove(self, watch: Watch) -> None:
@@ -168,7 +113,15 @@ class PollScheduler:
         """The watches to poll now: none while the session backs off after a failure."""
         if now < self.backoff_until:
             return []
-        return [w for w in self._watches if w.next_due <= now + COALESCE_SECONDS]
+        due, submits = [], 0
+        for w in self._watches:
+            if w.next_due <= now + COALESCE_SECONDS:
+                if w.submit_files is not None:
+                    submits += 1
+                    if submits > SUBMITS_PER_BATCH:
+                        continue  # still due: in the next batch, at once
+                due.append(w)
+        return due
 
     def next_wake(self) -> float:
         """When something is due next (the end of a backoff counts); ``inf`` without watches."""
@@ -189,7 +142,17 @@ class PollScheduler:
                 continue
             window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
-            entries.append(monitor.poll_entry(max_bytes=window, delivered=watch.delivered))
+            entry = monitor.poll_entry(max_bytes=window, delivered=watch.delivered)
+            if watch.submit_files is not None:
+                entry = SubmitEntry(
+                    entry.paths,
+                    entry.offset,
+                    entry.max_bytes,
+                    entry.delivered,
+                    entry.token,
+                    watch.submit_files,
+                )
+            entries.append(entry)
         return entries
 
     @staticmethod
@@ -207,12 +170,19 @@ class PollScheduler:
         return out
 
     def batch_error(
-        self, due: list[Watch], error: BaseException, now: float
+        self, due: list[Watch], error: BaseException, now: float, sent: bool = True
     ) -> tuple[float | None, Deliveries]:
         """
         The batch raised ``error``: a reconnect after a backoff when that can help, else the end of
         every job in it. Returns the backoff delay (``None``: no reconnect) and the deliveries.
+
+        :param sent: the batch reached the host (the error came while running it, not while
+            connecting): the submits in it may have started their jobs
         """
+        if sent:
+            for watch in due:
+                if watch.submit_files is not None:
+                    watch.submit_sent = True
         if not self.retry_on(error):
             return None, self.batch_broken(due, error)
         return self.batch_failed(due, error, now)
@@ -239,6 +209,8 @@ class PollScheduler:
         for watch in due:
             if watch.final_outcome is not None:  # only its cleanup was pending
                 out.append(self._finish(watch, watch.final_outcome, cleaned_up=False))
+            elif watch.submit_files is not None:
+                out.append(self._finish(watch, submit_failed(watch, error)))
             else:
                 out.append(
                     self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
@@ -255,15 +227,23 @@ class PollScheduler:
     # ------------------------------------------------------------------ one answer
 
     def _apply(self, watch: Watch, result: EntryResult, now: float) -> Deliveries:
+        if isinstance(result, SubmitRefused):
+            # Refused before anything ran, and what it created removed again: final.
+            message = refusal_message(watch.monitor.paths, result)
+            return [self._finish(watch, Outcome("error", None, message, never_started=True))]
         if isinstance(result, RemoteJobProtocolError):
-            watch.next_due = now + watch.poll_interval
+            watch.next_due = now + (watch.poll_interval if watch.submit_files is None else SUBMIT_TICK)
             return self._count_failure(watch, result)
         watch.failures = 0
         if isinstance(result, CleanupResult):
             return self._after_cleanup(watch, result, now)
         assert isinstance(result, JobStatus)
+        submitted = None
+        if watch.submit_files is not None:
+            watch.submit_files, submitted = None, result
+            watch.monitor.submitted(now)
         update = watch.monitor.feed_status(result, now)
-        delivery = Delivery(lines=update.lines, log_offset=watch.monitor.log_offset)
+        delivery = Delivery(lines=update.lines, log_offset=watch.monitor.log_offset, submitted=submitted)
         if update.outcome is None:
             watch.next_due = now if update.more_now else next_tick(now, watch.poll_interval)
             return [(watch, delivery)]
@@ -305,6 +285,8 @@ class PollScheduler:
             # to the operator; a lost connection never turns a finished job into a lost one.
             if watch.failures > watch.cleanup_retries or watch.failures > watch.max_reconnect_attempts:
                 return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
+        elif watch.failures > watch.max_reconnect_attempts and watch.submit_files is not None:
+            return [self._finish(watch, submit_failed(watch, error))]
         elif watch.failures > watch.max_reconnect_attempts:
             job = watch.monitor.paths
             return [

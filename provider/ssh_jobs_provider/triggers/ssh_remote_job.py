@@ -20,10 +20,11 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
-from ssh_jobs_provider.protocol.answers import parse_kill_output
+from ssh_jobs_provider.protocol.answers import JobStatus, parse_kill_output
+from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
-from ssh_jobs_provider.protocol.scripts import build_kill_script
+from ssh_jobs_provider.protocol.scripts import build_kill_script, job_files
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
@@ -33,6 +34,18 @@ OFFSET_RECORD_WAIT_SECONDS = 5.0
 KILL_CLOSE_WAIT_SECONDS = 5.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
 KILL_CONNECT_ATTEMPTS = 3
+
+
+def submit_files(submit: dict[str, Any] | None) -> tuple[tuple[str, str], ...] | None:
+    """The job files of a trigger's ``submit`` kwarg, validated (``None``: nothing to submit)."""
+    if submit is None:
+        return None
+    unknown = set(submit) - {"command", "environment", "working_dir"}
+    if unknown or not isinstance(submit.get("command"), str):
+        raise ValueError(f"Invalid submit for SSHRemoteJobTrigger: keys {sorted(submit)}.")
+    return job_files(
+        submit["command"], normalise_environment(submit.get("environment")), submit.get("working_dir")
+    )
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
@@ -73,6 +86,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
         directory that carries it (``""``: not checked, for triggers serialized before tokens)
     :param remote_base_dir: the operator's base dir; ``job_dir`` must be its direct child named
         ``job_id`` (``None``: the parent of ``job_dir``, for triggers serialized before it)
+    :param submit: ``{"command": ..., "environment": {...}, "working_dir": ...}`` when the
+        trigger submits the job itself (the operator's ``submit_from="triggerer"``): it is sent
+        in the first batch of the host session, and again until answered (idempotent, with
+        ``job_token``, which is then required); ``None``: the worker submitted it
     """
 
     def __init__(
@@ -93,11 +110,19 @@ class SSHRemoteJobTrigger(BaseTrigger):
         cleanup_retries: int = 3,
         job_token: str = "",
         remote_base_dir: str | None = None,
+        submit: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if cleanup_policy not in CLEANUP_CHOICES:
             raise ValueError(f"cleanup_policy must be one of {CLEANUP_CHOICES}, got {cleanup_policy!r}.")
-        validate_token(job_token, required=False)
+        validate_token(job_token, required=submit is not None)
+        self.submit = submit
+        # Built (and so validated) here, where the operator creates the trigger: bad input fails
+        # in execute(), before anything was sent.
+        self._submit_files = submit_files(submit)
+        #: The submit's answer, once this trigger submitted the job; the host, once known.
+        self._submitted: JobStatus | None = None
+        self._host = remote_host
         self.job_token = job_token
         self.remote_base_dir = remote_base_dir
         # The trigger's own guard: whatever its kwargs say, it only ever touches a direct
@@ -144,6 +169,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "cleanup_retries": self.cleanup_retries,
                 "job_token": self.job_token,
                 "remote_base_dir": self.remote_base_dir,
+                "submit": self.submit,
             },
         )
 
@@ -164,6 +190,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
     # ------------------------------------------------------------------ events
 
     def _event(self, outcome: Outcome, log_offset: int, cleaned_up: bool | None) -> TriggerEvent:
+        submitted = self._submitted
         return TriggerEvent(
             {
                 "job_id": self.job_id,
@@ -179,14 +206,36 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "message": outcome.message,
                 "cleaned_up": cleaned_up,
                 "leave_remote": outcome.leave_remote,
+                "never_started": outcome.never_started,
+                # Known when this trigger submitted the job: for the operator's XCom.
+                "pid": submitted.pid if submitted else None,
+                "launched": submitted.launched if submitted else None,
+                "remote_host": self._host,
             }
         )
 
     def _emit(self, delivery: Delivery) -> None:
+        if delivery.submitted is not None:
+            self._report_submit(delivery.submitted)
         for line in delivery.lines:
             self.log.info("%s", line)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
+
+    def _report_submit(self, status: JobStatus) -> None:
+        self._submitted = status
+        if status.launched is False:
+            self.log.warning(
+                "Remote job %s was already started by an earlier submit (a re-created trigger, or a "
+                "submit whose answer was lost): re-attaching to it instead of launching a second one.",
+                self.job_id,
+            )
+        if status.remote_os:
+            self.log.info("Remote OS: %s", status.remote_os)
+        self.log.info(
+            "Remote job %s on %s: %s (pid %s)", self.job_id, self._host, status.state.value, status.pid
+        )
+        self.log.info("Job directory: %s", self.job_dir)
 
     # ------------------------------------------------------------------ the loop
 
@@ -197,10 +246,18 @@ class SSHRemoteJobTrigger(BaseTrigger):
         )
         hook = self._make_hook()
         try:
-            session = self.make_session(await hook.get_settings(), hook)
+            settings = await hook.get_settings()
+            self._host = settings.host
+            session = self.make_session(settings, hook)
         except Exception as error:  # the connection cannot even be read: one final event
             self.log.exception("Cannot watch remote job %s", self.job_id)
-            outcome = Outcome("error", None, f"Cannot watch remote job {self.job_id}: {error}")
+            verb = "submit" if self.submit is not None else "watch"
+            outcome = Outcome(
+                "error",
+                None,
+                f"Cannot {verb} remote job {self.job_id}: {error}",
+                never_started=self.submit is not None,
+            )
             yield self._event(outcome, self.log_offset, None)
             return
         watch = session.watch(
@@ -211,6 +268,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 max_reconnect_attempts=self.max_reconnect_attempts,
                 cleanup=self.cleanup_policy,
                 cleanup_retries=self.cleanup_retries,
+                submit_files=self._submit_files,
             )
         )
         finished = False

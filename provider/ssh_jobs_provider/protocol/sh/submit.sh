@@ -65,9 +65,18 @@ check_resolved() {
   why=$(check_chain "$phys"; printf '%s' "$why")
 }
 
-# refuse CODE MESSAGE: undo what this submit created, answer, and stop.
+# refuse CODE MESSAGE: undo what this submit created, answer, and stop. In a batch (K is the
+# entry's key) the answer is framed like every batch answer, and only the submit's subshell
+# stops (see sb).
 refuse() {
   rollback
+  if [ -n "${K:-}" ]; then
+    # ${#2} counts bytes in the C locale, as len= must.
+    LC_ALL=C
+    echo "$T submit key=$K error=$1 len=$((${#2} + 1))"
+    printf '%s\n' "$2"
+    exit 9
+  fi
   echo "$T submit error=$1"
   printf '%s\n' "$2"
   exit 0
@@ -120,7 +129,8 @@ ensure_base() {
 # and carries TOKEN; claimed=1 when a wrapper already owns it (this submit re-attaches).
 begin() {
   B=$1 jd=$1/$2 tok=$3 job_created='' launched=0 claimed=0
-  ensure_base "$B"
+  # A batch checks each base dir once for all its submits (sbase).
+  [ "$B" = "${base_ok:-}" ] || ensure_base "$B"
   t=
   if mkdir -m 700 "$jd" 2>/dev/null; then
     job_created=1
@@ -178,4 +188,64 @@ finish() {
   done
   echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched"
   p 0 "$jd" 0 0 0 "$tok"
+}
+
+# ---- many submits in one batch (protocol/batch.py): each runs in a subshell of its own, so
+# that a refusal ends that submit only:
+#   sbase BASE                          (once per base dir)
+#   ( K=KEY; begin ...; [put ...; launch]; submitted ); sd $? KEY DIR    (per submit)
+#   sw; sa                              (once: wait for the pids, then answer)
+# The state of each job is then answered by the batch's polls.
+
+# sbase BASE: check BASE (creating what is missing) once for all the batch's submits into it.
+# If it fails, each submit checks again and answers why.
+sbase() {
+  if (K=0 job_created=; ensure_base "$1"; exit 0) >/dev/null 2>&1; then base_ok=$1; fi
+}
+
+# submitted: end a batch submit's subshell: status 3 when it launched the job, 4 when the job
+# was launched before (a re-sent submit re-attaches).
+submitted() {
+  exit $((4 - launched))
+}
+
+# sd STATUS KEY DIR: record how the subshell of submit KEY ended; S<KEY> = launched (1/0).
+sd() {
+  case $1 in
+    3|4)
+      eval "S$2=$((4 - $1)) J$2=\$3"
+      sk="${sk:-} $2"
+      ;;
+    9) ;;
+    *)
+      r="the submit of $3 stopped unexpectedly (status $1)"
+      LC_ALL=C
+      echo "$T submit key=$2 error=io len=$((${#r} + 1))"
+      printf '%s\n' "$r"
+      ;;
+  esac
+}
+
+# sw: wait (bounded, ~5 s for all of them together) until every job this batch launched has
+# recorded its pid, so the answers say whether the jobs really started.
+sw() {
+  i=0
+  for k in ${sk:-}; do
+    eval "s=\$S$k d=\$J$k"
+    [ "$s" = 1 ] || continue
+    while [ ! -s "$d/pid" ] && [ ! -f "$d/exit_code" ] && [ "$i" -lt 50 ]; do
+      sleep 0.1 2>/dev/null || sleep 1
+      i=$((i + 1))
+    done
+  done
+}
+
+# sa: the submit header of every submit that was not refused; its poll follows.
+sa() {
+  [ -n "${sk:-}" ] || return 0
+  os=$(uname -s 2>/dev/null | tr -d ' ')
+  for k in $sk; do
+    eval "s=\$S$k"
+    echo "$T submit key=$k os=$os launched=$s len=0"
+  done
 }

@@ -1,0 +1,123 @@
+"""
+One watched job, as the shared host session sees it: its registration and what it receives.
+Pure code, used by :class:`~ssh_jobs_provider.triggers.poll_scheduler.PollScheduler`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ssh_jobs_provider.exceptions import FAN_OUT_HINT
+from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import PollEntry
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.refusals import POSIX_HINT
+
+#: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
+#: seconds, and each tick's exec carries every submit that arrived since the last one.
+SUBMIT_TICK = 1.0
+
+
+@dataclass
+class Delivery:
+    """
+    What a watching trigger receives: log lines, warnings, and at the end its result.
+
+    :param lines: log lines for the task log
+    :param warnings: warnings for the task log (failed polls, a cleanup refused)
+    :param log_offset: the log offset after these lines
+    :param outcome: the final outcome (the last delivery only)
+    :param cleaned_up: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested
+    :param submitted: the answer of the job's submit (the delivery of the batch that submitted it)
+    """
+
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    log_offset: int = 0
+    outcome: Outcome | None = None
+    #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
+    cleaned_up: bool | None = None
+    #: The answer of the job's submit, in the delivery of the batch that submitted it.
+    submitted: JobStatus | None = None
+
+
+@dataclass(eq=False)
+class Watch:
+    """
+    One job's registration: its monitor, its budgets, and where it stands.
+
+    :param monitor: the job's :class:`~ssh_jobs_provider.protocol.monitor.JobMonitor`
+    :param poll_interval: seconds between polls while the job runs
+    :param command_timeout: seconds a batch with this job may take
+    :param max_reconnect_attempts: consecutive failed polls tolerated
+    :param cleanup: ``"never"``, ``"on_success"`` or ``"always"``
+    :param cleanup_retries: attempts for the cleanup before leaving it to the operator
+    :param failures: consecutive failed polls so far
+    :param next_due: clock reading of the next poll
+    :param delivered: log bytes the trigger has written to the task log
+    :param active: still registered
+    :param final_outcome: the outcome, while the cleanup is pending
+    :param cleanup_attempts: cleanups tried so far
+    :param submit_files: the job's files while the triggerer still has to submit it
+        (:func:`~ssh_jobs_provider.protocol.scripts.job_files`); ``None`` once submitted, or
+        for a job the worker submitted
+    :param submit_sent: a batch carrying the submit reached the host (its answer may be lost):
+        the job may have started
+    """
+
+    monitor: JobMonitor
+    poll_interval: float
+    command_timeout: float
+    max_reconnect_attempts: int
+    cleanup: str = "never"
+    cleanup_retries: int = 3
+    failures: int = 0
+    next_due: float = 0.0
+    delivered: int = 0
+    active: bool = True
+    final_outcome: Outcome | None = None
+    cleanup_attempts: int = 0
+    submit_files: tuple[tuple[str, str], ...] | None = None
+    submit_sent: bool = False
+
+    def __post_init__(self) -> None:
+        self.delivered = self.monitor.log_offset
+
+    def record_delivered(self, offset: int) -> None:
+        """The trigger has written the log up to ``offset`` to the task log."""
+        self.delivered = max(self.delivered, offset)
+
+    def wants_cleanup(self, outcome: Outcome) -> bool:
+        if outcome.status not in ("success", "failed"):
+            return False  # the job may still be running: the operator kills before cleaning
+        return self.cleanup == "always" or (self.cleanup == "on_success" and outcome.status == "success")
+
+    def offset_record(self) -> PollEntry:
+        """An entry that only records how far the log was delivered (for a trigger that leaves)."""
+        return PollEntry(self.monitor.paths, 0, 0, delivered=self.delivered, token=self.monitor.token)
+
+
+def next_tick(now: float, interval: float) -> float:
+    """The next instant on the ``interval`` grid, so equal intervals share ticks."""
+    return (math.floor(now / interval) + 1) * interval
+
+
+def submit_failed(watch: Watch, error: BaseException) -> Outcome:
+    """The outcome of a submit the triggerer could not get answered."""
+    job = watch.monitor.paths
+    if watch.submit_sent:
+        started = (
+            f"The submit reached the host but its answer did not come back: the job may have started "
+            f"in {job.job_dir}."
+        )
+    else:
+        started = "No job was started."
+    hint = POSIX_HINT if isinstance(error, RemoteJobProtocolError) else FAN_OUT_HINT
+    return Outcome(
+        "error",
+        None,
+        f"Could not submit remote job {job.job_id} ({watch.failures} failed attempt(s); "
+        f"{type(error).__name__}: {error}). {started} {hint}",
+        never_started=not watch.submit_sent,
+    )
