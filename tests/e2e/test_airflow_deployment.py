@@ -2,9 +2,10 @@
 The whole path on a real Airflow 3 deployment: worker submits and defers, the triggerer watches.
 
 One deployment (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite)
-runs three DAGs at once: a 24-way ``.expand()`` against an sshd with ``MaxStartups
-10:30:100`` that serves nothing else (so its log counts belong to the fan-out), and a
-failing and a skipping job against a second sshd.
+runs four DAGs at once: two 24-way ``.expand()`` fan-outs, each against an sshd of its own
+with ``MaxStartups 10:30:100`` that serves nothing else (so its log counts belong to that
+fan-out): one submitting from the workers, one with ``submit_from="triggerer"``; and a
+failing and a skipping job against a third sshd.
 
 Every DAG has ``retries=2``. Airflow 3.3's scheduler sometimes fails a resumed deferred
 task itself (the executor's late "success" for the deferring attempt arrives while the
@@ -37,6 +38,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 FAN_OUT = 24
 FANOUT_DAG = "e2e_fanout"
+#: The same fan-out, submitted by the triggerer over its shared connection.
+TRIGGERER_FANOUT_DAG = "e2e_fanout_from_triggerer"
+FANOUTS = (FANOUT_DAG, TRIGGERER_FANOUT_DAG)
 FAILING_DAG = "e2e_failing"
 SKIPPING_DAG = "e2e_skipping"
 FAIL_CODE = 7
@@ -46,6 +50,9 @@ OUTPUT_LINE = re.compile(r"^e2e shard (\d+) line (\d+)$")
 LINES_PER_SHARD = 3
 #: Most connections one try may open: to submit, to watch (held by the trigger), to clean up.
 CONNECTIONS_PER_TRY = 3
+#: Most connections of the whole fan-out submitted from the triggerer: its one shared
+#: connection, and one more should the scheduler race retry a task after it closed.
+TRIGGERER_FANOUT_CONNECTIONS = 2
 
 DAG_HEADER = """\
 from __future__ import annotations
@@ -72,11 +79,12 @@ COMMANDS = [
 with DAG(dag_id="{dag_id}", schedule=None, catchup=False, max_active_tasks={fan_out}, default_args=DEFAULTS):
     SSHRemoteJobOperator.partial(
         task_id="shard",
-        ssh_conn_id="ssh_default",
+        ssh_conn_id={conn_id!r},
         remote_base_dir={base_dir!r},
         cleanup="always",
         poll_interval=1,
         max_active_tis_per_dag={fan_out},
+        submit_from={submit_from!r},
     ).expand(command=COMMANDS)
 """
 )
@@ -114,20 +122,32 @@ class RunOutcome:
 @dataclass
 class E2EResult:
     runs: dict[str, RunOutcome]
-    fanout_jobs_dir: Path
+    #: fan-out dag_id -> its job base dir, and what its sshd saw during the runs
+    fanout_jobs_dirs: dict[str, Path]
     aux_jobs_dir: Path
-    fanout_sshd_counts: dict[str, int]
+    fanout_sshd_counts: dict[str, dict[str, int]]
     #: dag_id -> map index -> how often the scheduler failed that task itself (the race)
     raced: dict[str, Counter[int]]
     race_lines: list[str]
     seconds: dict[str, float]
 
 
-def write_dags(deployment: AirflowDeployment, fanout_jobs: Path, aux_jobs: Path) -> None:
-    deployment.add_dag_file(
-        f"{FANOUT_DAG}.py",
-        FANOUT_DAG_TEXT.format(dag_id=FANOUT_DAG, fan_out=FAN_OUT, base_dir=str(fanout_jobs)),
-    )
+#: fan-out dag_id -> (its connection id, submit_from)
+FANOUT_SETUP = {FANOUT_DAG: ("ssh_default", "worker"), TRIGGERER_FANOUT_DAG: ("ssh_e2e_tsubmit", "triggerer")}
+
+
+def write_dags(deployment: AirflowDeployment, fanout_jobs: dict[str, Path], aux_jobs: Path) -> None:
+    for dag_id, (conn_id, submit_from) in FANOUT_SETUP.items():
+        deployment.add_dag_file(
+            f"{dag_id}.py",
+            FANOUT_DAG_TEXT.format(
+                dag_id=dag_id,
+                fan_out=FAN_OUT,
+                base_dir=str(fanout_jobs[dag_id]),
+                conn_id=conn_id,
+                submit_from=submit_from,
+            ),
+        )
     single_jobs = [
         (FAILING_DAG, f"echo 'e2e about to fail'\nexit {FAIL_CODE}\n", "on_success", None),
         (SKIPPING_DAG, f"echo 'e2e nothing to do'\nexit {SKIP_CODE}\n", "always", SKIP_CODE),
@@ -163,25 +183,33 @@ def collect_run(deployment: AirflowDeployment, dag_id: str, run_id: str, state: 
 def e2e(tmp_path_factory: pytest.TempPathFactory, module_sshd: SSHServer) -> E2EResult:
     """Run the three DAGs once on one deployment; the tests below read what happened."""
     base = tmp_path_factory.mktemp("deployment")
-    fanout_jobs, aux_jobs = base / "fanout-jobs", base / "aux-jobs"
+    fanout_jobs = {dag_id: base / f"{dag_id}-jobs" for dag_id in FANOUTS}
+    aux_jobs = base / "aux-jobs"
     aux_sshd = start_sshd(base / "aux-sshd")
-    env = {**module_sshd.airflow_env("ssh_default"), **aux_sshd.airflow_env("ssh_e2e_aux")}
+    tsubmit_sshd = start_sshd(base / "tsubmit-sshd", max_startups="10:30:100")
+    servers = {FANOUT_DAG: module_sshd, TRIGGERER_FANOUT_DAG: tsubmit_sshd}
+    env = {
+        **module_sshd.airflow_env("ssh_default"),
+        **tsubmit_sshd.airflow_env("ssh_e2e_tsubmit"),
+        **aux_sshd.airflow_env("ssh_e2e_aux"),
+    }
     deployment = AirflowDeployment(base / "airflow", env=env)
     write_dags(deployment, fanout_jobs, aux_jobs)
+    dag_ids = [*FANOUTS, FAILING_DAG, SKIPPING_DAG]
     seconds: dict[str, float] = {}
     try:
         started = time.monotonic()
         deployment.start()
-        deployment.wait_for_dags([FANOUT_DAG, FAILING_DAG, SKIPPING_DAG])
+        deployment.wait_for_dags(dag_ids)
         seconds["start"] = time.monotonic() - started
-        before = module_sshd.counts()
+        before = {dag_id: server.counts() for dag_id, server in servers.items()}
         started = time.monotonic()
-        run_ids = {dag_id: deployment.trigger(dag_id) for dag_id in (FANOUT_DAG, FAILING_DAG, SKIPPING_DAG)}
+        run_ids = {dag_id: deployment.trigger(dag_id) for dag_id in dag_ids}
         states = {
             dag_id: deployment.wait_for_run(dag_id, run_id, RUN_TIMEOUT) for dag_id, run_id in run_ids.items()
         }
         seconds["runs"] = time.monotonic() - started
-        after = module_sshd.counts()
+        after = {dag_id: server.counts() for dag_id, server in servers.items()}
         runs = {
             dag_id: collect_run(deployment, dag_id, run_ids[dag_id], states[dag_id]) for dag_id in run_ids
         }
@@ -191,7 +219,11 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, module_sshd: SSHServer) -> E2E
             deployment.stop()
         finally:
             aux_sshd.stop()
-    counts = {name: after[name] - before[name] for name in after}
+            tsubmit_sshd.stop()
+    counts = {
+        dag_id: {name: after[dag_id][name] - before[dag_id][name] for name in after[dag_id]}
+        for dag_id in servers
+    }
     return E2EResult(runs, fanout_jobs, aux_jobs, counts, raced_tasks(race_lines), race_lines, seconds)
 
 
@@ -206,15 +238,16 @@ def shard_lines(log: TaskLog) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------- the 24-way fan-out
 
 
-def test_fanout_every_task_succeeds(e2e: E2EResult) -> None:
-    run = e2e.runs[FANOUT_DAG]
-    raced = e2e.raced.get(FANOUT_DAG, Counter())
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_fanout_every_task_succeeds(e2e: E2EResult, dag_id: str) -> None:
+    run = e2e.runs[dag_id]
+    raced = e2e.raced.get(dag_id, Counter())
     races = sum("finished with state success" in line for line in e2e.race_lines)
     report(
-        f"e2e {FAN_OUT}-way fan-out on Airflow: start {e2e.seconds['start']:.0f}s, runs {e2e.seconds['runs']:.0f}s; "
-        f"scheduler race (resumed deferred task failed by the scheduler) seen {races} time(s), other "
-        f"tasks failed by Airflow itself {len(e2e.race_lines) - races}, across the 3 runs; "
-        f"fan-out map index: times {dict(sorted(raced.items()))}"
+        f"e2e {FAN_OUT}-way fan-out {dag_id} on Airflow: start {e2e.seconds['start']:.0f}s, runs "
+        f"{e2e.seconds['runs']:.0f}s; scheduler race (resumed deferred task failed by the scheduler) seen "
+        f"{races} time(s), other tasks failed by Airflow itself {len(e2e.race_lines) - races}, across the "
+        f"{len(e2e.runs)} runs; this fan-out's map index: times {dict(sorted(raced.items()))}"
     )
     assert [ti.map_index for ti in run.tis] == list(range(FAN_OUT))
     assert {ti.state for ti in run.tis} == {"success"}, [(ti.map_index, ti.state) for ti in run.tis]
@@ -223,8 +256,9 @@ def test_fanout_every_task_succeeds(e2e: E2EResult) -> None:
     assert not unexplained, "retried, but not because of the scheduler race: see their earlier tries' logs"
 
 
-def test_fanout_logs_hold_each_tasks_own_output_in_order(e2e: E2EResult) -> None:
-    run = e2e.runs[FANOUT_DAG]
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_fanout_logs_hold_each_tasks_own_output_in_order(e2e: E2EResult, dag_id: str) -> None:
+    run = e2e.runs[dag_id]
     for ti in run.tis:
         expected = [(ti.map_index, line) for line in range(1, LINES_PER_SHARD + 1)]
         for try_number in range(1, ti.try_number + 1):
@@ -234,48 +268,61 @@ def test_fanout_logs_hold_each_tasks_own_output_in_order(e2e: E2EResult) -> None
             assert [line for line in log.events("trigger") if OUTPUT_LINE.match(line.strip())]
 
 
-def test_fanout_each_try_launched_exactly_one_remote_job(e2e: E2EResult) -> None:
-    run = e2e.runs[FANOUT_DAG]
+def submits_of(dag_id: str, log: TaskLog) -> list[str]:
+    """The job ids one try's log reports as submitted, from where that fan-out submits."""
+    return submitted_job_ids(log.events("worker" if FANOUT_SETUP[dag_id][1] == "worker" else "trigger"))
+
+
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_fanout_each_try_launched_exactly_one_remote_job(e2e: E2EResult, dag_id: str) -> None:
+    run = e2e.runs[dag_id]
     relaunched = 0
     for ti in run.tis:
         job_ids = []
         for try_number in range(1, ti.try_number + 1):
             log = run.log(ti, try_number)
-            submitted = submitted_job_ids(log.events("worker"))
+            submitted = submits_of(dag_id, log)
             assert len(submitted) == 1, f"shard {ti.map_index} try {try_number}: submits {submitted}"
             assert REATTACH_TEXT not in log.text, f"shard {ti.map_index} try {try_number} submitted twice"
             job_ids.extend(submitted)
         relaunched += len(job_ids) - 1
-    report(f"e2e fan-out: remote jobs launched again by a race-induced retry: {relaunched}")
+    report(f"e2e fan-out {dag_id}: remote jobs launched again by a race-induced retry: {relaunched}")
 
 
-def test_fanout_leaves_no_job_directory(e2e: E2EResult) -> None:
-    run = e2e.runs[FANOUT_DAG]
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_fanout_leaves_no_job_directory(e2e: E2EResult, dag_id: str) -> None:
+    run = e2e.runs[dag_id]
     # A try the scheduler failed before it could resume never ran its clean-up; its job
     # must still have ended normally (exit code 0), not be left running.
     excusable = {
         job_id
         for ti in run.tis
         for try_number in range(1, ti.try_number)
-        for job_id in submitted_job_ids(run.log(ti, try_number).events("worker"))
+        for job_id in submits_of(dag_id, run.log(ti, try_number))
     }
-    left = job_dirs(e2e.fanout_jobs_dir)
+    left = job_dirs(e2e.fanout_jobs_dirs[dag_id])
     report(
-        f"e2e fan-out: job directories left behind: {len(left)} (of them after a scheduler race: "
+        f"e2e fan-out {dag_id}: job directories left behind: {len(left)} (of them after a scheduler race: "
         f"{sum(path.name in excusable for path in left)})"
     )
     assert all(path.name in excusable and exit_code_of(path) == 0 for path in left), left
 
 
-def test_fanout_holds_one_connection_per_phase(e2e: E2EResult) -> None:
-    run = e2e.runs[FANOUT_DAG]
-    counts = e2e.fanout_sshd_counts
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_fanout_holds_one_connection_per_phase(e2e: E2EResult, dag_id: str) -> None:
+    run = e2e.runs[dag_id]
+    counts = e2e.fanout_sshd_counts[dag_id]
     tries = sum(ti.try_number for ti in run.tis)
     report(
-        f"e2e fan-out sshd (MaxStartups 10:30:100): {counts['accepted']} handshakes for {FAN_OUT} tasks "
-        f"({counts['accepted'] / FAN_OUT:.2f} per task, {tries} tries), {counts['sessions']} exec sessions, "
-        f"{counts['drops']} drops, {counts['session_refusals']} MaxSessions refusals"
+        f"e2e fan-out {dag_id} sshd (MaxStartups 10:30:100): {counts['accepted']} handshakes for {FAN_OUT} "
+        f"tasks ({counts['accepted'] / FAN_OUT:.2f} per task, {tries} tries), {counts['sessions']} exec "
+        f"sessions, {counts['drops']} drops, {counts['session_refusals']} MaxSessions refusals"
     )
+    if FANOUT_SETUP[dag_id][1] == "triggerer":
+        # One login for the whole fan-out: the workers open no connection at all.
+        assert 0 < counts["accepted"] <= TRIGGERER_FANOUT_CONNECTIONS
+        assert counts["drops"] == 0
+        return
     # Submit, watch and clean-up use at most one connection each (watching may share one
     # across tasks); reconnecting per poll would need many more. Nothing here breaks a
     # connection, so no try has a reason to reconnect.
