@@ -59,6 +59,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp directory (logs, Airflow home) afterwards"
     )
+    parser.add_argument(
+        "--submit-from",
+        choices=("worker", "triggerer"),
+        default="worker",
+        help="where the jobs are submitted: from each worker (default), or by the triggerer over its "
+        "one shared connection (submit_from='triggerer')",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.tasks <= 1000:
         parser.error("--tasks must be between 1 and 1000")
@@ -147,6 +154,7 @@ class TaskReport:
 @dataclass
 class DemoResult:
     tasks: int
+    submit_from: str = "worker"
     run_state: str = "not started"
     reports: list[TaskReport] = field(default_factory=list)
     sshd_counts: dict[str, int] = field(default_factory=dict)
@@ -245,11 +253,14 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
         say(f"- sshd (the remote host) listening on {sshd.host}:{sshd.port}, MaxStartups {MAX_STARTUPS}")
         deployment = AirflowDeployment(
             workdir / "airflow",
-            dag_files=[EXAMPLE_DAGS],
+            # The fan-out alone: the sshd then counts its logins only (the reaper example, @daily,
+            # would run once and log in too).
+            dag_files=[EXAMPLE_DAGS / f"{DAG_ID}.py"],
             env={
                 **sshd.airflow_env("ssh_default"),
                 "SSH_JOBS_EXAMPLE_BASE_DIR": str(remote_base_dir),
                 "SSH_JOBS_EXAMPLE_FAN_OUT": str(args.tasks),
+                "SSH_JOBS_EXAMPLE_SUBMIT_FROM": args.submit_from,
             },
         )
         start_airflow(deployment, result)
@@ -347,7 +358,7 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
     accepted = counts.get("accepted", 0)
     per_task = accepted / result.tasks if result.tasks else 0.0
     rows = [
-        ("Tasks", f"{tasks}   (DAG run: {result.run_state})"),
+        ("Tasks", f"{tasks}   (DAG run: {result.run_state}; submitted from the {result.submit_from})"),
         (
             "Remote output",
             f"{seen} of {result.tasks * LINES_PER_SHARD} lines in the task logs; "
@@ -355,7 +366,7 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
         ),
         (
             "sshd",
-            f"{accepted} handshakes accepted ({per_task:.1f} per task), "
+            f"{accepted} handshake{'' if accepted == 1 else 's'} accepted ({per_task:.2f} per task), "
             f"{counts.get('drops', 0)} dropped past MaxStartups {MAX_STARTUPS}, "
             f"{counts.get('session_refusals', 0)} MaxSessions refusals",
         ),
@@ -397,8 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ssh-jobs-demo-")).resolve()
-    result = DemoResult(tasks=args.tasks)
-    say(f"SSH remote jobs demo: {args.tasks}-way fan-out, working in {workdir}")
+    result = DemoResult(tasks=args.tasks, submit_from=args.submit_from)
+    say(
+        f"SSH remote jobs demo: {args.tasks}-way fan-out submitted from the {args.submit_from}, working in {workdir}"
+    )
     try:
         with interrupts_unwind():
             run_fanout(args, workdir, result)

@@ -3,7 +3,9 @@ Fan out remote jobs over one host with ``.expand()``.
 
 Each mapped task submits its command detached on the host, defers, and is watched from
 the triggerer; ``cleanup="always"`` removes each job directory once its log has been read.
-``max_active_tis_per_dag`` bounds how many submits reach the host's sshd at once.
+``max_active_tis_per_dag`` bounds how many submits reach the host's sshd at once. With
+``submit_from="triggerer"`` the workers open no SSH connection: the triggerer submits every
+job over the one connection it shares for the host, so the whole fan-out is one login.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 
 FAN_OUT = int(os.environ.get("SSH_JOBS_EXAMPLE_FAN_OUT", "50"))
 BASE_DIR = os.environ.get("SSH_JOBS_EXAMPLE_BASE_DIR", "/tmp/airflow-ssh-jobs")
+SUBMIT_FROM = os.environ.get("SSH_JOBS_EXAMPLE_SUBMIT_FROM", "worker")
 
 with DAG(
     dag_id="example_ssh_remote_job_fanout",
@@ -31,6 +34,7 @@ with DAG(
         cleanup="always",
         poll_interval=2,
         max_active_tis_per_dag=64,
+        submit_from=SUBMIT_FROM,
     ).expand(
         command=[
             f"echo 'shard {i} starting on' $(hostname)\nsleep 3\necho 'shard {i} done'\n"
