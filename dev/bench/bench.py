@@ -17,6 +17,9 @@ Scenarios:
   asyncio process (poll interval 5 s and 1 s), then completed (``execute_complete`` with
   ``cleanup="always"``) by the pool; every phase counted separately, so the sum is the end-
   to-end cost per task.
+- submit-modes: N = 120, 500, 1000 tasks submitted by upstream and by this provider from
+  workers, and by this provider from the triggerer (``submit_from="triggerer"``), each job
+  counted on the host (see ``submit_modes.py``).
 - scaling: the monitoring run for N = 100, 500, 1000, 2000 (upstream up to 500), poll 5 s,
   a fresh sshd per N, with jobs that write a line a second and all end at one instant: cost
   per job and poll on the server and in the triggerer, and the delay from job end to event.
@@ -59,6 +62,7 @@ except ImportError:  # pragma: no cover - older checkouts
 
 import common  # noqa: E402
 import report  # noqa: E402
+import submit_modes  # noqa: E402
 
 from harness.processes import descendants, interrupts_unwind, spawn_in_new_session, terminate_tree  # noqa: E402
 
@@ -213,7 +217,7 @@ class Bench:
         self.pythons = {"ours": args.ours_python, "upstream": args.upstream_python}
         self.active: subprocess.Popen[bytes] | None = None
         self.server: SSHServer | None = None
-        self.results: dict[str, Any] = {"bursts": [], "monitor": [], "scaling": []}
+        self.results: dict[str, Any] = {"bursts": [], "monitor": [], "scaling": [], "submit_modes": []}
         self.versions: dict[str, Any] = {}
         self.seq = 0
 
@@ -536,6 +540,10 @@ class Bench:
                     log(f"   job end -> event: p50 {lat[len(lat) // 2]:.2f}s, max {lat[-1]:.2f}s")
             self.stop_server()
 
+    def submit_modes(self) -> None:
+        """N tasks submitted from workers (upstream, ours) and from the triggerer (ours)."""
+        self.results["submit_modes"].extend(submit_modes.run(self, log, kill_remote_jobs))
+
     def close(self) -> None:
         if self.active is not None:
             terminate_tree(self.active)
@@ -638,7 +646,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--login-grace-time", type=int, default=120, help="sshd LoginGraceTime (OpenSSH's default: 120)"
     )
     parser.add_argument("--impls", default="ours,upstream")
-    parser.add_argument("--only", choices=["burst", "monitor", "scaling"], help="run one scenario only")
+    parser.add_argument(
+        "--only", choices=["burst", "monitor", "submit-modes", "scaling"], help="run one scenario only"
+    )
+    parser.add_argument(
+        "--submit-modes-n", help="comma-separated N of the submit-modes scenario (default 120,500,1000)"
+    )
+    parser.add_argument(
+        "--submit-modes-workers",
+        type=int,
+        default=500,
+        help="most worker processes of the worker-mode submits there (default 500; more tasks take turns)",
+    )
     parser.add_argument("--ours-python", default=sys.executable)
     parser.add_argument("--ours-src", help="measure the provider package found in this directory instead")
     parser.add_argument("--ours-ref", help="measure the provider as committed at this git ref (e.g. HEAD)")
@@ -656,6 +675,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.monitor_n = args.monitor_n or (50 if quick else 200)
     args.job_seconds = args.job_seconds or (10.0 if quick else 30.0)
     args.polls = [float(x) for x in (args.polls or "5,1").split(",")]
+    args.submit_modes_n = [
+        int(x) for x in (args.submit_modes_n or ("20,50" if quick else "120,500,1000")).split(",")
+    ]
     args.scaling_n = [
         int(x) for x in (args.scaling_n or ("20,50" if quick else "100,500,1000,2000")).split(",")
     ]
@@ -696,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             "job_seconds": args.job_seconds,
             "polls": args.polls,
             "submit_workers": args.submit_workers,
+            "submit_modes_n": args.submit_modes_n,
+            "submit_modes_workers": args.submit_modes_workers,
             "scaling_n": args.scaling_n,
             "scaling_upstream_max": args.scaling_upstream_max,
             "scaling_job_seconds": args.scaling_job_seconds,
@@ -720,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.burst()
             if args.only in (None, "monitor"):
                 bench.monitor()
+            if args.only in (None, "submit-modes"):
+                bench.submit_modes()
             if args.only in (None, "scaling"):
                 bench.scaling()
     except KeyboardInterrupt as error:

@@ -106,6 +106,18 @@ def job_command(index: int, seconds: float, deadline: int | None = None) -> str:
     )
 
 
+def launch_job_command(index: int, launch_file: str) -> str:
+    """
+    The job of the submit-modes scenario: it records its own start (``<index> <epoch>`` in
+    ``launch_file``, so the host itself counts how often each job ran), then writes the lines
+    of ``job_command(index, 0)``. One simple command, for the reason ``job_command`` gives.
+    """
+    return (
+        f'sh -c \'echo "{index} $(date +%s.%N)" >> {launch_file}; echo "job {index} start"; '
+        f'echo "job {index} end"\''
+    )
+
+
 def expected_lines(index: int, seconds: float) -> list[str]:
     if seconds <= 0:
         return [f"job {index} start", f"job {index} end"]
@@ -203,6 +215,12 @@ def bind_task(index: int) -> None:
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of every child process reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import submit_report
+
 PLOTS = ("burst.png", "monitor.png", "connections.png", "end_to_end.png")
 #: What the docs show of the burst and monitor scenarios, and of the scaling scenario.
 MAIN_FILES = ("results.md", "results.rst.inc", "summary.json", *PLOTS)
 SCALING_FILES = ("scaling.rst.inc", "scaling.png")
-PUBLISHED = (*MAIN_FILES, *SCALING_FILES)
+PUBLISHED = (*MAIN_FILES, *SCALING_FILES, *submit_report.SUBMIT_FILES)
 COLORS = {"ours": "#1f77b4", "upstream": "#d62728"}
 # Distinct markers and line styles keep both visible where their values coincide.
 STYLES: dict[str, dict[str, Any]] = {
@@ -109,7 +111,13 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     scaling: dict[str, Any] = {}
     for row in raw.get("scaling", []):
         scaling.setdefault(str(row["n"]), {})[row["impl"]] = _scaling_figures(row)
-    return {"impls": impls, "bursts": bursts, "monitor": monitor, "scaling": scaling}
+    return {
+        "impls": impls,
+        "bursts": bursts,
+        "monitor": monitor,
+        "scaling": scaling,
+        "submit_modes": raw.get("submit_modes", []),
+    }
 
 
 def _scaling_figures(row: dict[str, Any]) -> dict[str, Any]:
@@ -460,8 +468,18 @@ def context_lines(meta: dict[str, Any], scenario: str = "main") -> list[str]:
         f"MaxSessions {s.get('max_sessions')}, LoginGraceTime {s.get('login_grace_time', 30)}, LogLevel VERBOSE, "
         "a fresh sshd per scenario.",
         f"Run {meta.get('started', '?')}, {meta.get('duration_seconds', 0) / 60:.1f} min; "
-        + (scaling_settings(s) if scenario == "scaling" else monitor_settings(s)),
+        + {"scaling": scaling_settings, "submit-modes": submit_modes_settings}.get(
+            scenario, monitor_settings
+        )(s),
     ]
+
+
+def submit_modes_settings(s: dict[str, Any]) -> str:
+    ns = ", ".join(str(n) for n in s.get("submit_modes_n", []))
+    return (
+        f"submit modes with N = {ns}, a fresh sshd per N; jobs write two lines and end at once; "
+        f"worker modes in at most {s.get('submit_modes_workers', '?')} worker processes."
+    )
 
 
 def monitor_settings(s: dict[str, Any]) -> str:
@@ -609,6 +627,9 @@ def plots(summary: dict[str, Any], out_dir: Path) -> list[str]:
     if summary["scaling"]:
         scaling_plot(plt, summary, out_dir)
         made.append("scaling.png")
+    if summary["submit_modes"]:
+        submit_report.plot(plt, summary["submit_modes"], out_dir)
+        made.append("submit_modes.png")
     return made
 
 
@@ -695,8 +716,10 @@ def write_report(raw: dict[str, Any], out_dir: Path) -> str:
         if behind
         else ["Ours is ahead of or level at zero with upstream on every figure of this run."]
     )
-    # The main table, unless only the scaling scenario ran.
-    main_ran = bool(summary["bursts"] or summary["monitor"] or not summary["scaling"])
+    # The main table, unless only the scaling or the submit-modes scenario ran.
+    main_ran = bool(
+        summary["bursts"] or summary["monitor"] or not (summary["scaling"] or summary["submit_modes"])
+    )
     md = "\n".join(["\n\n".join(context), "", markdown_table(rows), "", *behind_text, ""]) if main_ran else ""
     if main_ran:
         rst_context = "\n\n".join(line.replace("`", "``") for line in context)
@@ -709,6 +732,14 @@ def write_report(raw: dict[str, Any], out_dir: Path) -> str:
         heading = "## Scaling: watching N jobs from one triggerer\n\n" if main_ran else ""
         md += ("\n" if main_ran else "") + heading + scaling_markdown(summary, meta, scaling_context)
         (out_dir / "scaling.rst.inc").write_text(scaling_rst(summary, meta))
+    if summary["submit_modes"]:
+        settings = meta.get("settings", {})
+        context = context_lines(meta, "submit-modes")
+        md += "\n## Submitting from the workers or from the triggerer\n\n" + "\n\n".join(context) + "\n\n"
+        md += submit_report.markdown(summary["submit_modes"], settings)
+        (out_dir / "submit_modes.rst.inc").write_text(
+            submit_report.rst(summary["submit_modes"], settings, context)
+        )
     (out_dir / "results.md").write_text(md)
     public = {
         "meta": {k: v for k, v in meta.items() if k != "sshd_config"},
@@ -739,6 +770,7 @@ def publish(out_dir: Path, docs_dir: Path) -> None:
     names = [
         *(MAIN_FILES if summary.get("bursts") or summary.get("monitor") else ()),
         *(SCALING_FILES if summary.get("scaling") else ()),
+        *(submit_report.SUBMIT_FILES if summary.get("submit_modes") else ()),
     ]
     docs_dir.mkdir(parents=True, exist_ok=True)
     for name in names:

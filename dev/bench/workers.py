@@ -44,6 +44,8 @@ def job_command(spec: dict[str, Any], index: int) -> str:
     """The spec's job: ``"job": "lines"`` is the scaling scenario's line-a-second job."""
     if spec.get("job") == "lines":
         return common.line_job_command(index, int(spec["job_deadline"]))
+    if spec.get("job") == "launch":
+        return common.launch_job_command(index, spec["launch_file"])
     return common.job_command(index, spec["job_seconds"], spec.get("job_deadline"))
 
 
@@ -145,6 +147,7 @@ def run(impl: str, spec: dict[str, Any]) -> dict[str, Any]:
     ready = 0
     load_at_release = os.getloadavg()
     released = finished = common.now()
+    released_wall = time.time()
     gc.collect()
     gc.freeze()  # keeps copy-on-write pages shared across hundreds of children
     try:
@@ -172,7 +175,7 @@ def run(impl: str, spec: dict[str, Any]) -> dict[str, Any]:
                     break
                 ready += len(chunk)
         load_at_release = os.getloadavg()
-        released = common.now()
+        released, released_wall = common.now(), time.time()
         os.close(gate_w)  # the barrier: every child's read() returns now
         gate_w = -1
         deadline = time.monotonic() + hard_timeout + 15
@@ -221,6 +224,9 @@ def run(impl: str, spec: dict[str, Any]) -> dict[str, Any]:
         "load_at_release": load_at_release,
         "wall_seconds": last_end - released,
         "released": released,
+        "released_wall": released_wall,
+        # Every worker's CPU time (they are all reaped by now) and this process's own.
+        "client_cpu_seconds": common.children_cpu_seconds() + common.cpu_seconds(),
         "killed_workers": len(killed),
         "ok": sum(1 for r in records if r.get("ok")),
         "failed": sum(1 for r in records if not r.get("ok")),

@@ -6,6 +6,7 @@ import pytest
 
 from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.operators.remote_steps import submit_job
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.scripts import build_submit_script
@@ -42,7 +43,14 @@ def test_lost_reply_then_refusals_make_at_most_conn_retry_attempts_connections(
     paths = RemoteJobPaths(job_id="af_budget_mixed", base_dir=remote_base_dir)
 
     with pytest.raises(SSHConnectError, match=r"after 3 attempt\(s\)"):
-        op._submit(paths, build_submit_script(paths, "true", {}, new_job_token()))
+        submit_job(
+            op.ssh_hook,
+            paths,
+            build_submit_script(paths, "true", {}, new_job_token()),
+            command_timeout=op.command_timeout,
+            max_timeout=600,
+            log=op.log,
+        )
     # One connection that submitted, two refused: not 1 + 3 from a connect loop nested
     # inside the submit loop.
     assert proxy.accepted_total == 3

@@ -19,6 +19,7 @@ import structlog.testing
 
 from ssh_jobs_provider.exceptions import SSHAuthenticationError, SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
+from ssh_jobs_provider.operators.remote_steps import submit_job
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.scripts import build_submit_script
@@ -92,7 +93,14 @@ def test_one_submit_makes_at_most_conn_retry_attempts_connections(
 ) -> None:
     op = fast_operator(conn_retry_attempts=attempts)
     with pytest.raises(SSHConnectError, match=rf"after {attempts} attempt\(s\)") as info:
-        op._submit(PATHS, build_submit_script(PATHS, "true", {}, new_job_token()))
+        submit_job(
+            op.ssh_hook,
+            PATHS,
+            build_submit_script(PATHS, "true", {}, new_job_token()),
+            command_timeout=op.command_timeout,
+            max_timeout=600,
+            log=op.log,
+        )
     assert refusing.accepted == attempts
     assert info.value.final, "nothing above the submit may retry it again"
 

@@ -29,6 +29,7 @@ from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
 from ssh_jobs_provider.protocol.scripts import build_kill_script
 from ssh_jobs_provider.retry import RetryPolicy
+from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
 # --------------------------------------------------------------------------- arguments
 
@@ -66,6 +67,32 @@ def check_trigger_submit_size(command: str, environment: dict[str, str]) -> None
             "trigger in the metadata database). Put the long part in a script file on the host and run "
             "that, or use submit_from='worker'."
         )
+
+
+def make_trigger(
+    op: Any, paths: RemoteJobPaths, log_offset: int, *, submit: dict[str, Any] | None, from_start: bool
+) -> SSHRemoteJobTrigger:
+    """The trigger operator ``op`` defers to, watching (and with ``submit``, submitting) ``paths``."""
+    return SSHRemoteJobTrigger(
+        ssh_conn_id=op.ssh_conn_id,
+        remote_host=op.remote_host,
+        job_id=paths.job_id,
+        job_dir=paths.job_dir,
+        log_file=paths.log_file,
+        exit_code_file=paths.exit_code_file,
+        remote_os="posix",
+        poll_interval=op.poll_interval,
+        log_chunk_size=op.log_chunk_size,
+        log_offset=log_offset,
+        command_timeout=op.command_timeout,
+        max_reconnect_attempts=op.max_reconnect_attempts,
+        cleanup_policy=op.cleanup,
+        cleanup_retries=op.cleanup_retries,
+        job_token=op._token,
+        remote_base_dir=paths.base_dir,
+        submit=submit,
+        from_start=from_start,
+    )
 
 
 # --------------------------------------------------------------------------- submit answers

@@ -18,23 +18,24 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.operators import durable
 from ssh_jobs_provider.operators.remote_steps import (
     check_trigger_submit_size,
     exit_codes,
     finish_remote,
+    make_trigger,
     require_positive,
     submit_job,
 )
-from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import (
     DEFAULT_BASE_DIR,
     RemoteJobPaths,
-    make_job_id,
     new_job_token,
     validate_base_dir,
     validate_working_dir,
 )
+from ssh_jobs_provider.protocol.reattach import JobRecord
 from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
@@ -107,6 +108,12 @@ class SSHRemoteJobOperator(BaseOperator):
         connection it shares for the host: a whole fan-out then costs ONE SSH login). The
         command and environment then travel in the trigger's arguments, stored in the metadata
         database, and may hold at most 48 KiB together.
+    :param durable: a retry takes over the job of an earlier try instead of starting another
+        (default ``True``, as KubernetesPodOperator's): a running job is re-attached (the new
+        try's log shows its whole output), a job that succeeded is not run again, a failed one
+        is replaced by a fresh job; a cleared task always starts a fresh job. Uses Airflow's
+        task state store (>= 3.3); on 3.1/3.2 only running jobs are taken over. ``False``:
+        every try starts its own job.
     """
 
     template_fields: Sequence[str] = (
@@ -143,6 +150,7 @@ class SSHRemoteJobOperator(BaseOperator):
         max_reconnect_attempts: int = 5,
         remote_working_dir: str | None = None,
         submit_from: str = "worker",
+        durable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -190,6 +198,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self.max_reconnect_attempts = int(max_reconnect_attempts)
         self.remote_working_dir = remote_working_dir
         self.submit_from = submit_from
+        self.durable = bool(durable)
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
@@ -213,11 +222,7 @@ class SSHRemoteJobOperator(BaseOperator):
     # ------------------------------------------------------------------ submit
 
     def _job_paths(self, context: Context) -> RemoteJobPaths:
-        ti = context["ti"]
-        job_id = make_job_id(
-            ti.dag_id, ti.task_id, ti.run_id, ti.map_index if ti.map_index is not None else -1, ti.try_number
-        )
-        return RemoteJobPaths(job_id=job_id, base_dir=self._base_dir())
+        return durable.job_paths(context["ti"], self._base_dir())
 
     def _base_dir(self) -> str:
         return validate_base_dir(DEFAULT_BASE_DIR if self.remote_base_dir is None else self.remote_base_dir)
@@ -231,13 +236,27 @@ class SSHRemoteJobOperator(BaseOperator):
         paths = self._job_paths(context)
         token = new_job_token()
         script = build_submit_script(paths, self.command, environment, token, working_dir or None)
+        if self.durable:
+            if durable.take_over_earlier_job(self, context):
+                return
+            record = JobRecord(paths.job_id, paths.base_dir, token, context["ti"].try_number)
+            # Before the submit: a worker that dies between the submit and defer() leaves a
+            # record the next try finds.
+            durable.remember(context, record, self.log)
         if self.submit_from == "triggerer":
             self._defer_submit(paths, token, environment, working_dir or None)
             return
         # Known from here on, so that on_kill during the submit finds the job.
         self._paths, self._token = paths, token
 
-        status = self._submit(paths, script)
+        status = submit_job(
+            self.ssh_hook,
+            paths,
+            script,
+            command_timeout=self.command_timeout,
+            max_timeout=MAX_SUBMIT_TIMEOUT,
+            log=self.log,
+        )
         host = self.ssh_hook.remote_host
         if status.launched is False:
             self.log.warning(
@@ -277,38 +296,13 @@ class SSHRemoteJobOperator(BaseOperator):
         context["ti"].xcom_push(key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": pid})
 
     def _trigger(
-        self, paths: RemoteJobPaths, log_offset: int, submit: dict[str, Any] | None = None
+        self,
+        paths: RemoteJobPaths,
+        log_offset: int,
+        submit: dict[str, Any] | None = None,
+        from_start: bool = False,
     ) -> SSHRemoteJobTrigger:
-        return SSHRemoteJobTrigger(
-            ssh_conn_id=self.ssh_conn_id,
-            remote_host=self.remote_host,
-            job_id=paths.job_id,
-            job_dir=paths.job_dir,
-            log_file=paths.log_file,
-            exit_code_file=paths.exit_code_file,
-            remote_os="posix",
-            poll_interval=self.poll_interval,
-            log_chunk_size=self.log_chunk_size,
-            log_offset=log_offset,
-            command_timeout=self.command_timeout,
-            max_reconnect_attempts=self.max_reconnect_attempts,
-            cleanup_policy=self.cleanup,
-            cleanup_retries=self.cleanup_retries,
-            job_token=self._token,
-            remote_base_dir=paths.base_dir,
-            submit=submit,
-        )
-
-    def _submit(self, paths: RemoteJobPaths, script: str) -> JobStatus:
-        """Submit from the worker (see :func:`~ssh_jobs_provider.operators.remote_steps.submit_job`)."""
-        return submit_job(
-            self.ssh_hook,
-            paths,
-            script,
-            command_timeout=self.command_timeout,
-            max_timeout=MAX_SUBMIT_TIMEOUT,
-            log=self.log,
-        )
+        return make_trigger(self, paths, log_offset, submit=submit, from_start=from_start)
 
     # ------------------------------------------------------------------ completion
 
@@ -344,6 +338,11 @@ class SSHRemoteJobOperator(BaseOperator):
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
 
         succeeded = exit_code == 0
+        if self.durable:
+            outcome = (
+                "success" if succeeded else "skipped" if exit_code in self.skip_on_exit_code else "failed"
+            )
+            durable.remember_outcome(context, paths.job_id, outcome, exit_code, self.log)
         wanted = self.cleanup == "always" or (self.cleanup == "on_success" and succeeded)
         if event.get("cleaned_up"):
             self.log.info("Remote job directory %s was removed by the trigger", paths.job_dir)
@@ -357,10 +356,10 @@ class SSHRemoteJobOperator(BaseOperator):
         self.log.info("Remote job %s succeeded", paths.job_id)
 
     def _event_paths(self, event: dict[str, Any], context: Context) -> RemoteJobPaths:
-        """The job an event speaks of, which must be this task instance's own job."""
+        """The job an event speaks of, which must be this task instance's own (of any try so far)."""
         paths = RemoteJobPaths.from_job_dir(str(event["job_dir"]), self._base_dir())
-        expected = self._job_paths(context)
-        if paths != expected or event["job_id"] != expected.job_id:
+        if paths.job_id not in durable.own_job_ids(context["ti"]) or event["job_id"] != paths.job_id:
+            expected = self._job_paths(context)
             raise RemoteJobError(
                 f"Refusing a trigger event for job {event['job_id']!r} in {event['job_dir']!r}: this task "
                 f"instance's job is {expected.job_id!r} in {expected.job_dir!r}. Nothing was killed or removed."

@@ -50,6 +50,8 @@ class JobStatus:
     :param launched: whether this submit launched the job (``False``: it re-attached)
     :param delivered: log bytes an earlier watcher recorded as delivered
     :param disk_full: the file system holding the job directory was (or is) full
+    :param removed: the job ended and its directory was removed: only its ``.ended`` record
+        (exit code) is left, its log is gone
     :param log_data: the log window asked for
     """
 
@@ -63,6 +65,8 @@ class JobStatus:
     delivered: int = 0
     #: The file system holding the job directory was (or is) full: the log may be incomplete.
     disk_full: bool = False
+    #: The job ended and its directory was removed: only its exit code is known.
+    removed: bool = False
     log_data: bytes = field(default=b"", repr=False)
 
     @property
@@ -98,6 +102,12 @@ def int_or_none(value: str | None) -> int | None:
 
 
 def status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStatus:
+    if fields.get("state") == "ended":
+        # Removed after it ended; its .ended record keeps the exit code (none: it was killed).
+        code = int_or_none(fields.get("exit"))
+        if code is None:
+            return JobStatus(JobState.MISSING, removed=True)
+        return JobStatus(JobState.EXITED, exit_code=code, removed=True, launched=False)
     if fields.get("state") == "missing":
         return JobStatus(JobState.MISSING)
     if fields.get("state") == "foreign":
@@ -238,8 +248,11 @@ def parse_batch_output(
                 results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
             break
         if known and isinstance(entries[key], SubmitEntry):
-            if isinstance(results.get(key), SubmitRefused) and verb == "poll":
-                continue  # the poll of a refused submit's job: the refusal is the answer
+            if key in results and verb == "poll" and key not in submits:
+                continue  # the poll after a refusal, or after "ended": the submit's answer is final
+            if verb == "submit" and "ended" in fields and key not in results:
+                results[key] = _ended(fields)
+                continue
             if verb == "submit" and not fields.get("error") and key not in submits and key not in results:
                 submits[key] = fields  # completed by the poll that follows
                 continue
@@ -252,6 +265,14 @@ def parse_batch_output(
             why = "missing from the batch answer" if not complete else "not answered"
             results[key] = RemoteJobProtocolError(f"Answer for {entry.paths.job_id} is {why}")
     return results
+
+
+def _ended(fields: dict[str, str]) -> EntryResult:
+    """A re-sent submit found its job ended and removed: its exit code, never a second run."""
+    try:
+        return status_from_fields({"state": "ended", "exit": fields.get("ended", "")})
+    except RemoteJobProtocolError as error:
+        return error
 
 
 def _entry_result(

@@ -73,12 +73,21 @@ class JobMonitor:
     :param chunk_size: most log bytes one poll may return
     :param started_at: the caller's clock reading when watching began
     :param token: the submit's token; a job directory that does not carry it is not watched
+    :param resume: resume at the offset an earlier watcher recorded as delivered, if it is
+        further (a re-created trigger); ``False``: from ``log_offset`` whatever was delivered
     """
 
     def __init__(
-        self, paths: RemoteJobPaths, log_offset: int, chunk_size: int, started_at: float, token: str = ""
+        self,
+        paths: RemoteJobPaths,
+        log_offset: int,
+        chunk_size: int,
+        started_at: float,
+        token: str = "",
+        resume: bool = True,
     ) -> None:
         self.paths = paths
+        self.resume = resume
         self.token = token
         self.chunk_size = chunk_size
         self.log = LogStream(offset=log_offset, max_pending=max(chunk_size, 4096))
@@ -115,7 +124,7 @@ class JobMonitor:
 
     def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
         """Digest one parsed poll answer."""
-        if self.last_status is None and status.delivered > self.log.read_offset:
+        if self.resume and self.last_status is None and status.delivered > self.log.read_offset:
             # An earlier watcher of this job (before a triggerer restart) already delivered
             # the log up to there: resume at that byte instead of repeating it.
             self.log = LogStream(offset=status.delivered, max_pending=self.log.max_pending)
@@ -157,6 +166,11 @@ class JobMonitor:
                 if status.disk_full
                 else ""
             )
+            if status.removed:
+                full = (
+                    " earlier: its directory was removed already, so its output is in the log of the "
+                    "try (or the trigger) that watched it; it was not run again"
+                )
             return Outcome(
                 "success" if code == 0 else "failed",
                 code,

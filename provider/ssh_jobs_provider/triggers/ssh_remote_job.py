@@ -90,6 +90,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
         trigger submits the job itself (the operator's ``submit_from="triggerer"``): it is sent
         in the first batch of the host session, and again until answered (idempotent, with
         ``job_token``, which is then required); ``None``: the worker submitted it
+    :param from_start: stream the log from ``log_offset`` even if the host records that an
+        earlier watcher delivered more: a new try that re-attached to an earlier try's job
+        shows its whole output
     """
 
     def __init__(
@@ -111,12 +114,14 @@ class SSHRemoteJobTrigger(BaseTrigger):
         job_token: str = "",
         remote_base_dir: str | None = None,
         submit: dict[str, Any] | None = None,
+        from_start: bool = False,
     ) -> None:
         super().__init__()
         if cleanup_policy not in CLEANUP_CHOICES:
             raise ValueError(f"cleanup_policy must be one of {CLEANUP_CHOICES}, got {cleanup_policy!r}.")
         validate_token(job_token, required=submit is not None)
         self.submit = submit
+        self.from_start = from_start
         # Built (and so validated) here, where the operator creates the trigger: bad input fails
         # in execute(), before anything was sent.
         self._submit_files = submit_files(submit)
@@ -170,6 +175,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "job_token": self.job_token,
                 "remote_base_dir": self.remote_base_dir,
                 "submit": self.submit,
+                "from_start": self.from_start,
             },
         )
 
@@ -242,7 +248,12 @@ class SSHRemoteJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         loop = asyncio.get_running_loop()
         monitor = JobMonitor(
-            self.paths, self.log_offset, self.log_chunk_size, started_at=loop.time(), token=self.job_token
+            self.paths,
+            self.log_offset,
+            self.log_chunk_size,
+            started_at=loop.time(),
+            token=self.job_token,
+            resume=not self.from_start,
         )
         hook = self._make_hook()
         try:

@@ -195,6 +195,48 @@ p() {
   w "$1" "$2" "$3" "$4" "$5"
 }
 
+# ended_record DIR: leave "<token> <exit code>" in DIR's base dir as .<ID>.ended before DIR goes.
+# A job's directory is removed once its log was delivered, but a later look may still need to
+# know that it ran and how it ended: a trigger re-created after a triggerer restart (whose
+# submit must not start the job again) and the next try of a durable task. Written with a
+# builtin (no process per job); kept until cm's next run after ENDED_DAYS days.
+ended_record() {
+  et='' ec=''
+  [ -f "$1/token" ] && read -r et < "$1/token"
+  [ -f "$1/exit_code" ] && read -r ec _ < "$1/exit_code"
+  case $ec in *[!0-9]*) ec= ;; esac
+  [ -n "$et" ] && printf '%s %s\n' "$et" "$ec" 2>/dev/null > "${1%/*}/.${1##*/}.ended"
+  return 0
+}
+
+# ended_of DIR TOKEN: ended = the exit code in DIR's .ended record ("" when it has none) and
+# success, if there is a record of the SSH user's carrying TOKEN (any, when TOKEN is empty).
+ended_of() {
+  ended=''
+  set -- "$1" "$2" "${1%/*}/.${1##*/}.ended"
+  [ -f "$3" ] || return 1
+  stat_of "$3"
+  whoami_uid
+  [ "$o" = "$me" ] || return 1
+  et='' ec=''
+  read -r et ec < "$3"
+  [ -n "$et" ] || return 1
+  [ -z "$2" ] || [ "$et" = "$2" ] || return 1
+  case $ec in *[!0-9]*) ec= ;; esac
+  # shellcheck disable=SC2034 # read by the callers
+  ended=$ec
+}
+
+# lk KEY DIR TOKEN: what became of the job of an earlier try: its state as a poll answers it,
+# or, once its directory is gone, what its .ended record says ("state=ended exit=CODE").
+lk() {
+  if [ ! -e "$2" ] && [ ! -L "$2" ] && ended_of "$2" "$3"; then
+    echo "$T poll key=$1 state=ended exit=$ended len=0"
+    return 0
+  fi
+  p "$1" "$2" 0 0 0 "$3"
+}
+
 # c KEY DIR TOKEN: remove one finished job's directory, and only if it is this job's.
 # The token goes last: after a removal that failed half-way (a busy mount, a file another
 # process holds), it is still there to prove the directory is this job's to the next attempt.
@@ -202,6 +244,7 @@ c() {
   if [ ! -e "$2" ] && [ ! -L "$2" ]; then s=absent
   elif ! owned_by_job "$2" "$3"; then s=foreign
   else
+    ended_record "$2"
     kept=
     for f in "$2"/* "$2"/.[!.]* "$2"/..?*; do
       if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
@@ -264,6 +307,7 @@ cm() {
       if [ "$t" != "$ct" ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
     fi
     eval "G$ck=1"
+    ended_record "$cb/$cd_"
     cr="$cr $cd_/[!t]* $cd_/t[!o]* $cd_/to[!k]* $cd_/tok[!e]* $cd_/toke[!n]* $cd_/token?*"
     cr="$cr $cd_/t $cd_/to $cd_/tok $cd_/toke $cd_/.[!.]* $cd_/..?*"
   done
@@ -293,5 +337,7 @@ cm() {
     if [ -e "$cd_" ]; then s=failed; else s=removed; fi
     echo "$T cleanup key=$ck state=$s len=0"
   done
+  # The records of jobs removed more than ENDED_DAYS days ago go (one find for the base dir).
+  find . ! -name . -prune -name '.*.ended' -mtime +"${ENDED_DAYS:-7}" -exec rm -f {} + 2>/dev/null
   cd / || true
 }

@@ -131,6 +131,12 @@ begin() {
   B=$1 jd=$1/$2 tok=$3 job_created='' launched=0 claimed=0
   # A batch checks each base dir once for all its submits (sbase).
   [ "$B" = "${base_ok:-}" ] || ensure_base "$B"
+  if [ -n "${K:-}" ] && [ ! -e "$jd" ] && [ ! -L "$jd" ] && ended_of "$jd" "$tok"; then
+    # This submit's job ran and its directory was removed already (the triggerer that
+    # submitted it was restarted before it could report): answer that, never start it again.
+    echo "$T submit key=$K ended=$ended len=0"
+    exit 8
+  fi
   t=
   if mkdir -m 700 "$jd" 2>/dev/null; then
     job_created=1
@@ -216,7 +222,7 @@ sd() {
       eval "S$2=$((4 - $1)) J$2=\$3"
       sk="${sk:-} $2"
       ;;
-    9) ;;
+    8|9) ;;
     *)
       r="the submit of $3 stopped unexpectedly (status $1)"
       LC_ALL=C
