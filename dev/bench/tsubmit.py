@@ -86,7 +86,8 @@ def main() -> None:
         out["index"] = task["index"]
         events = out.get("events", [])
         payload = events[0]["payload"] if events else {}
-        lines = triggerer.output_lines(out)
+        # The job's own lines (the trigger also logs the submit: its pid, the job directory).
+        lines = [line for line in triggerer.output_lines(out) if line.startswith(f"job {task['index']} ")]
         tasks.append(
             {
                 "index": task["index"],

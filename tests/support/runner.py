@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog.testing
@@ -34,10 +35,34 @@ class StandInTaskInstance:
     run_id: str = "manual__2026-01-01T00:00:00+00:00"
     map_index: int = -1
     try_number: int = 1
+    #: As Airflow sets it: ``retries`` for the first run, ``try_number + retries`` when cleared.
+    max_tries: int | None = None
     xcom: dict[str, Any] = field(default_factory=dict)
+    #: Airflow >= 3.3's task state store of this task instance (``None``: an older Airflow).
+    state_store: StandInStateStore | None = None
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
+
+    def next_try(self) -> StandInTaskInstance:
+        """The same task instance's next try (its state store carried over, as Airflow does)."""
+        return replace(self, try_number=self.try_number + 1, xcom={})
+
+
+class StandInStateStore:
+    """The ``get``/``set``/``delete`` of Airflow's task state store, kept in memory (JSON values)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.values[key]) if key in self.values else default
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.values[key] = json.dumps(value)
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
 
 
 @dataclass
@@ -55,7 +80,10 @@ class RunResult:
 
 
 def context_for(ti: StandInTaskInstance) -> dict[str, Any]:
-    return {"ti": ti, "task_instance": ti}
+    context: dict[str, Any] = {"ti": ti, "task_instance": ti}
+    if ti.state_store is not None:
+        context["task_state_store"] = ti.state_store
+    return context
 
 
 def submit(op: SSHRemoteJobOperator, ti: StandInTaskInstance) -> TaskDeferred:
@@ -121,7 +149,14 @@ def run_operator(
     op: SSHRemoteJobOperator, ti: StandInTaskInstance | None = None, timeout: float = 120
 ) -> RunResult:
     ti = ti or StandInTaskInstance()
-    deferred = submit(op, ti)
+    try:
+        op.execute(context_for(ti))  # type: ignore[arg-type]
+    except TaskDeferred as raised:
+        deferred = raised
+    except AirflowSkipException as error:  # ended in execute(), e.g. like an earlier try's job
+        return RunResult("skipped", error, None, [], [], ti)
+    else:
+        return RunResult("success", None, None, [], [], ti)
     trigger = deferred.trigger
     assert isinstance(trigger, SSHRemoteJobTrigger)
     # Round-trip through serialization, exactly as the triggerer recreates it.

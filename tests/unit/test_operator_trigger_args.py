@@ -168,6 +168,7 @@ def test_operator_builds_the_trigger_from_the_job_paths() -> None:
         "job_token": "",
         "remote_base_dir": "/srv/jobs",
         "submit": None,
+        "from_start": False,
     }
     assert trigger.paths == paths
 
@@ -204,6 +205,7 @@ def trigger_kwargs(draw: st.DrawFn) -> dict[str, Any]:
         "remote_base_dir": draw(st.none() | st.just(base_dir)),
         # A trigger that submits needs the submit's token.
         "submit": draw(st.none() | submits) if token else None,
+        "from_start": draw(st.booleans()),
     }
 
 

@@ -195,7 +195,7 @@ def test_a_log_that_ls_cannot_size_is_measured_on_its_own(tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------- processes per batch
 
-COUNTED_TOOLS = ("ls", "wc", "tail", "head", "ps", "df", "id", "rm")
+COUNTED_TOOLS = ("ls", "wc", "tail", "head", "ps", "df", "id", "rm", "find")
 
 
 @pytest.fixture
@@ -318,10 +318,19 @@ def test_many_cleanups_take_a_few_processes_and_remove_only_what_is_theirs(
     results = parse_batch_output(answer_of(entries, "sh", env), entries)
     states = [getattr(results[key], "state", results[key]) for key in range(len(entries))]
     assert states == ["removed"] * 150 + ["foreign", "foreign", "foreign", "absent", "removed"]
-    assert sorted(p.name for p in base.iterdir()) == ["linked", "plainfile", "replaced"]
+    # Each removed job leaves its .ended record (token and exit code), nothing else.
+    ended = sorted(p.name for p in base.iterdir() if p.name.endswith(".ended"))
+    assert ended == sorted([f".done{i}.ended" for i in range(150)] + [".old-watcher.ended"])
+    assert (base / ".done7.ended").read_text() == f"{TOKEN} \n"
+    assert sorted(p.name for p in base.iterdir() if not p.name.endswith(".ended")) == [
+        "linked",
+        "plainfile",
+        "replaced",
+    ]
     assert (tmp_path / "elsewhere" / "precious").read_text() == "keep\n"
     assert len(list(Path(other_token.job_dir).iterdir())) == 8  # untouched
     # Two calls of at most CLEANUPS_PER_CALL directories: one ls and two rm each, and one c
-    # (one ls) for the link, whose line ls writes differently.
+    # (one ls) for the link, whose line ls writes differently; and one find per call for the
+    # .ended records past their time.
     assert len(entries) > CLEANUPS_PER_CALL
-    assert started(calls) == {"ls": 2 + 1, "rm": 4, "id": 1}
+    assert started(calls) == {"ls": 2 + 1, "rm": 4, "id": 1, "find": 2}
