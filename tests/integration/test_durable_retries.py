@@ -20,7 +20,14 @@ from ssh_jobs_provider.protocol.reattach import STATE_KEY
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator, wait_until
-from support.runner import StandInStateStore, StandInTaskInstance, run_operator, run_to_its_event, submit
+from support.runner import (
+    StandInStateStore,
+    StandInTaskInstance,
+    context_for,
+    run_operator,
+    run_to_its_event,
+    submit,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -112,8 +119,6 @@ def test_a_retry_after_a_recorded_success_needs_no_connection(sshd, ssh_conn: st
     before = sshd.counts()["accepted"]
 
     op = make_operator(ssh_conn, str(tmp_path / "jobs"), command, **kwargs)
-    from support.runner import context_for
-
     with pytest.raises(AirflowSkipException):
         op.execute(context_for(ti.next_try()))  # type: ignore[arg-type]
     assert runs(launches) == 1
@@ -204,3 +209,33 @@ def test_a_triggerer_submit_re_sent_after_its_job_was_removed_does_not_run_it_ag
     assert runs(launches) == 1
     assert again["status"] == "success" and again["exit_code"] == 0
     assert "was not run again" in again["message"]
+
+
+def test_a_lost_watch_leaves_the_job_running_for_the_retry_to_re_attach(sshd, proxy, tmp_path: Path) -> None:
+    launches = tmp_path / "launches"
+    command = job(launches, lines=10, pause=0.4)
+    kwargs = {"retries": RETRIES, "max_reconnect_attempts": 0, "poll_interval": 0.5}
+    ti = first_try()
+    op = make_operator("ssh_proxy", str(tmp_path / "jobs"), command, **kwargs)
+    trigger = rebuilt(submit(op, ti).trigger)
+
+    async def watch_until_cut() -> dict:
+        task = asyncio.ensure_future(run_to_its_event(trigger))
+        await asyncio.sleep(1.0)
+        proxy.refuse_all(True)
+        proxy.cut_all()
+        return (await task)[1]
+
+    payload = asyncio.run(watch_until_cut())
+    assert payload["watch_lost"] is True
+    with pytest.raises(Exception, match="left running: the next try re-attaches"):
+        op.execute_complete(context_for(ti), event=payload)  # type: ignore[arg-type]
+    proxy.refuse_all(False)
+
+    retry = run_operator(make_operator("ssh_proxy", str(tmp_path / "jobs"), command, **kwargs), ti.next_try())
+
+    assert retry.outcome == "success", retry.error
+    assert runs(launches) == 1
+    assert [line for line in retry.trigger_lines if line.startswith("line ")] == [
+        f"line {n}" for n in range(1, 11)
+    ]

@@ -60,6 +60,13 @@ def own_job_ids(ti: Any) -> set[str]:
     return {make_job_id(ti.dag_id, ti.task_id, ti.run_id, map_index, n) for n in range(1, ti.try_number + 1)}
 
 
+def retry_follows(context: Any, retries: int | None) -> bool:
+    """Whether Airflow retries this task instance if this try fails (as its ``handle_failure`` decides)."""
+    ti = context["ti"]
+    max_tries = getattr(ti, "max_tries", None)
+    return bool(retries) and max_tries is not None and ti.try_number <= max_tries
+
+
 def earlier_records(context: Any, base_dir: str, retries: int, log: Any) -> tuple[list[JobRecord], bool]:
     """
     The jobs of this cycle's earlier tries, newest first, and whether they came from the store.
@@ -125,6 +132,17 @@ def find_earlier_job(
         if resume is not Resume.FRESH:
             return replace(job, resume=resume)
     return None
+
+
+def take_over_or_remember(op: Any, context: Any, paths: RemoteJobPaths, token: str) -> bool:
+    """
+    Take over an earlier try's job (``True``), or record this try's job ``paths`` before it is
+    submitted (``False``): a worker that dies before ``defer()`` then leaves it for the next try.
+    """
+    if take_over_earlier_job(op, context):
+        return True
+    remember(context, JobRecord(paths.job_id, paths.base_dir, token, context["ti"].try_number), op.log)
+    return False
 
 
 def take_over_earlier_job(op: Any, context: Any) -> bool:

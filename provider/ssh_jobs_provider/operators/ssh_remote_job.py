@@ -35,7 +35,6 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_working_dir,
 )
-from ssh_jobs_provider.protocol.reattach import JobRecord
 from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
@@ -236,13 +235,8 @@ class SSHRemoteJobOperator(BaseOperator):
         paths = self._job_paths(context)
         token = new_job_token()
         script = build_submit_script(paths, self.command, environment, token, working_dir or None)
-        if self.durable:
-            if durable.take_over_earlier_job(self, context):
-                return
-            record = JobRecord(paths.job_id, paths.base_dir, token, context["ti"].try_number)
-            # Before the submit: a worker that dies between the submit and defer() leaves a
-            # record the next try finds.
-            durable.remember(context, record, self.log)
+        if self.durable and durable.take_over_or_remember(self, context, paths, token):
+            return  # the task goes on with (or ends like) an earlier try's job
         if self.submit_from == "triggerer":
             self._defer_submit(paths, token, environment, working_dir or None)
             return
@@ -333,6 +327,9 @@ class SSHRemoteJobOperator(BaseOperator):
             # The directory is not this task instance's any more: touch nothing.
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
         if event["status"] == "error" or exit_code is None:
+            if event.get("watch_lost") and self.durable and durable.retry_follows(context, self.retries):
+                # The next try re-attaches to it: killing it would throw its work away.
+                raise RemoteJobError(f"{message} It is left running: the next try re-attaches to it.")
             # We lost track of the job: make sure it is not left running unwatched.
             self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")

@@ -37,6 +37,7 @@ class Outcome:
     :param leave_remote: the job directory is not this task instance's: nothing may kill or remove it
     :param never_started: no job was started (its submit was refused, or never reached the
         host): there is nothing to kill or remove
+    :param watch_lost: the connection to the host was lost for good: the job may still be running
     """
 
     status: str  # "success", "failed" or "error"
@@ -46,6 +47,8 @@ class Outcome:
     leave_remote: bool = False
     #: No job was started (its submit was refused or never reached the host).
     never_started: bool = False
+    #: The connection to the host was lost for good: the job may still be running.
+    watch_lost: bool = False
 
 
 @dataclass

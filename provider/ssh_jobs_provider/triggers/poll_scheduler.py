@@ -298,6 +298,7 @@ class PollScheduler:
                         f"Lost the SSH connection while watching remote job {job.job_id} and could not restore "
                         f"it after {watch.max_reconnect_attempts} reconnect attempt(s) ({type(error).__name__}: "
                         f"{error}). The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
+                        watch_lost=True,
                     ),
                 )
             ]

@@ -213,6 +213,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "cleaned_up": cleaned_up,
                 "leave_remote": outcome.leave_remote,
                 "never_started": outcome.never_started,
+                "watch_lost": outcome.watch_lost,
                 # Known when this trigger submitted the job: for the operator's XCom.
                 "pid": submitted.pid if submitted else None,
                 "launched": submitted.launched if submitted else None,

@@ -46,6 +46,8 @@ l() {
 
 # r KEY DIR TOKEN: remove a finished job's directory (`c`), unless its job runs again by now.
 r() {
+  # shellcheck disable=SC2034 # read by ended_record in lib.sh
+  NO_ENDED=1
   q "$1" "$2" "$3"
   rh=
   eval "rh=\${H$1:-}"
