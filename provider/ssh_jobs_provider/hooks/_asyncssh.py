@@ -103,13 +103,14 @@ def _known_hosts(settings: SSHConnectionSettings, log: Any) -> Any:
         return ([asyncssh.import_public_key(settings.host_key)], [], [])
     default = os.path.expanduser(known_hosts.DEFAULT_KNOWN_HOSTS)
     if settings.host_key_policy == "accept-new":
-        # Only existing files (the one accept-new writes may not exist yet); an empty list
-        # means "trust nothing yet", so that every key reaches _AcceptNewClient.
         files = {known_hosts.target_file(settings.known_hosts), default}
-        return sorted(f for f in files if os.path.isfile(f)) or ([], [], [])
-    if settings.known_hosts:
-        return [settings.known_hosts, *([default] if os.path.isfile(default) else [])]
-    return ()  # asyncssh's default: ~/.ssh/known_hosts
+    elif settings.known_hosts:
+        files = {settings.known_hosts, default}
+    else:
+        return ()  # asyncssh's default: ~/.ssh/known_hosts
+    # Only existing files, as paramiko reads them (the one accept-new writes may not exist
+    # yet); none at all trusts nothing, and accept-new's _AcceptNewClient is asked.
+    return sorted(f for f in files if os.path.isfile(f)) or ([], [], [])
 
 
 def connect_options(settings: SSHConnectionSettings, log: Any) -> dict[str, Any]:

@@ -108,7 +108,8 @@ def set_host_key_policy(client: paramiko.SSHClient, settings: SSHConnectionSetti
         if os.path.exists(path):
             client.get_host_keys().load(path)
         client.set_missing_host_key_policy(_AcceptNewHostKey(path, settings.known_hosts_name))
-    elif settings.known_hosts:
+    elif settings.known_hosts and os.path.isfile(settings.known_hosts):
+        # A missing file trusts nothing, as for OpenSSH: the host key error then names the fix.
         client.get_host_keys().load(settings.known_hosts)
 
 
