@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
 
 import asyncssh
 
@@ -36,7 +35,6 @@ class _Shared:
         self.users = 0
         self.lock = asyncio.Lock()
         self.closer: asyncio.TimerHandle | None = None
-        self.logins = 0
 
     @property
     def usable(self) -> bool:
@@ -66,7 +64,6 @@ async def acquire(settings: SSHConnectionSettings, connect: Connector) -> asyncs
     async with shared.lock:
         if not shared.usable:
             shared.conn = await connect(settings)
-            shared.logins += 1
         shared.users += 1
         if shared.closer is not None:
             shared.closer.cancel()
@@ -102,14 +99,3 @@ def _close_if_unused(shared: _Shared) -> None:
     if shared.users == 0 and shared.conn is not None:
         conn, shared.conn = shared.conn, None
         conn.close()
-
-
-def logins(settings: SSHConnectionSettings) -> int:
-    """How many times this loop logged into the jump host ``settings`` (for tests and diagnostics)."""
-    return _shared(settings).logins
-
-
-def open_connections() -> list[Any]:
-    """The running loop's open jump host connections (for tests and diagnostics)."""
-    pool = _pools.get(asyncio.get_running_loop(), {})
-    return [shared.conn for shared in pool.values() if shared.usable]
