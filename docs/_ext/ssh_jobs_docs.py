@@ -220,6 +220,12 @@ def _other_value(name: str, value: Any, annotation: str) -> Any:
     """A valid value of field ``name`` that differs from ``value``."""
     if name == "poll_interpreter":
         return "sh" if value != "sh" else "perl"
+    if name == "host_key_policy":
+        return "accept-new" if value != "accept-new" else "strict"
+    if name == "proxy_jump":
+        from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+
+        return SSHConnectionSettings(conn_id="docs-bastion", host="bastion.example")
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

@@ -19,8 +19,10 @@ from typing import Any
 import asyncssh
 from airflow.sdk import BaseHook
 
-from ssh_jobs_provider.hooks._errors import INSECURE_WARNING
+from ssh_jobs_provider.hooks import _tunnels, known_hosts
+from ssh_jobs_provider.hooks._errors import INSECURE_WARNING, translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.proxy import proxy_command_line
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
 
@@ -77,6 +79,20 @@ def _algorithms(settings: SSHConnectionSettings) -> dict[str, Any]:
     return options
 
 
+class _AcceptNewClient(asyncssh.SSHClient):
+    """``accept-new``: asked only for a key the known_hosts files do not trust (see :mod:`.known_hosts`)."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self.name = name
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        key_type, key_b64 = key.export_public_key("openssh").decode("ascii").split()[:2]
+        # A blocking lock in the event loop, but only for a host's first connection, and held
+        # for one read and one rename of a small file.
+        return known_hosts.accept_new(self.path, self.name, key_type, key_b64)
+
+
 def _known_hosts(settings: SSHConnectionSettings, log: Any) -> Any:
     if settings.no_host_key_check or settings.allow_host_key_change:
         log.warning(INSECURE_WARNING, settings.known_hosts_name)
@@ -85,10 +101,16 @@ def _known_hosts(settings: SSHConnectionSettings, log: Any) -> Any:
         # (trusted host keys, trusted CA keys, revoked keys): only the pinned key is trusted,
         # whatever name the host is reached by (e.g. a remote_host override).
         return ([asyncssh.import_public_key(settings.host_key)], [], [])
-    if settings.known_hosts:
-        default = os.path.expanduser("~/.ssh/known_hosts")
-        return [settings.known_hosts, *([default] if os.path.isfile(default) else [])]
-    return ()  # asyncssh's default: ~/.ssh/known_hosts
+    default = os.path.expanduser(known_hosts.DEFAULT_KNOWN_HOSTS)
+    if settings.host_key_policy == "accept-new":
+        files = {known_hosts.target_file(settings.known_hosts), default}
+    elif settings.known_hosts:
+        files = {settings.known_hosts, default}
+    else:
+        return ()  # asyncssh's default: ~/.ssh/known_hosts
+    # Only existing files, as paramiko reads them (the one accept-new writes may not exist
+    # yet); none at all trusts nothing, and accept-new's _AcceptNewClient is asked.
+    return sorted(f for f in files if os.path.isfile(f)) or ([], [], [])
 
 
 def connect_options(settings: SSHConnectionSettings, log: Any) -> dict[str, Any]:
@@ -109,12 +131,19 @@ def connect_options(settings: SSHConnectionSettings, log: Any) -> dict[str, Any]
         "connect_timeout": (settings.conn_timeout or 10.0)
         + settings.banner_timeout
         + (settings.auth_timeout or 0.0),
-        # Never prompt (BatchMode semantics): no keyboard-interactive prompts.
-        "kbdint_auth": False,
-        # Read no ~/.ssh/config: the worker's paramiko hook does not either, and the two
-        # sides must reach the same host the same way.
+        # Never prompt (BatchMode semantics): keyboard-interactive only where the connection's
+        # password answers it (asyncssh then answers a single password prompt with it).
+        "kbdint_auth": settings.password is not None,
+        # Read no SSH config file: SSHConnectionSettings already applied the one the
+        # connection names, exactly as for the worker's paramiko hook (None: no file; ()
+        # would make asyncssh read ~/.ssh/config itself).
         "config": None,
     }
+    if settings.proxy_command:
+        options["proxy_command"] = proxy_command_line(settings.proxy_command)
+    if settings.host_key_policy == "accept-new" and not settings.host_key:
+        path, name = known_hosts.target_file(settings.known_hosts), settings.known_hosts_name
+        options["client_factory"] = lambda: _AcceptNewClient(path, name)
     if settings.key_file:
         options["client_keys"] = [settings.key_file]
         options["passphrase"] = settings.private_key_passphrase
@@ -129,8 +158,36 @@ def connect_options(settings: SSHConnectionSettings, log: Any) -> dict[str, Any]
 
 
 async def connect(settings: SSHConnectionSettings, log: Any) -> asyncssh.SSHClientConnection:
-    """ONE connect attempt; asyncssh's errors are raised as they are (arguments as :func:`connect_options`)."""
-    return await asyncssh.connect(**connect_options(settings, log))
+    """
+    ONE connect attempt; asyncssh's errors are raised as they are (a jump host's translated).
+
+    Through a jump host, the connection runs over the event loop's shared connection to it
+    (see :mod:`._tunnels`), which is opened on first use: one bastion login for all the hosts
+    behind it. Arguments as :func:`connect_options`.
+    """
+    options = connect_options(settings, log)
+    jump = settings.proxy_jump
+    if jump is None:
+        return await asyncssh.connect(**options)
+
+    async def connect_jump(jump_settings: SSHConnectionSettings) -> asyncssh.SSHClientConnection:
+        with translated_connect_errors(jump_settings):
+            return await connect(jump_settings, log)
+
+    tunnel = await _tunnels.acquire(jump, connect_jump)
+    try:
+        conn = await asyncssh.connect(**options, tunnel=tunnel)
+    except asyncssh.ChannelOpenError as error:
+        _tunnels.release(jump)
+        # Retried like a refused TCP connect, which is what it is, one hop further.
+        raise ConnectionRefusedError(
+            f"jump host {jump.address} could not connect to {settings.host}:{settings.port} ({error.reason})"
+        ) from error
+    except BaseException:
+        _tunnels.release(jump)
+        raise
+    _tunnels.release_when_closed(jump, conn)
+    return conn
 
 
 # ------------------------------------------------------------------ connections from Airflow

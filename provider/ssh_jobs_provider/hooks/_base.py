@@ -17,6 +17,7 @@ and the connect :class:`~ssh_jobs_provider.retry.RetryPolicy`. The twins in
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 from airflow.sdk import BaseHook
@@ -25,6 +26,7 @@ from tenacity import AsyncRetrying, Retrying
 from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks._errors import gave_up
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.proxy import MAX_JUMP_HOPS
 from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy, attempts_made
 
 #: What one attempt returns, for ``call_with_retries``.
@@ -67,9 +69,13 @@ class SSHHookBase(BaseHook):
         """The policy of this hook's retry loop: ``conn_retry_attempts`` attempts, ``backoff`` waits."""
         return RetryPolicy(self.conn_retry_attempts, self.backoff)
 
-    def _resolve(self, conn: Any) -> SSHConnectionSettings:
-        """Resolve and keep the settings from the Airflow connection ``conn`` (``None``: parameters only)."""
-        self._settings = SSHConnectionSettings.from_connection(conn, **self._overrides)
+    def _resolve(self, conn: Any, jump_connections: Mapping[str, Any] | None = None) -> SSHConnectionSettings:
+        """
+        Resolve and keep the settings from the Airflow connection ``conn`` (``None``: parameters only).
+
+        :param jump_connections: the connections its ``proxy_jump_conn_id`` chain names, by id
+        """
+        self._settings = SSHConnectionSettings.from_connection(conn, jump_connections, **self._overrides)
         return self._settings
 
     @staticmethod
@@ -82,3 +88,37 @@ class SSHHookBase(BaseHook):
             raise error
         # The library's error is the cause worth showing, not our per-attempt wrapper.
         raise failure from error.__cause__ or error
+
+
+def next_jump_id(conn: Any, found: Mapping[str, Any]) -> str | None:
+    """
+    The ``proxy_jump_conn_id`` of ``conn`` if it still has to be read (not in ``found``).
+
+    The hooks read a jump host chain with this, one connection after the other, and stop at
+    a repeated id or a long chain: the settings resolution then names the loop or the length.
+    """
+    extra = (getattr(conn, "extra_dejson", None) or {}) if conn is not None else {}
+    jump_id = str(extra.get("proxy_jump_conn_id") or "") or None
+    if jump_id is None or jump_id in found or len(found) > MAX_JUMP_HOPS:
+        return None
+    return jump_id
+
+
+def jump_connections(conn: Any, get_connection: Callable[[str], Any]) -> dict[str, Any]:
+    """The connections the ``proxy_jump_conn_id`` chain of ``conn`` names, read with ``get_connection``."""
+    found: dict[str, Any] = {}
+    jump_id = next_jump_id(conn, found)
+    while jump_id is not None:
+        found[jump_id] = get_connection(jump_id)
+        jump_id = next_jump_id(found[jump_id], found)
+    return found
+
+
+async def ajump_connections(conn: Any, get_connection: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
+    """:func:`jump_connections` for the async hook (``get_connection`` is awaited)."""
+    found: dict[str, Any] = {}
+    jump_id = next_jump_id(conn, found)
+    while jump_id is not None:
+        found[jump_id] = await get_connection(jump_id)
+        jump_id = next_jump_id(found[jump_id], found)
+    return found

@@ -41,7 +41,8 @@ HOST_KEY_FIX = (
 def _auth_error(settings: SSHConnectionSettings, error: BaseException) -> SSHAuthenticationError:
     return SSHAuthenticationError(
         f"Authentication to {settings.address} failed ({error}). Not retried: check the connection's "
-        "login, password, key_file/private_key and private_key_passphrase, and the server's authorized_keys."
+        "login, password, key_file/private_key and private_key_passphrase, the ssh-agent (SSH_AUTH_SOCK), "
+        "and the server's authorized_keys."
     )
 
 
@@ -49,6 +50,28 @@ def _host_key_error(settings: SSHConnectionSettings, error: BaseException) -> SS
     return SSHHostKeyError(
         f"Host key of {settings.known_hosts_name} could not be verified ({error}). Not retried. {HOST_KEY_FIX}"
     )
+
+
+def _key_error(settings: SSHConnectionSettings, error: BaseException) -> SSHAuthenticationError | None:
+    """A private key that cannot be used as given (no or wrong passphrase): the fix, or ``None``."""
+    which = f"key file {settings.key_file}" if settings.key_file else "connection's private_key"
+    text = str(error).lower()
+    encrypted = isinstance(error, paramiko.PasswordRequiredException) or (
+        isinstance(error, asyncssh.KeyImportError) and "passphrase must be specified" in text
+    )
+    if encrypted and not settings.private_key_passphrase:
+        return SSHAuthenticationError(
+            f"The {which} is encrypted: set the connection extra 'private_key_passphrase'. Not retried."
+        )
+    wrong = isinstance(error, asyncssh.KeyEncryptionError) or (
+        type(error) is paramiko.SSHException and text in ("invalid key", "bad decrypt")
+    )
+    if wrong and settings.private_key_passphrase and (settings.key_file or settings.private_key):
+        return SSHAuthenticationError(
+            f"The {which} could not be decrypted with the connection extra 'private_key_passphrase' "
+            "(wrong passphrase, or a damaged key). Not retried."
+        )
+    return None
 
 
 def _exhausted_error(settings: SSHConnectionSettings, attempts: int, error: BaseException) -> SSHConnectError:
@@ -78,12 +101,18 @@ def _connect_failure(settings: SSHConnectionSettings, error: Exception) -> Excep
     """What ONE failed connect attempt raises; ``error`` itself when it needs no translation."""
     if isinstance(error, SSHJobsError):
         return error
+    key_error = _key_error(settings, error)
+    if key_error is not None:
+        return key_error
     if is_auth_timeout(error):
         # A slow link, not bad credentials: retried like any other timeout.
         timeout = TimeoutError(f"Authentication to {settings.address} timed out")
         timeout.__cause__ = error
         return _refused_error(settings, timeout)
     if isinstance(error, (paramiko.AuthenticationException, asyncssh.PermissionDenied)):
+        return _auth_error(settings, error)
+    if type(error) is paramiko.SSHException and "no authentication methods available" in str(error).lower():
+        # paramiko had nothing to offer: no key, no password, no agent (asyncssh says PermissionDenied).
         return _auth_error(settings, error)
     if _is_host_key_failure(error):
         return _host_key_error(settings, error)

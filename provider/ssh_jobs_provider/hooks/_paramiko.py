@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import select
 import socket
 import time
@@ -18,8 +19,10 @@ from typing import Any
 
 import paramiko
 
-from ssh_jobs_provider.hooks._errors import INSECURE_WARNING
+from ssh_jobs_provider.hooks import known_hosts
+from ssh_jobs_provider.hooks._errors import INSECURE_WARNING, translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.proxy import proxy_command_line
 from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
 
 
@@ -28,6 +31,34 @@ class _AcceptAnyHostKey(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         return None
+
+
+class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
+    """``accept-new``: record an unknown host's key (see :mod:`.known_hosts`), refuse a changed one."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self.name = name
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        # Known keys of this host were already compared by paramiko (a different one raises
+        # BadHostKeyException before we get here); the file may have changed since it was read.
+        if not known_hosts.accept_new(self.path, self.name, key.get_name(), key.get_base64()):
+            raise paramiko.BadHostKeyException(hostname, key, key)
+
+
+class _JumpedClient(paramiko.SSHClient):
+    """A client reached through a jump host: closing it closes the jump host's connection too."""
+
+    jump: paramiko.SSHClient | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            jump, self.jump = self.jump, None
+            if jump is not None:
+                jump.close()
 
 
 def load_pkey(private_key: str, passphrase: str | None) -> paramiko.PKey:
@@ -72,11 +103,17 @@ def set_host_key_policy(client: paramiko.SSHClient, settings: SSHConnectionSetti
             client.get_host_keys().add(name, key.get_name(), key)
         return
     client.load_system_host_keys()
-    if settings.known_hosts:
+    if settings.host_key_policy == "accept-new":
+        path = known_hosts.target_file(settings.known_hosts)
+        if os.path.exists(path):
+            client.get_host_keys().load(path)
+        client.set_missing_host_key_policy(_AcceptNewHostKey(path, settings.known_hosts_name))
+    elif settings.known_hosts and os.path.isfile(settings.known_hosts):
+        # A missing file trusts nothing, as for OpenSSH: the host key error then names the fix.
         client.get_host_keys().load(settings.known_hosts)
 
 
-def _connect_kwargs(settings: SSHConnectionSettings, sock: socket.socket) -> dict[str, Any]:
+def _connect_kwargs(settings: SSHConnectionSettings, sock: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "hostname": settings.host,
         "port": settings.port,
@@ -98,20 +135,54 @@ def _connect_kwargs(settings: SSHConnectionSettings, sock: socket.socket) -> dic
     return kwargs
 
 
-def connect(settings: SSHConnectionSettings, log: Any) -> paramiko.SSHClient:
-    """
-    ONE connect attempt; paramiko's errors are raised as they are.
+def _jump_channel(jump: paramiko.SSHClient, settings: SSHConnectionSettings) -> paramiko.Channel:
+    """A ``direct-tcpip`` channel from the jump host to ``settings``' host: the socket to talk SSH over."""
+    transport = jump.get_transport()
+    assert transport is not None  # just connected
+    try:
+        return transport.open_channel(
+            "direct-tcpip", (settings.host, settings.port), ("127.0.0.1", 0), timeout=settings.conn_timeout
+        )
+    except paramiko.ChannelException as error:
+        # Retried like a refused TCP connect, which is what it is, one hop further.
+        raise ConnectionRefusedError(
+            f"jump host {settings.proxy_jump.address if settings.proxy_jump else '?'} could not "
+            f"connect to {settings.host}:{settings.port} ({error})"
+        ) from error
 
-    :param settings: where and how to connect
-    :param log: where the insecure host-key warning goes
-    """
-    client = paramiko.SSHClient()
-    set_host_key_policy(client, settings, log)
+
+def _open_sock(settings: SSHConnectionSettings, log: Any) -> tuple[Any, paramiko.SSHClient | None]:
+    """The byte stream to talk SSH over, and the jump host's client it belongs to (if any)."""
+    if settings.proxy_jump is not None:
+        # The jump host's own errors name the jump host: translated here, they pass the
+        # target's translation unchanged. A chain recurses, one login per hop.
+        with translated_connect_errors(settings.proxy_jump):
+            jump = connect(settings.proxy_jump, log)
+        try:
+            return _jump_channel(jump, settings), jump
+        except BaseException:
+            jump.close()
+            raise
+    if settings.proxy_command:
+        # paramiko's transport sets its own read timeouts on this, as on a socket.
+        return paramiko.ProxyCommand(proxy_command_line(settings.proxy_command)), None
     # paramiko applies its `timeout` to the TCP connect AND to the key exchange. Under a
     # fan-out the key exchange of a loaded server can take longer than a sensible connect
     # timeout, so connect the socket ourselves with conn_timeout and give the key exchange
     # the banner budget.
-    sock = socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout)
+    return socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout), None
+
+
+def connect(settings: SSHConnectionSettings, log: Any) -> paramiko.SSHClient:
+    """
+    ONE connect attempt; paramiko's errors are raised as they are (a jump host's translated).
+
+    :param settings: where and how to connect
+    :param log: where the insecure host-key warning goes
+    """
+    client = _JumpedClient()
+    set_host_key_policy(client, settings, log)
+    sock, client.jump = _open_sock(settings, log)
     try:
         client.connect(**_connect_kwargs(settings, sock))
     except BaseException:

@@ -9,32 +9,27 @@ so the two cannot drift apart in what a connection means.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import getpass
 import json
-import re
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from ssh_jobs_provider.hooks import ssh_config
+from ssh_jobs_provider.hooks.host_keys import normalise_host_key
+from ssh_jobs_provider.hooks.proxy import MAX_JUMP_HOPS, apply_ssh_config
 from ssh_jobs_provider.protocol.batch import POLL_INTERPRETERS
+
+__all__ = ["ConnectionLike", "SSHConnectionSettings", "normalise_host_key"]
 
 DEFAULT_SSH_PORT = 22
 DEFAULT_CONN_TIMEOUT = 10.0
 DEFAULT_BANNER_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_INTERVAL = 30
 DEFAULT_KEEPALIVE_COUNT_MAX = 3
-
-_SUPPORTED_HOST_KEY_TYPES = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-)
-#: What a key type name looks like, e.g. ``ssh-ed25519`` or ``sk-ssh-ed25519@openssh.com``.
-_KEY_TYPE_NAME = re.compile(r"[a-z0-9][a-z0-9@._+-]{2,63}")
+#: What ``host_key_policy`` may say; ``off`` is ``no_host_key_check``.
+HOST_KEY_POLICIES = ("strict", "accept-new", "off")
 
 
 class ConnectionLike(Protocol):
@@ -82,95 +77,6 @@ def _as_json(value: Any, name: str) -> Any:
     return value
 
 
-_HOST_KEY_FIX = (
-    "Set it to the server's public key as '<type> <base64>': the output of "
-    "`ssh-keyscan -t ed25519 <host>` without the host name."
-)
-
-
-def _looks_like_key_type(word: str) -> bool:
-    return word in _SUPPORTED_HOST_KEY_TYPES or word.startswith(("ssh-", "ecdsa-", "sk-"))
-
-
-def _invalid_host_key(problem: str) -> ValueError:
-    return ValueError(f"Connection extra 'host_key' {problem}. {_HOST_KEY_FIX}")
-
-
-def _first_string(data: bytes) -> bytes | None:
-    """The leading SSH wire string of ``data`` (uint32 length, then the bytes), or ``None``."""
-    size = int.from_bytes(data[:4], "big")
-    return data[4 : 4 + size] if 4 + size <= len(data) else None
-
-
-def _wire_strings(data: bytes) -> list[bytes] | None:
-    """All the wire strings ``data`` consists of, or ``None`` if it is not such a sequence."""
-    strings = []
-    while data:
-        string = _first_string(data)
-        if string is None:
-            return None
-        strings.append(string)
-        data = data[4 + len(string) :]
-    return strings
-
-
-def _embedded_key_type(blob: str) -> str:
-    """
-    The key type a public key blob names in its first field (SSH wire format).
-
-    Checked here rather than left to the SSH library, whose error would come at connect time
-    and not name the extra: truncated or mistyped blobs are the usual copy-and-paste slips.
-    """
-    try:
-        data = base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid_host_key("is not valid base64") from None
-    head = _first_string(data)
-    name = head.decode("ascii", errors="replace") if head else ""
-    if not _KEY_TYPE_NAME.fullmatch(name):
-        raise _invalid_host_key("holds no SSH public key (its data does not start with a key type)")
-    if "-cert-" in name:
-        return name  # a certificate's fields are not all length-prefixed
-    fields = _wire_strings(data)
-    if fields is None or len(fields) < 2:
-        raise _invalid_host_key(f"holds a truncated or damaged {name} key")
-    return name
-
-
-def normalise_host_key(host_key: str) -> str:
-    """
-    Return ``"<type> <base64>"`` for a pinned host key, after checking the key data.
-
-    Accepts a full ``known_hosts``-style line (host names are ignored), ``type base64
-    [comment]`` or a bare base64 blob, whose type is read from the blob itself (an RSA blob
-    gives ``ssh-rsa``, as the upstream hook assumes for every bare blob). Raises
-    ``ValueError`` naming the extra for data that is not base64 or not an SSH public key, and
-    for a stated type that contradicts the type the key data embeds.
-    """
-    parts = host_key.strip().split()
-    if not parts:
-        raise ValueError("Connection extra 'host_key' is empty.")
-    # The type is the word right before the base64 blob (blobs start with "AAAA": the
-    # length prefix of the type name). Host names before it may look like types too.
-    for index, part in enumerate(parts[:-1]):
-        if _looks_like_key_type(part) and parts[index + 1].startswith("AAAA"):
-            key_type, blob = part, parts[index + 1]
-            break
-    else:
-        if _looks_like_key_type(parts[-1]) or not parts[0].startswith("AAAA"):
-            raise ValueError(
-                f"Connection extra 'host_key' has no key data: expected '<type> <base64>', got {host_key!r}. "
-                + _HOST_KEY_FIX
-            )
-        key_type, blob = "", parts[0]
-    embedded = _embedded_key_type(blob)
-    if "ssh-dss" in (key_type, embedded):
-        raise ValueError("DSA host keys are not supported: pin the server's ed25519, ECDSA or RSA key.")
-    if key_type and key_type != embedded:
-        raise _invalid_host_key(f"says {key_type!r} but its key data is an {embedded!r} key")
-    return f"{embedded} {blob}"
-
-
 @dataclass(frozen=True)
 class SSHConnectionSettings:
     """
@@ -199,6 +105,13 @@ class SSHConnectionSettings:
     :param compress: enable SSH compression
     :param poll_interpreter: what runs the triggerer's batched polls on the host: ``"auto"``
         (perl when the host has it, else POSIX sh), ``"perl"`` or ``"sh"``
+    :param host_key_policy: ``"strict"`` (only known or pinned keys), ``"accept-new"`` (add an
+        unknown host's key to the known_hosts file, refuse a changed one) or ``"off"``
+        (``no_host_key_check``)
+    :param proxy_jump: the jump host this host is reached through (its own settings, which
+        may name a jump host of their own)
+    :param proxy_command: shell command whose stdin/stdout is the connection, tokens expanded
+    :param alias: the name the connection gave, when an SSH config file's HostName replaced it
     """
 
     conn_id: str | None
@@ -223,43 +136,76 @@ class SSHConnectionSettings:
     ciphers: tuple[str, ...] | None = None
     compress: bool = True
     poll_interpreter: str = "auto"
+    host_key_policy: str = "strict"
+    proxy_jump: SSHConnectionSettings | None = None
+    proxy_command: str | None = None
+    alias: str | None = None
 
     def __post_init__(self) -> None:
+        name = f"SSH connection {self.conn_id or self.alias or self.host!r}"
         if self.poll_interpreter not in POLL_INTERPRETERS:
             raise ValueError(
-                f"SSH connection {self.conn_id!r}: extra 'poll_interpreter' must be one of "
+                f"{name}: extra 'poll_interpreter' must be one of "
                 f"{', '.join(map(repr, POLL_INTERPRETERS))}, got {self.poll_interpreter!r}."
             )
         if not self.host:
+            raise ValueError(f"{name} has no host: set the connection's host or pass remote_host.")
+        if self.host_key_policy not in HOST_KEY_POLICIES:
             raise ValueError(
-                f"SSH connection {self.conn_id!r} has no host: set the connection's host or pass remote_host."
+                f"{name}: extra 'host_key_policy' must be one of "
+                f"{', '.join(map(repr, HOST_KEY_POLICIES))}, got {self.host_key_policy!r}."
             )
-        if self.host_key is not None and self.no_host_key_check:
+        if self.no_host_key_check and self.host_key_policy == "accept-new":
             raise ValueError(
-                f"SSH connection {self.conn_id!r} sets both 'host_key' and 'no_host_key_check': "
-                "a pinned key must be checked. Remove one of them."
+                f"{name} sets both 'no_host_key_check' and host_key_policy 'accept-new': keep only one."
+            )
+        # One meaning, two spellings: keep both fields in agreement for the hooks.
+        off = self.no_host_key_check or self.host_key_policy == "off"
+        object.__setattr__(self, "no_host_key_check", off)
+        object.__setattr__(self, "host_key_policy", "off" if off else self.host_key_policy)
+        if self.host_key is not None and self.host_key_policy != "strict":
+            raise ValueError(
+                f"{name} sets both 'host_key' and host_key_policy {self.host_key_policy!r} (or "
+                "'no_host_key_check'): a pinned key must be checked. Remove one of them."
             )
         if self.key_file and self.private_key:
+            raise ValueError(f"{name} sets both 'key_file' and 'private_key': keep only one.")
+        if self.proxy_jump is not None and self.proxy_command:
             raise ValueError(
-                f"SSH connection {self.conn_id!r} sets both 'key_file' and 'private_key': keep only one."
+                f"{name} has both a jump host and a proxy command (proxy_jump_conn_id, ProxyJump, "
+                "ProxyCommand or host_proxy_cmd): keep only one."
             )
         if not 0 < self.port < 65536:
-            raise ValueError(f"SSH connection {self.conn_id!r} has an invalid port {self.port}.")
+            raise ValueError(f"{name} has an invalid port {self.port}.")
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_connection(cls, conn: ConnectionLike | None, **overrides: Any) -> SSHConnectionSettings:
+    def from_connection(
+        cls,
+        conn: ConnectionLike | None,
+        jump_connections: Mapping[str, ConnectionLike] | None = None,
+        *,
+        chain: tuple[str, ...] = (),
+        **overrides: Any,
+    ) -> SSHConnectionSettings:
         """
         Resolve settings from an Airflow connection; non-``None`` ``overrides`` win over it.
 
         ``overrides`` keys are field names of this class (e.g. ``host`` for ``remote_host``).
+        Then the SSH config file (extra ``ssh_config_file``, default ``~/.ssh/config``) fills in
+        what the connection leaves unset for its host alias, and the jump host is resolved.
+
+        :param jump_connections: the Airflow connections that ``proxy_jump_conn_id`` extras of
+            this connection and its jump hosts name, by id (the hooks read them beforehand)
+        :param chain: connection ids already on the way here, to refuse a loop
         """
         # host defaults to "" so that a missing host fails validation with a clear message.
         values: dict[str, Any] = {"conn_id": getattr(conn, "conn_id", None), "host": ""}
+        extra: Mapping[str, Any] = (conn.extra_dejson or {}) if conn is not None else {}
         if conn is not None:
             values.update(cls._from_fields(conn))
-            values.update(cls._from_extras(conn.extra_dejson or {}))
+            values.update(cls._from_extras(extra))
         known = {f.name for f in fields(cls)}
         for name, value in overrides.items():
             if name not in known:
@@ -268,7 +214,41 @@ class SSHConnectionSettings:
                 values[name] = value
         if values.get("ciphers") is not None:
             values["ciphers"] = tuple(values["ciphers"])
+        jump_id = str(extra.get("proxy_jump_conn_id") or "") or None
+        if jump_id is not None and values.get("proxy_command"):
+            raise ValueError(
+                f"SSH connection {values['conn_id']!r} sets 'proxy_jump_conn_id' and a proxy command "
+                "(host_proxy_cmd): keep only one."
+            )
+        config_path = _config_path(extra)
+        if jump_id is not None:
+            values["proxy_jump"] = cls._jump_connection(values["conn_id"], jump_id, jump_connections, chain)
+        if config_path and values["host"]:
+            apply_ssh_config(values, config_path, cls, depth=0)
         return cls(**values)
+
+    @classmethod
+    def _jump_connection(
+        cls,
+        conn_id: str | None,
+        jump_id: str,
+        jump_connections: Mapping[str, ConnectionLike] | None,
+        chain: tuple[str, ...],
+    ) -> SSHConnectionSettings:
+        chain = (*chain, conn_id or "?")
+        if jump_id in chain:
+            raise ValueError(f"The proxy_jump_conn_id chain loops: {' -> '.join((*chain, jump_id))}.")
+        if len(chain) > MAX_JUMP_HOPS:
+            raise ValueError(
+                f"The proxy_jump_conn_id chain {' -> '.join(chain)} is longer than {MAX_JUMP_HOPS}."
+            )
+        jump_conn = (jump_connections or {}).get(jump_id)
+        if jump_conn is None:
+            raise ValueError(
+                f"SSH connection {conn_id!r}: the jump host connection {jump_id!r} named by "
+                "'proxy_jump_conn_id' was not found: create it (an ssh connection) or fix the extra."
+            )
+        return cls.from_connection(jump_conn, jump_connections, chain=chain)
 
     @staticmethod
     def _from_fields(conn: ConnectionLike) -> dict[str, Any]:
@@ -289,6 +269,8 @@ class SSHConnectionSettings:
         for name in ("key_file", "private_key", "known_hosts", "poll_interpreter"):
             if extra.get(name):
                 values[name] = str(extra[name])
+        if values.get("key_file"):
+            values["key_file"] = os.path.expanduser(values["key_file"])
         passphrase = extra.get("private_key_passphrase") or extra.get("passphrase")
         if passphrase:
             values["private_key_passphrase"] = str(passphrase)
@@ -302,6 +284,13 @@ class SSHConnectionSettings:
         no_check = extra.get("no_host_key_check", extra.get("ignore_hostkey_verification"))
         if no_check is not None:
             values["no_host_key_check"] = _as_bool(no_check, "no_host_key_check")
+        if extra.get("host_key_policy"):
+            values["host_key_policy"] = str(extra["host_key_policy"]).strip().lower()
+            if values.get("no_host_key_check") and values["host_key_policy"] == "strict":
+                raise ValueError(
+                    "Connection extras 'no_host_key_check' and host_key_policy 'strict' contradict "
+                    "each other: keep only one."
+                )
         for name in ("allow_host_key_change", "look_for_keys", "compress"):
             if name in extra:
                 values[name] = _as_bool(extra[name], name)
@@ -346,7 +335,25 @@ class SSHConnectionSettings:
         parts: list[Any] = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "conn_id":
+            if f.name in ("conn_id", "alias"):
                 continue
+            if isinstance(value, SSHConnectionSettings):
+                value = value.identity()
             parts.append(json.dumps(value, sort_keys=True) if isinstance(value, Mapping) else value)
         return tuple(parts)
+
+
+def _config_path(extra: Mapping[str, Any]) -> str | None:
+    """The SSH config file to read: the ``ssh_config_file`` extra (``none``: no file), else ``~/.ssh/config`` if it exists."""
+    named = extra.get("ssh_config_file")
+    if named is None or str(named).strip() == "":
+        return ssh_config.default_path()
+    if str(named).strip().lower() == "none":
+        return None
+    path = os.path.expanduser(str(named).strip())
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"Connection extra 'ssh_config_file' names {path!r}, which is not a file: fix the path, "
+            "or set it to 'none' to read no SSH config file."
+        )
+    return path

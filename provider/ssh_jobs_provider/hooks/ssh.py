@@ -17,7 +17,7 @@ import paramiko
 from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks import _asyncssh, _paramiko
 from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNECTION_CACHE_SECONDS
-from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T
+from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T, ajump_connections, jump_connections
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
@@ -41,7 +41,8 @@ class SSHHook(SSHHookBase):
     :param disabled_algorithms: algorithms not to offer, as paramiko's ``disabled_algorithms``
     :param ciphers: ciphers to offer, in order of preference
     :param auth_timeout: seconds allowed for authentication
-    :param host_proxy_cmd: not supported yet; raises if given
+    :param host_proxy_cmd: command whose stdin/stdout is the connection (run by ``/bin/sh``, taken
+        as given, without ``%h`` expansion); wins over SSH config ProxyJump/ProxyCommand
     :param conn_retry_attempts: attempts for the connect, retrying only refusals that happen
         before authentication (EOF before the banner, reset, refused, timeouts) with jittered
         exponential backoff (default 3)
@@ -72,9 +73,8 @@ class SSHHook(SSHHookBase):
         no_host_key_check: bool | None = None,
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
     ) -> None:
-        if host_proxy_cmd:
-            raise ValueError("host_proxy_cmd is not supported by ssh_jobs_provider yet.")
         overrides: dict[str, Any] = {
+            "proxy_command": host_proxy_cmd,
             "host": remote_host or None,
             "username": username,
             "password": password,
@@ -97,7 +97,8 @@ class SSHHook(SSHHookBase):
         """The resolved connection settings (read from Airflow once, on first use)."""
         settings = self._settings
         if settings is None:
-            settings = self._resolve(self.get_connection(self.ssh_conn_id) if self.ssh_conn_id else None)
+            conn = self.get_connection(self.ssh_conn_id) if self.ssh_conn_id else None
+            settings = self._resolve(conn, jump_connections(conn, self.get_connection))
             self.remote_host = settings.host
         return settings
 
@@ -193,6 +194,7 @@ class SSHHookAsync(SSHHookBase):
     :param conn_retry_attempts: attempts for the connect, as for :class:`SSHHook` (default 3)
     :param no_host_key_check: accept unknown host keys (insecure)
     :param backoff: the backoff policy between attempts
+    :param host_proxy_cmd: as for :class:`SSHHook`
     """
 
     hook_name = "SSH (remote jobs, async)"
@@ -215,8 +217,10 @@ class SSHHookAsync(SSHHookBase):
         conn_retry_attempts: int = 3,
         no_host_key_check: bool | None = None,
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        host_proxy_cmd: str | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
+            "proxy_command": host_proxy_cmd,
             "host": host,
             "port": port,
             "username": username,
@@ -238,7 +242,8 @@ class SSHHookAsync(SSHHookBase):
     async def get_settings(self) -> SSHConnectionSettings:
         """The resolved connection settings (read from Airflow once, on first use)."""
         if self._settings is None and self.ssh_conn_id:
-            return self._resolve(await _asyncssh.cached_connection(self.ssh_conn_id))
+            conn = await _asyncssh.cached_connection(self.ssh_conn_id)
+            return self._resolve(conn, await ajump_connections(conn, _asyncssh.cached_connection))
         return self._settings or self._resolve(None)
 
     def connect_options(self, settings: SSHConnectionSettings) -> dict[str, Any]:
@@ -246,11 +251,8 @@ class SSHHookAsync(SSHHookBase):
         return _asyncssh.connect_options(settings, self.log)
 
     async def get_conn(self) -> asyncssh.SSHClientConnection:
-        """
-        Open a new connection, retrying pre-authentication refusals; the caller owns it.
-
-        Raises like :meth:`SSHHook.get_conn`.
-        """
+        """Open a new connection, retrying pre-authentication refusals; the caller owns it (raises like
+        :meth:`SSHHook.get_conn`)."""
         settings = await self.get_settings()
         return await self.call_with_retries(partial(self.connect_with, settings), "SSH connect")
 
@@ -280,8 +282,6 @@ class SSHHookAsync(SSHHookBase):
     ) -> CommandResult:
         """Run a remote-job protocol script on an open connection; ``(exit_status, stdout, stderr)``."""
         return await _asyncssh.run_script(conn, script, timeout)
-
-    #: :meth:`run_script` under its earlier, static name, for callers written against it.
 
     async def run_command(self, command: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Open a connection, run ``command``, close it; ``(exit_status, stdout, stderr)`` as text."""
