@@ -249,11 +249,17 @@ def test_host_proxy_cmd_and_config_proxy_command(
 # ------------------------------------------------------------------ the fan-out
 
 
+def _fan_out_operator(conn_id: str, host: str | None, index: int, base_dir: str, submit_from: str) -> Any:
+    return make_operator(
+        conn_id, base_dir, f'echo "job {index}"', remote_host=host, task_id="fan_out", submit_from=submit_from
+    )
+
+
 def _submit_one(
     conn_id: str, host: str | None, index: int, base_dir: str, barrier: Any, results: Any
 ) -> None:
     """A worker (forked process): submit one job, report the deferral's trigger and its connects."""
-    op = make_operator(conn_id, base_dir, f'echo "job {index}"', remote_host=host, task_id="fan_out")
+    op = _fan_out_operator(conn_id, host, index, base_dir, "worker")
     barrier.wait(timeout=60)
     try:
         with record_connects() as addresses:
@@ -292,6 +298,18 @@ def _worker_submits(conn_id: str, hosts: list[str | None], base_dir: str) -> lis
     return outcomes
 
 
+def _deferred_at_once(conn_id: str, hosts: list[str | None], base_dir: str) -> list[Any]:
+    """:data:`FAN_OUT` tasks with ``submit_from="triggerer"``: each defers without any connection."""
+    outcomes = []
+    for index in range(FAN_OUT):
+        op = _fan_out_operator(conn_id, hosts[index % len(hosts)], index, base_dir, "triggerer")
+        with record_connects() as addresses:
+            deferred = submit(op, StandInTaskInstance(task_id="fan_out", map_index=index))
+        assert not [a for a in addresses if isinstance(a, tuple)], "execute() must not connect anywhere"
+        outcomes.append((index, "ok", deferred.trigger.serialize(), []))
+    return outcomes
+
+
 def _triggerer_watch(outcomes: list[Any]) -> list[Any]:
     """Every deferred trigger, recreated from its serialized form, in ONE event loop."""
     triggers = []
@@ -301,9 +319,8 @@ def _triggerer_watch(outcomes: list[Any]) -> list[Any]:
     return asyncio.run(run_triggers(triggers, timeout=120))
 
 
-# A `submit_from` parametrization ("worker" | "triggerer") goes on this test: the "worker"
-# case is _worker_submits; the counts below are those of worker submit + triggerer watch.
 @pytest.mark.slow
+@pytest.mark.parametrize("submit_from", ["worker", "triggerer"])
 @pytest.mark.parametrize(
     ("conn_id", "hosts"),
     [
@@ -311,12 +328,17 @@ def _triggerer_watch(outcomes: list[Any]) -> list[Any]:
         pytest.param("aliased", ["gpu-a", "gpu-b"], id="ssh_config_alias"),
     ],
 )
-def test_fifty_way_fan_out_through_a_bastion(conns: Site, tmp_path: Path, conn_id: str, hosts: Any) -> None:
+def test_fifty_way_fan_out_through_a_bastion(
+    conns: Site, tmp_path: Path, conn_id: str, hosts: Any, submit_from: str
+) -> None:
     hosts = list(conns.net.targets) if hosts == "addresses" else hosts
     base_dir = str(tmp_path / "jobs")
     bastion_before, target_before = _accepted(conns.bastion), _accepted(conns.target)
     began = time.monotonic()
-    outcomes = _worker_submits(conn_id, hosts, base_dir)
+    if submit_from == "worker":
+        outcomes = _worker_submits(conn_id, hosts, base_dir)
+    else:
+        outcomes = _deferred_at_once(conn_id, hosts, base_dir)
     submitted = time.monotonic()
     bastion_submits = _accepted(conns.bastion) - bastion_before
     target_submits = _accepted(conns.target) - target_before
@@ -327,13 +349,16 @@ def test_fifty_way_fan_out_through_a_bastion(conns: Site, tmp_path: Path, conn_i
     bastion_watch = _accepted(conns.bastion) - bastion_before - bastion_submits
     target_watch = _accepted(conns.target) - target_before - target_submits
     report(
-        f"bastion fan-out ({conn_id}): {FAN_OUT} worker submits -> bastion logins={bastion_submits}, "
+        f"bastion fan-out ({conn_id}, submit_from={submit_from}): {FAN_OUT} submits from the {submit_from} "
+        f"-> bastion logins={bastion_submits}, "
         f"target logins={target_submits} in {submitted - began:.1f}s; triggerer watch of {len(hosts)} hosts "
         f"-> bastion logins={bastion_watch}, target logins={target_watch} in {watched - submitted:.1f}s"
     )
     assert all(e["status"] == "success" for e in events), events[:3]
-    assert bastion_submits == FAN_OUT  # one bastion login per worker submit
-    assert target_submits == FAN_OUT
+    # One bastion login per worker submit; none at all when the triggerer submits.
+    expected_submit_logins = FAN_OUT if submit_from == "worker" else 0
+    assert bastion_submits == expected_submit_logins
+    assert target_submits == expected_submit_logins
     assert bastion_watch == 1  # one in all for the triggerer, whatever the number of hosts
     assert target_watch == len(hosts)  # one shared session per host
     for outcome in outcomes:
