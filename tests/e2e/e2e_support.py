@@ -47,6 +47,8 @@ class TimedLine:
     timestamp: datetime
     event: str
     path: Path
+    #: the line as written (JSON, with exception details if any)
+    raw: str
 
 
 def read_timed_lines(path: Path) -> list[TimedLine]:
@@ -61,7 +63,7 @@ def read_timed_lines(path: Path) -> list[TimedLine]:
             stamp = datetime.fromisoformat(entry["timestamp"])
             if stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=timezone.utc)
-            found.append(TimedLine(stamp, str(entry.get("event", "")), path))
+            found.append(TimedLine(stamp, str(entry.get("event", "")), path, raw))
     return found
 
 

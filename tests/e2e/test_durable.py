@@ -44,6 +44,7 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -240,8 +241,13 @@ class Run:
     def events(self, ti: TaskInstance, try_number: int) -> list[str]:
         return [line.event for line in self.lines.get((ti.map_index, try_number), [])]
 
-    def text(self, ti: TaskInstance, try_number: int) -> str:
+    def shown(self, ti: TaskInstance, try_number: int) -> str:
+        """That try's log as a reader sees it (the messages), for assertion messages."""
         return "\n".join(self.events(ti, try_number))
+
+    def text(self, ti: TaskInstance, try_number: int) -> str:
+        """That try's log lines as written (exception details included)."""
+        return "\n".join(line.raw for line in self.lines.get((ti.map_index, try_number), []))
 
 
 @dataclass
@@ -276,9 +282,8 @@ def collect_run(deployment: AirflowDeployment, dag_id: str, run_id: str, state: 
     return run
 
 
-def wait_until(what: str, timeout: float, check: object, deployment: AirflowDeployment) -> float:
+def wait_until(what: str, timeout: float, check: Callable[[], bool], deployment: AirflowDeployment) -> float:
     """Poll ``check()`` each second until it is true; return the seconds it took."""
-    assert callable(check)
     started = time.monotonic()
     for _ in range(int(timeout) + 1):
         deployment.assert_alive()
@@ -430,7 +435,7 @@ def test_worker_killed_before_defer_the_retry_runs_no_second_job(durable: Durabl
     ti = run.ti
     # The premise: try 1 submitted its job and died before deferring (no trigger ever ran for it).
     assert ti.try_number >= 2, f"try 1 was not retried: {ti}"
-    assert "Remote job" in run.text(ti, 1) and "killed line" not in run.text(ti, 1), run.text(ti, 1)
+    assert "Remote job" in run.text(ti, 1) and "killed line" not in run.text(ti, 1), run.shown(ti, 1)
     assert not [path for path in run.files[(ti.map_index, 1)] if ".log.trigger." in path.name]
     launched = durable.launches[KILLED_DAG]
     report(
@@ -444,7 +449,7 @@ def test_worker_killed_before_defer_the_retry_runs_no_second_job(durable: Durabl
     assert (run.state, ti.state) == ("success", "success")
     # The retry's log holds the job's whole output from its first line, once.
     final = run.lines[(ti.map_index, ti.try_number)]
-    assert output_numbers(final) == list(range(1, KILLED_LINES + 1)), run.text(ti, ti.try_number)
+    assert output_numbers(final) == list(range(1, KILLED_LINES + 1)), run.shown(ti, ti.try_number)
     ended = float((durable.marks / "killed.end").read_text())
     retry_started = final[0].timestamp.timestamp() if final else float("nan")
     report(
@@ -462,9 +467,9 @@ def test_retry_of_a_task_whose_job_succeeded_runs_no_second_job(durable: Durable
     # The premise: try 1's job succeeded (its whole output streamed), then try 1 failed, by the
     # test's own exception or by the scheduler race, which is the case this test stands for.
     assert ti.try_number >= 2, f"try 1 was not retried: {ti}"
-    assert output_numbers(run.lines[(ti.map_index, 1)]) == [1, 2], run.text(ti, 1)
+    assert output_numbers(run.lines[(ti.map_index, 1)]) == [1, 2], run.shown(ti, 1)
     how = "the test's exception" if RETRY_FAILURE_TEXT in run.text(ti, 1) else "the scheduler race"
-    assert how != "the scheduler race" or race_note(durable, SUCCEEDED_DAG), run.text(ti, 1)
+    assert how != "the scheduler race" or race_note(durable, SUCCEEDED_DAG), run.shown(ti, 1)
     launched = durable.launches[SUCCEEDED_DAG]
     report(
         f"e2e durable, task retried after its job succeeded (try 1 failed by {how}): {launched} remote job(s) "
@@ -472,14 +477,14 @@ def test_retry_of_a_task_whose_job_succeeded_runs_no_second_job(durable: Durable
     )
     assert launched == 1, f"the retry ran the job that had succeeded again: {launched} jobs"
     assert (run.state, ti.state) == ("success", "success")
-    assert ALREADY_SUCCEEDED_TEXT in run.text(ti, 2), run.text(ti, 2)
+    assert ALREADY_SUCCEEDED_TEXT in run.text(ti, 2), run.shown(ti, 2)
 
 
 def test_retry_of_a_task_whose_job_succeeded_still_shows_its_output(durable: DurableResult) -> None:
     run = durable.runs[SUCCEEDED_DAG]
     ti = run.ti
     assert ti.try_number >= 2
-    assert output_numbers(run.lines[(ti.map_index, 2)]) == [1, 2], run.text(ti, 2)
+    assert output_numbers(run.lines[(ti.map_index, 2)]) == [1, 2], run.shown(ti, 2)
 
 
 # ---------------------------------------------------------------------------- 3. job failed
@@ -488,12 +493,12 @@ def test_retry_of_a_task_whose_job_succeeded_still_shows_its_output(durable: Dur
 def test_retry_after_a_failed_job_runs_a_fresh_job(durable: DurableResult) -> None:
     run = durable.runs[FAILED_DAG]
     ti = run.ti
-    assert f"exited with code {FAIL_CODE}" in run.text(ti, 1), run.text(ti, 1)
+    assert f"exited with code {FAIL_CODE}" in run.text(ti, 1), run.shown(ti, 1)
     launched = durable.launches[FAILED_DAG]
     report(f"e2e durable, retry after a failed job: {launched} remote jobs launched ({ti.try_number} tries)")
     assert launched == 2, f"{launched} jobs{race_note(durable, FAILED_DAG)}"
     assert (run.state, ti.state) == ("success", "success")
-    assert "second line 1" in run.events(ti, 2), run.text(ti, 2)
+    assert "second line 1" in run.events(ti, 2), run.shown(ti, 2)
 
 
 # ---------------------------------------------------------------------------- 4. task cleared
@@ -509,7 +514,7 @@ def test_cleared_task_runs_a_fresh_job(durable: DurableResult) -> None:
     assert (run.state, ti.state) == ("success", "success"), ti
     assert ti.try_number > before.ti.try_number, (before.ti, ti)
     after_clear = before.ti.try_number + 1
-    assert "cleared line 1" in run.events(ti, after_clear), run.text(ti, after_clear)
+    assert "cleared line 1" in run.events(ti, after_clear), run.shown(ti, after_clear)
 
 
 # ---------------------------------------------------------------------------- 5. triggerer failover
