@@ -500,7 +500,9 @@ def test_retry_after_a_failed_job_runs_a_fresh_job(durable: DurableResult) -> No
     report(f"e2e durable, retry after a failed job: {launched} remote jobs launched ({ti.try_number} tries)")
     assert launched == 2, f"{launched} jobs{race_note(durable, FAILED_DAG)}"
     assert (run.state, ti.state) == ("success", "success")
-    assert "second line 1" in run.events(ti, 2), run.shown(ti, 2)
+    # The fresh job ran in a later try (the scheduler race can lose a try on the way).
+    later = [n for n in range(2, ti.try_number + 1) if "second line 1" in run.events(ti, n)]
+    assert later, run.shown(ti, ti.try_number)
 
 
 # ---------------------------------------------------------------------------- 4. task cleared
