@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness.processes import run_bounded, spawn_in_new_session, stop_gracefully
+from harness.processes import kill_tree, run_bounded, spawn_in_new_session, stop_gracefully
 from harness.sshd import LOOPBACK, free_loopback_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -59,6 +60,8 @@ STATE_MISMATCH_TEXT = "but the task instance's state attribute is"
 #: trigger has fired and the task was queued again; the scheduler then fails the resumed task
 #: (STATE_MISMATCH_TEXT). 1 s narrows that window; it does not close it.
 SUPERVISOR_WAKEUP = 1
+#: What the metadata DB calls a triggerer in its ``job`` table.
+TRIGGERER_JOB_TYPE = "TriggererJob"
 
 
 class DeploymentError(RuntimeError):
@@ -151,6 +154,10 @@ class AirflowDeployment:
     :param parallelism: most task processes the LocalExecutor runs at once
     :param supervisor_wakeup: ``[workers] min_heartbeat_interval``, seconds; see
         :data:`SUPERVISOR_WAKEUP`
+    :param triggerers: how many triggerer processes to run (Airflow's HA triggerer). The
+        first is the component ``"triggerer"``, the others ``"triggerer-2"``, ... With more
+        than one, each is started only once the one before it has its row in the metadata
+        DB's ``job`` table, so :attr:`triggerer_job_ids` knows which process is which job.
     """
 
     def __init__(
@@ -161,7 +168,10 @@ class AirflowDeployment:
         env: Mapping[str, str] | None = None,
         parallelism: int = 32,
         supervisor_wakeup: int = SUPERVISOR_WAKEUP,
+        triggerers: int = 1,
     ) -> None:
+        if triggerers < 1:
+            raise ValueError(f"triggerers must be at least 1, got {triggerers}")
         self.base_dir = Path(base_dir).resolve()
         self.home = self.base_dir / "airflow-home"
         self.dags_folder = self.home / "dags"
@@ -173,9 +183,19 @@ class AirflowDeployment:
         self.supervisor_wakeup = supervisor_wakeup
         self.api_port = free_loopback_port()
         self._secrets = (secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+        self.triggerers = triggerers
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: triggerer component -> its id in the ``job`` table (filled only with several triggerers)
+        self.triggerer_job_ids: dict[str, int] = {}
+        #: component -> wall-clock time (``time.time()``) it was SIGKILLed by :meth:`kill_component`
+        self.killed: dict[str, float] = {}
 
     # ------------------------------------------------------------------ configuration
+
+    @property
+    def triggerer_components(self) -> list[str]:
+        """The names of this deployment's triggerer components."""
+        return ["triggerer", *(f"triggerer-{number}" for number in range(2, self.triggerers + 1))]
 
     @property
     def database_path(self) -> Path:
@@ -251,7 +271,10 @@ class AirflowDeployment:
             self.prepare()
             self.migrate()
             for component in COMPONENTS:
-                self.start_component(component)
+                if component == "triggerer" and self.triggerers > 1:
+                    self._start_triggerers(timeout)
+                else:
+                    self.start_component(component)
             self.wait_healthy(timeout)
         except BaseException:
             # Whatever went wrong (even Ctrl-C), leave nothing running.
@@ -302,9 +325,78 @@ class AirflowDeployment:
             )
         return subprocess.CompletedProcess(command, status, text)
 
+    def _start_triggerers(self, timeout: float) -> None:
+        """Start the triggerers one after another, each once the previous one has its job id."""
+        for component in self.triggerer_components:
+            self._start_triggerer(component, timeout)
+
+    def _start_triggerer(self, component: str, timeout: float) -> None:
+        known = set(self._triggerer_job_rows()) if self.database_path.exists() else set()
+        self.start_component(component)
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / POLL_INTERVAL) + 1):
+            self._check_components_alive()
+            new = [job_id for job_id in self._triggerer_job_rows() if job_id not in known]
+            if new:
+                self.triggerer_job_ids[component] = new[0]
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL)
+        raise DeploymentError(f"{component} has no row in the job table after {timeout:.0f}s")
+
+    def add_triggerer(self, timeout: float = HEALTH_TIMEOUT) -> str:
+        """
+        Start one more triggerer process on the running deployment; return its component name.
+
+        Returns once it has its row in the ``job`` table (:attr:`triggerer_job_ids`). Starting
+        it late lets every trigger created before be claimed by the first triggerer alone.
+        """
+        if "triggerer" not in self.triggerer_job_ids:
+            # Only one triggerer has ever run here: the one row of its type is its own.
+            (first,) = self._triggerer_job_rows()
+            self.triggerer_job_ids["triggerer"] = first
+        self.triggerers += 1
+        component = self.triggerer_components[-1]
+        self._start_triggerer(component, timeout)
+        return component
+
+    def _triggerer_job_rows(self) -> list[int]:
+        if not self.database_path.exists():
+            return []
+        rows = self.query("SELECT id FROM job WHERE job_type = ? ORDER BY id", (TRIGGERER_JOB_TYPE,))
+        return [int(row[0]) for row in rows]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query against the metadata DB (SQLite) and return its rows."""
+        uri = f"file:{urllib.parse.quote(str(self.database_path))}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=SQLITE_LOCK_TIMEOUT)) as db:
+            return [tuple(row) for row in db.execute(sql, tuple(params)).fetchall()]
+
+    def triggers_by_triggerer(self) -> dict[str, int]:
+        """How many triggers each triggerer is assigned (by component name; unknown jobs by id)."""
+        names = {job_id: name for name, job_id in self.triggerer_job_ids.items()}
+        rows = self.query(
+            'SELECT triggerer_id, COUNT(*) FROM "trigger" WHERE triggerer_id IS NOT NULL GROUP BY triggerer_id'
+        )
+        return {names.get(int(job_id), str(job_id)): int(count) for job_id, count in rows}
+
+    def kill_component(self, component: str) -> float:
+        """
+        SIGKILL a component and everything it forked (a crash, not a stop); return when (``time.time()``).
+
+        The component is forgotten, so that waiting for runs does not report it as dead.
+        """
+        proc = self._processes.pop(component)
+        killed_at = time.time()
+        kill_tree(proc, timeout=STOP_GRACE)
+        self.killed[component] = killed_at
+        return killed_at
+
     def start_component(self, component: str) -> None:
-        args = [component]
-        if component in ("scheduler", "triggerer"):
+        # "triggerer-2", ... are more processes of the "triggerer" command.
+        args = ["triggerer" if component in self.triggerer_components else component]
+        if args[0] in ("scheduler", "triggerer"):
             args.append("--skip-serve-logs")
         output = self.output_dir / f"{component}.out"
         self._processes[component] = spawn_in_new_session(
@@ -313,7 +405,8 @@ class AirflowDeployment:
 
     def stop(self) -> None:
         """Stop every component and all it forked (task processes too). Safe to call again."""
-        processes = [self._processes.pop(name) for name in COMPONENTS if name in self._processes]
+        names = [*COMPONENTS, *(name for name in self._processes if name not in COMPONENTS)]
+        processes = [self._processes.pop(name) for name in names if name in self._processes]
         stop_gracefully(processes, grace=STOP_GRACE, timeout=STOP_GRACE)
 
     @property
@@ -325,6 +418,10 @@ class AirflowDeployment:
             return (self.output_dir / f"{component}.out").read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def assert_alive(self) -> None:
+        """Raise ``DeploymentError`` (with its output) if a component has exited by itself."""
+        self._check_components_alive()
 
     def _check_components_alive(self) -> None:
         dead = [name for name, proc in self._processes.items() if proc.poll() is not None]
@@ -431,6 +528,20 @@ class AirflowDeployment:
                 continue
             return run_id
         raise AssertionError("unreachable")
+
+    def clear_task_instances(
+        self, dag_id: str, run_id: str, task_ids: Sequence[str], *, only_failed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Clear task instances of one run (as a user would: they run again); return those cleared."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": list(task_ids),
+            "only_failed": only_failed,
+            "reset_dag_runs": True,
+        }
+        answer = self.api("POST", f"/api/v2/dags/{_quote(dag_id)}/clearTaskInstances", body)
+        return list(answer.get("task_instances", []))
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         answer = self.api("GET", f"/api/v2/dags/{_quote(dag_id)}/dagRuns/{_quote(run_id)}")

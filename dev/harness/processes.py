@@ -146,6 +146,29 @@ def terminate_tree(
     wait_processes_gone(survivors, timeout)
 
 
+def kill_tree(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> list[ProcessId]:
+    """
+    SIGKILL ``proc`` (started with ``start_new_session=True``) and every process it forked, at once.
+
+    A crash, not a shutdown: nothing gets a chance to clean up. The root is frozen first so
+    that it cannot fork a child missed by the snapshot; descendants that moved to process
+    groups of their own are signalled one by one. Returns what was killed (root first).
+    """
+    if proc.poll() is not None:
+        return []
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGSTOP)
+    root = process_id(proc.pid)
+    tree = descendants(proc.pid)
+    # Still unreaped, so the group id cannot have been recycled.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    signal_processes(tree, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+    wait_processes_gone(tree, timeout)
+    return [*([root] if root else []), *tree]
+
+
 def stop_gracefully(
     procs: Sequence[subprocess.Popen[bytes]], grace: float, timeout: float = STOP_TIMEOUT
 ) -> None:

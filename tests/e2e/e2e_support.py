@@ -1,8 +1,13 @@
-"""Helpers of the end-to-end tests: a real sshd, where the examples are, log parsing."""
+"""Helpers of the end-to-end tests: a real sshd, where the examples are, log parsing, job counts."""
 
 from __future__ import annotations
 
+import heapq
+import json
 import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -33,3 +38,45 @@ def start_sshd(base_dir: Path, **options: object) -> SSHServer:
 def submitted_job_ids(events: list[str]) -> list[str]:
     """Job ids of every submit one try's worker log reports."""
     return [match.group(1) for event in events if (match := SUBMIT_LINE.match(event))]
+
+
+@dataclass(frozen=True)
+class TimedLine:
+    """One task-log line with the time it was written and the file it is in."""
+
+    timestamp: datetime
+    event: str
+    path: Path
+    #: the line as written (JSON, with exception details if any)
+    raw: str
+
+
+def read_timed_lines(path: Path) -> list[TimedLine]:
+    """The lines of one task-log file (JSON lines) that carry a timestamp, in file order."""
+    found: list[TimedLine] = []
+    for raw in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("timestamp"), str):
+            stamp = datetime.fromisoformat(entry["timestamp"])
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=timezone.utc)
+            found.append(TimedLine(stamp, str(entry.get("event", "")), path, raw))
+    return found
+
+
+def merged_by_time(paths: list[Path]) -> list[TimedLine]:
+    """The lines of several log files of one try (worker, triggerers) in the order they were written.
+
+    Each file keeps its own order; files are interleaved by timestamp.
+    """
+    return list(heapq.merge(*(read_timed_lines(path) for path in paths), key=lambda line: line.timestamp))
+
+
+def launch_counts(launches: Path) -> Counter[str]:
+    """How many remote jobs wrote each tag into a ``launches`` file (one line per job start)."""
+    if not launches.exists():
+        return Counter()
+    return Counter(line.strip() for line in launches.read_text().splitlines() if line.strip())
