@@ -34,7 +34,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness.processes import kill_tree, run_bounded, spawn_in_new_session, stop_gracefully
+from harness.processes import (
+    descendants,
+    kill_tree,
+    run_bounded,
+    signal_processes,
+    spawn_in_new_session,
+    stop_gracefully,
+)
 from harness.sshd import LOOPBACK, free_loopback_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -392,6 +399,26 @@ class AirflowDeployment:
         kill_tree(proc, timeout=STOP_GRACE)
         self.killed[component] = killed_at
         return killed_at
+
+    def pause_component(self, component: str) -> float:
+        """
+        SIGSTOP a component and everything it forked (a process that stalls: a frozen VM, a long
+        pause); return when (``time.time()``). :meth:`resume_component` lets it go on.
+        """
+        proc = self._processes[component]
+        paused_at = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGSTOP)  # first, so that it forks nothing the snapshot misses
+        signal_processes(descendants(proc.pid), signal.SIGSTOP)
+        return paused_at
+
+    def resume_component(self, component: str) -> float:
+        """SIGCONT a component paused by :meth:`pause_component` and everything it forked."""
+        proc = self._processes[component]
+        signal_processes(descendants(proc.pid), signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        return time.time()
 
     def start_component(self, component: str) -> None:
         # "triggerer-2", ... are more processes of the "triggerer" command.

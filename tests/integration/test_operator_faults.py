@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,43 @@ def test_trigger_on_kill_stops_the_job(ssh_conn: str, remote_base_dir: str) -> N
     asyncio.run(deferred.trigger.on_kill())
 
     wait_until_gone(pid)
+
+
+class TriggerOfAKnownTask(SSHRemoteJobTrigger):
+    """A trigger whose task instance Airflow reports in ``state`` (the triggerer's answer)."""
+
+    state: str | None = None
+
+    async def _task_state(self) -> str | None:
+        return self.state
+
+
+@pytest.mark.parametrize(
+    ("state", "killed"), [("deferred", False), ("failed", True), ("success", True), (None, True)]
+)
+def test_trigger_on_kill_spares_the_job_of_a_task_still_deferred(
+    ssh_conn: str, remote_base_dir: str, state: str | None, killed: bool
+) -> None:
+    """
+    Airflow 3.3 cancels a trigger that moved to another triggerer like one a user cancelled:
+    while the task is still deferred, another triggerer watches its job, which must run on.
+    """
+    op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & sleep 299; wait")
+    ti = StandInTaskInstance()
+    _, kwargs = submit(op, ti).trigger.serialize()
+    pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
+    trigger = TriggerOfAKnownTask(**kwargs)
+    trigger.state = state
+
+    asyncio.run(trigger.on_kill())
+
+    if killed:
+        wait_until_gone(pid)
+    else:
+        time.sleep(1)
+        os.kill(pid, 0)  # still running
+        asyncio.run(SSHRemoteJobTrigger(**kwargs).on_kill())
+        wait_until_gone(pid)
 
 
 def test_trigger_error_event_kills_the_job_so_it_never_runs_unwatched(
