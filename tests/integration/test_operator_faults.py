@@ -94,8 +94,8 @@ def test_worker_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is
 
     assert proxy.refused_total == 1
     assert not job_dir.exists(), "nothing left behind"
-    # Only the job's one-line .ended record is left.
-    assert [name for name in os.listdir(remote_base_dir) if not name.endswith(".ended")] == []
+    # Only the job's one-line record is left, in the records directory.
+    assert os.listdir(remote_base_dir) == [".ssh-jobs-ended"]
     assert any("attempt 1/3" in str(entry["event"]) for entry in logs)
 
 

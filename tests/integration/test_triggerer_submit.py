@@ -131,8 +131,9 @@ def test_a_fan_out_submitted_from_the_triggerer_costs_one_login(sshd, ssh_conn: 
     assert handshakes == 1
     # The probe, then one exec per tick (submits, polls and cleanups together), never one per job.
     assert execs <= elapsed / 1.0 + 4
-    # No job directory is left; each removed job leaves its .ended record (a line).
-    assert not [p for p in Path(base).iterdir() if p.is_dir()]
+    # No job directory is left; each removed job leaves its record in .ssh-jobs-ended/ (a line).
+    assert [p.name for p in Path(base).iterdir()] == [".ssh-jobs-ended"]
+    assert len(list((Path(base) / ".ssh-jobs-ended").iterdir())) == fan_out
 
 
 def test_a_re_created_trigger_re_attaches_and_starts_no_second_job(

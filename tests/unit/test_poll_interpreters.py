@@ -318,11 +318,14 @@ def test_many_cleanups_take_a_few_processes_and_remove_only_what_is_theirs(
     results = parse_batch_output(answer_of(entries, "sh", env), entries)
     states = [getattr(results[key], "state", results[key]) for key in range(len(entries))]
     assert states == ["removed"] * 150 + ["foreign", "foreign", "foreign", "absent", "removed"]
-    # Each removed job leaves its .ended record (token and exit code), nothing else.
-    ended = sorted(p.name for p in base.iterdir() if p.name.endswith(".ended"))
-    assert ended == sorted([f".done{i}.ended" for i in range(150)] + [".old-watcher.ended"])
-    assert (base / ".done7.ended").read_text() == f"{TOKEN} \n"
-    assert sorted(p.name for p in base.iterdir() if not p.name.endswith(".ended")) == [
+    # Each removed job leaves its record (token and exit code) in a private directory, nothing else.
+    records = base / ".ssh-jobs-ended"
+    assert sorted(p.name for p in records.iterdir()) == sorted(
+        [f"done{i}" for i in range(150)] + ["old-watcher"]
+    )
+    assert (records / "done7").read_text() == f"{TOKEN} \n"
+    assert records.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in base.iterdir() if p != records) == [
         "linked",
         "plainfile",
         "replaced",
@@ -330,7 +333,7 @@ def test_many_cleanups_take_a_few_processes_and_remove_only_what_is_theirs(
     assert (tmp_path / "elsewhere" / "precious").read_text() == "keep\n"
     assert len(list(Path(other_token.job_dir).iterdir())) == 8  # untouched
     # Two calls of at most CLEANUPS_PER_CALL directories: one ls and two rm each, and one c
-    # (one ls) for the link, whose line ls writes differently; and one find per call for the
-    # .ended records past their time.
+    # (one ls) for the link, whose line ls writes differently; one ls checks the records
+    # directory (once per base dir), and one find per call removes records past their time.
     assert len(entries) > CLEANUPS_PER_CALL
-    assert started(calls) == {"ls": 2 + 1, "rm": 4, "id": 1, "find": 2}
+    assert started(calls) == {"ls": 2 + 1 + 1, "rm": 4, "id": 1, "find": 2}

@@ -61,7 +61,7 @@ def test_the_cycle_never_starts_after_the_try_or_before_the_first(
     ("status", "recorded", "resume"),
     [
         (JobStatus(JobState.RUNNING, pid=5), False, Resume.REATTACH),
-        (JobStatus(JobState.PENDING), True, Resume.REATTACH),
+        (JobStatus(JobState.PENDING), True, Resume.FRESH),
         (JobStatus(JobState.EXITED, pid=5, exit_code=0), True, Resume.REATTACH),
         (JobStatus(JobState.EXITED, exit_code=0, removed=True), True, Resume.DONE),
         (JobStatus(JobState.EXITED, exit_code=99, removed=True), True, Resume.DONE),
@@ -124,7 +124,7 @@ def test_the_lookup_tells_running_exited_removed_and_missing_jobs_apart(tmp_path
         wait_for_exit(entry.paths)
     removed = entries[2].paths
     assert run_sh(build_batch_script([CleanupEntry(removed, token=TOKEN)])).returncode == 0
-    assert (base / ".removed.ended").read_text() == f"{TOKEN} 4\n"
+    assert (base / ".ssh-jobs-ended" / "removed").read_text() == f"{TOKEN} 4\n"
     records = [JobRecord(e.paths.job_id, str(base), TOKEN, 1) for e in entries]
     records += [JobRecord("never", str(base), TOKEN, 1), JobRecord("removed", str(base), new_job_token(), 1)]
 

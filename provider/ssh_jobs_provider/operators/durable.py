@@ -63,40 +63,55 @@ def own_job_ids(ti: Any) -> set[str]:
 def retry_follows(context: Any, retries: int | None) -> bool:
     """Whether Airflow retries this task instance if this try fails (as its ``handle_failure`` decides)."""
     ti = context["ti"]
+    # What the API server told this try (Airflow 3.3 weighs a retry policy in too), when known.
+    server = getattr(ti, "_ti_context_from_server", None)
+    if getattr(server, "should_retry", None) is not None:
+        return bool(server.should_retry)  # type: ignore[union-attr]
     max_tries = getattr(ti, "max_tries", None)
     return bool(retries) and max_tries is not None and ti.try_number <= max_tries
 
 
-def earlier_records(context: Any, base_dir: str, retries: int, log: Any) -> tuple[list[JobRecord], bool]:
+def earlier_records(context: Any, base_dir: str, retries: int, log: Any) -> list[tuple[JobRecord, bool]]:
     """
-    The jobs of this cycle's earlier tries, newest first, and whether they came from the store.
+    The jobs of this cycle's earlier tries, each with whether it came from the task state store:
+    the stored one first (with its token and outcome), then every earlier try's by name, newest
+    first (a store that cannot be read, or a record one try could not write, misses none).
     """
     ti = context["ti"]
     first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), retries)
     if ti.try_number <= first:
-        return [], False
+        return []
+    by_name = [
+        JobRecord(job_paths(ti, base_dir, n).job_id, base_dir, "", n)
+        for n in range(ti.try_number - 1, first - 1, -1)
+    ]
+    record = None
     store = state_store(context)
     if store is not None:
         try:
             record = JobRecord.from_value(store.get(STATE_KEY))
-        except Exception as error:  # the store is down: go on as a fresh try would
-            log.warning("Could not read the task state store (%s): not looking for an earlier job.", error)
-            return [], True
-        if record is None or not first <= record.try_number < ti.try_number or record.base_dir != base_dir:
-            return [], True
-        return [record], True
-    tries = range(ti.try_number - 1, first - 1, -1)
-    return [JobRecord(job_paths(ti, base_dir, n).job_id, base_dir, "", n) for n in tries], False
+        except Exception as error:  # the store is down: the names still find running jobs
+            log.warning(
+                "Could not read the task state store (%s): looking for earlier jobs by name only.", error
+            )
+        if record is not None and not (
+            first <= record.try_number < ti.try_number and record.base_dir == base_dir
+        ):
+            record = None
+    if record is None:
+        return [(r, False) for r in by_name]
+    return [(record, True), *((r, False) for r in by_name if r.job_id != record.job_id)]
 
 
-def ask_host(hook: SSHHook, records: list[JobRecord], recorded: bool, timeout: float) -> list[EarlierJob]:
+def ask_host(hook: SSHHook, records: list[tuple[JobRecord, bool]], timeout: float) -> list[EarlierJob]:
     """What the host says about each job, over one connection (errors propagate)."""
-    entries = lookup_entries(records)
+    jobs = [record for record, _ in records]
+    entries = lookup_entries(jobs)
     with hook.connect_with(hook.settings) as client:
-        _, stdout, _ = hook.run_script(client, build_lookup_script(records), timeout=timeout)
+        _, stdout, _ = hook.run_script(client, build_lookup_script(jobs), timeout=timeout)
     results = parse_batch_output(stdout, entries)
     found = []
-    for key, record in enumerate(records):
+    for key, (record, recorded) in enumerate(records):
         result = results[key]
         if isinstance(result, RemoteJobProtocolError):
             raise result
@@ -120,15 +135,15 @@ def find_earlier_job(
     Asks the host over one connection, and only when there is an earlier job to ask about; an
     outcome already in the store needs no connection at all.
     """
-    records, recorded = earlier_records(context, base_dir, retries, log)
+    records = earlier_records(context, base_dir, retries, log)
     if not records:
         return None
-    first = records[0]
+    first, recorded = records[0]
     if recorded and first.outcome in ("success", "skipped"):
         return EarlierJob(first, None, recorded, Resume.DONE)
-    for job in ask_host(hook, records, recorded, timeout):
+    for job in ask_host(hook, records, timeout):
         assert job.status is not None
-        resume = decide(job.status, skip_codes, recorded)
+        resume = decide(job.status, skip_codes, job.recorded)
         if resume is not Resume.FRESH:
             return replace(job, resume=resume)
     return None
@@ -164,6 +179,8 @@ def take_over_earlier_job(op: Any, context: Any) -> bool:
     record, status = found.record, found.status
     if found.resume is Resume.DONE:
         code = record.exit_code if status is None else status.exit_code
+        if op.do_xcom_push:
+            op._push_job(context, record.paths, op.remote_host, None)
         op.log.info(
             "Remote job %s of try %d already succeeded (exit code %s): not running it again. Its output "
             "is in the log of try %d.",
@@ -172,7 +189,7 @@ def take_over_earlier_job(op: Any, context: Any) -> bool:
             code,
             record.try_number,
         )
-        if code in op.skip_on_exit_code:
+        if record.outcome == "skipped" or code in op.skip_on_exit_code:
             raise AirflowSkipException(f"Remote job {record.job_id} exited with skip code {code}")
         return True
     assert status is not None

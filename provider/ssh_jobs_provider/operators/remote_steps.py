@@ -5,6 +5,7 @@ and cleanup. Kept apart from the operator class so that each reads on its own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Container
 from typing import Any
 
@@ -52,17 +53,18 @@ def require_positive(name: str, value: float, minimum: float = 0.0, strict: bool
         raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
 
 
-#: Most bytes of command and environment together that a trigger may carry to the triggerer:
-#: they are stored in the trigger's row of the metadata database (a MySQL TEXT holds 64 KiB).
-MAX_TRIGGER_SUBMIT_BYTES = 48 * 1024
+#: Most bytes of command and environment together, as JSON, that a trigger may carry to the
+#: triggerer: they are stored in the trigger's row of the metadata database, as JSON, or
+#: Fernet-encrypted and base64-encoded (4/3 larger), where a MySQL TEXT holds 64 KiB.
+MAX_TRIGGER_SUBMIT_BYTES = 40_000
 
 
 def check_trigger_submit_size(command: str, environment: dict[str, str]) -> None:
     """Raise ``ValueError`` naming the alternatives when a submit is too large for a trigger."""
-    size = len(command.encode()) + sum(len(k) + len(v.encode()) for k, v in environment.items())
+    size = len(json.dumps({"command": command, "environment": environment}).encode())
     if size > MAX_TRIGGER_SUBMIT_BYTES:
         raise ValueError(
-            f"SSHRemoteJobOperator: command and environment hold {size} bytes, more than the "
+            f"SSHRemoteJobOperator: command and environment hold {size} bytes as stored, more than the "
             f"{MAX_TRIGGER_SUBMIT_BYTES} that submit_from='triggerer' can carry (they are stored with the "
             "trigger in the metadata database). Put the long part in a script file on the host and run "
             "that, or use submit_from='worker'."

@@ -369,6 +369,9 @@ class SSHRemoteJobOperator(BaseOperator):
             paths = self._paths = self._job_paths(context)
             self.log.error("Watching remote job %s ended abnormally; stopping the remote job", paths.job_id)
             self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
+            taken = durable.earlier_records(context, self._base_dir(), self.retries or 0, self.log)
+            for record, _ in taken if self.durable else []:  # the job this try took over, if it did
+                self._finish_remote(record.paths, kill=True, remove=False)
         return super().resume_execution(next_method, next_kwargs, context)
 
     def on_kill(self) -> None:

@@ -110,8 +110,10 @@ def decide(status: JobStatus, skip_codes: Container[int], recorded: bool) -> Res
     :param recorded: the job came from the task state store (with its token); without the
         store, only a running job is taken over
     """
-    if status.state in (JobState.RUNNING, JobState.PENDING):
+    if status.state is JobState.RUNNING:
         return Resume.REATTACH
+    # PENDING (a directory without a recorded pid, seconds after its submit) never started its
+    # command: its submit was cut short. Taking it over would wait for a job that never comes.
     succeeded = status.state is JobState.EXITED and (status.exit_code == 0 or status.exit_code in skip_codes)
     if succeeded and recorded:
         return Resume.DONE if status.removed else Resume.REATTACH

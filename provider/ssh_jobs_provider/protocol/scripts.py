@@ -57,6 +57,8 @@ PROTOCOL_TAG = "SSHJOBS1"
 REMOTE_SHELL = "/bin/sh -s"
 #: Seconds the kill script waits between SIGTERM and SIGKILL.
 KILL_GRACE_SECONDS = 5
+#: Days the record of a removed job directory is kept (``.ssh-jobs-ended/<job id>``).
+ENDED_DAYS = 7
 #: Bytes reserved at submit for the exit record, so that it can be written on a full disk.
 EXIT_RECORD_RESERVE = 64
 
@@ -69,7 +71,12 @@ def shell_source(name: str) -> str:
 
 def script_prelude(tag: str = PROTOCOL_TAG) -> str:
     """The start of every script: the answers' tag and the shared functions."""
-    return f"T={tag}\n" + shell_source("process.sh") + shell_source("lib.sh")
+    # Variables the scripts read as settings start out unset, whatever the login shell set.
+    return (
+        f"T={tag}\nunset K base_ok NO_ENDED eok me\nENDED_DAYS={ENDED_DAYS}\n"
+        + shell_source("process.sh")
+        + shell_source("lib.sh")
+    )
 
 
 def batch_tag() -> str:

@@ -166,7 +166,10 @@ class PollScheduler:
         out: Deliveries = []
         for key, watch in enumerate(due):
             if watch.active:
-                out.extend(self._apply(watch, results[key], now))
+                sent_before = watch.submit_sent
+                if watch.submit_files is not None:
+                    watch.submit_sent = True  # even an answer cut short means the script ran
+                out.extend(self._apply(watch, results[key], now, sent_before))
         return out
 
     def batch_error(
@@ -226,11 +229,13 @@ class PollScheduler:
 
     # ------------------------------------------------------------------ one answer
 
-    def _apply(self, watch: Watch, result: EntryResult, now: float) -> Deliveries:
+    def _apply(self, watch: Watch, result: EntryResult, now: float, sent_before: bool = False) -> Deliveries:
         if isinstance(result, SubmitRefused):
             # Refused before anything ran, and what it created removed again: final.
             message = refusal_message(watch.monitor.paths, result)
-            return [self._finish(watch, Outcome("error", None, message, never_started=True))]
+            # Refused at its first send: nothing ran. Refused when sent again, an earlier send
+            # (whose answer was lost) may have started the job: it is then killed like a lost one.
+            return [self._finish(watch, Outcome("error", None, message, never_started=not sent_before))]
         if isinstance(result, RemoteJobProtocolError):
             watch.next_due = now + (watch.poll_interval if watch.submit_files is None else SUBMIT_TICK)
             return self._count_failure(watch, result)

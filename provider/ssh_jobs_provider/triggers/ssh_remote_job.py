@@ -266,12 +266,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
         except Exception as error:  # the connection cannot even be read: one final event
             self.log.exception("Cannot watch remote job %s", self.job_id)
             verb = "submit" if self.submit is not None else "watch"
-            outcome = Outcome(
-                "error",
-                None,
-                f"Cannot {verb} remote job {self.job_id}: {error}",
-                never_started=self.submit is not None,
-            )
+            # Not "never started": a re-created trigger cannot know whether its submit was sent.
+            outcome = Outcome("error", None, f"Cannot {verb} remote job {self.job_id}: {error}")
             yield self._event(outcome, self.log_offset, None)
             return
         watch = session.watch(

@@ -195,33 +195,51 @@ p() {
   w "$1" "$2" "$3" "$4" "$5"
 }
 
-# ended_record DIR: leave "<token> <exit code>" in DIR's base dir as .<ID>.ended before DIR goes.
-# A job's directory is removed once its log was delivered, but a later look may still need to
-# know that it ran and how it ended: a trigger re-created after a triggerer restart (whose
-# submit must not start the job again) and the next try of a durable task. Written with a
-# builtin (no process per job); kept until cm's next run after ENDED_DAYS days.
+# ended_dir BASE: success when BASE/.ssh-jobs-ended is a private directory of the SSH user's
+# (created, mode 700, when missing); ed = its path. The records live in a directory of their
+# own, which nobody else can write to: in a shared (sticky) base dir another user could plant
+# a link or a file under a record's name, to redirect our write or to forge an outcome.
+ended_dir() {
+  ed=$1/.ssh-jobs-ended
+  [ "${eok:-}" = "$ed" ] && return 0
+  [ -e "$ed" ] || [ -L "$ed" ] || mkdir -m 700 "$ed" 2>/dev/null
+  stat_of "$ed"
+  whoami_uid
+  case $m in d???------*) [ "$o" = "$me" ] || return 1 ;; *) return 1 ;; esac
+  eok=$ed
+}
+
+# ended_record DIR: record "<token> <exit code>" for DIR in its base dir's .ssh-jobs-ended/<ID>,
+# before DIR goes. A job's directory is removed once its log was delivered, but a later look
+# may still need to know that it ran and how it ended: a trigger re-created after a triggerer
+# restart (whose submit must not start the job again) and the next try of a durable task.
+# Fails when the record cannot be kept (then DIR must stay). Written with a builtin (no process
+# per job); kept until cm runs there after ENDED_DAYS days.
 ended_record() {
   # The reaper (ops.sh) removes directories whose tries are long over: no record for those.
-  [ -z "${NO_ENDED:-}" ] || return 0
+  [ -n "${NO_ENDED:-}" ] && return 0
+  ended_dir "${1%/*}" || return 1
   et='' ec=''
   [ -f "$1/token" ] && read -r et < "$1/token"
   [ -f "$1/exit_code" ] && read -r ec _ < "$1/exit_code"
   case $ec in *[!0-9]*) ec= ;; esac
-  [ -n "$et" ] && printf '%s %s\n' "$et" "$ec" 2>/dev/null > "${1%/*}/.${1##*/}.ended"
-  return 0
+  [ -n "$et" ] || return 0
+  printf '%s %s\n' "$et" "$ec" 2>/dev/null > "$ed/${1##*/}"
 }
 
-# ended_of DIR TOKEN: ended = the exit code in DIR's .ended record ("" when it has none) and
-# success, if there is a record of the SSH user's carrying TOKEN (any, when TOKEN is empty).
+# ended_of DIR TOKEN: ended = the exit code recorded for DIR ("" when it has none) and success,
+# if there is a record carrying TOKEN (any, when TOKEN is empty) in a private records directory
+# of the SSH user's. A record is written only right before its directory goes: with a record,
+# the job ended, even if part of its directory is still there.
 ended_of() {
   ended=''
-  set -- "$1" "$2" "${1%/*}/.${1##*/}.ended"
-  [ -f "$3" ] || return 1
+  set -- "$1" "$2" "${1%/*}/.ssh-jobs-ended"
+  [ -f "$3/${1##*/}" ] || return 1
   stat_of "$3"
   whoami_uid
-  [ "$o" = "$me" ] || return 1
+  case $m in d???------*) [ "$o" = "$me" ] || return 1 ;; *) return 1 ;; esac
   et='' ec=''
-  read -r et ec < "$3"
+  read -r et ec < "$3/${1##*/}"
   [ -n "$et" ] || return 1
   [ -z "$2" ] || [ "$et" = "$2" ] || return 1
   case $ec in *[!0-9]*) ec= ;; esac
@@ -232,7 +250,7 @@ ended_of() {
 # lk KEY DIR TOKEN: what became of the job of an earlier try: its state as a poll answers it,
 # or, once its directory is gone, what its .ended record says ("state=ended exit=CODE").
 lk() {
-  if [ ! -e "$2" ] && [ ! -L "$2" ] && ended_of "$2" "$3"; then
+  if ended_of "$2" "$3"; then
     echo "$T poll key=$1 state=ended exit=$ended len=0"
     return 0
   fi
@@ -245,8 +263,8 @@ lk() {
 c() {
   if [ ! -e "$2" ] && [ ! -L "$2" ]; then s=absent
   elif ! owned_by_job "$2" "$3"; then s=foreign
+  elif ! ended_record "$2"; then s=failed
   else
-    ended_record "$2"
     kept=
     for f in "$2"/* "$2"/.[!.]* "$2"/..?*; do
       if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
@@ -308,8 +326,8 @@ cm() {
       [ -f "$cd_/token" ] && read -r t < "$cd_/token"
       if [ "$t" != "$ct" ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
     fi
+    if ! ended_record "$cb/$cd_"; then echo "$T cleanup key=$ck state=failed len=0"; continue; fi
     eval "G$ck=1"
-    ended_record "$cb/$cd_"
     cr="$cr $cd_/[!t]* $cd_/t[!o]* $cd_/to[!k]* $cd_/tok[!e]* $cd_/toke[!n]* $cd_/token?*"
     cr="$cr $cd_/t $cd_/to $cd_/tok $cd_/toke $cd_/.[!.]* $cd_/..?*"
   done
@@ -340,6 +358,8 @@ cm() {
     echo "$T cleanup key=$ck state=$s len=0"
   done
   # The records of jobs removed more than ENDED_DAYS days ago go (one find for the base dir).
-  find . ! -name . -prune -name '.*.ended' -mtime +"${ENDED_DAYS:-7}" -exec rm -f {} + 2>/dev/null
+  if ended_dir "$cb"; then
+    find "$ed" -type f -mtime +"${ENDED_DAYS:-7}" -exec rm -f {} + 2>/dev/null
+  fi
   cd / || true
 }

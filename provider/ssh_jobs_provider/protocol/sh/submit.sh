@@ -71,10 +71,7 @@ check_resolved() {
 refuse() {
   rollback
   if [ -n "${K:-}" ]; then
-    # ${#2} counts bytes in the C locale, as len= must.
-    LC_ALL=C
-    echo "$T submit key=$K error=$1 len=$((${#2} + 1))"
-    printf '%s\n' "$2"
+    framed "$T submit key=$K error=$1" "$2"
     exit 9
   fi
   echo "$T submit error=$1"
@@ -131,9 +128,10 @@ begin() {
   B=$1 jd=$1/$2 tok=$3 job_created='' launched=0 claimed=0
   # A batch checks each base dir once for all its submits (sbase).
   [ "$B" = "${base_ok:-}" ] || ensure_base "$B"
-  if [ -n "${K:-}" ] && [ ! -e "$jd" ] && [ ! -L "$jd" ] && ended_of "$jd" "$tok"; then
-    # This submit's job ran and its directory was removed already (the triggerer that
-    # submitted it was restarted before it could report): answer that, never start it again.
+  if [ -n "${K:-}" ] && ended_of "$jd" "$tok"; then
+    # This submit's job ran and its directory was removed (or is being removed) already: the
+    # triggerer that submitted it was restarted before it could report. Answer that; never
+    # start it again.
     echo "$T submit key=$K ended=$ended len=0"
     exit 8
   fi
@@ -196,6 +194,14 @@ finish() {
   p 0 "$jd" 0 0 0 "$tok"
 }
 
+# framed HEADER LINE: HEADER with len= the bytes of LINE and its newline, then LINE. Counted by
+# wc, not ${#LINE}: a shell may count characters, and one byte off loses the batch's framing.
+framed() {
+  n=$(printf '%s\n' "$2" | wc -c)
+  echo "$1 len=$((n + 0))"
+  printf '%s\n' "$2"
+}
+
 # ---- many submits in one batch (protocol/batch.py): each runs in a subshell of its own, so
 # that a refusal ends that submit only:
 #   sbase BASE                          (once per base dir)
@@ -224,10 +230,7 @@ sd() {
       ;;
     8|9) ;;
     *)
-      r="the submit of $3 stopped unexpectedly (status $1)"
-      LC_ALL=C
-      echo "$T submit key=$2 error=io len=$((${#r} + 1))"
-      printf '%s\n' "$r"
+      framed "$T submit key=$2 error=io" "the submit of $3 stopped unexpectedly (status $1)"
       ;;
   esac
 }
