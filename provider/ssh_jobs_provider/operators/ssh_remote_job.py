@@ -106,7 +106,7 @@ class SSHRemoteJobOperator(BaseOperator):
         without any SSH connection from the worker, and the triggerer submits over the one
         connection it shares for the host: a whole fan-out then costs ONE SSH login). The
         command and environment then travel in the trigger's arguments, stored in the metadata
-        database, and may hold at most 48 KiB together.
+        database, and may hold at most about 40 KB together (as JSON).
     :param durable: a retry takes over the job of an earlier try instead of starting another
         (default ``True``, as KubernetesPodOperator's): a running job is re-attached (the new
         try's log shows its whole output), a job that succeeded is not run again, a failed one
