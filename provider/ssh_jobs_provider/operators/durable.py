@@ -179,22 +179,25 @@ def take_over_earlier_job(op: Any, context: Any) -> bool:
     record, status = found.record, found.status
     if found.resume is Resume.DONE:
         code = record.exit_code if status is None else status.exit_code
+        skipped = record.outcome == "skipped" or code in op.skip_on_exit_code
         if op.do_xcom_push:
             op._push_job(context, record.paths, op.remote_host, None)
         op.log.info(
-            "Remote job %s of try %d already succeeded (exit code %s): not running it again. Its output "
-            "is in the log of try %d.",
+            "Remote job %s of try %d already %s (exit code %s): not running it again. Its output is in the "
+            "log of try %d.",
             record.job_id,
             record.try_number,
+            "ended with a skip code" if skipped else "succeeded",
             code,
             record.try_number,
         )
-        if record.outcome == "skipped" or code in op.skip_on_exit_code:
+        if skipped:
             raise AirflowSkipException(f"Remote job {record.job_id} exited with skip code {code}")
         return True
     assert status is not None
     if status.state is JobState.EXITED:
-        what = f"already succeeded (exit code {status.exit_code}): not running it again"
+        ended = "ended with a skip code" if status.exit_code in op.skip_on_exit_code else "succeeded"
+        what = f"already {ended} (exit code {status.exit_code}): not running it again"
     else:
         what = f"is still {status.state.value}: re-attaching to it instead of starting another"
     op.log.info(
