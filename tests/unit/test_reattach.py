@@ -95,7 +95,7 @@ def test_a_record_round_trips_and_junk_is_no_record() -> None:
 
 def submit(base: Path, job: str, command: str) -> SubmitEntry:
     paths = RemoteJobPaths(job, str(base))
-    return SubmitEntry(paths, 0, 65536, token=TOKEN, files=job_files(command, {}, None))
+    return SubmitEntry(paths, 0, 65536, token=TOKEN, files=job_files(command, {}, None, TOKEN))
 
 
 def wait_for_exit(paths: RemoteJobPaths) -> None:

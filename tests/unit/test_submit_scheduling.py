@@ -33,10 +33,11 @@ def submit_watch(job: str = "j", base: str = "/base", command: str = "echo hi\n"
     kwargs.setdefault("poll_interval", 5.0)
     kwargs.setdefault("command_timeout", 10.0)
     kwargs.setdefault("max_reconnect_attempts", 2)
+    token = new_job_token()
     monitor = JobMonitor(
-        RemoteJobPaths(job, base), log_offset=0, chunk_size=65536, started_at=0.0, token=new_job_token()
+        RemoteJobPaths(job, base), log_offset=0, chunk_size=65536, started_at=0.0, token=token
     )
-    return Watch(monitor=monitor, submit_files=job_files(command, {}, None), **kwargs)
+    return Watch(monitor=monitor, submit_files=job_files(command, {}, None, token), **kwargs)
 
 
 def running(pid: int = 7, launched: bool = True) -> JobStatus:
@@ -147,12 +148,13 @@ def test_credentials_that_fail_end_the_submit_at_once_without_a_job() -> None:
 
 
 def submit_entry(base: Path, job: str, command: str, token: str | None = None) -> SubmitEntry:
+    token = token or new_job_token()
     return SubmitEntry(
         RemoteJobPaths(job, str(base)),
         0,
         65536,
-        token=token or new_job_token(),
-        files=job_files(command, {}, None),
+        token=token,
+        files=job_files(command, {}, None, token),
     )
 
 
@@ -220,3 +222,12 @@ def test_an_untrusted_base_dir_refuses_every_submit_into_it(tmp_path: Path, poll
 
     assert all(isinstance(r, SubmitRefused) and r.code == "unsafe" for r in results.values()), results
     assert list(base.iterdir()) == []
+
+
+def test_every_send_of_a_submit_writes_the_same_marker_and_no_token() -> None:
+    token, other = new_job_token(), new_job_token()
+    marker = dict(job_files("echo hi\n", {}, None, token))["marker"]
+
+    assert dict(job_files("echo hi\n", {}, None, token))["marker"] == marker  # a re-created trigger's
+    assert dict(job_files("echo hi\n", {}, None, other))["marker"] != marker
+    assert token not in marker and len(marker.strip()) == 32

@@ -37,6 +37,7 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import shlex
 from collections.abc import Mapping
@@ -101,7 +102,7 @@ def _q(value: str | int) -> str:
 
 
 def job_files(
-    command: str, environment: Mapping[str, str], working_dir: str | None = None
+    command: str, environment: Mapping[str, str], working_dir: str | None, token: str
 ) -> tuple[tuple[str, str], ...]:
     """
     The files a submit writes into a new job directory besides ``run.sh``, validated.
@@ -109,6 +110,7 @@ def job_files(
     :param command: the shell text to run
     :param environment: validated by :func:`normalise_environment`
     :param working_dir: where the command runs (see :func:`validate_working_dir`)
+    :param token: the submit's token, from which the job's marker is derived
     """
     if not command or not command.strip():
         raise ValueError("command is empty: give the shell text to run on the remote host.")
@@ -120,9 +122,13 @@ def job_files(
         ("command.sh", command),
         ("env.sh", render_env_file(environment)),
         ("workdir", workdir + "\n"),
-        # The marker every process of the job carries in its environment, for the kill: its
-        # own random value, since the job's environment may well end up in a log.
-        ("marker", secrets.token_hex(16) + "\n"),
+        # The marker every process of the job carries in its environment, for the kill. Not the
+        # token itself, since the job's environment may well end up in a log; derived from it,
+        # so that every re-sent submit of the job (a re-created trigger's too) writes the same.
+        (
+            "marker",
+            hashlib.sha256(f"ssh-jobs marker\0{validate_token(token)}".encode()).hexdigest()[:32] + "\n",
+        ),
         ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
     )
 
@@ -158,8 +164,7 @@ def build_submit_script(
     :param token: this submit's :func:`new_job_token`
     :param working_dir: where the command runs (see :func:`validate_working_dir`)
     """
-    files = job_files(command, environment, working_dir)
-    validate_token(token)
+    files = job_files(command, environment, working_dir, token)
     writes = "".join(
         f"  put {name} {_q(content)}\n" for name, content in (*files, ("run.sh", wrapper_source()))
     )

@@ -38,7 +38,7 @@ TASK_STATE_WAIT_SECONDS = 10.0
 KILL_CONNECT_ATTEMPTS = 3
 
 
-def submit_files(submit: dict[str, Any] | None) -> tuple[tuple[str, str], ...] | None:
+def submit_files(submit: dict[str, Any] | None, token: str) -> tuple[tuple[str, str], ...] | None:
     """The job files of a trigger's ``submit`` kwarg, validated (``None``: nothing to submit)."""
     if submit is None:
         return None
@@ -46,7 +46,7 @@ def submit_files(submit: dict[str, Any] | None) -> tuple[tuple[str, str], ...] |
     if unknown or not isinstance(submit.get("command"), str):
         raise ValueError(f"Invalid submit for SSHRemoteJobTrigger: keys {sorted(submit)}.")
     return job_files(
-        submit["command"], normalise_environment(submit.get("environment")), submit.get("working_dir")
+        submit["command"], normalise_environment(submit.get("environment")), submit.get("working_dir"), token
     )
 
 
@@ -126,7 +126,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         self.from_start = from_start
         # Built (and so validated) here, where the operator creates the trigger: bad input fails
         # in execute(), before anything was sent.
-        self._submit_files = submit_files(submit)
+        self._submit_files = submit_files(submit, job_token)
         #: The submit's answer, once this trigger submitted the job; the host, once known.
         self._submitted: JobStatus | None = None
         self._host = remote_host
