@@ -50,6 +50,7 @@ HEALTH_TIMEOUT = 120.0
 DAG_PARSE_TIMEOUT = 120.0
 # Generous: on a saturated 2-core machine the API server can take seconds to answer.
 HTTP_TIMEOUT = 30.0
+CLEAR_TIMEOUT = 150.0
 TRIGGER_ATTEMPTS = 3
 SQLITE_LOCK_TIMEOUT = 30.0
 EXECUTION_API_TIMEOUT = 60.0
@@ -461,7 +462,7 @@ class AirflowDeployment:
 
     # ------------------------------------------------------------------ REST API
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
+    def api(self, method: str, path: str, body: Any = None, timeout: float = HTTP_TIMEOUT) -> Any:
         """Call the REST API; return the decoded JSON answer or raise ``DeploymentError``."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
@@ -471,7 +472,7 @@ class AirflowDeployment:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:2000]
@@ -567,7 +568,11 @@ class AirflowDeployment:
             "only_failed": only_failed,
             "reset_dag_runs": True,
         }
-        answer = self.api("POST", f"/api/v2/dags/{_quote(dag_id)}/clearTaskInstances", body)
+        # Not retried (a second clear would run the tasks once more): given time instead. The
+        # clear writes many rows, and SQLite makes it wait for every other writer.
+        answer = self.api(
+            "POST", f"/api/v2/dags/{_quote(dag_id)}/clearTaskInstances", body, timeout=CLEAR_TIMEOUT
+        )
         return list(answer.get("task_instances", []))
 
     def run_state(self, dag_id: str, run_id: str) -> str:
