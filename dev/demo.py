@@ -189,8 +189,16 @@ def shard_lines(events: list[str], map_index: int) -> tuple[list[str], list[str]
 
 
 def task_report(deployment: AirflowDeployment, run_id: str, ti: TaskInstance) -> TaskReport:
-    events = deployment.task_log(DAG_ID, run_id, ti).events()
-    own, foreign = shard_lines(events, ti.map_index)
+    """
+    What the task's log shows: its latest try's lines, or, for a retry that ended like an earlier
+    try's job without running it again, the lines of the latest try that has any.
+    """
+    own: list[str] = []
+    foreign: list[str] = []
+    for try_number in range(max(ti.try_number, 1), 0, -1):
+        own, foreign = shard_lines(deployment.task_log(DAG_ID, run_id, ti, try_number).events(), ti.map_index)
+        if own or foreign:
+            break
     return TaskReport(ti.map_index, ti.state, ti.try_number, own, foreign)
 
 

@@ -267,6 +267,8 @@ def test_fanout_logs_hold_each_tasks_own_output_in_order(e2e: E2EResult, dag_id:
         expected = [(ti.map_index, line) for line in range(1, LINES_PER_SHARD + 1)]
         for try_number in range(1, ti.try_number + 1):
             log = run.log(ti, try_number)
+            if TAKEOVER_LINE.search(log.text) and "its whole output follows" not in log.text:
+                continue  # a retry that ended like the earlier try's job: its output is in that try's log
             assert shard_lines(log) == expected, f"shard {ti.map_index} try {try_number}:\n{log.text}"
             # The job's output reached the log through the trigger, not at the end through the worker.
             assert [line for line in log.events("trigger") if OUTPUT_LINE.match(line.strip())]
