@@ -51,6 +51,7 @@ DAG_PARSE_TIMEOUT = 120.0
 # Generous: on a saturated 2-core machine the API server can take seconds to answer.
 HTTP_TIMEOUT = 30.0
 CLEAR_TIMEOUT = 150.0
+CLEAR_ATTEMPTS = 5
 TRIGGER_ATTEMPTS = 3
 SQLITE_LOCK_TIMEOUT = 30.0
 EXECUTION_API_TIMEOUT = 60.0
@@ -568,12 +569,19 @@ class AirflowDeployment:
             "only_failed": only_failed,
             "reset_dag_runs": True,
         }
-        # Not retried (a second clear would run the tasks once more): given time instead. The
-        # clear writes many rows, and SQLite makes it wait for every other writer.
-        answer = self.api(
-            "POST", f"/api/v2/dags/{_quote(dag_id)}/clearTaskInstances", body, timeout=CLEAR_TIMEOUT
-        )
-        return list(answer.get("task_instances", []))
+        # The clear writes many rows, and SQLite makes it wait for every other writer: it gets
+        # time, and is sent again only after a database error (its transaction was rolled back;
+        # after a timeout, a second clear could run the tasks once more).
+        path = f"/api/v2/dags/{_quote(dag_id)}/clearTaskInstances"
+        for attempt in range(1, CLEAR_ATTEMPTS + 1):
+            try:
+                answer = self.api("POST", path, body, timeout=CLEAR_TIMEOUT)
+                return list(answer.get("task_instances", []))
+            except APIError as error:
+                if error.status != 500 or "Database error" not in str(error) or attempt == CLEAR_ATTEMPTS:
+                    raise
+                time.sleep(2.0)
+        raise AssertionError("unreachable")
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         answer = self.api("GET", f"/api/v2/dags/{_quote(dag_id)}/dagRuns/{_quote(run_id)}")
