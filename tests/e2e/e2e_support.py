@@ -5,13 +5,16 @@ from __future__ import annotations
 import heapq
 import json
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from harness.airflow_deploy import AirflowDeployment, DeploymentError
 from harness.sshd import SSHD_BINARY, SSHServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,3 +83,25 @@ def launch_counts(launches: Path) -> Counter[str]:
     if not launches.exists():
         return Counter()
     return Counter(line.strip() for line in launches.read_text().splitlines() if line.strip())
+
+
+#: Airflow's HA triggerer with a fast failover: a heartbeat every 2 s, a triggerer silent for
+#: TRIGGERER_DEAD_AFTER seconds counted as dead (an integer: Airflow reads it at import).
+TRIGGERER_DEAD_AFTER = 10
+HA_ENV = {
+    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(TRIGGERER_DEAD_AFTER),
+}
+
+
+def wait_until(what: str, timeout: float, check: Callable[[], bool], deployment: AirflowDeployment) -> float:
+    """Poll ``check()`` each second until it is true; return the seconds it took."""
+    started = time.monotonic()
+    for _ in range(int(timeout) + 1):
+        deployment.assert_alive()
+        if check():
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout:
+            break
+        time.sleep(1.0)
+    raise DeploymentError(f"{what}: not reached within {timeout:.0f}s")

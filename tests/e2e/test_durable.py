@@ -44,15 +44,14 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from e2e_support import TimedLine, launch_counts, merged_by_time, start_sshd
+from e2e_support import HA_ENV, TimedLine, launch_counts, merged_by_time, start_sshd, wait_until
 
-from harness.airflow_deploy import AirflowDeployment, DeploymentError, TaskInstance
+from harness.airflow_deploy import AirflowDeployment, TaskInstance
 from harness.remote_jobs import job_dirs, kill_running_jobs
 from harness.sshd import SSHServer
 from support.report import report
@@ -83,10 +82,6 @@ USER_CANCEL_TEXT = "Trigger cancelled by user action"
 KILLED_BY_SIGNAL_TEXT = "Process terminated by signal"
 
 #: Airflow's HA triggerer with a fast failover; the threshold is read when Airflow is imported.
-HA_ENV = {
-    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
-}
 START_TIMEOUT = 180.0
 SINGLES_TIMEOUT = 240.0
 RAMP_TIMEOUT = 240.0
@@ -282,19 +277,6 @@ def collect_run(deployment: AirflowDeployment, dag_id: str, run_id: str, state: 
             run.files[(ti.map_index, try_number)] = files
             run.lines[(ti.map_index, try_number)] = merged_by_time(files)
     return run
-
-
-def wait_until(what: str, timeout: float, check: Callable[[], bool], deployment: AirflowDeployment) -> float:
-    """Poll ``check()`` each second until it is true; return the seconds it took."""
-    started = time.monotonic()
-    for _ in range(int(timeout) + 1):
-        deployment.assert_alive()
-        if check():
-            return time.monotonic() - started
-        if time.monotonic() - started >= timeout:
-            break
-        time.sleep(1.0)
-    raise DeploymentError(f"{what}: not reached within {timeout:.0f}s")
 
 
 def latest_shard_line(deployment: AirflowDeployment, dag_id: str, run_id: str, ti: TaskInstance) -> int:

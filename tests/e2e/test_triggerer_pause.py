@@ -13,15 +13,14 @@ jobs; each job appends a line to a ``launches`` file when it starts.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import launch_counts, merged_by_time, start_sshd
+from e2e_support import HA_ENV, TRIGGERER_DEAD_AFTER, launch_counts, merged_by_time, start_sshd, wait_until
 
-from harness.airflow_deploy import AirflowDeployment, DeploymentError, TaskInstance
+from harness.airflow_deploy import AirflowDeployment, TaskInstance
 from harness.remote_jobs import kill_running_jobs
 from support.report import report
 
@@ -31,13 +30,8 @@ DAG_ID = "triggerer_pause_fanout"
 CONN_ID = "ssh_pause"
 FAN_OUT = 4
 LINES = 40
-THRESHOLD = 10
-HA_ENV = {
-    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
-    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(THRESHOLD),
-}
 #: Long enough for the other triggerer to count the paused one dead and take its triggers.
-PAUSE_SECONDS = THRESHOLD + 8
+PAUSE_SECONDS = TRIGGERER_DEAD_AFTER + 8
 LINE = re.compile(r"^pause shard (\d+) line (\d+)$")
 SPARED_TEXT = "the task is still deferred (watched by another triggerer): not killing it"
 
@@ -77,15 +71,6 @@ def commands(launches: Path) -> list[str]:
     ]
 
 
-def wait_for(what: str, timeout: float, check, deployment: AirflowDeployment) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        deployment.assert_alive()
-        if time.monotonic() > deadline:
-            raise DeploymentError(f"{what}: not reached within {timeout:.0f}s")
-        time.sleep(1.0)
-
-
 @pytest.fixture(scope="module")
 def paused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PauseResult]:
     base = tmp_path_factory.mktemp("pause")
@@ -109,11 +94,11 @@ def paused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PauseResult]:
                 and sum(launch_counts(launches).values()) >= FAN_OUT
             )
 
-        wait_for("every task deferred with its job running", 180, all_deferred_and_running, deployment)
+        wait_until("every task deferred with its job running", 180, all_deferred_and_running, deployment)
         second = deployment.add_triggerer()
         deployment.pause_component("triggerer")
         try:
-            wait_for(
+            wait_until(
                 "the other triggerer to take over every trigger",
                 PAUSE_SECONDS + 30,
                 lambda: deployment.triggers_by_triggerer().get(second, 0) == FAN_OUT,

@@ -47,17 +47,20 @@ def state_store(context: Any) -> Any:
     return getter("task_state_store") if getter else None
 
 
+def job_id_of(ti: Any, try_number: int) -> str:
+    """The job id of try ``try_number`` of task instance ``ti``."""
+    map_index = ti.map_index if ti.map_index is not None else -1
+    return make_job_id(ti.dag_id, ti.task_id, ti.run_id, map_index, try_number)
+
+
 def job_paths(ti: Any, base_dir: str, try_number: int | None = None) -> RemoteJobPaths:
     """The job of try ``try_number`` (default: the current one) of task instance ``ti``."""
-    map_index = ti.map_index if ti.map_index is not None else -1
-    job_id = make_job_id(ti.dag_id, ti.task_id, ti.run_id, map_index, try_number or ti.try_number)
-    return RemoteJobPaths(job_id=job_id, base_dir=base_dir)
+    return RemoteJobPaths(job_id=job_id_of(ti, try_number or ti.try_number), base_dir=base_dir)
 
 
 def own_job_ids(ti: Any) -> set[str]:
     """The job ids of every try of ``ti`` so far: an event may name any of them."""
-    map_index = ti.map_index if ti.map_index is not None else -1
-    return {make_job_id(ti.dag_id, ti.task_id, ti.run_id, map_index, n) for n in range(1, ti.try_number + 1)}
+    return {job_id_of(ti, n) for n in range(1, ti.try_number + 1)}
 
 
 def retry_follows(context: Any, retries: int | None) -> bool:
@@ -81,10 +84,7 @@ def earlier_records(context: Any, base_dir: str, retries: int, log: Any) -> list
     first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), retries)
     if ti.try_number <= first:
         return []
-    by_name = [
-        JobRecord(job_paths(ti, base_dir, n).job_id, base_dir, "", n)
-        for n in range(ti.try_number - 1, first - 1, -1)
-    ]
+    by_name = [JobRecord(job_id_of(ti, n), base_dir, "", n) for n in range(ti.try_number - 1, first - 1, -1)]
     record = None
     store = state_store(context)
     if store is not None:

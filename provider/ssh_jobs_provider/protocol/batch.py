@@ -121,11 +121,6 @@ class SubmitEntry(PollEntry):
         if not self.files:
             raise ValueError(f"A submit of {self.paths.job_id} needs the job's files.")
 
-    @property
-    def size(self) -> int:
-        """Bytes this submit adds to a batch script (about)."""
-        return sum(len(name) + len(content) for name, content in self.files) + 200
-
 
 Entry = PollEntry | CleanupEntry
 
