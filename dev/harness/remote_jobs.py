@@ -28,7 +28,7 @@ def job_dirs(base_dir: Path) -> list[Path]:
 def exit_code_of(job_dir: Path) -> int | None:
     """The job's exit code, or None while it has not ended (or never started)."""
     try:
-        return int((job_dir / "exit_code").read_text().strip())
+        return int((job_dir / "exit_code").read_text().split()[0])
     except (FileNotFoundError, ValueError):
         return None
 

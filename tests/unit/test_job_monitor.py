@@ -213,15 +213,27 @@ def test_reboot_counts_as_vanished_even_if_the_pid_is_alive() -> None:
     assert update.outcome is not None and update.outcome.status == "error"
 
 
-def test_missing_job_dir_is_an_error_at_once() -> None:
+def test_a_missing_job_dir_is_believed_only_when_a_second_look_agrees() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
 
-    update = feed(monitor, MISSING, now=1.0)
+    # One failed look (NFS ESTALE, an automount): not final, the job is asked again.
+    assert feed(monitor, MISSING, now=1.0).outcome is None
+    update = feed(monitor, MISSING, now=2.0)
 
     assert update.outcome is not None
     assert (update.outcome.status, update.outcome.exit_code) == ("error", None)
     assert PATHS.job_dir in update.outcome.message
     assert "no longer exists" in update.outcome.message
+
+
+def test_a_transient_miss_of_the_job_dir_costs_the_job_nothing() -> None:
+    monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
+
+    assert feed(monitor, MISSING, now=1.0).outcome is None
+    assert feed(monitor, answer(alive=1), now=2.0).outcome is None
+    assert feed(monitor, MISSING, now=3.0).outcome is None  # the count started again
+    update = feed(monitor, answer(alive=0, exit=0), now=4.0)
+    assert update.outcome is not None and update.outcome.status == "success"
 
 
 def test_pending_is_tolerated_up_to_the_limit_then_an_error() -> None:

@@ -55,7 +55,7 @@ def wait_for_exit(paths: RemoteJobPaths) -> int:
     """Wait (bounded) for the detached wrapper to record the exit code; return it."""
     exit_file = Path(paths.exit_code_file)
     wait_until(exit_file.exists, what=f"{exit_file}")
-    return int(exit_file.read_text())
+    return int(exit_file.read_text().split()[0])
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -163,7 +163,8 @@ def test_exit_code_written_atomically_with_stdout_and_stderr_in_log(new_job: Job
     submit(paths, "echo out\necho err >&2\nexit 7\n")
 
     assert wait_for_exit(paths) == 7
-    assert Path(paths.exit_code_file).read_bytes() == b"7\n"
+    # The exit code, and the log's size when the job ended (8 bytes: "out\nerr\n").
+    assert Path(paths.exit_code_file).read_bytes() == b"7 log=8\n"
     assert not list(Path(paths.job_dir).glob("*.tmp*")), "no temporary file may be left behind"
     assert Path(paths.log_file).read_bytes() == b"out\nerr\n"
 

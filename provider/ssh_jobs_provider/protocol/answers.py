@@ -26,6 +26,29 @@ class RemoteJobProtocolError(ValueError):
     """Raised when a script's answer cannot be understood (not our protocol, or truncated)."""
 
 
+class EntryNotAnswered(RemoteJobProtocolError):
+    """A batch answer holds nothing for this entry (the answer ended before it, or lacks it)."""
+
+
+class BatchNotAnswered(RemoteJobProtocolError):
+    """
+    The host ran a batch but answered none of its entries (see :func:`batch_not_answered`).
+
+    :param entries: how many entries the batch had
+    :param stderr: what the host's shell wrote to standard error, whose first line usually
+        says why (a full file system, a missing tool)
+    """
+
+    def __init__(self, entries: int, stderr: bytes | str = b"") -> None:
+        text = stderr.decode("utf-8", errors="replace") if isinstance(stderr, bytes) else stderr
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        super().__init__(
+            f"The host answered none of the {entries} entries of a batch"
+            + (f": {reason[:300]}" if reason else " (nothing on standard error)")
+        )
+        self.reason = reason
+
+
 class JobState(str, Enum):
     """What the remote job directory says about the job."""
 
@@ -52,6 +75,12 @@ class JobStatus:
     :param disk_full: the file system holding the job directory was (or is) full
     :param removed: the job ended and its directory was removed: only its ``.ended`` record
         (exit code) is left, its log is gone
+    :param log_end: the log's size when the job ended, as its wrapper recorded it (``None``:
+        not ended, or recorded by an older wrapper)
+    :param log_unreadable: the log holds bytes past the window's start that cannot be read
+        (its permissions were changed): none were sent
+    :param log_short: fewer bytes could be read than the log's size promised (it was cut
+        shorter, or made unreadable, while being read): ``log_data`` holds the real ones
     :param log_data: the log window asked for
     """
 
@@ -67,6 +96,12 @@ class JobStatus:
     disk_full: bool = False
     #: The job ended and its directory was removed: only its exit code is known.
     removed: bool = False
+    #: The log's size when the job ended, as its wrapper recorded it.
+    log_end: int | None = None
+    #: The log has bytes past the window's start that cannot be read.
+    log_unreadable: bool = False
+    #: Fewer bytes could be read than the log's size promised.
+    log_short: bool = False
     log_data: bytes = field(default=b"", repr=False)
 
     @property
@@ -135,6 +170,8 @@ def status_from_fields(fields: dict[str, str], log_data: bytes = b"") -> JobStat
         launched=None if "launched" not in fields else fields["launched"] == "1",
         delivered=int_or_none(fields.get("delivered")) or 0,
         disk_full=fields.get("full") == "1" or fields.get("note") == "nospace",
+        log_end=int_or_none(fields.get("logend")) if exit_code is not None else None,
+        log_unreadable=fields.get("unreadable") == "1",
         log_data=log_data,
     )
 
@@ -230,6 +267,12 @@ def parse_batch_output(
         if verb == "end":
             complete = True
             break
+        if verb == "short":
+            # The window before it held fewer real bytes than announced (see log_window in
+            # sh/lib.sh): keep those. It frames nothing (len=0), so the framing holds.
+            position = line_end + 1
+            _cut_window(results, entries, header_fields(rest))
+            continue
         fields = header_fields(rest)
         data_start = line_end + 1
         try:
@@ -263,8 +306,30 @@ def parse_batch_output(
     for key, entry in enumerate(entries):
         if key not in results:
             why = "missing from the batch answer" if not complete else "not answered"
-            results[key] = RemoteJobProtocolError(f"Answer for {entry.paths.job_id} is {why}")
+            results[key] = EntryNotAnswered(f"Answer for {entry.paths.job_id} is {why}")
     return results
+
+
+def _cut_window(results: dict[int, EntryResult], entries: Sequence[Entry], fields: dict[str, str]) -> None:
+    """Keep the first ``got`` bytes of the window of entry ``key``: the rest was padding."""
+    try:
+        key, got = int(fields.get("key", "")), int(fields.get("got", ""))
+    except ValueError:
+        return
+    status = results.get(key)
+    if isinstance(status, JobStatus) and 0 <= got <= len(status.log_data):
+        results[key] = replace(status, log_data=status.log_data[:got], log_short=True)
+    elif key in range(len(entries)):
+        results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
+
+
+def batch_not_answered(results: dict[int, EntryResult]) -> bool:
+    """
+    No entry of the batch got an answer: the batch failed as a whole (the host could not run
+    it, or its answer was lost), which says nothing about any one job. It is retried as a
+    batch, like a lost connection, and never turned into verdicts on the jobs in it.
+    """
+    return bool(results) and all(isinstance(r, EntryNotAnswered) for r in results.values())
 
 
 def _ended(fields: dict[str, str]) -> EntryResult:

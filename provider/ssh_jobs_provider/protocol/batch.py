@@ -55,9 +55,6 @@ SIZES_PER_LS = 200
 #: Job directories removed by one ``cm`` call (a few processes for all of them); a job
 #: directory holds about 15 files, so its ``rm`` stays well inside any host's ``ARG_MAX``.
 CLEANUPS_PER_CALL = 100
-#: The here-document that carries the perl program and its entries (no entry line can be it:
-#: each starts with a digit).
-_PERL_END = "SSH_JOBS_POLLS"
 
 
 @dataclass(frozen=True)
@@ -243,9 +240,11 @@ def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
 
 
 def _perl_call(arguments: str, entries: str) -> str:
-    # The program and its entries in one here-document: perl reads the program up to __END__,
-    # and the entries after it from its DATA handle.
-    return f"perl - {arguments} <<'{_PERL_END}'\n{perl_program()}__END__\n{entries}{_PERL_END}\n"
+    # The program and its entries through a pipe from the shell's own printf: perl reads the
+    # program up to __END__, and the entries after it from its DATA handle. Not a
+    # here-document: bash writes those to a temporary file, and a full /tmp would then stop
+    # every poll of the host.
+    return f"printf '%s' {_q(perl_program() + '__END__' + chr(10) + entries)} | perl - {arguments}\n"
 
 
 def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:

@@ -22,8 +22,17 @@ from ssh_jobs_provider.protocol.log_stream import LogStream
 #: monitor gives up on it (one more look guards against a transient ``kill -0`` answer).
 VANISHED_CONFIRMATIONS = 2
 
+#: Consecutive polls that must find the job directory gone (with no record of its end) before
+#: the monitor believes it: one failed ``cd`` may be transient (NFS ``ESTALE``, an automount).
+MISSING_CONFIRMATIONS = 2
+
 #: Seconds a submitted job may stay without a recorded pid before it counts as never started.
 PENDING_LIMIT_SECONDS = 120.0
+
+#: Log bytes read past the log's size at the job's end: what processes the job left running
+#: write there later is shown up to this many bytes, then the watch ends and says how many
+#: were left unread (a writer that never stops must not keep the job from ending).
+AFTER_EXIT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,15 @@ class MonitorUpdate:
     :param lines: complete log lines to emit
     :param more_now: more log is waiting: poll again at once instead of after ``poll_interval``
     :param outcome: the final outcome, once the job has ended and its log is drained
+    :param notes: what the task log should be told about the log itself
     """
 
     lines: list[str] = field(default_factory=list)
     #: Poll again right away (more log is waiting) instead of sleeping ``poll_interval``.
     more_now: bool = False
     outcome: Outcome | None = None
+    #: What the task log should be told about the log itself (cut short, unreadable, left unread).
+    notes: list[str] = field(default_factory=list)
 
 
 class JobMonitor:
@@ -96,7 +108,11 @@ class JobMonitor:
         self.log = LogStream(offset=log_offset, max_pending=max(chunk_size, 4096))
         self._started_at = started_at
         self._vanished_seen = 0
+        self._missing_seen = 0
         self._final: JobStatus | None = None
+        #: Where reading the log stops once the job has ended (see AFTER_EXIT_BYTES).
+        self._drain_end: int | None = None
+        self._unreadable_said = False
         self.last_status: JobStatus | None = None
 
     def submitted(self, now: float) -> None:
@@ -122,6 +138,8 @@ class JobMonitor:
             re-created watcher resumes there (default: everything emitted so far)
         """
         size = self.chunk_size if max_bytes is None else min(max_bytes, self.chunk_size)
+        if self._drain_end is not None:
+            size = min(size, max(0, self._drain_end - self.log.read_offset))
         recorded = self.log_offset if delivered is None else delivered
         return PollEntry(self.paths, self.log.read_offset, size, delivered=recorded, token=self.token)
 
@@ -134,22 +152,73 @@ class JobMonitor:
             self.last_status = status
             return MonitorUpdate(more_now=True)
         self.last_status = status
-        update = MonitorUpdate(lines=self.log.feed(status.log_data))
-        log_behind = status.log_size > self.log.read_offset
+        update = MonitorUpdate(notes=self._log_notes(status))
+        if update.notes and status.log_size < self.log.read_offset:
+            # Cut below what was read: what was pending belongs to the old text; the new
+            # text starts at byte 0 (the job writes in append mode).
+            update.lines = self.log.flush()
+            self.log = LogStream(offset=0, max_pending=self.log.max_pending)
+            if self._drain_end is not None:
+                self._drain_end = min(self._drain_end, status.log_size + AFTER_EXIT_BYTES)
+        update.lines.extend(self.log.feed(status.log_data))
         if self._final is None:
             self._final = self._terminal(status, now)
+            if self._final is not None:
+                end = status.log_end if status.log_end is not None else status.log_size
+                self._drain_end = end + AFTER_EXIT_BYTES
         if self._final is not None:
-            # Terminal: keep reading until every byte the job wrote has been emitted.
-            if log_behind and status.log_data:
+            # Terminal: keep reading until every byte the job wrote has been emitted, and no
+            # further than the bound past its end.
+            assert self._drain_end is not None
+            if min(status.log_size, self._drain_end) > self.log.read_offset and status.log_data:
                 update.more_now = True
                 return update
             update.lines.extend(self.log.flush())
+            update.notes.extend(self._unread_note(status))
             update.outcome = self._outcome(self._final)
             return update
-        update.more_now = log_behind and bool(status.log_data)
+        update.more_now = status.log_size > self.log.read_offset and bool(status.log_data)
         return update
 
+    def _log_notes(self, status: JobStatus) -> list[str]:
+        """What this answer says about the log itself: cut shorter by the job, or unreadable."""
+        if status.state in (JobState.MISSING, JobState.FOREIGN) or status.removed:
+            return []
+        read = self.log.read_offset
+        if status.log_size < read:
+            return [
+                f"The log of remote job {self.paths.job_id} was cut to {status.log_size} byte(s) after "
+                f"{read} had been read (the job truncated {self.paths.log_file}): reading on from "
+                "its new start."
+            ]
+        if status.log_unreadable and not self._unreadable_said:
+            self._unreadable_said = True
+            return [
+                f"The log of remote job {self.paths.job_id} cannot be read ({self.paths.log_file} "
+                f"was made unreadable): its output from byte {read} on is not shown."
+            ]
+        return []
+
+    def _unread_note(self, status: JobStatus) -> list[str]:
+        """The watch ends with bytes in the log it did not read: say how many, and why."""
+        unread = status.log_size - self.log.read_offset
+        if unread <= 0:
+            return []
+        if status.log_unreadable:
+            why = "could not be read"
+        else:
+            why = (
+                "were written after the job ended, by processes it left running, and were not read "
+                f"(at most {AFTER_EXIT_BYTES} bytes past its end are shown)"
+            )
+        return [f"{unread} byte(s) in the log of remote job {self.paths.job_id} {why}."]
+
     def _terminal(self, status: JobStatus, now: float) -> JobStatus | None:
+        if status.state is JobState.MISSING and not status.removed:
+            # Gone without a record of its end: believed only when a second look agrees.
+            self._missing_seen += 1
+            return status if self._missing_seen >= MISSING_CONFIRMATIONS else None
+        self._missing_seen = 0
         if status.state in (JobState.EXITED, JobState.MISSING, JobState.FOREIGN):
             return status
         if status.state is JobState.VANISHED:

@@ -30,7 +30,7 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     boot_id        the kernel boot id at start (Linux), to tell a reboot from a live job
     stdout.log     the command's stdout and stderr
     exit_code.new  space reserved at submit for the exit record
-    exit_code      ``<code>[ nospace]``, written atomically when the command has ended
+    exit_code      ``<code> log=<log bytes>[ nospace]``, written atomically when the command has ended
     fs_probe       one byte per end of the command: whether the file system had room left
     delivered      log bytes a watcher has delivered (for resuming after a restart)
 """
@@ -93,8 +93,10 @@ def batch_tag() -> str:
 
 def as_whole(body: str) -> str:
     # One compound command: a script cut short in transit is a syntax error and runs not at
-    # all, instead of running up to wherever it was cut.
-    return "{\n" + body + "}\n"
+    # all, instead of running up to wherever it was cut. It answers on a line of its own: a
+    # login shell's banner without a final newline would otherwise glue onto the first
+    # answer line, and that answer would never be found.
+    return "{\necho\n" + body + "}\n"
 
 
 def _q(value: str | int) -> str:

@@ -30,7 +30,13 @@ from typing import Any, cast
 
 from ssh_jobs_provider import metrics
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError, parse_batch_output, parse_simple_state
+from ssh_jobs_provider.protocol.answers import (
+    BatchNotAnswered,
+    RemoteJobProtocolError,
+    batch_not_answered,
+    parse_batch_output,
+    parse_simple_state,
+)
 from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script, build_probe_script
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, batch_tag
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
@@ -245,13 +251,17 @@ class HostSession:
             # From here on the script may reach the host, and its submits start their jobs,
             # whatever becomes of the answer.
             sent = True
-            _, stdout, _ = await self._runner(conn, script, self.scheduler.timeout(due))
+            _, stdout, stderr = await self._runner(conn, script, self.scheduler.timeout(due))
+            results = parse_batch_output(stdout, entries, tag)
+            if batch_not_answered(results):
+                raise BatchNotAnswered(len(entries), stderr)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             metrics.batch_failed(self.settings.host, self.scheduler.watched)
             delay, deliveries = self.scheduler.batch_error(due, error, loop.time(), sent=sent)
-            if delay is not None:
+            # A batch the host ran but did not answer leaves the connection as good as it was.
+            if delay is not None and not isinstance(error, BatchNotAnswered):
                 await self._drop_connection()
                 log.warning(
                     "SSH batch poll of %d job(s) on %s failed (%s: %s); reconnecting in %.1fs",
@@ -265,7 +275,7 @@ class HostSession:
             return
         self.batches += 1
         metrics.batch_polled(self.settings.host, (loop.time() - started) * 1000, self.scheduler.watched)
-        self._deliver(self.scheduler.apply(due, parse_batch_output(stdout, entries, tag), loop.time()))
+        self._deliver(self.scheduler.apply(due, results, loop.time()))
 
     def _batch_script(self, entries: list[Entry], tag: str = PROTOCOL_TAG) -> str:
         assert self.interpreter is not None  # resolved by _connection()

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_retryable
 from ssh_jobs_provider.protocol.answers import (
+    BatchNotAnswered,
     CleanupResult,
     EntryResult,
     JobStatus,
@@ -186,7 +187,9 @@ class PollScheduler:
             for watch in due:
                 if watch.submit_files is not None:
                     watch.submit_sent = True
-        if not self.retry_on(error):
+        # A batch the host did not answer at all failed as a batch: retried like a lost
+        # connection, never taken for something each of its jobs did.
+        if not (isinstance(error, BatchNotAnswered) or self.retry_on(error)):
             return None, self.batch_broken(due, error)
         return self.batch_failed(due, error, now)
 
@@ -248,7 +251,12 @@ class PollScheduler:
             watch.submit_files, submitted = None, result
             watch.monitor.submitted(now)
         update = watch.monitor.feed_status(result, now)
-        delivery = Delivery(lines=update.lines, log_offset=watch.monitor.log_offset, submitted=submitted)
+        delivery = Delivery(
+            lines=update.lines,
+            warnings=update.notes,
+            log_offset=watch.monitor.log_offset,
+            submitted=submitted,
+        )
         if update.outcome is None:
             watch.next_due = now if update.more_now else next_tick(now, watch.poll_interval)
             return [(watch, delivery)]

@@ -1,8 +1,9 @@
 # The polls of a batch in ONE perl process: for every job what sh/lib.sh's q, z and w do, with
 # the same answer, the same checks and the same order of probes (liveness before exit code
 # before log size), but without starting a process per job. Only perl's builtins are used, no
-# module, so that a host with nothing but perl-base runs it. The batch script feeds it on
-# standard input; the entries follow __END__, one per line:
+# module, so that a host with nothing but perl-base runs it. The batch script pipes it in on
+# standard input (never as a here-document: no temporary file, so a full /tmp cannot stop it);
+# the entries follow __END__, one per line:
 #   KEY <tab> OFFSET <tab> MAX <tab> DELIVERED <tab> TOKEN <tab> DIR
 # Arguments: the answers' tag and the kernel boot id (process.sh's $boot_now, may be empty).
 my ($tag, $boot_now) = @ARGV;
@@ -71,25 +72,63 @@ sub owned_by_us {
     return @stat && -d _ && $stat[4] == $>;
 }
 
-sub window {
-    my ($offset, $count) = @_;
-    my $data = '';
-    open(my $fh, '<', 'stdout.log') or return '';
-    binmode $fh;
-    if (seek $fh, $offset, 0) {
-        while (length($data) < $count) {
-            my $got = read $fh, $data, $count - length($data), length($data);
-            last unless $got;
-        }
+# lib.sh's ended_of DIR TOKEN: the exit code recorded for DIR once it was removed ('' when it
+# has none), or undef without a record carrying TOKEN in a private records directory of ours.
+sub ended_of {
+    my ($dir, $token) = @_;
+    my ($base, $id) = $dir =~ m{\A(.*)/([^/]+)\z} or return undef;
+    my $records = "$base/.ssh-jobs-ended";
+    return undef unless -f "$records/$id";
+    my @stat = lstat $records;
+    return undef unless @stat && -d _ && ($stat[2] & 077) == 0 && $stat[4] == $>;
+    my ($recorded, $code) = split ' ', first_line("$records/$id"), 2;
+    return undef unless defined $recorded && $recorded ne '';
+    return undef if $token ne '' && $recorded ne $token;
+    $code = '' unless defined $code && $code !~ /[^0-9]/;
+    return $code;
+}
+
+# lib.sh's exit_record: the code, the note (nospace) and the log's size when the job ended,
+# from "<code> log=<bytes>[ nospace]" (older wrappers: "<code>[ nospace]").
+sub exit_record {
+    my ($code, $rest) = split ' ', file_line('exit_code'), 2;
+    $code = '' unless defined $code && $code !~ /[^0-9]/;
+    my ($note, $log_end) = ('', '');
+    for my $word (split ' ', defined $rest ? $rest : '') {
+        $note = 'nospace' if $word eq 'nospace';
+        if ($word =~ /\Alog=(.*)\z/s) { $log_end = $1 =~ /\A[0-9]+\z/ ? $1 : '' }
     }
-    close $fh;
-    return $data;
+    return ($code, $note, $log_end);
+}
+
+# lib.sh's log_window: exactly $count bytes for the answer announced with len=$count: the log's
+# bytes from $offset, and if fewer could be read, blanks for the rest and a "short" line
+# saying how many were real.
+sub window {
+    my ($key, $offset, $count) = @_;
+    my $data = '';
+    if (open(my $fh, '<', 'stdout.log')) {
+        binmode $fh;
+        if (seek $fh, $offset, 0) {
+            while (length($data) < $count) {
+                my $got = read $fh, $data, $count - length($data), length($data);
+                last unless $got;
+            }
+        }
+        close $fh;
+    }
+    my $got = length $data;
+    return $data if $got >= $count;
+    return $data . (' ' x ($count - $got)) . "$tag short key=$key got=$got len=0\n";
 }
 
 sub poll {
     my ($key, $offset, $max, $delivered, $token, $dir) = @_;
     unless (chdir $dir) {
-        $out .= "$tag poll key=$key state=missing len=0\n";
+        my $ended = ended_of($dir, $token);
+        $out .= defined $ended
+          ? "$tag poll key=$key state=ended exit=$ended len=0\n"
+          : "$tag poll key=$key state=missing len=0\n";
         return;
     }
     my $ours = $token ne '' ? file_line('token') eq $token : owned_by_us($dir);
@@ -101,9 +140,7 @@ sub poll {
     my $pid = file_line('pid');
     $pid = '' if $pid =~ /[^0-9]/;
     my $alive = $pid ne '' && is_wrapper($pid) ? 1 : 0;
-    my ($code, $note) = split ' ', file_line('exit_code'), 2;
-    $code = '' unless defined $code && $code !~ /[^0-9]/;
-    $note = '' unless defined $note && $note eq 'nospace';
+    my ($code, $note, $log_end) = exit_record();
     my $size = -f 'stdout.log' ? (stat _)[7] : 0;
     my $boot = 'unknown';
     $boot = first_line('boot_id') eq $boot_now ? 'same' : 'changed' if $boot_now ne '' && -f 'boot_id';
@@ -111,16 +148,20 @@ sub poll {
     my $full = !$alive && $pid ne '' && $code eq '' && fs_full() ? 1 : 0;
     my $old = file_line('delivered');
     $old = 0 if $old eq '' || $old =~ /[^0-9]/;
-    if ($delivered > $old && open(my $fh, '>', 'delivered')) {
+    # Only a plain file (or none) is written: opening a FIFO the job left there would block.
+    if ($delivered > $old && (!-e 'delivered' || -f _) && open(my $fh, '>', 'delivered')) {
         print $fh "$delivered\n";
         close $fh;
     }
     my $count = $size > $offset ? $size - $offset : 0;
     $count = $max if $count > $max;
-    # The length is what was read: a log cut shorter meanwhile cannot break the framing.
-    my $data = $count > 0 ? window($offset, $count) : '';
-    $out .= "$tag poll key=$key pid=$pid alive=$alive exit=$code note=$note size=$size boot=$boot "
-      . "claimed=$claimed full=$full delivered=$old len=" . length($data) . "\n" . $data;
+    my $unreadable = '';
+    if ($count > 0 && !-r 'stdout.log') {
+        ($count, $unreadable) = (0, ' unreadable=1');
+    }
+    $out .= "$tag poll key=$key pid=$pid alive=$alive exit=$code note=$note logend=$log_end boot=$boot "
+      . "claimed=$claimed full=$full size=$size delivered=$old$unreadable len=$count\n";
+    $out .= window($key, $offset, $count) if $count > 0;
     chdir '/';
 }
 

@@ -69,7 +69,9 @@ is_wrapper() {
 # missed). Between phases a job's findings live in H<KEY> (header fields, or missing/foreign),
 # E<KEY> (1: it has a log) and Z<KEY> (its log size); only values checked here are kept there.
 
-# q KEY DIR TOKEN: phase 1, one job's state.
+# q KEY DIR TOKEN: phase 1, one job's state. A directory that cannot be entered is looked
+# up in the records of removed jobs (ended_of) before it counts as missing: a job whose
+# directory was removed after it ended keeps its exit code.
 q() {
   k=$1 tok=$3 h=missing e=0
   if cd "$2" 2>/dev/null; then
@@ -83,8 +85,27 @@ q() {
     fi
     [ -z "$h" ] && q_state
     cd / || true
+  elif ended_of "$2" "$tok"; then
+    h="ended exit=$ended"
   fi
   eval "H$k=\$h E$k=\$e"
+}
+
+# exit_record FILE: code, note and log_end from the exit record FILE, which the wrapper writes
+# as "<code> log=<bytes>[ nospace]" (older wrappers: "<code>[ nospace]"). Only what the wrapper
+# writes is kept: a number, the word nospace, the log's size when the job ended.
+exit_record() {
+  code='' note='' log_end='' rest=''
+  [ -f "$1" ] && read -r code rest < "$1"
+  case $code in *[!0-9]*) code= ;; esac
+  set -f
+  for word in $rest; do
+    case $word in
+      nospace) note=nospace ;;
+      log=*) log_end=${word#log=}; case $log_end in ''|*[!0-9]*) log_end= ;; esac ;;
+    esac
+  done
+  set +f
 }
 
 # q_state: the header fields of the job directory we are in (phase 1, after its checks).
@@ -94,11 +115,7 @@ q_state() {
   case $pid in ''|*[!0-9]*) pid= ;; esac
   alive=0
   if [ -n "$pid" ] && is_wrapper "$pid"; then alive=1; fi
-  ec='' note=''
-  [ -f exit_code ] && read -r ec note < exit_code
-  # Only what the wrapper writes: a number, and "nospace" or nothing.
-  case $ec in *[!0-9]*) ec= ;; esac
-  case $note in nospace) ;; *) note= ;; esac
+  exit_record exit_code
   [ -f stdout.log ] && e=1
   boot=unknown
   if [ -n "$boot_now" ] && [ -f boot_id ]; then
@@ -108,8 +125,8 @@ q_state() {
   claimed=0
   [ -d claimed ] && claimed=1
   full=0
-  if [ "$alive" = 0 ] && [ -n "$pid" ] && [ -z "$ec" ] && fs_full .; then full=1; fi
-  h="pid=$pid alive=$alive exit=$ec note=$note boot=$boot claimed=$claimed full=$full"
+  if [ "$alive" = 0 ] && [ -n "$pid" ] && [ -z "$code" ] && fs_full .; then full=1; fi
+  h="pid=$pid alive=$alive exit=$code note=$note logend=$log_end boot=$boot claimed=$claimed full=$full"
 }
 
 # lsn FLAGS SUFFIX "KEY:ID[:...] ...": ONE `LC_ALL=C ls -n<FLAGS>` of the names ID<SUFFIX> in
@@ -127,7 +144,13 @@ lsn() {
   # shellcheck disable=SC2086 # plain names
   lo=$(LC_ALL=C ls -n"$lf" -- $ln 2>/dev/null)
   lp="$lp "
-  while IFS= read -r ll; do
+  # The lines are split by IFS, not read from a here-document: bash writes those to a
+  # temporary file, which a full /tmp refuses (then no job of the batch would be answered).
+  IFS='
+'
+  for ll in $lo; do
+    IFS=' 	
+'
     # shellcheck disable=SC2086 # the fields are wanted as separate words
     set -- $ll
     [ "$#" -ge 6 ] || continue
@@ -135,15 +158,15 @@ lsn() {
     eval "lname=\${$#}"
     while [ -n "$lp" ]; do
       li=${lp%% *} lp=${lp#* }
-      lk=${li%%:*} li=${li#*:}
+      lkey=${li%%:*} li=${li#*:}
       if [ "$lname" = "${li%%:*}$lx" ]; then
-        eval "L$lk=\"\$1 \$3 \$5\""
+        eval "L$lkey=\"\$1 \$3 \$5\""
         break
       fi
     done
-  done <<LEOF
-$lo
-LEOF
+  done
+  IFS=' 	
+'
   set +f
 }
 
@@ -166,12 +189,13 @@ z() {
 }
 
 # w KEY DIR OFFSET MAX DELIVERED: phase 3, the answer: the job's state, then up to MAX log bytes
-# from OFFSET. Records DELIVERED (log bytes known to be in the task log) for a watcher that
-# resumes.
+# from OFFSET (log_window). Records DELIVERED (log bytes known to be in the task log) for a
+# watcher that resumes. A log that exists but cannot be read is said (unreadable=1), with no
+# bytes: nothing a job does to its log may change the framing of the answers after its own.
 w() {
   k=$1 off=$3 max=$4 dl=$5
   eval "h=\${H$k:-missing} e=\${E$k:-0} size=\${Z$k:-}"
-  case $h in missing|foreign) echo "$T poll key=$k state=$h len=0"; return 0 ;; esac
+  case $h in missing|foreign|ended*) echo "$T poll key=$k state=$h len=0"; return 0 ;; esac
   if ! cd "$2" 2>/dev/null; then echo "$T poll key=$k state=missing len=0"; return 0; fi
   if [ -z "$size" ]; then
     size=0
@@ -181,12 +205,37 @@ w() {
   old=0
   [ -f delivered ] && read -r old < delivered
   case $old in ''|*[!0-9]*) old=0 ;; esac
-  if [ "$dl" -gt "$old" ]; then printf '%s\n' "$dl" 2>/dev/null > delivered; fi
-  n=0
+  # Only a plain file (or none) is written: opening a FIFO the job left there would block.
+  if [ "$dl" -gt "$old" ] && { [ -f delivered ] || [ ! -e delivered ]; }; then
+    printf '%s\n' "$dl" 2>/dev/null > delivered
+  fi
+  n=0 unreadable=
   if [ "$size" -gt "$off" ]; then n=$((size - off)); if [ "$n" -gt "$max" ]; then n=$max; fi; fi
-  echo "$T poll key=$k $h size=$size delivered=$old len=$n"
-  if [ "$n" -gt 0 ]; then tail -c +$((off + 1)) stdout.log | head -c "$n"; fi
+  if [ "$n" -gt 0 ] && [ ! -r stdout.log ]; then n=0 unreadable=' unreadable=1'; fi
+  echo "$T poll key=$k $h size=$size delivered=$old$unreadable len=$n"
+  if [ "$n" -gt 0 ]; then log_window "$k" "$off" "$n"; fi
   cd / || true
+}
+
+# log_window KEY OFFSET COUNT: exactly COUNT bytes for the answer announced with len=COUNT: the
+# log's bytes from OFFSET, and if fewer could be read (the log was cut shorter since it was
+# measured, or made unreadable), blanks for the rest and a line "short key=KEY got=N" saying how
+# many were real. The count comes from dd's own report ("N bytes ..." in every dd that prints
+# one); where dd reports only records, from the log's size after the read.
+log_window() {
+  { got=$(tail -c +$(($2 + 1)) stdout.log 2>/dev/null | head -c "$3" | LC_ALL=C dd bs=65536 2>&1 >&4); } 4>&1
+  case $got in
+    *' bytes'*)
+      got=${got%% bytes*}
+      got=${got##*[!0-9]}
+      ;;
+    *) got=0; [ -r stdout.log ] && [ "$(($(wc -c < stdout.log) + 0))" -ge $(($2 + $3)) ] && got=$3 ;;
+  esac
+  case $got in ''|*[!0-9]*) got=0 ;; esac
+  if [ "$got" -lt "$3" ]; then
+    printf "%$(($3 - got))s" ''
+    echo "$T short key=$1 got=$got len=0"
+  fi
 }
 
 # p KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `w`).

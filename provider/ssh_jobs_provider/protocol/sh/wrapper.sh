@@ -47,6 +47,10 @@ read -r marker < marker
   exec "$shell" "$jd/command.sh"
 ) </dev/null >>"$jd/stdout.log" 2>&1
 rc=$?
+# The log's size as the job ended: a watcher reads the log up to here, and no further than a
+# bound past it, however long processes the job left behind go on writing.
+log_end=$(wc -c < stdout.log 2>/dev/null)
+case $log_end in ''|*[!0-9\ ]*) log_end= ;; *) log_end=$((log_end + 0)) ;; esac
 
 note=
 # A full file system also cost the job (part of) its output: say so beside the exit code. A
@@ -58,6 +62,6 @@ elif [ "$rc" != 0 ] && fs_full .; then note=nospace
 fi
 # exit_code.new was filled at submit: rewriting it in place needs no free block, so the
 # exit code is recorded even on a full file system. The clean copy follows where there is room.
-printf '%s%s\n' "$rc" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
-{ printf '%s%s\n' "$rc" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null ||
+printf '%s log=%s%s\n' "$rc" "$log_end" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
+{ printf '%s log=%s%s\n' "$rc" "$log_end" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null ||
   rm -f exit_code.tmp
