@@ -127,8 +127,8 @@ def test_the_wrapper_reads_the_shebang_line_as_the_kernel_does(
 
 
 def test_a_long_shebang_line_is_read_whole(shell: list[str], show_argv: Path, tmp_path: Path) -> None:
-    # Linux reads 255 bytes of the line and cuts the argument there; the wrapper has no
-    # reason to: the whole argument reaches the interpreter.
+    # Linux looks at the file's first 256 bytes only and cuts the argument there; the wrapper
+    # has no reason to: the whole argument reaches the interpreter.
     argument = "a" * 300 + " z"
     job_dir = job_dir_with(tmp_path, f"#!{show_argv} {argument}\n")
 

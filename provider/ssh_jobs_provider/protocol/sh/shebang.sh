@@ -7,8 +7,8 @@
 # sb_arg = its one optional argument, as the kernel would pass them: the interpreter as
 # written (a relative one from the working directory, never looked up in PATH), then
 # everything after it up to the end of the line, blanks around it dropped, as ONE argument if
-# anything is left. Unlike the kernel, which reads at most 255 bytes of the line, this reads the
-# whole line. Fails, saying why on stderr, for a line that would only fail later, obscurely.
+# anything is left. Unlike the kernel, which looks at the file's first 256 bytes only (128
+# before Linux 5.1), this reads the whole line. Fails, saying why on stderr, for a line that would only fail later, obscurely.
 shebang_of() {
   sb_line=${1#??}
   # Blanks are spaces and tabs, the only ones the kernel skips (the tab is written literally).
