@@ -244,6 +244,18 @@ def check_host(report: Report, probe: dict[str, Any], base_dir: str) -> None:
         )  # fmt: skip
     else:
         report.add("ok", "remote_base_dir", f"{where}: writable, passes the submit's checks")
+    if base.get("exec") == "1":
+        report.add("ok", "base dir exec", f"files in {base.get('dir')} can be executed")
+    elif base.get("exec") == "0":
+        # Only a warning: the wrapper starts a #! line's interpreter itself and never needs
+        # to execute a file of the job directory; a command of the user's may want to.
+        report.add(
+            "warn", "base dir exec",
+            f"files in {base.get('dir')} cannot be executed (mounted noexec?): jobs run all the same, "
+            "the wrapper starts each #! interpreter itself",
+            "only a command that executes files it puts in its job directory (or its own $0) needs "
+            "remote_base_dir on another file system",
+        )  # fmt: skip
     if base.get("left") == "1":
         report.add("FAIL", "doctor clean-up", f"could not remove its probe directory in {base.get('dir')}")
     kib = base.get("kib", "")

@@ -137,7 +137,7 @@ def job_files(
 
 def wrapper_source() -> str:
     """The text of ``run.sh``, the wrapper that runs the job detached and records its end."""
-    return shell_source("process.sh") + shell_source("wrapper.sh")
+    return shell_source("process.sh") + shell_source("shebang.sh") + shell_source("wrapper.sh")
 
 
 def build_submit_script(

@@ -13,7 +13,8 @@ tools() {
 }
 
 # base BASE: the deepest existing directory of BASE, whether it and the path to it pass the
-# submit's checks, whether a directory can be created in it (and removed again), its space.
+# submit's checks, whether a directory can be created in it (and removed again), whether a
+# file in it can be executed (not on a noexec mount), its space.
 base() {
   d=$1
   while [ ! -e "$d" ] && [ ! -L "$d" ]; do
@@ -25,15 +26,21 @@ base() {
   check_chain "$d"
   tr=1
   [ -z "$why" ] || tr=0
-  wr=0 left=0
+  wr=0 left=0 exe=
   probe="$d/.airflow-ssh-jobs-doctor.$$"
   if mkdir -m 700 "$probe" 2>/dev/null; then
     if printf 'x\n' > "$probe/f" 2>/dev/null && mv -f "$probe/f" "$probe/g" 2>/dev/null; then wr=1; fi
+    # Executing a file is the one honest test: mount options, security modules and every
+    # system's own way of reporting them all end in this answer.
+    if [ "$wr" = 1 ] && printf '#!/bin/sh\nexit 0\n' > "$probe/x" 2>/dev/null && chmod 700 "$probe/x" 2>/dev/null; then
+      exe=0
+      if "$probe/x" >/dev/null 2>&1; then exe=1; fi
+    fi
     rm -rf -- "$probe" 2>/dev/null
     [ ! -e "$probe" ] || left=1
   fi
   kib=$(df_available "$d")
-  echo "$T base exists=$ex trusted=$tr writable=$wr left=$left kib=${kib:-} len=0"
+  echo "$T base exists=$ex trusted=$tr writable=$wr exec=$exe left=$left kib=${kib:-} len=0"
   printf 'dir %s\n' "$d"
   printf 'why %s\n' "$why"
 }

@@ -1,6 +1,7 @@
-# The detached wrapper (run.sh in the job directory, after process.sh): claims the job, runs
-# the command and records how it ended. Started as `/bin/sh <job_dir>/run.sh <job_dir>` under
-# setsid (or nohup), so its pid leads the job's process group.
+# The detached wrapper (run.sh in the job directory, after process.sh and shebang.sh): claims
+# the job, runs the command and records how it ended. Started as
+# `/bin/sh <job_dir>/run.sh <job_dir>` under setsid (or nohup), so its pid leads the job's
+# process group.
 # shellcheck disable=SC2154 # st, pst and boot_now come from process.sh, which precedes this file
 jd=$1
 cd "$jd" || exit 1
@@ -41,10 +42,20 @@ read -r marker < marker
   SSH_JOBS_LOG_FILE=$jd/stdout.log
   SSH_JOBS_JOB_MARKER=$marker
   export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE SSH_JOBS_JOB_MARKER
+  # The command line is settled before env.sh runs: it may set any name, the wrapper's own
+  # variables too, but never the positional parameters. command.sh is never executed itself:
+  # the job directory's file system may be mounted noexec.
+  case $first in
+    '#!'*)
+      shebang_of "$first" || exit 126
+      set -- "$sb_interp" "$sb_arg" "$jd/command.sh"
+      [ -n "$sb_arg" ] || set -- "$1" "$3"
+      ;;
+    *) set -- "$shell" "$jd/command.sh" ;;
+  esac
   # shellcheck disable=SC1091 # written by the submit
   . "$jd/env.sh"
-  case $first in '#!'*) exec "$jd/command.sh" ;; esac
-  exec "$shell" "$jd/command.sh"
+  exec "$@"
 ) </dev/null >>"$jd/stdout.log" 2>&1
 rc=$?
 # The log's size as the job ended: a watcher reads the log up to here, and no further than a
