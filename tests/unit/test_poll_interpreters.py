@@ -36,6 +36,8 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 OTHER_TOKEN = "f" * 32
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 DEAD_PID = "2147483646"
+#: A file whose size (4096, a page) promises more than it holds when read ("0\n").
+SHORT_READ_FILE = Path("/sys/kernel/profiling")
 
 
 def answer_of(entries: list[Entry], interpreter: str, env: dict[str, str] | None = None) -> bytes:
@@ -65,11 +67,22 @@ def start_time(pid: int) -> str:
 # would write, or that something else wrote (garbage).
 JOB_STATES = st.fixed_dictionaries(
     {
-        "dir": st.sampled_from(["ours", "token", "other-token", "missing", "link", "file"]),
+        "dir": st.sampled_from(
+            ["ours", "token", "other-token", "missing", "link", "file", "removed", "removed-other-token"]
+        ),
         "pid": st.sampled_from([None, "", "abc", "0", "1", "live", DEAD_PID, " live \n"]),
         "start": st.sampled_from([None, "", "live", "123", "ps:Tue Dec  1 00:00:00 2026"]),
         "boot_id": st.sampled_from([None, "now", "other-boot"]),
-        "exit_code": st.sampled_from([None, "0", "3", "3 nospace", "x", " 7  junk", "12 nospace extra", ""]),
+        "exit_code": st.sampled_from(
+            [
+                *(None, "0", "3", "3 nospace", "x", " 7  junk", "12 nospace extra", ""),
+                *("0 log=5", "3 log=7 nospace", "9 log=junk", "4 nospace log=12", "5 log= log=3"),
+            ]
+        ),
+        # What a careless job may leave in its directory: a FIFO where a file is read or
+        # written (a poll must never block on it), a log whose size promises more than can be
+        # read (a sysfs file: 4096 bytes by stat, a few when read).
+        "hostile": st.sampled_from([None, "delivered-fifo", "pid-fifo", "exit-fifo", "short-log"]),
         "log": st.one_of(st.none(), st.binary(max_size=300)),
         "delivered": st.sampled_from([None, "5", "junk", "100000"]),
         "claimed": st.booleans(),
@@ -88,8 +101,16 @@ def make_state(
     job_dir = Path(job.job_dir)
     base.mkdir(parents=True, exist_ok=True)
     kind = state["dir"]
-    token = TOKEN if kind in ("token", "other-token") else ""
+    token = TOKEN if kind in ("token", "other-token", "removed", "removed-other-token") else ""
     if kind == "missing":
+        return job, token
+    if kind in ("removed", "removed-other-token"):
+        # Removed after it ended: only its record is left, in the private records directory.
+        records = base / ".ssh-jobs-ended"
+        records.mkdir(mode=0o700, exist_ok=True)
+        recorded = TOKEN if kind == "removed" else OTHER_TOKEN
+        code = str(state["exit_code"] or "").split()
+        (records / job_id).write_text(f"{recorded} {code[0] if code else ''}\n")
         return job, token
     if kind == "file":
         job_dir.write_text("not a directory")
@@ -117,6 +138,14 @@ def make_state(
         (target / "stdout.log").write_bytes(state["log"])  # type: ignore[arg-type]
     if state["claimed"]:
         (target / "claimed").mkdir()
+    hostile = state["hostile"]
+    if hostile in ("delivered-fifo", "pid-fifo", "exit-fifo"):
+        name = {"delivered-fifo": "delivered", "pid-fifo": "pid", "exit-fifo": "exit_code"}[str(hostile)]
+        (target / name).unlink(missing_ok=True)
+        os.mkfifo(target / name)
+    if hostile == "short-log" and SHORT_READ_FILE.exists():
+        (target / "stdout.log").unlink(missing_ok=True)
+        (target / "stdout.log").symlink_to(SHORT_READ_FILE)
     return job, token
 
 
@@ -128,7 +157,7 @@ def test_perl_and_sh_answer_every_job_state_alike(
     states: list[dict[str, object]],
 ) -> None:
     root = tmp_path_factory.mktemp("alike")
-    seen: dict[str, tuple[dict[int, object], list[str | None]]] = {}
+    seen: dict[str, tuple[bytes, dict[int, object], list[str | None]]] = {}
     for interpreter in ("sh", "perl"):
         base = root / interpreter / "jobs"
         entries: list[Entry] = []
@@ -139,14 +168,16 @@ def test_perl_and_sh_answer_every_job_state_alike(
                     job, int(state["offset"]), int(state["max_bytes"]), int(state["deliver"]), token=token
                 )  # type: ignore[call-overload]
             )
-        results = parse_batch_output(answer_of(entries, interpreter), entries)
+        raw = answer_of(entries, interpreter)
+        results = parse_batch_output(raw, entries)
         recorded = [
             Path(e.paths.job_dir, "delivered").read_text()
             if Path(e.paths.job_dir, "delivered").is_file()
             else None
             for e in entries
         ]
-        seen[interpreter] = (dict(results), recorded)
+        seen[interpreter] = (raw, dict(results), recorded)
+    # The same answer byte for byte, the same results, the same records left behind.
     assert seen["perl"] == seen["sh"]
 
 

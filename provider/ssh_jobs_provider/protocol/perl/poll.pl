@@ -96,7 +96,10 @@ sub exit_record {
     my ($note, $log_end) = ('', '');
     for my $word (split ' ', defined $rest ? $rest : '') {
         $note = 'nospace' if $word eq 'nospace';
-        if ($word =~ /\Alog=(.*)\z/s) { $log_end = $1 =~ /\A[0-9]+\z/ ? $1 : '' }
+        if ($word =~ /\Alog=(.*)\z/s) {
+            my $value = $1;
+            $log_end = $value =~ /\A[0-9]+\z/ ? $value : '';
+        }
     }
     return ($code, $note, $log_end);
 }
