@@ -10,8 +10,8 @@ import pytest
 from ssh_jobs_provider.protocol.answers import (
     JobState,
     JobStatus,
-    RemoteJobProtocolError,
     KillAnswer,
+    RemoteJobProtocolError,
     SubmitRefused,
     parse_kill_answer,
     parse_kill_output,
