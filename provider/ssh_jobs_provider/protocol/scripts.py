@@ -189,10 +189,11 @@ def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int
     of 0 or 1 is never signalled, nor a pid that now belongs to another process. The answer
     is ``killed`` only when none of them is left, and names any process that survived.
 
-    With a token, the marker is derived from it (:func:`job_marker`), so the job's processes
-    are found even when its directory, or the ``pid`` in it, is gone (the answer then says
-    ``dir=missing``); a directory that carries another token is not this job's, and nothing
-    is killed (``foreign``).
+    With a token, the marker is derived from it
+    (:func:`~ssh_jobs_provider.protocol.identity.job_marker`), so the job's processes
+    are found even when its directory, or the ``pid`` in it, is gone (a directory that was
+    gone adds ``dir=missing`` to the answer); a directory that carries another token is not
+    this job's, and nothing is killed (``foreign``).
 
     :param paths: the job's paths
     :param token: the submit's token, checked against the directory's; ``""`` checks only
