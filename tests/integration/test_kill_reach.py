@@ -5,14 +5,17 @@ A kill must find every process of the job even when the job has removed its own 
 (the marker comes from the token, not from the directory), must follow a child that its
 parent's death on SIGTERM re-parented out of the job's process tree (a host without
 ``setsid``, played by an sshd whose sessions cannot find it), and must still leave alone a
-directory of the same name that is not the job's.
+directory of the same name that is not the job's. Marked processes are found with BusyBox's
+tools too (Alpine and other small hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +209,50 @@ def test_kill_without_setsid_follows_a_child_reparented_after_sigterm(
     assert killed or survived, logged
     assert not (killed and alive(pid)), f"the kill reported killed while {pid} runs: {logged}"
     assert not alive(pid), logged  # a sleep cannot withstand SIGKILL: it must be gone
+
+
+# --------------------------------------------------------------------------- a host with BusyBox's tools
+
+
+@pytest.fixture
+def busybox_conn(sshd_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A connection to an sshd whose sessions find BusyBox's tools only (as on Alpine)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox not found; install it with: apt-get install -y busybox-static", pytrace=False)
+    tools = tmp_path / "busybox-tools"
+    tools.mkdir()
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        (tools / applet).symlink_to(busybox)
+    home = tmp_path / "home-busybox"
+    home.mkdir()
+    server = sshd_factory(extra_config=[f"SetEnv HOME={home} PATH={tools}"])
+    return use_connection(monkeypatch, server, "ssh_busybox")
+
+
+def test_kill_with_busybox_tools_finds_a_marked_child_outside_the_job_tree(
+    busybox_conn, remote_base_dir, tmp_path, started
+) -> None:
+    # The child leaves the job's session, and its parent shell ends at once: it is neither in
+    # the job's process group nor in its tree, and only its marker says that it is the job's.
+    child_file = tmp_path / "child.pid"
+    child = f"setsid sleep 3008 </dev/null >/dev/null 2>&1 & echo $! > {child_file}.tmp; mv {child_file}.tmp {child_file}"
+    op = make_operator(busybox_conn, remote_base_dir, f"sh -c '{child}'\nsleep 3008\n")
+    deferred = submit(op, StandInTaskInstance())
+    marker = job_marker(deferred.trigger.job_token)
+    started.add_marker(marker)
+    wait_until(child_file.exists, what="the child's pid file")
+    pid = int(child_file.read_text())
+    started.add_pid(pid)
+    wait_until(lambda: pid in marked(marker), what="the child to carry the job's marker")
+    assert os.getsid(pid) == pid
+    assert Path(f"/proc/{pid}/exe").resolve() == Path(shutil.which("busybox") or "").resolve()
+
+    logged = kill_logged(op, deferred, "worker")
+
+    assert not alive(pid), f"the kill left the job's child running; it logged {logged}"
+    assert any("kill -> killed" in line for line in logged), logged
 
 
 # --------------------------------------------------------------------------- not the job's directory

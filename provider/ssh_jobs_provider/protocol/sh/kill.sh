@@ -68,7 +68,9 @@ k() {
 members() {
   marked=
   if [ -n "$mk" ] && [ -d /proc/self ]; then
-    marked=$(grep -l -F "SSH_JOBS_JOB_MARKER=$mk" /proc/[0-9]*/environ 2>/dev/null |
+    # -z: one entry per NUL-ended variable (BusyBox's grep stops at the first NUL of a line
+    # otherwise, and would only ever see a process's first variable); -x: the whole entry.
+    marked=$(grep -l -z -x -F "SSH_JOBS_JOB_MARKER=$mk" /proc/[0-9]*/environ 2>/dev/null |
       sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' | tr '\n' ' ')
   fi
   same=
