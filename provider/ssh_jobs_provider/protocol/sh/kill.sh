@@ -133,10 +133,9 @@ still_seen() {
   sp=
   for se in $seen; do sp="$sp ${se%%:*}"; done
   # shellcheck disable=SC2086 # pids, one word each
-  now=" $(stamped $sp | tr '\n' ' ') "
-  for se in $seen; do
-    case $now in *" $se "*) echo "${se%%:*}" ;; esac
-  done
+  stamped $sp | awk -v seen="$seen" '
+    BEGIN { n = split(seen, list, " "); for (i = 1; i <= n; i++) was[list[i]] = 1 }
+    ($0 in was) { sub(/:.*/, ""); print }'
 }
 
 # signal SIG PIDS: send SIG to the job's process group (when its leader is the verified
