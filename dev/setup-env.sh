@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: OpenSSH server (the tests start their own sshd on loopback),
 # Graphviz (the docs render their diagrams with `dot`), ShellCheck (the remote scripts are
-# checked like any other code) and the project's virtualenv in .venv.
+# checked like any other code), BusyBox (a test plays a host with only its tools) and the
+# project's virtualenv in .venv.
 # Safe to run again; only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ need_apt=()
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "Please install: ${need_apt[*]} (e.g. sudo apt-get install -y ${need_apt[*]})" >&2

@@ -10,8 +10,10 @@ import pytest
 from ssh_jobs_provider.protocol.answers import (
     JobState,
     JobStatus,
+    KillAnswer,
     RemoteJobProtocolError,
     SubmitRefused,
+    parse_kill_answer,
     parse_kill_output,
     parse_submit_output,
 )
@@ -165,6 +167,34 @@ def test_submit_with_a_bad_state_record_is_a_protocol_error(record: bytes) -> No
 )
 def test_kill_answer_names_the_survivors(fields: dict[str, object], expected: tuple[str, list[int]]) -> None:
     assert parse_kill_output(b"noise\n" + header("kill", **fields)) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected", "described"),
+    [
+        ({"state": "killed"}, KillAnswer("killed"), "killed"),
+        (
+            {"state": "killed", "dir": "missing"},
+            KillAnswer("killed", directory_missing=True),
+            "killed (its directory was gone: found by the marker in their environment)",
+        ),
+        (
+            {"state": "survived", "pids": "12", "dir": "missing"},
+            KillAnswer("survived", (12,), directory_missing=True),
+            "survived (its directory was gone: found by the marker in their environment)",
+        ),
+        ({"state": "missing"}, KillAnswer("missing"), "missing"),
+    ],
+)
+def test_kill_answer_says_when_the_job_directory_was_gone(
+    fields: dict[str, object], expected: KillAnswer, described: str
+) -> None:
+    # A kill that found the job's processes by their marker alone killed something: it must
+    # not read like "missing" (nothing to do), and the log says how they were found.
+    answer = parse_kill_answer(header("kill", **fields))
+    assert answer == expected
+    assert answer.describe() == described
+    assert parse_kill_output(header("kill", **fields)) == (expected.state, list(expected.survivors))
 
 
 def test_kill_answer_of_another_verb_is_a_protocol_error() -> None:

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_simple_state, parse_submit_output
 from ssh_jobs_provider.protocol.batch import PollEntry, build_cleanup_script
 from ssh_jobs_provider.protocol.environment import normalise_environment
-from ssh_jobs_provider.protocol.identity import RemoteJobPaths
-from ssh_jobs_provider.protocol.scripts import build_kill_script, build_submit_script
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, job_marker
+from ssh_jobs_provider.protocol.scripts import build_kill_script, build_submit_script, job_files
 from support.jobs import wait_until
 from support.protocol import poll_once as poll
 from support.protocol import run_sh
@@ -534,6 +534,32 @@ def test_kill_of_finished_job_says_not_running(new_job: JobFactory) -> None:
 def test_kill_of_missing_dir_says_missing(tmp_path: Path) -> None:
     paths = RemoteJobPaths(job_id="gone", base_dir=str(tmp_path))
     assert parse_simple_state(run_sh(build_kill_script(paths)).stdout, "kill") == "missing"
+
+
+def test_kill_script_carries_the_marker_derived_from_its_token(tmp_path: Path) -> None:
+    # The kill needs nothing from the job directory to find the job's processes: the marker
+    # comes with the script, and is the one the submit wrote.
+    paths = RemoteJobPaths(job_id="j", base_dir=str(tmp_path))
+    written = dict(job_files("echo hi\n", {}, None, TOKEN))["marker"].strip()
+
+    assert written == job_marker(TOKEN)
+    assert build_kill_script(paths, TOKEN).endswith(f"k {paths.job_dir} {TOKEN} 5 {written}\n}}\n")
+    assert build_kill_script(paths).endswith(f"k {paths.job_dir} '' 5 ''\n}}\n")
+
+
+def test_kill_with_a_token_of_a_missing_dir_and_no_marked_process_says_missing(tmp_path: Path) -> None:
+    paths = RemoteJobPaths(job_id="gone", base_dir=str(tmp_path))
+    assert run_sh(build_kill_script(paths, TOKEN)).stdout.endswith(b"kill state=missing\n")
+
+
+@pytest.mark.parametrize(("token", "state"), [(TOKEN, "foreign"), ("", "missing")])
+def test_kill_of_a_job_path_that_is_no_directory(tmp_path: Path, token: str, state: str) -> None:
+    # With a token, something under the job's name that is not its directory is not the job's:
+    # nothing is killed. Without one, the answer stays what it always was.
+    paths = RemoteJobPaths(job_id="file", base_dir=str(tmp_path))
+    Path(paths.job_dir).write_text("not a job\n")
+
+    assert parse_simple_state(run_sh(build_kill_script(paths, token)).stdout, "kill") == state
 
 
 @pytest.mark.parametrize("pid_content", [None, "", "garbage", "1", "0"])

@@ -21,7 +21,7 @@ from ssh_jobs_provider.protocol.answers import (
     JobStatus,
     RemoteJobProtocolError,
     SubmitRefused,
-    parse_kill_output,
+    parse_kill_answer,
     parse_simple_state,
     parse_submit_output,
 )
@@ -239,12 +239,14 @@ def _report(paths: RemoteJobPaths, verb: str, state: str, stdout: bytes, log: An
     """Log what a kill or cleanup did; raise :class:`_NotOurs` for a directory not ours."""
     if state == "foreign":
         raise _NotOurs(f"Remote job directory {paths.job_dir} is not this task instance's ({verb} refused).")
-    if verb == "kill" and state == "survived":
-        _, survivors = parse_kill_output(stdout)
-        log.error(
-            "Remote job %s: processes %s survived SIGTERM and SIGKILL; check them on the host.",
-            paths.job_id,
-            survivors,
-        )
-        return
+    if verb == "kill":
+        answer = parse_kill_answer(stdout)
+        if answer.state == "survived":
+            log.error(
+                "Remote job %s: processes %s survived SIGTERM and SIGKILL; check them on the host.",
+                paths.job_id,
+                list(answer.survivors),
+            )
+            return
+        state = answer.describe()
     log.info("Remote job %s: %s -> %s", paths.job_id, verb, state)

@@ -213,11 +213,42 @@ def parse_simple_state(output: bytes, verb: str) -> str:
     return fields.get("state", "")
 
 
+@dataclass(frozen=True)
+class KillAnswer:
+    """
+    The answer of the kill script.
+
+    :param state: ``killed`` (every process of the job found is gone), ``survived`` (some are
+        left: :attr:`survivors`), ``not-running`` or ``not-started`` (nothing to kill),
+        ``missing`` (no job directory, and no process carrying the job's marker) or
+        ``foreign`` (the directory is not this job's: nothing was killed)
+    :param survivors: the pids still there after SIGKILL
+    :param directory_missing: the job directory was gone: the processes were found by the
+        marker derived from the token alone
+    """
+
+    state: str
+    survivors: tuple[int, ...] = ()
+    directory_missing: bool = False
+
+    def describe(self) -> str:
+        """The state in words for a task log, e.g. ``killed (its directory was gone ...)``."""
+        if not self.directory_missing:
+            return self.state
+        return f"{self.state} (its directory was gone: found by the marker in their environment)"
+
+
+def parse_kill_answer(output: bytes) -> KillAnswer:
+    """The kill script's answer."""
+    fields, _ = _find_header(output, "kill")
+    pids = tuple(int(pid) for pid in fields.get("pids", "").split(",") if pid.isdigit())
+    return KillAnswer(fields.get("state", ""), pids, fields.get("dir") == "missing")
+
+
 def parse_kill_output(output: bytes) -> tuple[str, list[int]]:
     """The kill answer's state, and the pids that survived SIGKILL (``state=survived``)."""
-    fields, _ = _find_header(output, "kill")
-    pids = [int(pid) for pid in fields.get("pids", "").split(",") if pid.isdigit()]
-    return fields.get("state", ""), pids
+    answer = parse_kill_answer(output)
+    return answer.state, list(answer.survivors)
 
 
 # --------------------------------------------------------------------------- batches

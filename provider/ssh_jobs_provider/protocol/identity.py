@@ -79,6 +79,22 @@ def validate_token(token: str, required: bool = True) -> str:
     return token
 
 
+def job_marker(token: str) -> str:
+    """
+    The marker of the job a submit with ``token`` starts: 32 hex digits.
+
+    Every process of the job carries it in its environment as ``SSH_JOBS_JOB_MARKER``, so that
+    a kill finds them. It is derived from the token, not the token itself (the job's
+    environment may well end up in a log, and the marker does not reveal the token), and
+    derived rather than random, so that every re-sent submit of the job writes the same one
+    and a kill that knows the token needs nothing from the job directory to find the job's
+    processes: not even the directory, which the job may have removed.
+
+    :param token: the submit's :func:`new_job_token`
+    """
+    return hashlib.sha256(f"ssh-jobs marker\0{validate_token(token)}".encode()).hexdigest()[:32]
+
+
 def validate_base_dir(base_dir: str) -> str:
     """
     Return ``base_dir`` normalised, or raise ``ValueError`` naming the fix.

@@ -22,7 +22,8 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     env.sh         ``export NAME='value'`` lines for ``environment``
     workdir        where the command runs (default: the SSH user's home, as ``ssh host cmd``)
     run.sh         the wrapper that runs detached and records what happened
-    marker         random, exported to every process of the job as SSH_JOBS_JOB_MARKER (for kill)
+    marker         derived from the token, exported to every process of the job as
+                   SSH_JOBS_JOB_MARKER (for kill)
     launcher       ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
     claimed/       created atomically by the one wrapper that owns the job
     pid            the wrapper's pid (its process group and session id under setsid)
@@ -37,7 +38,6 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import shlex
 from collections.abc import Mapping
@@ -47,6 +47,7 @@ from importlib.resources import files
 from ssh_jobs_provider.protocol.environment import render_env_file
 from ssh_jobs_provider.protocol.identity import (
     RemoteJobPaths,
+    job_marker,
     require_utf8,
     validate_token,
     validate_working_dir,
@@ -124,13 +125,9 @@ def job_files(
         ("command.sh", command),
         ("env.sh", render_env_file(environment)),
         ("workdir", workdir + "\n"),
-        # The marker every process of the job carries in its environment, for the kill. Not the
-        # token itself, since the job's environment may well end up in a log; derived from it,
-        # so that every re-sent submit of the job (a re-created trigger's too) writes the same.
-        (
-            "marker",
-            hashlib.sha256(f"ssh-jobs marker\0{validate_token(token)}".encode()).hexdigest()[:32] + "\n",
-        ),
+        # The marker every process of the job carries in its environment, for the kill; every
+        # re-sent submit of the job (a re-created trigger's too) writes the same.
+        ("marker", job_marker(token) + "\n"),
         ("exit_code.new", "\n" * EXIT_RECORD_RESERVE),
     )
 
@@ -188,16 +185,26 @@ def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int
     Script that stops every process of the job: SIGTERM, then SIGKILL after a grace period.
 
     The job's processes are those carrying its marker in their environment (Linux), the
-    process group of its verified wrapper (setsid), or the wrapper's descendants (without
-    setsid, e.g. macOS); see ``sh/kill.sh``. A pid of 0 or 1 is never signalled, nor a pid
-    that now belongs to another process. The answer names any process that survived.
+    process group of its verified wrapper (setsid), the descendants of the wrapper, and every
+    process found at SIGTERM time for as long as it is still the same process (a child whose
+    parent died on SIGTERM is no longer the wrapper's descendant); see ``sh/kill.sh``. A pid
+    of 0 or 1 is never signalled, nor a pid that now belongs to another process. The answer
+    is ``killed`` only when none of them is left, and names any process that survived.
 
+    With a token, the marker is derived from it
+    (:func:`~ssh_jobs_provider.protocol.identity.job_marker`), so the job's processes
+    are found even when its directory, or the ``pid`` in it, is gone (a directory that was
+    gone adds ``dir=missing`` to the answer); a directory that carries another token is not
+    this job's, and nothing is killed (``foreign``).
+
+    :param paths: the job's paths
     :param token: the submit's token, checked against the directory's; ``""`` checks only
-        that the directory is the SSH user's and uses the token recorded in it
+        that the directory is the SSH user's and uses the marker recorded in it
+    :param grace_seconds: seconds between SIGTERM and SIGKILL
     """
-    validate_token(token, required=False)
+    marker = job_marker(token) if validate_token(token, required=False) else ""
     return as_whole(
         script_prelude()
         + shell_source("kill.sh")
-        + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)}\n"
+        + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)} {_q(marker)}\n"
     )

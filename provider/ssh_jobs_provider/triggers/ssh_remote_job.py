@@ -20,7 +20,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
-from ssh_jobs_provider.protocol.answers import JobStatus, parse_kill_output
+from ssh_jobs_provider.protocol.answers import JobStatus, parse_kill_answer
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
@@ -350,11 +350,13 @@ class SSHRemoteJobTrigger(BaseTrigger):
         try:
             script = build_kill_script(self.paths, self.job_token)
             _, stdout, _ = await hook.run_script(conn, script, self.command_timeout)
-            state, survivors = parse_kill_output(stdout)
-            if survivors:
-                self.log.error("Remote job %s: processes %s survived SIGKILL", self.job_id, survivors)
+            answer = parse_kill_answer(stdout)
+            if answer.survivors:
+                self.log.error(
+                    "Remote job %s: processes %s survived SIGKILL", self.job_id, list(answer.survivors)
+                )
             else:
-                self.log.info("Remote job %s: kill %s", self.job_id, state)
+                self.log.info("Remote job %s: kill %s", self.job_id, answer.describe())
         finally:
             conn.close()
             with contextlib.suppress(Exception):
