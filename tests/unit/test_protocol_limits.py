@@ -10,11 +10,8 @@ import pytest
 from ssh_jobs_provider.protocol.answers import (
     JobState,
     JobStatus,
-    KillAnswer,
     RemoteJobProtocolError,
     SubmitRefused,
-    parse_kill_answer,
-    parse_kill_output,
     parse_submit_output,
 )
 from ssh_jobs_provider.protocol.environment import (
@@ -31,6 +28,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_working_dir,
 )
+from ssh_jobs_provider.protocol.kill import KillAnswer, parse_kill_answer, parse_kill_output
 from ssh_jobs_provider.protocol.log_stream import _utf8_safe_cut
 from ssh_jobs_provider.protocol.monitor import JobMonitor
 from support.protocol import answer, header

@@ -23,11 +23,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_simple_state, parse_submit_output
+from ssh_jobs_provider.protocol.answers import (
+    JobState,
+    JobStatus,
+    parse_simple_state,
+    parse_submit_output,
+)
 from ssh_jobs_provider.protocol.batch import PollEntry, build_cleanup_script
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, job_marker
-from ssh_jobs_provider.protocol.scripts import build_kill_script, build_submit_script, job_files
+from ssh_jobs_provider.protocol.kill import build_kill_script
+from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files
 from support.jobs import wait_until
 from support.protocol import poll_once as poll
 from support.protocol import run_sh

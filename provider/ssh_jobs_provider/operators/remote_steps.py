@@ -21,14 +21,13 @@ from ssh_jobs_provider.protocol.answers import (
     JobStatus,
     RemoteJobProtocolError,
     SubmitRefused,
-    parse_kill_answer,
     parse_simple_state,
     parse_submit_output,
 )
 from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
-from ssh_jobs_provider.protocol.scripts import build_kill_script
 from ssh_jobs_provider.retry import RetryPolicy
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 

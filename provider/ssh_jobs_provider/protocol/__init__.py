@@ -10,6 +10,7 @@ Its layers, each a module (in the manner of a sans-I/O protocol library):
 - :mod:`~ssh_jobs_provider.protocol.batch`: the batch of one poll tick, its polls run by one
   ``perl`` process (``perl/poll.pl``) or by POSIX ``sh`` alone;
 - :mod:`~ssh_jobs_provider.protocol.answers`: what the scripts answer, parsed;
+- :mod:`~ssh_jobs_provider.protocol.kill`: the kill verb, its script and its answer side by side;
 - :mod:`~ssh_jobs_provider.protocol.log_stream`: log bytes to whole lines, exactly once;
 - :mod:`~ssh_jobs_provider.protocol.monitor`: what successive answers mean for one job.
 
@@ -24,12 +25,9 @@ from ssh_jobs_provider.protocol.answers import (
     EntryResult,
     JobState,
     JobStatus,
-    KillAnswer,
     RemoteJobProtocolError,
     SubmitRefused,
     parse_batch_output,
-    parse_kill_answer,
-    parse_kill_output,
     parse_simple_state,
     parse_submit_output,
 )
@@ -51,13 +49,14 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_working_dir,
 )
-from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
-from ssh_jobs_provider.protocol.scripts import (
-    PROTOCOL_TAG,
-    REMOTE_SHELL,
+from ssh_jobs_provider.protocol.kill import (
+    KillAnswer,
     build_kill_script,
-    build_submit_script,
+    parse_kill_answer,
+    parse_kill_output,
 )
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, REMOTE_SHELL, build_submit_script
 
 __all__ = [
     "DEFAULT_BASE_DIR",

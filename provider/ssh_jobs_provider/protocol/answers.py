@@ -109,7 +109,7 @@ class JobStatus:
         return self.state in (JobState.EXITED, JobState.VANISHED, JobState.MISSING, JobState.FOREIGN)
 
 
-def _find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
+def find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
     """Locate ``TAG verb k=v ...`` as a whole line; return its fields and the bytes after it."""
     needle = f"{PROTOCOL_TAG} {verb}".encode()
     index = _first_line_start(output, needle)
@@ -194,7 +194,7 @@ class SubmitRefused(RemoteJobProtocolError):
 
 def parse_submit_output(output: bytes) -> JobStatus:
     """Parse the submit script's answer: its header, then the job's state as a poll answer."""
-    fields, rest = _find_header(output, "submit")
+    fields, rest = find_header(output, "submit")
     if fields.get("error"):
         detail = rest.decode("utf-8", errors="replace").strip().splitlines()
         raise SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
@@ -209,46 +209,8 @@ def parse_submit_output(output: bytes) -> JobStatus:
 
 def parse_simple_state(output: bytes, verb: str) -> str:
     """Parse the ``state=`` of a kill or cleanup answer."""
-    fields, _ = _find_header(output, verb)
+    fields, _ = find_header(output, verb)
     return fields.get("state", "")
-
-
-@dataclass(frozen=True)
-class KillAnswer:
-    """
-    The answer of the kill script.
-
-    :param state: ``killed`` (every process of the job found is gone), ``survived`` (some are
-        left: :attr:`survivors`), ``not-running`` or ``not-started`` (nothing to kill),
-        ``missing`` (no job directory, and no process carrying the job's marker) or
-        ``foreign`` (the directory is not this job's: nothing was killed)
-    :param survivors: the pids still there after SIGKILL
-    :param directory_missing: the job directory was gone: the processes were found by the
-        marker derived from the token alone
-    """
-
-    state: str
-    survivors: tuple[int, ...] = ()
-    directory_missing: bool = False
-
-    def describe(self) -> str:
-        """The state in words for a task log, e.g. ``killed (its directory was gone ...)``."""
-        if not self.directory_missing:
-            return self.state
-        return f"{self.state} (its directory was gone: found by the marker in their environment)"
-
-
-def parse_kill_answer(output: bytes) -> KillAnswer:
-    """The kill script's answer."""
-    fields, _ = _find_header(output, "kill")
-    pids = tuple(int(pid) for pid in fields.get("pids", "").split(",") if pid.isdigit())
-    return KillAnswer(fields.get("state", ""), pids, fields.get("dir") == "missing")
-
-
-def parse_kill_output(output: bytes) -> tuple[str, list[int]]:
-    """The kill answer's state, and the pids that survived SIGKILL (``state=survived``)."""
-    answer = parse_kill_answer(output)
-    return answer.state, list(answer.survivors)
 
 
 # --------------------------------------------------------------------------- batches

@@ -49,7 +49,6 @@ from ssh_jobs_provider.protocol.identity import (
     RemoteJobPaths,
     job_marker,
     require_utf8,
-    validate_token,
     validate_working_dir,
 )
 
@@ -177,34 +176,4 @@ def build_submit_script(
         + "  launch\n"
         + "fi\n"
         + "finish\n"
-    )
-
-
-def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int = KILL_GRACE_SECONDS) -> str:
-    """
-    Script that stops every process of the job: SIGTERM, then SIGKILL after a grace period.
-
-    The job's processes are those carrying its marker in their environment (Linux), the
-    process group of its verified wrapper (setsid), the descendants of the wrapper, and every
-    process found at SIGTERM time for as long as it is still the same process (a child whose
-    parent died on SIGTERM is no longer the wrapper's descendant); see ``sh/kill.sh``. A pid
-    of 0 or 1 is never signalled, nor a pid that now belongs to another process. The answer
-    is ``killed`` only when none of them is left, and names any process that survived.
-
-    With a token, the marker is derived from it
-    (:func:`~ssh_jobs_provider.protocol.identity.job_marker`), so the job's processes
-    are found even when its directory, or the ``pid`` in it, is gone (a directory that was
-    gone adds ``dir=missing`` to the answer); a directory that carries another token is not
-    this job's, and nothing is killed (``foreign``).
-
-    :param paths: the job's paths
-    :param token: the submit's token, checked against the directory's; ``""`` checks only
-        that the directory is the SSH user's and uses the marker recorded in it
-    :param grace_seconds: seconds between SIGTERM and SIGKILL
-    """
-    marker = job_marker(token) if validate_token(token, required=False) else ""
-    return as_whole(
-        script_prelude()
-        + shell_source("kill.sh")
-        + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)} {_q(marker)}\n"
     )

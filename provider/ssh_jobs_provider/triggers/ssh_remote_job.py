@@ -20,11 +20,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
-from ssh_jobs_provider.protocol.answers import JobStatus, parse_kill_answer
+from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
-from ssh_jobs_provider.protocol.scripts import build_kill_script, job_files
+from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
