@@ -6,6 +6,7 @@ cannot hide an answer. Against a real sshd.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -61,26 +62,32 @@ def test_a_failed_job_removed_after_it_ended_keeps_its_exit_code(
 
 def test_a_directory_missing_for_one_poll_costs_the_job_nothing(poll_conn: str, remote_base_dir: str) -> None:
     # One failed look (NFS ESTALE, an automount that lapsed): the job is asked again, not failed.
-    paths = start_job(poll_conn, remote_base_dir, "echo before\nsleep 3\necho after\nexit 0\n")
+    paths = start_job(poll_conn, remote_base_dir, "echo before\nsleep 5\necho after\nexit 0\n")
     job_dir = Path(paths.job_dir)
     away = job_dir.with_name(job_dir.name + ".away")
-    moved = threading.Event()
+    hidden: list[float] = []
 
-    def hide_briefly() -> None:
-        time.sleep(1.0)
-        # Away for less than one poll interval: at most one poll can miss it.
+    def hide_across_one_tick() -> None:
+        # Polls fall on a grid of poll_interval (1 s) of the event loop's clock, which is
+        # time.monotonic(): away from 0.3 s after one tick (its poll is done) to 0.5 s after
+        # the next, the directory is missing for exactly one poll.
+        time.sleep(1.2)
+        tick = math.floor(time.monotonic()) + 1
+        time.sleep(max(0.0, tick + 0.3 - time.monotonic()))
         os.rename(job_dir, away)
-        moved.set()
-        time.sleep(0.3)
+        hidden.append(time.monotonic() - tick)
+        time.sleep(max(0.0, tick + 1.5 - time.monotonic()))
         os.rename(away, job_dir)
+        hidden.append(time.monotonic() - tick)
 
-    hider = threading.Thread(target=hide_briefly)
+    hider = threading.Thread(target=hide_across_one_tick)
     hider.start()
     try:
-        lines, event = watch(trigger_for(poll_conn, paths, poll_interval=0.5))
+        lines, event = watch(trigger_for(poll_conn, paths, poll_interval=1.0))
     finally:
         hider.join()
-    assert moved.is_set()
+    # The directory was away across exactly one tick (tick + 1), and back before the next one.
+    assert hidden[0] < 1.0 and 1.0 < hidden[1] < 2.0, hidden
     assert (event["status"], event["exit_code"]) == ("success", 0), event
     assert lines == ["before", "after"]
 
