@@ -176,13 +176,22 @@ def test_a_header_cut_short_is_missing() -> None:
 
 
 def test_without_the_end_line_unanswered_entries_are_missing_and_answered_ones_kept() -> None:
-    output = full_answer()[: -len(END)]
-    assert parse_batch_output(output, ENTRIES) == expected_results()
-    partial = batch(answer(key=0, **RUNNING, data=b"0123456789"), end=False)
+    partial = batch(
+        answer(key=0, **RUNNING, data=b"0123456789"), answer(key=1, **EXITED, data=b""), end=False
+    )
     results = parse_batch_output(partial, ENTRIES)
     assert results[0] == expected_results()[0]
-    assert_error(results[1], "missing from the batch answer")
+    assert results[1] == JobStatus(JobState.EXITED, pid=43, exit_code=0, log_size=5)
     assert_error(results[2], "missing from the batch answer")
+
+
+def test_a_window_that_ends_an_answer_cut_short_is_asked_again() -> None:
+    # The line after it might have said that part of it was padding (see log_window): an
+    # answer that stops right after a window does not vouch for it.
+    partial = batch(answer(key=0, **RUNNING, data=b"0123456789"), end=False)
+    results = parse_batch_output(partial, ENTRIES)
+    assert_error(results[0], "missing from the batch answer")
+    assert_error(results[1], "missing from the batch answer")
 
 
 def test_an_ended_answer_without_some_entry_says_not_answered() -> None:

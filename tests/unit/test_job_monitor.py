@@ -161,10 +161,27 @@ def test_exit_seen_mid_drain_is_kept_even_if_later_polls_differ() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=4, started_at=0.0)
     first = feed(monitor, answer(alive=0, exit=3, size=8, data=b"abc\n"), now=1.0)
     assert first.more_now and first.outcome is None
-    # The directory was cleaned up meanwhile: the recorded exit still decides the outcome.
-    second = feed(monitor, MISSING, now=2.0)
+    # The directory was cleaned up meanwhile (seen twice: once may be a passing miss): the
+    # recorded exit still decides the outcome, and the bytes that could not be read are said.
+    assert feed(monitor, MISSING, now=2.0).outcome is None
+    second = feed(monitor, MISSING, now=3.0)
     assert second.outcome is not None
     assert (second.outcome.status, second.outcome.exit_code) == ("failed", 3)
+    assert second.notes == [
+        f"4 byte(s) in the log of remote job {PATHS.job_id} were not read: its directory "
+        "was removed before they could be."
+    ]
+
+
+def test_a_transient_miss_after_a_restart_does_not_skip_the_resume() -> None:
+    # A re-created trigger resumes at the byte an earlier one recorded as delivered; a first
+    # answer that misses the directory once must not make it start over from byte 0.
+    monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
+    assert feed(monitor, MISSING, now=1.0).outcome is None
+    resumed = feed(
+        monitor, framed(pid=4242, alive=1, exit="", size=12, boot="same", claimed=1, delivered=8), 2.0
+    )
+    assert resumed.lines == [] and monitor.log_offset == 8
 
 
 def test_exited_job_with_nothing_left_ends_at_once_flushing_the_partial_line() -> None:

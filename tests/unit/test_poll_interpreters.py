@@ -271,8 +271,9 @@ def test_processes_grow_with_batches_not_with_jobs(
         entries.append(PollEntry(job, 0 if i % 2 else 2 * (i + 1), 1000, token=TOKEN))
     for interpreter, expected in (
         ("perl", {}),
-        # sh: one ls for the sizes, and a tail | head per log that grew, none per other job.
-        ("sh", {"ls": 1, "tail": 20, "head": 20}),
+        # sh: one ls for the sizes, and per log that grew a tail | head (| dd) and one head
+        # that holds the window to its announced length; none per other job.
+        ("sh", {"ls": 1, "tail": 20, "head": 40}),
     ):
         results = parse_batch_output(answer_of(entries, interpreter, env), entries)
         assert all(isinstance(r, JobStatus) and r.state is JobState.RUNNING for r in results.values())
@@ -368,3 +369,66 @@ def test_many_cleanups_take_a_few_processes_and_remove_only_what_is_theirs(
     # directory (once per base dir), and one find per call removes records past their time.
     assert len(entries) > CLEANUPS_PER_CALL
     assert started(calls) == {"ls": 2 + 1 + 1, "rm": 4, "id": 1, "find": 2}
+
+
+# --------------------------------------------------------------------------- BusyBox tools
+
+
+@pytest.fixture
+def busybox_path(tmp_path: Path) -> dict[str, str]:
+    """A PATH of BusyBox applets only (its dd reports records, not bytes), as on Alpine."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is needed (dev/setup-env.sh installs busybox-static)")
+    applets = tmp_path / "busybox-bin"
+    applets.mkdir()
+    for tool in (
+        "dd",
+        "head",
+        "tail",
+        "wc",
+        "ls",
+        "ps",
+        "df",
+        "id",
+        "awk",
+        "sed",
+        "rm",
+        "find",
+        "sleep",
+        "perl",
+    ):
+        if tool != "perl":
+            (applets / tool).symlink_to(busybox)
+    return dict(os.environ, PATH=str(applets))
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "busybox"])
+def test_a_short_read_keeps_every_other_answer_with_busybox_tools(
+    tmp_path: Path, busybox_path: dict[str, str], shell: str
+) -> None:
+    assert SHORT_READ_FILE.exists(), "the short-read fixture needs a sysfs file"
+    base = tmp_path / "jobs"
+    entries: list[Entry] = []
+    for i in range(5):
+        job = RemoteJobPaths(job_id=f"job{i}", base_dir=str(base))
+        Path(job.job_dir).mkdir(parents=True)
+        Path(job.exit_code_file).write_text(f"{i} log=6\n")
+        if i == 2:
+            Path(job.log_file).symlink_to(SHORT_READ_FILE)  # 4096 bytes by stat, 2 when read
+        else:
+            Path(job.log_file).write_bytes(f"line {i}\n".encode())
+        entries.append(PollEntry(job, 0, 1000))
+    script = build_batch_script(entries, interpreter="sh").encode()
+    command = ["/bin/sh", "-s"] if shell == "/bin/sh" else [shutil.which("busybox") or "busybox", "sh", "-s"]
+    result = subprocess.run(command, input=script, capture_output=True, timeout=60, env=busybox_path)
+    results = parse_batch_output(result.stdout, entries)
+    for i in (0, 1, 3, 4):
+        assert results[i] == JobStatus(
+            JobState.EXITED, exit_code=i, log_size=7, log_end=6, log_data=f"line {i}\n".encode()
+        ), (i, results[i], result.stderr)
+    short = results[2]
+    assert isinstance(short, JobStatus) and short.log_short and short.exit_code == 2
+    # BusyBox's dd does not say how many bytes it copied: none are believed, and the window is
+    # simply read again; never more than were real.
+    assert short.log_data in (b"", b"0\n")

@@ -250,6 +250,7 @@ def parse_batch_output(
     marker = tag.encode() + b" "
     position = _first_line_start(output, marker)
     complete = False
+    last_window: int | None = None
     while position is not None and position < len(output):
         line_end = output.find(b"\n", position)
         if line_end < 0:
@@ -296,6 +297,12 @@ def parse_batch_output(
             results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} came twice")
         elif known:
             results[key] = _entry_result(verb, fields, data, entries[key], submits.get(key))
+            # Whether its window is whole is told by what follows it (a "short" line, or not).
+            last_window = key if length else None
+    if not complete and last_window is not None and position is not None and position >= len(output):
+        # The answer stops right after this window: the line that would have said part of it
+        # was padding may be what was lost. Asked again rather than believed.
+        results.pop(last_window, None)
     for key, entry in enumerate(entries):
         if key not in results:
             why = "missing from the batch answer" if not complete else "not answered"

@@ -114,6 +114,8 @@ class JobMonitor:
         self._drain_end: int | None = None
         self._unreadable_said = False
         self.last_status: JobStatus | None = None
+        #: The last answer that found the job directory (its log size counts).
+        self._last_found: JobStatus | None = None
 
     def submitted(self, now: float) -> None:
         """The job was submitted just now: a job without a pid counts as pending from here."""
@@ -145,13 +147,20 @@ class JobMonitor:
 
     def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
         """Digest one parsed poll answer."""
-        if self.resume and self.last_status is None and status.delivered > self.log.read_offset:
+        found = status.state not in (JobState.MISSING, JobState.FOREIGN) and not status.removed
+        if self.resume and found and self._last_found is None and status.delivered > self.log.read_offset:
             # An earlier watcher of this job (before a triggerer restart) already delivered
-            # the log up to there: resume at that byte instead of repeating it.
+            # the log up to there: resume at that byte instead of repeating it. (Asked of the
+            # first answer that found the directory: a transient miss must not skip it.)
             self.log = LogStream(offset=status.delivered, max_pending=self.log.max_pending)
-            self.last_status = status
+            self.last_status = self._last_found = status
             return MonitorUpdate(more_now=True)
         self.last_status = status
+        if found:
+            self._last_found = status
+            self._missing_seen = 0
+        elif self._final is not None and status.state is JobState.MISSING and not status.removed:
+            return self._missing_while_draining(status)
         update = MonitorUpdate(notes=self._log_notes(status))
         if update.notes and status.log_size < self.log.read_offset:
             # Cut below what was read: what was pending belongs to the old text; the new
@@ -174,10 +183,23 @@ class JobMonitor:
                 update.more_now = True
                 return update
             update.lines.extend(self.log.flush())
-            update.notes.extend(self._unread_note(status))
+            update.notes.extend(self._unread_note(self._last_found or status))
             update.outcome = self._outcome(self._final)
             return update
         update.more_now = status.log_size > self.log.read_offset and bool(status.log_data)
+        return update
+
+    def _missing_while_draining(self, status: JobStatus) -> MonitorUpdate:
+        """The job has ended and its directory is gone while its log was still being read."""
+        self._missing_seen += 1
+        if self._missing_seen < MISSING_CONFIRMATIONS:
+            return MonitorUpdate()  # perhaps a passing miss: ask again at the next tick
+        assert self._final is not None
+        gone = "were not read: its directory was removed before they could be"
+        update = MonitorUpdate(
+            lines=self.log.flush(), notes=self._unread_note(self._last_found or status, gone)
+        )
+        update.outcome = self._outcome(self._final)
         return update
 
     def _log_notes(self, status: JobStatus) -> list[str]:
@@ -199,14 +221,14 @@ class JobMonitor:
             ]
         return []
 
-    def _unread_note(self, status: JobStatus) -> list[str]:
+    def _unread_note(self, status: JobStatus, why: str = "") -> list[str]:
         """The watch ends with bytes in the log it did not read: say how many, and why."""
         unread = status.log_size - self.log.read_offset
         if unread <= 0:
             return []
-        if status.log_unreadable:
+        if not why and status.log_unreadable:
             why = "could not be read"
-        else:
+        elif not why:
             why = (
                 "were written after the job ended, by processes it left running, and were not read "
                 f"(at most {AFTER_EXIT_BYTES} bytes past its end are shown)"

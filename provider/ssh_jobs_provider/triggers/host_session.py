@@ -260,15 +260,20 @@ class HostSession:
         except Exception as error:
             metrics.batch_failed(self.settings.host, self.scheduler.watched)
             delay, deliveries = self.scheduler.batch_error(due, error, loop.time(), sent=sent)
-            # A batch the host ran but did not answer leaves the connection as good as it was.
-            if delay is not None and not isinstance(error, BatchNotAnswered):
+            if isinstance(error, BatchNotAnswered):
+                # The connection is as good as it was; what runs the polls may not be (a perl
+                # that broke since it was probed): asked again before the next batch.
+                self.interpreter = None
+            elif delay is not None:
                 await self._drop_connection()
+            if delay is not None:
                 log.warning(
-                    "SSH batch poll of %d job(s) on %s failed (%s: %s); reconnecting in %.1fs",
+                    "SSH batch poll of %d job(s) on %s failed (%s: %s); %s in %.1fs",
                     len(due),
                     self.settings.address,
                     type(error).__name__,
                     error,
+                    "asking again" if isinstance(error, BatchNotAnswered) else "reconnecting",
                     delay,
                 )
             self._deliver(deliveries)

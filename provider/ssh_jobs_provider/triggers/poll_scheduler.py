@@ -302,15 +302,24 @@ class PollScheduler:
             return [self._finish(watch, submit_failed(watch, error))]
         elif watch.failures > watch.max_reconnect_attempts:
             job = watch.monitor.paths
+            if isinstance(error, BatchNotAnswered):
+                lost = (
+                    f"The host stopped answering the polls of remote job {job.job_id}: "
+                    f"{watch.failures} batches in a row were answered for no job ({error})."
+                )
+            else:
+                lost = (
+                    f"Lost the SSH connection while watching remote job {job.job_id} and could not restore "
+                    f"it after {watch.max_reconnect_attempts} reconnect attempt(s) ({type(error).__name__}: "
+                    f"{error})."
+                )
             return [
                 self._finish(
                     watch,
                     Outcome(
                         "error",
                         None,
-                        f"Lost the SSH connection while watching remote job {job.job_id} and could not restore "
-                        f"it after {watch.max_reconnect_attempts} reconnect attempt(s) ({type(error).__name__}: "
-                        f"{error}). The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
+                        f"{lost} The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
                         watch_lost=True,
                     ),
                 )

@@ -15,9 +15,11 @@ my $out = '';
 sub first_line {
     my ($path) = @_;
     open(my $fh, '<', $path) or return '';
-    my $line = <$fh>;
+    # A bounded read: a control file the job filled with one huge line must not stall the batch.
+    my $line = '';
+    read $fh, $line, 4096;
     close $fh;
-    return '' unless defined $line;
+    $line =~ s/\n.*//s;
     $line =~ s/\A\s+//;
     $line =~ s/\s+\z//;
     return $line;
@@ -46,6 +48,8 @@ sub ps_started {
 sub is_wrapper {
     my ($pid) = @_;
     return 0 if $pid eq '' || $pid =~ /[^0-9]/ || $pid eq '0' || $pid eq '1';
+    # No pid is larger than 2^31 - 1: a longer number would wrap in kill (to kill -1).
+    return 0 if length($pid) > 10 || $pid > 2147483647;
     return 0 unless kill 0, $pid;
     return 0 if $boot_now ne '' && -f 'boot_id' && first_line('boot_id') ne $boot_now;
     return 1 unless -f 'start';

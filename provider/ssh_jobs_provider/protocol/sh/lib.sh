@@ -45,6 +45,8 @@ owned_by_job() {
 # in the same boot counts (the wrapper writes ./start before ./pid, so that is rare).
 is_wrapper() {
   case $1 in ''|*[!0-9]*|0|1) return 1 ;; esac
+  # No pid is larger than 2^31 - 1: a longer number would wrap in kill (perl's kill -1).
+  [ "${#1}" -le 10 ] && [ "$1" -le 2147483647 ] || return 1
   kill -0 "$1" 2>/dev/null || return 1
   if [ -n "$boot_now" ] && [ -f boot_id ]; then
     read -r b < boot_id
@@ -218,24 +220,26 @@ w() {
 }
 
 # log_window KEY OFFSET COUNT: exactly COUNT bytes for the answer announced with len=COUNT: the
-# log's bytes from OFFSET, and if fewer could be read (the log was cut shorter since it was
-# measured, or made unreadable), blanks for the rest and a line "short key=KEY got=N" saying how
-# many were real. The count comes from dd's own report ("N bytes ..." in every dd that prints
-# one); where dd reports only records, from the log's size after the read.
+# log's bytes from OFFSET, then blanks, cut at COUNT, so that the framing holds whatever the log
+# did meanwhile (cut shorter since it was measured, made unreadable). When fewer real bytes were
+# read, a line "short key=KEY got=N" says how many. The count comes from dd's own report ("N
+# bytes ...", in every dd that prints one); where dd reports only records (BusyBox), the bytes
+# are believed whole only when the log still holds them after the read, else none are (got=0:
+# the window is simply read again).
 log_window() {
-  { got=$(tail -c +$(($2 + 1)) stdout.log 2>/dev/null | head -c "$3" | LC_ALL=C dd bs=65536 2>&1 >&4); } 4>&1
-  case $got in
-    *' bytes'*)
-      got=${got%% bytes*}
+  { report=$( { {
+    tail -c +$(($2 + 1)) stdout.log 2>/dev/null | head -c "$3" | LC_ALL=C dd bs=65536 2>&3
+    printf "%$3s" ''
+  } | head -c "$3" >&4; } 3>&1); } 4>&1
+  case $report in
+    *' byte'*)
+      got=${report%% byte*}
       got=${got##*[!0-9]}
       ;;
     *) got=0; [ -r stdout.log ] && [ "$(($(wc -c < stdout.log) + 0))" -ge $(($2 + $3)) ] && got=$3 ;;
   esac
   case $got in ''|*[!0-9]*) got=0 ;; esac
-  if [ "$got" -lt "$3" ]; then
-    printf "%$(($3 - got))s" ''
-    echo "$T short key=$1 got=$got len=0"
-  fi
+  if [ "$got" -lt "$3" ]; then echo "$T short key=$1 got=$got len=0"; fi
 }
 
 # p KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `w`).

@@ -60,7 +60,9 @@ read -r marker < marker
 rc=$?
 # The log's size as the job ended: a watcher reads the log up to here, and no further than a
 # bound past it, however long processes the job left behind go on writing.
-log_end=$(wc -c < stdout.log 2>/dev/null)
+# Only a plain file is measured: the job may have put a FIFO or a device in its place.
+log_end=
+[ -f stdout.log ] && log_end=$(wc -c < stdout.log 2>/dev/null)
 case $log_end in ''|*[!0-9\ ]*) log_end= ;; *) log_end=$((log_end + 0)) ;; esac
 
 note=
