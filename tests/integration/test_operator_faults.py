@@ -63,7 +63,7 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
     wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
     assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
     messages = " ".join(str(entry["event"]) for entry in logs)
-    assert "re-attaching" in messages
+    assert "re-attaching" in messages, messages
     assert server.counts()["accepted"] >= 2
 
 

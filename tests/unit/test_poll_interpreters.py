@@ -292,7 +292,7 @@ def probe(env: dict[str, str]) -> str:
 def test_the_probe_finds_perl_here() -> None:
     assert shutil.which("perl"), "the test machine has perl (Debian's perl-base is essential)"
     assert probe(dict(os.environ)) == "perl"
-    assert run_sh(build_probe_script()).stdout == f"\n{PROTOCOL_TAG} probe state=perl\n".encode()
+    assert run_sh(build_probe_script()).stdout == f"{PROTOCOL_TAG} probe state=perl\n".encode()
 
 
 def test_the_probe_falls_back_to_sh_without_perl_or_with_a_broken_one(tmp_path: Path) -> None:

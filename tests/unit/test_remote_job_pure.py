@@ -13,6 +13,7 @@ from ssh_jobs_provider.protocol.answers import (
     JobState,
     JobStatus,
     RemoteJobProtocolError,
+    parse_batch_output,
     parse_simple_state,
     parse_submit_output,
 )
@@ -388,3 +389,14 @@ def test_simple_state_is_parsed_after_noise(verb: str, state: str) -> None:
 def test_simple_state_of_the_wrong_verb_is_a_protocol_error() -> None:
     with pytest.raises(RemoteJobProtocolError, match="cleanup"):
         parse_simple_state(header("kill", state="killed"), "cleanup")
+
+
+def test_an_answer_glued_to_a_banner_without_a_final_newline_is_found() -> None:
+    # A login shell's banner may end without a newline: the first header then starts mid-line.
+    glued = b"Welcome to the cluster" + header("submit", os="Linux", launched=1)
+    status = parse_submit_output(glued + header("poll", key=0, **RUNNING, len=0))
+    assert (status.state, status.launched) == (JobState.RUNNING, True)
+    tag = "SSHJOBS1.0123456789abcdef"
+    batch_answer = f"Welcome{tag} poll key=0 pid=1 alive=1 exit= size=0 len=0\n{tag} end\n".encode()
+    entry = PollEntry(RemoteJobPaths("job", "/tmp/jobs"), 0, 10)
+    assert parse_batch_output(batch_answer, [entry], tag)[0] == JobStatus(JobState.RUNNING, pid=1)

@@ -112,7 +112,7 @@ class JobStatus:
 def find_header(output: bytes, verb: str) -> tuple[dict[str, str], bytes]:
     """Locate ``TAG verb k=v ...`` as a whole line; return its fields and the bytes after it."""
     needle = f"{PROTOCOL_TAG} {verb}".encode()
-    index = _first_line_start(output, needle)
+    index = _first_header(output, needle, anywhere=True)
     # Without a newline after the first header, no later one can have one either.
     end = -1 if index is None else output.find(b"\n", index)
     if index is None or end < 0:
@@ -248,7 +248,13 @@ def parse_batch_output(
     #: The submit headers of the batch's submits, each to be joined with the poll that follows.
     submits: dict[int, dict[str, str]] = {}
     marker = tag.encode() + b" "
-    position = _first_line_start(output, marker)
+    if tag != PROTOCOL_TAG:
+        # A batch's random tag cannot be in a banner: its first occurrence is the first header,
+        # even one glued to a banner without a final newline.
+        found = output.find(marker)
+        position: int | None = found if found >= 0 else None
+    else:
+        position = _first_header(output, marker)
     complete = False
     last_window: int | None = None
     while position is not None and position < len(output):
@@ -370,12 +376,27 @@ def _entry_result(
     return RemoteJobProtocolError(f"Unexpected '{verb}' answer for {entry.paths.job_id}")
 
 
-def _first_line_start(output: bytes, tag: bytes, start: int = 0) -> int | None:
-    """Offset of the first ``tag`` at or after ``start`` that begins a line."""
+def _first_header(output: bytes, tag: bytes, anywhere: bool = False) -> int | None:
+    """
+    Offset of the first ``tag`` that begins a line; failing that, with ``anywhere``, of the
+    first ``tag`` at all.
+
+    Only a login shell writes before the answer (a banner, a module system's notice), and it
+    may end without a newline, gluing itself to the first header. With the fixed tag, a header
+    that begins a line wins (a banner could mention the tag mid-line), and one glued to a banner
+    is the fallback. (Scripts write nothing before their first header: a
+    script that wrote early would be killed by SIGPIPE, before doing its work, when the client
+    has already given up on it.) Every later header is found by the framing, never by a search.
+    """
+    start = 0
     while True:
         index = output.find(tag, start)
         if index < 0:
-            return None
+            break
         if index == 0 or output[index - 1 : index] == b"\n":
             return index
         start = index + 1
+    if anywhere:
+        found = output.find(tag)
+        return found if found >= 0 else None
+    return None

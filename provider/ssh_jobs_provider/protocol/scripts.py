@@ -93,10 +93,8 @@ def batch_tag() -> str:
 
 def as_whole(body: str) -> str:
     # One compound command: a script cut short in transit is a syntax error and runs not at
-    # all, instead of running up to wherever it was cut. It answers on a line of its own: a
-    # login shell's banner without a final newline would otherwise glue onto the first
-    # answer line, and that answer would never be found.
-    return "{\necho\n" + body + "}\n"
+    # all, instead of running up to wherever it was cut.
+    return "{\n" + body + "}\n"
 
 
 def _q(value: str | int) -> str:
