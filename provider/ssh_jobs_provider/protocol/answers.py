@@ -379,14 +379,8 @@ def _entry_result(
 def _first_header(output: bytes, tag: bytes, anywhere: bool = False) -> int | None:
     """
     Offset of the first ``tag`` that begins a line; failing that, with ``anywhere``, of the
-    first ``tag`` at all.
-
-    Only a login shell writes before the answer (a banner, a module system's notice), and it
-    may end without a newline, gluing itself to the first header. With the fixed tag, a header
-    that begins a line wins (a banner could mention the tag mid-line), and one glued to a banner
-    is the fallback. (Scripts write nothing before their first header: a
-    script that wrote early would be killed by SIGPIPE, before doing its work, when the client
-    has already given up on it.) Every later header is found by the framing, never by a search.
+    first ``tag`` at all: a login shell's banner (all that writes before an answer; a script
+    writes nothing before its first header) may end without a newline and glue itself to it.
     """
     start = 0
     while True:

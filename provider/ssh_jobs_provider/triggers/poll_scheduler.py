@@ -41,7 +41,15 @@ from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SubmitEntry
 from ssh_jobs_provider.protocol.monitor import Outcome
 from ssh_jobs_provider.protocol.refusals import refusal_message
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
-from ssh_jobs_provider.triggers.watch import SUBMIT_TICK, Delivery, Watch, next_tick, submit_failed
+from ssh_jobs_provider.triggers.watch import (
+    SUBMIT_TICK,
+    Delivery,
+    Event,
+    Phase,
+    Watch,
+    next_tick,
+    submit_failed,
+)
 
 __all__ = ["SUBMIT_TICK", "Deliveries", "Delivery", "PollScheduler", "Watch", "next_tick"]
 
@@ -97,15 +105,14 @@ class PollScheduler:
 
     def add(self, watch: Watch, now: float) -> None:
         """Register a job; its first poll (or its submit) comes at its next grid tick."""
-        interval = (
-            watch.poll_interval if watch.submit_files is None else min(SUBMIT_TICK, watch.poll_interval)
-        )
+        interval = min(SUBMIT_TICK, watch.poll_interval) if watch.submitting else watch.poll_interval
         watch.next_due = next_tick(now, interval)
         self._watches[watch] = None
 
     def remove(self, watch: Watch) -> None:
         """Leave (normal end or cancellation); safe to call twice."""
-        watch.active = False
+        if watch.active:
+            watch.advance(Event.FINISHED)
         self._watches.pop(watch, None)
 
     # ------------------------------------------------------------------ timing
@@ -117,7 +124,7 @@ class PollScheduler:
         due, submits = [], 0
         for w in self._watches:
             if w.next_due <= now + COALESCE_SECONDS:
-                if w.submit_files is not None:
+                if w.submitting:
                     submits += 1
                     if submits > SUBMITS_PER_BATCH:
                         continue  # still due: in the next batch, at once
@@ -138,13 +145,13 @@ class PollScheduler:
         budget = MAX_BATCH_BYTES
         for watch in due:
             monitor = watch.monitor
-            if watch.final_outcome is not None:
+            if watch.cleaning:
                 entries.append(CleanupEntry(monitor.paths, token=monitor.token))
                 continue
             window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
             entry = monitor.poll_entry(max_bytes=window, delivered=watch.delivered)
-            if watch.submit_files is not None:
+            if watch.submitting and watch.submit_files is not None:
                 entry = SubmitEntry(
                     entry.paths,
                     entry.offset,
@@ -168,7 +175,7 @@ class PollScheduler:
         for key, watch in enumerate(due):
             if watch.active:
                 sent_before = watch.submit_sent
-                if watch.submit_files is not None:
+                if watch.submitting:
                     watch.submit_sent = True  # even an answer cut short means the script ran
                 out.extend(self._apply(watch, results[key], now, sent_before))
         return out
@@ -185,7 +192,7 @@ class PollScheduler:
         """
         if sent:
             for watch in due:
-                if watch.submit_files is not None:
+                if watch.submitting:
                     watch.submit_sent = True
         # A batch the host did not answer at all failed as a batch: retried like a lost
         # connection, never taken for something each of its jobs did.
@@ -213,9 +220,9 @@ class PollScheduler:
         """The batch failed in a way a retry cannot fix: end every job in it."""
         out: Deliveries = []
         for watch in due:
-            if watch.final_outcome is not None:  # only its cleanup was pending
+            if watch.cleaning and watch.final_outcome is not None:  # only its cleanup was pending
                 out.append(self._finish(watch, watch.final_outcome, cleaned_up=False))
-            elif watch.submit_files is not None:
+            elif watch.submitting:
                 out.append(self._finish(watch, submit_failed(watch, error)))
             else:
                 out.append(
@@ -240,15 +247,16 @@ class PollScheduler:
             # (whose answer was lost) may have started the job: it is then killed like a lost one.
             return [self._finish(watch, Outcome("error", None, message, never_started=not sent_before))]
         if isinstance(result, RemoteJobProtocolError):
-            watch.next_due = now + (watch.poll_interval if watch.submit_files is None else SUBMIT_TICK)
+            watch.next_due = now + (SUBMIT_TICK if watch.submitting else watch.poll_interval)
             return self._count_failure(watch, result)
         watch.failures = 0
         if isinstance(result, CleanupResult):
             return self._after_cleanup(watch, result, now)
         assert isinstance(result, JobStatus)
         submitted = None
-        if watch.submit_files is not None:
+        if watch.submitting:
             watch.submit_files, submitted = None, result
+            watch.advance(Event.SUBMITTED)
             watch.monitor.submitted(now)
         update = watch.monitor.feed_status(result, now)
         delivery = Delivery(
@@ -258,10 +266,13 @@ class PollScheduler:
             submitted=submitted,
         )
         if update.outcome is None:
+            if watch.monitor.finishing and watch.phase is Phase.WATCHING:
+                watch.advance(Event.JOB_ENDED)
             watch.next_due = now if update.more_now else next_tick(now, watch.poll_interval)
             return [(watch, delivery)]
         if watch.wants_cleanup(update.outcome):
             watch.final_outcome = update.outcome
+            watch.advance(Event.CLEANUP_WANTED)
             watch.next_due = now  # clean up in the very next batch, over this connection
             return [(watch, delivery)]
         delivery.outcome = update.outcome
@@ -292,13 +303,13 @@ class PollScheduler:
 
     def _count_failure(self, watch: Watch, error: BaseException, delay: float | None = None) -> Deliveries:
         watch.failures += 1
-        if watch.final_outcome is not None:
+        if watch.cleaning and watch.final_outcome is not None:
             # The job's outcome is known and its log delivered: only the cleanup is left, and
             # only its budget counts. Once spent, report the real outcome and leave the cleanup
             # to the operator; a lost connection never turns a finished job into a lost one.
             if watch.failures > watch.cleanup_retries or watch.failures > watch.max_reconnect_attempts:
                 return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
-        elif watch.failures > watch.max_reconnect_attempts and watch.submit_files is not None:
+        elif watch.failures > watch.max_reconnect_attempts and watch.submitting:
             return [self._finish(watch, submit_failed(watch, error))]
         elif watch.failures > watch.max_reconnect_attempts:
             job = watch.monitor.paths

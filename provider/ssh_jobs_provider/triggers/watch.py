@@ -1,12 +1,24 @@
 """
-One watched job, as the shared host session sees it: its registration and what it receives.
-Pure code, used by :class:`~ssh_jobs_provider.triggers.poll_scheduler.PollScheduler`.
+One watched job, as the shared host session sees it: its registration, the phase it is in,
+and what it receives. Pure code, used by
+:class:`~ssh_jobs_provider.triggers.poll_scheduler.PollScheduler`.
+
+A watch goes through the phases of :class:`Phase`, and only by the transitions of
+:data:`TRANSITIONS` (every one of them is in that table; :meth:`Watch.advance` refuses any
+other)::
+
+    SUBMITTING --submitted--> WATCHING --job_ended--> DRAINING
+    WATCHING, DRAINING --cleanup_wanted--> CLEANING
+    any phase but DONE --finished--> DONE
+
+``finished`` leads from every phase to ``DONE``: the one final delivery of an outcome.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT
 from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
@@ -17,6 +29,44 @@ from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
 SUBMIT_TICK = 1.0
+
+
+class Phase(Enum):
+    """Where a watched job stands."""
+
+    #: The triggerer still has to get the job's submit answered (re-sent until it is).
+    SUBMITTING = "submitting"
+    #: Polled until it ends.
+    WATCHING = "watching"
+    #: Ended; the rest of its log is still being read.
+    DRAINING = "draining"
+    #: Outcome known and log delivered; its directory is being removed.
+    CLEANING = "cleaning"
+    #: Its outcome was delivered; no longer registered.
+    DONE = "done"
+
+
+class Event(Enum):
+    """What moves a watch from one phase to the next."""
+
+    SUBMITTED = "submitted"
+    JOB_ENDED = "job_ended"
+    CLEANUP_WANTED = "cleanup_wanted"
+    FINISHED = "finished"
+
+
+#: Every transition a watch may make: (phase, event) -> the next phase.
+TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
+    (Phase.SUBMITTING, Event.SUBMITTED): Phase.WATCHING,
+    (Phase.WATCHING, Event.JOB_ENDED): Phase.DRAINING,
+    (Phase.WATCHING, Event.CLEANUP_WANTED): Phase.CLEANING,
+    (Phase.DRAINING, Event.CLEANUP_WANTED): Phase.CLEANING,
+    **{(phase, Event.FINISHED): Phase.DONE for phase in Phase if phase is not Phase.DONE},
+}
+
+
+class WatchStateError(RuntimeError):
+    """A transition that :data:`TRANSITIONS` does not allow: a bug, never a remote condition."""
 
 
 @dataclass
@@ -56,14 +106,15 @@ class Watch:
     :param failures: consecutive failed polls so far
     :param next_due: clock reading of the next poll
     :param delivered: log bytes the trigger has written to the task log
-    :param active: still registered
-    :param final_outcome: the outcome, while the cleanup is pending
+    :param final_outcome: the outcome, while the cleanup is pending (:attr:`Phase.CLEANING`)
     :param cleanup_attempts: cleanups tried so far
     :param submit_files: the job's files while the triggerer still has to submit it
         (:func:`~ssh_jobs_provider.protocol.scripts.job_files`); ``None`` once submitted, or
         for a job the worker submitted
     :param submit_sent: a batch carrying the submit reached the host (its answer may be lost):
         the job may have started
+    :param phase: where the job stands (set from ``submit_files`` when the watch is made; then
+        changed by :meth:`advance` only)
     """
 
     monitor: JobMonitor
@@ -75,14 +126,36 @@ class Watch:
     failures: int = 0
     next_due: float = 0.0
     delivered: int = 0
-    active: bool = True
     final_outcome: Outcome | None = None
     cleanup_attempts: int = 0
     submit_files: tuple[tuple[str, str], ...] | None = None
     submit_sent: bool = False
+    phase: Phase = field(init=False)
 
     def __post_init__(self) -> None:
         self.delivered = self.monitor.log_offset
+        self.phase = Phase.SUBMITTING if self.submit_files is not None else Phase.WATCHING
+
+    def advance(self, event: Event) -> Phase:
+        """Make the transition ``event`` leads to from the current phase (see :data:`TRANSITIONS`)."""
+        try:
+            self.phase = TRANSITIONS[self.phase, event]
+        except KeyError:
+            raise WatchStateError(f"A watch in phase {self.phase.name} cannot take {event.name}") from None
+        return self.phase
+
+    @property
+    def active(self) -> bool:
+        """Still registered: its outcome has not been delivered."""
+        return self.phase is not Phase.DONE
+
+    @property
+    def submitting(self) -> bool:
+        return self.phase is Phase.SUBMITTING
+
+    @property
+    def cleaning(self) -> bool:
+        return self.phase is Phase.CLEANING
 
     def record_delivered(self, offset: int) -> None:
         """The trigger has written the log up to ``offset`` to the task log."""
