@@ -51,7 +51,9 @@ def feed(monitor: JobMonitor, output: bytes, now: float) -> MonitorUpdate:
 def window(monitor: JobMonitor) -> tuple[int, int]:
     """(offset, max_bytes) the monitor's next poll entry asks for."""
     entry = monitor.poll_entry()
-    assert f"w 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in build_batch_script([entry])
+    assert f"poll_answer 0 {entry.paths.job_dir} {entry.offset} {entry.max_bytes} " in build_batch_script(
+        [entry]
+    )
     return entry.offset, entry.max_bytes
 
 

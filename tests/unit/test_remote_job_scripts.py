@@ -549,8 +549,8 @@ def test_kill_script_carries_the_marker_derived_from_its_token(tmp_path: Path) -
     written = dict(job_files("echo hi\n", {}, None, TOKEN))["marker"].strip()
 
     assert written == job_marker(TOKEN)
-    assert build_kill_script(paths, TOKEN).endswith(f"k {paths.job_dir} {TOKEN} 5 {written}\n}}\n")
-    assert build_kill_script(paths).endswith(f"k {paths.job_dir} '' 5 ''\n}}\n")
+    assert build_kill_script(paths, TOKEN).endswith(f"kill_job {paths.job_dir} {TOKEN} 5 {written}\n}}\n")
+    assert build_kill_script(paths).endswith(f"kill_job {paths.job_dir} '' 5 ''\n}}\n")
 
 
 def test_kill_with_a_token_of_a_missing_dir_and_no_marked_process_says_missing(tmp_path: Path) -> None:

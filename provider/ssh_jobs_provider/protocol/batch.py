@@ -12,15 +12,15 @@ A batch is the shared prelude (``sh/process.sh``, ``sh/lib.sh``), a call per ent
   worker's submit does: ``sh/submit.sh``), so the triggerer can start jobs over its one
   connection; it answers with a ``submit`` header, then its poll;
 - a :class:`CleanupEntry` removes one finished job's directory, if it is the SSH user's and
-  carries the entry's token (``cm`` in ``sh/lib.sh``: one ``ls`` and two ``rm`` for up to
-  :data:`CLEANUPS_PER_CALL` directories; ``c`` for one directory at a time).
+  carries the entry's token (``cleanup_jobs`` in ``sh/lib.sh``: one ``ls`` and two ``rm`` for up to
+  :data:`CLEANUPS_PER_CALL` directories; ``cleanup_job`` for one directory at a time).
 
 What a poll costs the host is decided by the processes it starts, not by the reading itself
 (a few small files per job cost microseconds; a fork and exec costs a millisecond). So the
 polls of a batch run either
 
 - in ONE ``perl`` process for all jobs (``perl/poll.pl``): no process per job at all; or
-- in POSIX ``sh`` only, in three phases (``q``, ``z``, ``w`` in ``sh/lib.sh``): builtins for
+- in POSIX ``sh`` only, in three phases (``poll_state``, ``poll_sizes``, ``poll_answer`` in ``sh/lib.sh``): builtins for
   every job's state, one ``ls`` for the log sizes of up to :data:`SIZES_PER_LS` jobs, and a
   ``tail | head`` only for a job whose log grew.
 
@@ -52,7 +52,7 @@ from ssh_jobs_provider.protocol.scripts import (
 POLL_INTERPRETERS = ("auto", "perl", "sh")
 #: Log sizes found by one ``ls`` in the sh polls: well inside any host's ``ARG_MAX``.
 SIZES_PER_LS = 200
-#: Job directories removed by one ``cm`` call (a few processes for all of them); a job
+#: Job directories removed by one ``cleanup_jobs`` call (a few processes for all of them); a job
 #: directory holds about 15 files, so its ``rm`` stays well inside any host's ``ARG_MAX``.
 CLEANUPS_PER_CALL = 100
 
@@ -206,7 +206,7 @@ def _cleanups(cleanups: list[tuple[int, CleanupEntry]]) -> str:
     calls = []
     for base, members in _by_base_dir(cleanups, lambda e: e.paths.job_id, CLEANUPS_PER_CALL):
         triples = " ".join(f"{key}:{e.paths.job_id}:{e.token}" for key, e in members)
-        calls.append(f"cm {_q(base)} {_q(triples)}\n")
+        calls.append(f"cleanup_jobs {_q(base)} {_q(triples)}\n")
     return "".join(calls)
 
 
@@ -216,7 +216,9 @@ def _submits(submits: list[tuple[int, SubmitEntry]]) -> str:
     # The submit functions and the wrapper's text once; each submit in a subshell of its own
     # (a refusal ends only that one; see sh/submit.sh).
     head = shell_source("submit.sh") + f"RUN_SH={_q(wrapper_source())}\nwhoami_uid\n"
-    bases = "".join(f"sbase {_q(base)}\n" for base in sorted({e.paths.base_dir for _, e in submits}))
+    bases = "".join(
+        f"check_base_once {_q(base)}\n" for base in sorted({e.paths.base_dir for _, e in submits})
+    )
     calls = []
     for key, e in submits:
         writes = "".join(f"put {name} {_q(content)}\n" for name, content in e.files)
@@ -224,9 +226,9 @@ def _submits(submits: list[tuple[int, SubmitEntry]]) -> str:
             f"(\numask 077\nK={key}\nbegin {_q(e.paths.base_dir)} {_q(e.paths.job_id)} {_q(e.token)}\n"
             'if [ "$claimed" = 0 ]; then\n'
             f'{writes}put run.sh "$RUN_SH"\nlaunch\nfi\nsubmitted\n)\n'
-            f"sd $? {key} {_q(e.paths.job_dir)}\n"
+            f"submit_ended $? {key} {_q(e.paths.job_dir)}\n"
         )
-    return head + bases + "".join(calls) + "sw\nsa\n"
+    return head + bases + "".join(calls) + "wait_for_launches\nanswer_submits\n"
 
 
 def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
@@ -248,10 +250,13 @@ def _perl_call(arguments: str, entries: str) -> str:
 
 
 def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:
-    states = [f"q {key} {_q(e.paths.job_dir)} {_q(e.token)}\n" for key, e in polls]
+    states = [f"poll_state {key} {_q(e.paths.job_dir)} {_q(e.token)}\n" for key, e in polls]
     sizes = [
-        f"z {_q(base)} {_q(' '.join(f'{key}:{e.paths.job_id}' for key, e in members))}\n"
+        f"poll_sizes {_q(base)} {_q(' '.join(f'{key}:{e.paths.job_id}' for key, e in members))}\n"
         for base, members in _by_base_dir(polls, lambda e: f"{e.paths.job_id}/stdout.log", SIZES_PER_LS)
     ]
-    answers = [f"w {key} {_q(e.paths.job_dir)} {e.offset} {e.max_bytes} {e.delivered}\n" for key, e in polls]
+    answers = [
+        f"poll_answer {key} {_q(e.paths.job_dir)} {e.offset} {e.max_bytes} {e.delivered}\n"
+        for key, e in polls
+    ]
     return "".join(states + sizes + answers)

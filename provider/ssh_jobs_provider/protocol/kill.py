@@ -43,7 +43,7 @@ def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int
     return as_whole(
         script_prelude()
         + shell_source("kill.sh")
-        + f"k {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)} {_q(marker)}\n"
+        + f"kill_job {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)} {_q(marker)}\n"
     )
 
 

@@ -1,12 +1,12 @@
 """
 Operations on a whole base dir: list its job directories, pick the ones to reap, remove them. Pure code.
 
-The listing is ONE script (``l`` in ``sh/ops.sh``): for every direct child named like a job id
+The listing is ONE script (``list_jobs`` in ``sh/ops.sh``): for every direct child named like a job id
 it reports when the directory was created and last active, then answers with the poll's own
-probes (``p`` in ``sh/lib.sh``), so a job's state is told exactly as the trigger tells it.
+probes (``poll_job`` in ``sh/lib.sh``), so a job's state is told exactly as the trigger tells it.
 Which directories a reaper removes is decided here, from those answers and the host's clock
 (:func:`select_reapable`); the removal re-checks that each job is not running and then uses
-the protocol's cleanup (``c``: only a directory of the SSH user's that carries the token read
+the protocol's cleanup (``cleanup_job``: only a directory of the SSH user's that carries the token read
 by the listing).
 """
 
@@ -100,7 +100,7 @@ def parse_age(text: str) -> int:
 def build_listing_script(base_dir: str) -> str:
     """The ONE script that lists ``base_dir``'s job directories and their states (read-only)."""
     base = validate_base_dir(base_dir)
-    return as_whole(script_prelude() + shell_source("ops.sh") + f"l {shlex.quote(base)}\n")
+    return as_whole(script_prelude() + shell_source("ops.sh") + f"list_jobs {shlex.quote(base)}\n")
 
 
 def parse_listing(output: bytes) -> Listing:
@@ -171,11 +171,12 @@ def reap_entries(base_dir: str, directories: Sequence[JobDirectory]) -> list[Cle
 
 def build_reap_script(entries: Sequence[CleanupEntry]) -> str:
     """
-    Script that removes each entry's directory (``c``), unless its job is running by now;
+    Script that removes each entry's directory (``cleanup_job``), unless its job is running by now;
     answers as a batch (:func:`parse_reap_output`).
     """
     calls = "".join(
-        f"r {key} {shlex.quote(e.paths.job_dir)} {shlex.quote(e.token)}\n" for key, e in enumerate(entries)
+        f"reap_job {key} {shlex.quote(e.paths.job_dir)} {shlex.quote(e.token)}\n"
+        for key, e in enumerate(entries)
     )
     return as_whole(script_prelude() + shell_source("ops.sh") + calls + 'echo "$T end"\n')
 

@@ -12,7 +12,7 @@ earlier try of the same task instance (in the same *cycle*: a cleared task start
 
 What the host says about that job then decides (:func:`decide`): a running job is re-attached,
 a job that succeeded is not run again, anything else gets a fresh job. The host is asked with
-one script (:func:`build_lookup_script`), whose ``lk`` answers like a poll, or with the job's
+one script (:func:`build_lookup_script`), whose ``lookup_job`` answers like a poll, or with the job's
 ``.ended`` record once its directory was removed.
 """
 
@@ -128,7 +128,7 @@ def lookup_entries(records: Sequence[JobRecord]) -> list[PollEntry]:
 def build_lookup_script(records: Sequence[JobRecord]) -> str:
     """Script that says what became of each job: entry ``i`` answers with ``key=i``."""
     calls = "".join(
-        f"lk {key} {shlex.quote(record.paths.job_dir)} {shlex.quote(record.token)}\n"
+        f"lookup_job {key} {shlex.quote(record.paths.job_dir)} {shlex.quote(record.token)}\n"
         for key, record in enumerate(records)
     )
     return as_whole(script_prelude() + calls + 'echo "$T end"\n')

@@ -1,4 +1,4 @@
-# k DIR TOKEN GRACE MARKER: stop every process of one job: SIGTERM, then SIGKILL after GRACE
+# kill_job DIR TOKEN GRACE MARKER: stop every process of one job: SIGTERM, then SIGKILL after GRACE
 # seconds. Answers "TAG kill state=..." with missing, foreign, not-started, not-running, killed,
 # or survived (with the pids still there after SIGKILL). "dir=missing" follows killed or
 # survived when the job directory was gone and the job's processes were found by their marker.
@@ -20,7 +20,7 @@
 #    time): a child whose parent died on SIGTERM is re-parented out of the wrapper's tree
 #    (without /proc and setsid, e.g. on macOS, nothing else would find it), yet it must get the
 #    SIGKILL, and the kill must not report "killed" while it lives.
-k() {
+kill_job() {
   d=$1 tok=$2 grace=$3 mk=$4
   pid='' mode='' leader=0 seen='' kd=''
   if cd "$d" 2>/dev/null; then

@@ -63,18 +63,18 @@ is_wrapper() {
 }
 
 # A poll in POSIX sh comes in three phases, so that a batch starts processes per tick, not per
-# job: `q` reads each job's state with builtins only, `z` finds the log sizes of many jobs with
-# one `ls`, `w` answers and reads the log window (the only per-job processes, and only for a
+# job: `poll_state` reads each job's state with builtins only, `poll_sizes` finds the log sizes of many jobs with
+# one `ls`, `poll_answer` answers and reads the log window (the only per-job processes, and only for a
 # log that grew). The phases keep the order of the probes for every job: liveness before exit
 # code (so "dead and no exit code" really means vanished), exit code before log size (so a
 # size reported with an exit code is final and the last bytes written before exit are never
-# missed). Between phases a job's findings live in H<KEY> (header fields, or missing/foreign),
-# E<KEY> (1: it has a log) and Z<KEY> (its log size); only values checked here are kept there.
+# missed). Between phases a job's findings live in job_header_<KEY> (header fields, or missing/foreign),
+# job_has_log_<KEY> (1: it has a log) and job_log_size_<KEY> (its log size); only values checked here are kept there.
 
-# q KEY DIR TOKEN: phase 1, one job's state. A directory that cannot be entered is looked
+# poll_state KEY DIR TOKEN: phase 1, one job's state. A directory that cannot be entered is looked
 # up in the records of removed jobs (ended_of) before it counts as missing: a job whose
 # directory was removed after it ended keeps its exit code.
-q() {
+poll_state() {
   k=$1 tok=$3 h=missing e=0
   if cd "$2" 2>/dev/null; then
     h=foreign
@@ -85,12 +85,12 @@ q() {
     elif owned_by_job "$2" ""; then
       h=
     fi
-    [ -z "$h" ] && q_state
+    [ -z "$h" ] && read_job_state
     cd / || true
   elif ended_of "$2" "$tok"; then
     h="ended exit=$ended"
   fi
-  eval "H$k=\$h E$k=\$e"
+  eval "job_header_$k=\$h job_has_log_$k=\$e"
 }
 
 # exit_record FILE: code, note and log_end from the exit record FILE, which the wrapper writes
@@ -110,8 +110,8 @@ exit_record() {
   set +f
 }
 
-# q_state: the header fields of the job directory we are in (phase 1, after its checks).
-q_state() {
+# read_job_state: the header fields of the job directory we are in (phase 1, after its checks).
+read_job_state() {
   pid=
   [ -f pid ] && read -r pid < pid
   case $pid in ''|*[!0-9]*) pid= ;; esac
@@ -131,14 +131,14 @@ q_state() {
   h="pid=$pid alive=$alive exit=$code note=$note logend=$log_end boot=$boot claimed=$claimed full=$full"
 }
 
-# lsn FLAGS SUFFIX "KEY:ID[:...] ...": ONE `LC_ALL=C ls -n<FLAGS>` of the names ID<SUFFIX> in
-# the current directory; L<KEY>="MODE OWNER SIZE" for each name it lists. The pairs come sorted
+# list_names FLAGS SUFFIX "KEY:ID[:...] ...": ONE `LC_ALL=C ls -n<FLAGS>` of the names ID<SUFFIX> in
+# the current directory; listed_<KEY>="MODE OWNER SIZE" for each name it lists. The pairs come sorted
 # as ls sorts those names, so its lines and the pairs are walked together, and a line is kept
 # only for the pair whose name it shows. A pair left without one (a name ls prints differently,
-# a symbolic link's line, which ends with its target, a file that vanished) has no L<KEY>.
+# a symbolic link's line, which ends with its target, a file that vanished) has no listed_<KEY>.
 # IDs are plain names (letters, digits, _ . -), safe unquoted; a string, not "$@", gathers
 # them: appending to "$@" copies it each time.
-lsn() {
+list_names() {
   lf=$1 lx=$2 lp=$3
   set -f
   ln=
@@ -162,7 +162,7 @@ lsn() {
       li=${lp%% *} lp=${lp#* }
       lkey=${li%%:*} li=${li#*:}
       if [ "$lname" = "${li%%:*}$lx" ]; then
-        eval "L$lkey=\"\$1 \$3 \$5\""
+        eval "listed_$lkey=\"\$1 \$3 \$5\""
         break
       fi
     done
@@ -172,31 +172,31 @@ lsn() {
   set +f
 }
 
-# z BASE "KEY:ID ...": phase 2, the log sizes of the jobs BASE/ID, with one `ls` (lsn). A job
-# left without a size is measured on its own by `w`.
-z() {
+# poll_sizes BASE "KEY:ID ...": phase 2, the log sizes of the jobs BASE/ID, with one `ls` (list_names). A job
+# left without a size is measured on its own by `poll_answer`.
+poll_sizes() {
   cd "$1" 2>/dev/null || return 0
   zp=$2
-  lsn lL /stdout.log "$zp"
+  list_names lL /stdout.log "$zp"
   set -f
   for zi in $zp; do
     zk=${zi%%:*}
-    eval "zl=\${L$zk:-}"
+    eval "zl=\${listed_$zk:-}"
     # shellcheck disable=SC2086 # the fields are wanted as separate words
     set -- $zl
-    case ${3:-} in ''|*[!0-9]*) ;; *) eval "Z$zk=\$3" ;; esac
+    case ${3:-} in ''|*[!0-9]*) ;; *) eval "job_log_size_$zk=\$3" ;; esac
   done
   set +f
   cd / || true
 }
 
-# w KEY DIR OFFSET MAX DELIVERED: phase 3, the answer: the job's state, then up to MAX log bytes
+# poll_answer KEY DIR OFFSET MAX DELIVERED: phase 3, the answer: the job's state, then up to MAX log bytes
 # from OFFSET (log_window). Records DELIVERED (log bytes known to be in the task log) for a
 # watcher that resumes. A log that exists but cannot be read is said (unreadable=1), with no
 # bytes: nothing a job does to its log may change the framing of the answers after its own.
-w() {
+poll_answer() {
   k=$1 off=$3 max=$4 dl=$5
-  eval "h=\${H$k:-missing} e=\${E$k:-0} size=\${Z$k:-}"
+  eval "h=\${job_header_$k:-missing} e=\${job_has_log_$k:-0} size=\${job_log_size_$k:-}"
   case $h in missing|foreign|ended*) echo "$T poll key=$k state=$h len=0"; return 0 ;; esac
   if ! cd "$2" 2>/dev/null; then echo "$T poll key=$k state=missing len=0"; return 0; fi
   if [ -z "$size" ]; then
@@ -242,10 +242,10 @@ log_window() {
   if [ "$got" -lt "$3" ]; then echo "$T short key=$1 got=$got len=0"; fi
 }
 
-# p KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `w`).
-p() {
-  q "$1" "$2" "$6"
-  w "$1" "$2" "$3" "$4" "$5"
+# poll_job KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `poll_answer`).
+poll_job() {
+  poll_state "$1" "$2" "$6"
+  poll_answer "$1" "$2" "$3" "$4" "$5"
 }
 
 # ended_dir BASE: success when BASE/.ssh-jobs-ended is a private directory of the SSH user's
@@ -267,7 +267,7 @@ ended_dir() {
 # may still need to know that it ran and how it ended: a trigger re-created after a triggerer
 # restart (whose submit must not start the job again) and the next try of a durable task.
 # Fails when the record cannot be kept (then DIR must stay). Written with a builtin (no process
-# per job); kept until cm runs there after ENDED_DAYS days.
+# per job); kept until cleanup_jobs runs there after ENDED_DAYS days.
 ended_record() {
   # The reaper (ops.sh) removes directories whose tries are long over: no record for those.
   [ -n "${NO_ENDED:-}" ] && return 0
@@ -300,20 +300,20 @@ ended_of() {
   ended=$ec
 }
 
-# lk KEY DIR TOKEN: what became of the job of an earlier try: its state as a poll answers it,
+# lookup_job KEY DIR TOKEN: what became of the job of an earlier try: its state as a poll answers it,
 # or, once its directory is gone, what its .ended record says ("state=ended exit=CODE").
-lk() {
+lookup_job() {
   if ended_of "$2" "$3"; then
     echo "$T poll key=$1 state=ended exit=$ended len=0"
     return 0
   fi
-  p "$1" "$2" 0 0 0 "$3"
+  poll_job "$1" "$2" 0 0 0 "$3"
 }
 
-# c KEY DIR TOKEN: remove one finished job's directory, and only if it is this job's.
+# cleanup_job KEY DIR TOKEN: remove one finished job's directory, and only if it is this job's.
 # The token goes last: after a removal that failed half-way (a busy mount, a file another
 # process holds), it is still there to prove the directory is this job's to the next attempt.
-c() {
+cleanup_job() {
   if [ ! -e "$2" ] && [ ! -L "$2" ]; then s=absent
   elif ! owned_by_job "$2" "$3"; then s=foreign
   elif ! ended_record "$2"; then s=failed
@@ -329,33 +329,33 @@ c() {
   echo "$T cleanup key=$1 state=$s len=0"
 }
 
-# cm BASE "KEY:ID:TOKEN ...": what c does, for many jobs under BASE with a few processes in all:
+# cleanup_jobs BASE "KEY:ID:TOKEN ...": what cleanup_job does, for many jobs under BASE with a few processes in all:
 # one `ls` for the owners, one `rm` for the directories' contents, one for the emptied
 # directories (a removal costs the host per process, and thousands of jobs may end together).
-# The triples come sorted as `LC_ALL=C ls` sorts the IDs (see lsn); a job ls does not show
+# The triples come sorted as `LC_ALL=C ls` sorts the IDs (see list_names); a job ls does not show
 # under its name (a symbolic link) is left to c, one at a time. The tokens go last, as in c.
-cm() {
+cleanup_jobs() {
   cb=$1 cp=$2
   if ! cd "$cb" 2>/dev/null; then
     for ci in $cp; do
       ck=${ci%%:*} ci=${ci#*:}
-      c "$ck" "$cb/${ci%%:*}" "${ci#*:}"
+      cleanup_job "$ck" "$cb/${ci%%:*}" "${ci#*:}"
     done
     return 0
   fi
   whoami_uid
-  # Whose each directory is, with one `ls` (lsn); O<KEY>: 1 the SSH user's directory, no not.
-  lsn ld "" "$cp"
+  # Whose each directory is, with one `ls` (list_names); owned_<KEY>: 1 the SSH user's directory, no not.
+  list_names ld "" "$cp"
   set -f
   for ci in $cp; do
     ck=${ci%%:*}
-    eval "cl=\${L$ck:-}"
+    eval "cl=\${listed_$ck:-}"
     [ -n "$cl" ] || continue
     # shellcheck disable=SC2086 # the fields are wanted as separate words
     set -- $cl
     cv=no
     case $1 in d*) [ "$2" = "$me" ] && cv=1 ;; esac
-    eval "O$ck=$cv"
+    eval "owned_$ck=$cv"
   done
   set +f
   # The contents of every directory that is this job's, but its token, in one rm: the patterns
@@ -366,11 +366,11 @@ cm() {
   for ci in $cp; do
     ck=${ci%%:*} ci=${ci#*:}
     cd_=${ci%%:*} ct=${ci#*:}
-    eval "co_=\${O$ck:-}"
+    eval "co_=\${owned_$ck:-}"
     if [ "$co_" = no ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
     if [ -z "$co_" ]; then
       if [ ! -e "$cd_" ] && [ ! -L "$cd_" ]; then echo "$T cleanup key=$ck state=absent len=0"
-      else c "$ck" "$cb/$cd_" "$ct"
+      else cleanup_job "$ck" "$cb/$cd_" "$ct"
       fi
       continue
     fi
@@ -380,7 +380,7 @@ cm() {
       if [ "$t" != "$ct" ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
     fi
     if ! ended_record "$cb/$cd_"; then echo "$T cleanup key=$ck state=failed len=0"; continue; fi
-    eval "G$ck=1"
+    eval "removing_$ck=1"
     cr="$cr $cd_/[!t]* $cd_/t[!o]* $cd_/to[!k]* $cd_/tok[!e]* $cd_/toke[!n]* $cd_/token?*"
     cr="$cr $cd_/t $cd_/to $cd_/tok $cd_/toke $cd_/.[!.]* $cd_/..?*"
   done
@@ -391,13 +391,13 @@ cm() {
   for ci in $cp; do
     ck=${ci%%:*} ci=${ci#*:}
     cd_=${ci%%:*}
-    eval "cg=\${G$ck:-}"
+    eval "cg=\${removing_$ck:-}"
     [ -n "$cg" ] || continue
     for f in "$cd_"/* "$cd_"/.[!.]* "$cd_"/..?*; do
       if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
-      [ "$f" = "$cd_/token" ] || { eval "G$ck=kept"; break; }
+      [ "$f" = "$cd_/token" ] || { eval "removing_$ck=kept"; break; }
     done
-    eval "cg=\${G$ck}"
+    eval "cg=\${removing_$ck}"
     [ "$cg" = kept ] || cr="$cr $cd_"
   done
   # shellcheck disable=SC2086 # plain names
@@ -405,7 +405,7 @@ cm() {
   for ci in $cp; do
     ck=${ci%%:*} ci=${ci#*:}
     cd_=${ci%%:*}
-    eval "cg=\${G$ck:-}"
+    eval "cg=\${removing_$ck:-}"
     [ -n "$cg" ] || continue
     if [ -e "$cd_" ]; then s=failed; else s=removed; fi
     echo "$T cleanup key=$ck state=$s len=0"

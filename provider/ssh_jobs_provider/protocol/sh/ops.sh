@@ -22,9 +22,9 @@ newest_of() {
   mt=$nw
 }
 
-# l BASE: one "entry" line per direct child of BASE named af_* (a job id: no other
+# list_jobs BASE: one "entry" line per direct child of BASE named af_* (a job id: no other
 # characters than the protocol's), then its poll answer; the clock of the host first.
-l() {
+list_jobs() {
   echo "$T now at=$(date +%s) len=0"
   i=0
   for d in "$1"/af_*; do
@@ -39,20 +39,20 @@ l() {
     [ -f "$d/token" ] && read -r t < "$d/token" 2>/dev/null
     case $t in *[!0-9a-f]*) t= ;; esac
     echo "$T entry key=$i name=$n created=$created active=$mt token=$t len=0"
-    p "$i" "$d" 0 0 0 ""
+    poll_job "$i" "$d" 0 0 0 ""
     i=$((i + 1))
   done
 }
 
-# r KEY DIR TOKEN: remove a finished job's directory (`c`), unless its job runs again by now.
-r() {
+# reap_job KEY DIR TOKEN: remove a finished job's directory (`cleanup_job`), unless its job runs again by now.
+reap_job() {
   # shellcheck disable=SC2034 # read by ended_record in lib.sh
   NO_ENDED=1
-  q "$1" "$2" "$3"
+  poll_state "$1" "$2" "$3"
   rh=
-  eval "rh=\${H$1:-}"
+  eval "rh=\${job_header_$1:-}"
   case $rh in
     *alive=1*) echo "$T cleanup key=$1 state=running len=0" ;;
-    *) c "$1" "$2" "$3" ;;
+    *) cleanup_job "$1" "$2" "$3" ;;
   esac
 }

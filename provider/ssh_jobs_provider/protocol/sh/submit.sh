@@ -126,7 +126,7 @@ ensure_base() {
 # and carries TOKEN; claimed=1 when a wrapper already owns it (this submit re-attaches).
 begin() {
   B=$1 jd=$1/$2 tok=$3 job_created='' launched=0 claimed=0
-  # A batch checks each base dir once for all its submits (sbase).
+  # A batch checks each base dir once for all its submits (check_base_once).
   [ "$B" = "${base_ok:-}" ] || ensure_base "$B"
   if [ -n "${K:-}" ] && ended_of "$jd" "$tok"; then
     # This submit's job ran and its directory was removed (or is being removed) already: the
@@ -191,7 +191,7 @@ finish() {
     i=$((i + 1))
   done
   echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched"
-  p 0 "$jd" 0 0 0 "$tok"
+  poll_job 0 "$jd" 0 0 0 "$tok"
 }
 
 # framed HEADER LINE: HEADER with len= the bytes of LINE and its newline, then LINE. Counted by
@@ -204,14 +204,14 @@ framed() {
 
 # ---- many submits in one batch (protocol/batch.py): each runs in a subshell of its own, so
 # that a refusal ends that submit only:
-#   sbase BASE                          (once per base dir)
-#   ( K=KEY; begin ...; [put ...; launch]; submitted ); sd $? KEY DIR    (per submit)
-#   sw; sa                              (once: wait for the pids, then answer)
+#   check_base_once BASE                (once per base dir)
+#   ( K=KEY; begin ...; [put ...; launch]; submitted ); submit_ended $? KEY DIR    (per submit)
+#   wait_for_launches; answer_submits   (once: wait for the pids, then answer)
 # The state of each job is then answered by the batch's polls.
 
-# sbase BASE: check BASE (creating what is missing) once for all the batch's submits into it.
+# check_base_once BASE: check BASE (creating what is missing) once for all the batch's submits into it.
 # If it fails, each submit checks again and answers why.
-sbase() {
+check_base_once() {
   if (K=0 job_created=; ensure_base "$1"; exit 0) >/dev/null 2>&1; then base_ok=$1; fi
 }
 
@@ -221,11 +221,11 @@ submitted() {
   exit $((4 - launched))
 }
 
-# sd STATUS KEY DIR: record how the subshell of submit KEY ended; S<KEY> = launched (1/0).
-sd() {
+# submit_ended STATUS KEY DIR: record how the subshell of submit KEY ended; launched_<KEY> = launched (1/0).
+submit_ended() {
   case $1 in
     3|4)
-      eval "S$2=$((4 - $1)) J$2=\$3"
+      eval "launched_$2=$((4 - $1)) job_dir_$2=\$3"
       sk="${sk:-} $2"
       ;;
     8|9) ;;
@@ -235,12 +235,12 @@ sd() {
   esac
 }
 
-# sw: wait (bounded, ~5 s for all of them together) until every job this batch launched has
+# wait_for_launches: wait (bounded, ~5 s for all of them together) until every job this batch launched has
 # recorded its pid, so the answers say whether the jobs really started.
-sw() {
+wait_for_launches() {
   i=0
   for k in ${sk:-}; do
-    eval "s=\$S$k d=\$J$k"
+    eval "s=\$launched_$k d=\$job_dir_$k"
     [ "$s" = 1 ] || continue
     while [ ! -s "$d/pid" ] && [ ! -f "$d/exit_code" ] && [ "$i" -lt 50 ]; do
       sleep 0.1 2>/dev/null || sleep 1
@@ -249,12 +249,12 @@ sw() {
   done
 }
 
-# sa: the submit header of every submit that was not refused; its poll follows.
-sa() {
+# answer_submits: the submit header of every submit that was not refused; its poll follows.
+answer_submits() {
   [ -n "${sk:-}" ] || return 0
   os=$(uname -s 2>/dev/null | tr -d ' ')
   for k in $sk; do
-    eval "s=\$S$k"
+    eval "s=\$launched_$k"
     echo "$T submit key=$k os=$os launched=$s len=0"
   done
 }
