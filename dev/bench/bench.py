@@ -428,6 +428,7 @@ class Bench:
                     "index": t["index"],
                     "trigger": t["trigger"],
                     "method_name": t["method_name"],
+                    "kwargs": t.get("kwargs", {}),
                     **(
                         {"check": "sequence"}
                         if job == "lines"
@@ -449,7 +450,13 @@ class Bench:
             "phase": "complete",
             "hard_timeout": complete_budget,
             "tasks": [
-                {"index": t["index"], "method_name": t["method_name"], "event": t["event"]} for t in finished
+                {
+                    "index": t["index"],
+                    "method_name": t["method_name"],
+                    "kwargs": t.get("kwargs", {}),
+                    "event": t["event"],
+                }
+                for t in finished
             ],
         }
         log(f"   {watch.get('correct', 0)}/{n} events correct; completing {len(finished)} tasks (cleanup)")

@@ -188,6 +188,7 @@ def main() -> None:
                 "event_at": events[0]["at"] if events else None,
                 "event_wall_at": events[0]["wall"] if events else None,
                 "method_name": task.get("method_name"),
+                "kwargs": task.get("kwargs", {}),
                 "event": payload,
                 "error": out.get("error"),
                 "cancelled": out.get("cancelled", False),

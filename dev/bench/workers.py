@@ -72,6 +72,7 @@ def submit_one(cls: type, spec: dict[str, Any], index: int) -> dict[str, Any]:
             record["ok"] = True
             record["trigger"] = list(error.trigger.serialize())
             record["method_name"] = error.method_name
+            record["kwargs"] = getattr(error, "kwargs", None) or {}
         else:
             record["error"] = common.short_error(error)
             if isinstance(error, KeyboardInterrupt):
@@ -90,7 +91,7 @@ def complete_one(cls: type, spec: dict[str, Any], task: dict[str, Any]) -> dict[
     record: dict[str, Any] = {"index": index, "ok": False}
     started = common.now()
     try:
-        getattr(op, task["method_name"])(ti.context(), event=task["event"])
+        getattr(op, task["method_name"])(ti.context(), **task.get("kwargs", {}), event=task["event"])
         record["ok"] = True
         record["outcome"] = "success"
     except BaseException as error:

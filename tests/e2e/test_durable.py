@@ -125,10 +125,10 @@ class KilledBeforeDefer(SSHRemoteJobOperator):
         self.e2e_try_number = context["ti"].try_number
         return super().execute(context)
 
-    def _defer(self, trigger):
+    def _defer(self, context, trigger):
         if getattr(self, "e2e_try_number", None) == 1:
             os.kill(os.getpid(), signal.SIGKILL)
-        super()._defer(trigger)
+        super()._defer(context, trigger)
 
 
 class FailsAfterItsJobSucceeded(SSHRemoteJobOperator):

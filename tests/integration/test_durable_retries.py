@@ -1,22 +1,30 @@
 """
 ``durable=True`` against a real sshd: the next try of a task instance takes over the job of an
-earlier one instead of starting another, in the cases the retries of a real deployment meet.
+earlier one instead of starting another, in the cases the retries of a real deployment meet,
+and only a job it can prove to be its own, with the submit token the task state store kept.
 
 The task instance and its state store are stand-ins (the real ones are exercised by the e2e
 tests); the host, its jobs, the records of removed jobs and every script are real. Each job
-appends its name to a ``launches`` file when it starts: the host itself counts the runs.
+appends its name to a ``launches`` file when it starts: the host itself counts the runs. A
+"foreign" job is one that another deployment with the same DAG, task and run ids (a staging
+and a production instance sharing a host and a base directory) submitted under the same name,
+with a token of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException
+import structlog.testing
+from airflow.sdk.exceptions import AirflowSkipException, TaskDeferralTimeout
 
-from ssh_jobs_provider.protocol.reattach import STATE_KEY
+from ssh_jobs_provider.operators.durable import job_paths
+from ssh_jobs_provider.protocol.reattach import STATE_KEY, records_of
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator, wait_until
@@ -61,13 +69,35 @@ def rebuilt(trigger: SSHRemoteJobTrigger) -> SSHRemoteJobTrigger:
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-@pytest.mark.parametrize("store", [True, False], ids=["task-state-store", "by-name"])
+def pid_of(job_dir: str | Path) -> int:
+    return int(Path(job_dir, "pid").read_text())
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie only waits to be reaped)."""
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout
+    return bool(state.strip()) and not state.strip().startswith("Z")
+
+
+def messages(logs: list[dict[str, Any]], level: str) -> str:
+    return "\n".join(str(entry["event"]) for entry in logs if entry.get("log_level") == level)
+
+
+def foreign_job(ssh_conn: str, base_dir: str, command: str, try_number: int) -> Path:
+    """Another deployment's job of the same ids, under the name of try ``try_number``: its own token."""
+    theirs = StandInTaskInstance(try_number=try_number, max_tries=RETRIES)
+    deferred = submit(make_operator(ssh_conn, base_dir, command, retries=RETRIES, durable=False), theirs)
+    job_dir = Path(deferred.trigger.job_dir)
+    wait_until(lambda: (job_dir / "pid").exists(), 10, "the foreign job to start")
+    return job_dir
+
+
 def test_a_worker_that_died_before_deferring_leaves_a_job_the_retry_re_attaches(
-    sshd, ssh_conn: str, tmp_path: Path, store: bool
+    sshd, ssh_conn: str, tmp_path: Path
 ) -> None:
     launches = tmp_path / "launches"
     command = job(launches, lines=8, pause=0.4)
-    ti = first_try(store)
+    ti = first_try()
     submit(make_operator(ssh_conn, str(tmp_path / "jobs"), command, retries=RETRIES), ti)
     # The worker died here: its trigger never ran. The job runs on.
     wait_until(lambda: runs(launches) == 1, 10, "the first try's job to start")
@@ -188,7 +218,8 @@ def test_durable_false_starts_a_job_per_try(sshd, ssh_conn: str, tmp_path: Path)
 
     assert retry.outcome == "success"
     assert runs(launches) == 2
-    assert ti.state_store is not None and ti.state_store.values == {}
+    # Each try still keeps its job's token, for a worker that resumes it after a deferral timeout.
+    assert ti.state_store is not None and sorted(records_of(ti.state_store.get(STATE_KEY))) == [1, 2]
 
 
 def test_a_triggerer_submit_re_sent_after_its_job_was_removed_does_not_run_it_again(
@@ -239,3 +270,217 @@ def test_a_lost_watch_leaves_the_job_running_for_the_retry_to_re_attach(sshd, pr
     assert [line for line in retry.trigger_lines if line.startswith("line ")] == [
         f"line {n}" for n in range(1, 11)
     ]
+
+
+def test_without_a_store_a_lost_watch_kills_the_job_the_retry_could_not_prove(
+    sshd, proxy, tmp_path: Path
+) -> None:
+    """Airflow 3.1/3.2: the retry would start a job of its own, so the lost one must not run on."""
+    launches = tmp_path / "launches"
+    kwargs = {"retries": RETRIES, "max_reconnect_attempts": 0, "poll_interval": 0.5}
+    ti = first_try(store=False)
+    op = make_operator("ssh_proxy", str(tmp_path / "jobs"), job(launches, lines=60, pause=0.2), **kwargs)
+    deferred = submit(op, ti)
+    trigger = rebuilt(deferred.trigger)
+
+    async def watch_until_cut() -> dict:
+        task = asyncio.ensure_future(run_to_its_event(trigger))
+        await asyncio.sleep(1.0)
+        proxy.refuse_all(True)
+        proxy.cut_all()
+        return (await task)[1]
+
+    payload = asyncio.run(watch_until_cut())
+    assert payload["watch_lost"] is True
+    proxy.refuse_all(False)
+    resumed = make_operator("ssh_proxy", str(tmp_path / "jobs"), "true", **kwargs)
+    with pytest.raises(Exception, match="failed: ") as failed:
+        resumed.execute_complete(context_for(ti), event=payload, **deferred.kwargs)  # type: ignore[arg-type]
+
+    assert "left running" not in str(failed.value)
+    exit_code = Path(trigger.exit_code_file)
+    wait_until(exit_code.exists, 15, "the job to be killed")
+    assert exit_code.read_text().split()[0] == "143"
+
+
+# --------------------------------------------------------------------------- proven jobs only
+
+
+def test_without_a_store_a_retry_leaves_a_running_earlier_job_alone_and_says_why(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    """Airflow 3.1/3.2 keep no token: the job of try 1's name may be another deployment's."""
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    theirs = foreign_job(ssh_conn, base, job(launches, lines=30, pause=0.2), try_number=1)
+    # This deployment's try 1 was refused (the directory is not its), and its retry comes.
+    ours = first_try(store=False).next_try()
+
+    with structlog.testing.capture_logs() as logs:
+        retry = run_operator(
+            make_operator(ssh_conn, base, job(launches), retries=RETRIES, cleanup="always"), ours
+        )
+
+    assert retry.outcome == "success", retry.error
+    assert retry.event is not None and "_t2_" in retry.event["job_id"]
+    assert runs(launches) == 2  # theirs, and this try's own
+    warning = messages(logs, "warning")
+    assert str(theirs) in warning and "cannot prove" in warning and "no task state store" in warning
+    # Neither watched to its end, killed nor removed.
+    assert alive(pid_of(theirs)) and not (theirs / "exit_code").exists()
+
+
+def test_a_retry_does_not_adopt_a_same_named_job_whose_token_the_store_does_not_hold(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    """Airflow 3.3, try 3: try 2 left no record (its store write failed), and its name runs another's job."""
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    ti = first_try()
+    first = run_operator(make_operator(ssh_conn, base, job(launches, exit_code=3), retries=RETRIES), ti)
+    assert first.outcome == "failed"
+    theirs = foreign_job(ssh_conn, base, job(launches, lines=30, pause=0.2), try_number=2)
+    third = ti.next_try().next_try()
+
+    with structlog.testing.capture_logs() as logs:
+        retry = run_operator(
+            make_operator(ssh_conn, base, job(launches), retries=RETRIES, cleanup="always"), third
+        )
+
+    assert retry.outcome == "success", retry.error
+    assert retry.event is not None and "_t3_" in retry.event["job_id"]
+    assert runs(launches) == 3
+    warning = messages(logs, "warning")
+    assert str(theirs) in warning and "holds no submit token for it" in warning
+    assert alive(pid_of(theirs)) and not (theirs / "exit_code").exists()
+
+
+def test_a_recorded_job_whose_directory_now_carries_another_token_is_not_adopted(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    """Try 1's job is gone and another deployment's job of the same name runs there: not try 1's."""
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    ti = first_try()
+    submit(
+        make_operator(ssh_conn, base, job(launches, lines=1, pause=0), retries=RETRIES, cleanup="always"), ti
+    )
+    mine = job_paths(ti, base)
+    wait_until(lambda: Path(mine.job_dir, "exit_code").exists(), 10, "try 1's job to end")
+    subprocess.run(["rm", "-rf", mine.job_dir], check=True)
+    theirs = foreign_job(ssh_conn, base, job(launches, lines=30, pause=0.2), try_number=1)
+
+    with structlog.testing.capture_logs() as logs:
+        retry = run_operator(make_operator(ssh_conn, base, job(launches), retries=RETRIES), ti.next_try())
+
+    assert retry.outcome == "success", retry.error
+    assert retry.event is not None and "_t2_" in retry.event["job_id"]
+    assert "carries another submit's token" in messages(logs, "info")
+    assert alive(pid_of(theirs))
+
+
+@pytest.mark.parametrize("taken", [1, 2], ids=["try-1-s-job", "try-2-s-job"])
+def test_try_3_re_attaches_to_an_earlier_try_s_job_with_the_token_the_store_kept(
+    sshd, ssh_conn: str, tmp_path: Path, taken: int
+) -> None:
+    """
+    Every try's token is kept, not only the latest try's: the job of try ``taken`` still runs,
+    the other earlier try's job failed, and try 3 watches, and would kill, the running one with
+    its own token.
+    """
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    running, failing = job(launches, lines=8, pause=0.3), job(launches, lines=1, pause=0, exit_code=3)
+    ti = first_try()
+    tries = [ti, ti.next_try()]
+    for number, current in enumerate(tries, 1):
+        if number == taken:  # its worker died before deferring: the job runs on
+            submit(make_operator(ssh_conn, base, running, retries=RETRIES, durable=False), current)
+        else:
+            op = make_operator(ssh_conn, base, failing, retries=RETRIES, durable=False)
+            assert run_operator(op, current).outcome == "failed"
+    records = records_of(ti.state_store.get(STATE_KEY))  # type: ignore[union-attr]
+    assert sorted(records) == [1, 2]
+
+    deferred = submit(make_operator(ssh_conn, base, running, retries=RETRIES), tries[1].next_try())
+
+    trigger = deferred.trigger
+    assert trigger.job_id == records[taken].job_id
+    assert trigger.job_token == records[taken].token  # proven, and carried to every kill and cleanup
+    assert deferred.kwargs == {"job_token": records[taken].token}
+    _, payload = asyncio.run(run_to_its_event(rebuilt(trigger)))
+    assert payload["status"] == "success" and payload["exit_code"] == 0
+    assert runs(launches) == 2
+
+
+def test_a_timeout_kills_only_the_job_this_try_took_over_with_its_token(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    """Try 2 took over try 1's job; another deployment's job runs under try 2's own name."""
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    command = job(launches, lines=60, pause=0.2)
+    ti = first_try()
+    submit(make_operator(ssh_conn, base, command, retries=RETRIES), ti)
+    first_dir = Path(job_paths(ti, base).job_dir)
+    wait_until((first_dir / "pid").exists, 10, "try 1's job to start")
+    mine = pid_of(first_dir)
+    theirs = foreign_job(ssh_conn, base, command, try_number=2)
+    second = ti.next_try()
+    deferred = submit(make_operator(ssh_conn, base, command, retries=RETRIES, timeout=1), second)
+    assert deferred.trigger.job_id == job_paths(ti, base).job_id
+
+    # What a worker runs when the scheduler times the deferral out: a fresh operator, no event.
+    fresh = make_operator(ssh_conn, base, command, retries=RETRIES, timeout=1)
+    with pytest.raises(TaskDeferralTimeout):
+        fresh.resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(second))
+
+    wait_until(lambda: not alive(mine), 15, "try 1's job to be killed")
+    assert alive(pid_of(theirs)), "another deployment's job under this try's name was killed"
+
+
+@pytest.mark.parametrize("source", ["deferral", "store"])
+def test_a_resumed_worker_kills_with_the_token_and_leaves_a_replaced_directory_alone(
+    sshd, ssh_conn: str, tmp_path: Path, source: str
+) -> None:
+    """
+    The job's directory was replaced by another deployment's of the same name: the kill, with
+    the token the deferral carried back (or, from an older deferral, the store's), refuses it.
+    """
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    ti = first_try()
+    deferred = submit(make_operator(ssh_conn, base, job(launches, lines=1, pause=0), retries=RETRIES), ti)
+    mine = job_paths(ti, base)
+    wait_until(lambda: Path(mine.job_dir, "exit_code").exists(), 10, "the job to end")
+    subprocess.run(["rm", "-rf", mine.job_dir], check=True)
+    theirs = foreign_job(ssh_conn, base, job(launches, lines=60, pause=0.2), try_number=1)
+    event = {
+        "job_id": mine.job_id,
+        "job_dir": mine.job_dir,
+        "status": "error",
+        "done": True,
+        "exit_code": None,
+        "message": "Lost the SSH connection",
+    }
+
+    # A worker that resumes the try: a fresh operator, the event and the deferral's kwargs.
+    fresh = make_operator(ssh_conn, base, "true", cleanup="always")
+    kwargs = deferred.kwargs if source == "deferral" else {}
+    with structlog.testing.capture_logs() as logs, pytest.raises(Exception, match="Lost the SSH connection"):
+        fresh.execute_complete(context_for(ti), event=event, **kwargs)  # type: ignore[arg-type]
+
+    assert "is not this task instance's" in messages(logs, "error")
+    assert alive(pid_of(theirs)) and theirs.is_dir()
+
+
+def test_without_a_store_a_timeout_touches_nothing_it_cannot_prove(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    """Airflow 3.1/3.2: a worker resumed by a deferral timeout does not know the token."""
+    launches, base = tmp_path / "launches", str(tmp_path / "jobs")
+    ti = first_try(store=False)
+    deferred = submit(make_operator(ssh_conn, base, job(launches, lines=60, pause=0.2), timeout=1), ti)
+    pid = pid_of(deferred.trigger.job_dir)
+
+    fresh = make_operator(ssh_conn, base, "true", timeout=1)
+    with structlog.testing.capture_logs() as logs, pytest.raises(TaskDeferralTimeout):
+        fresh.resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(ti))
+
+    error = messages(logs, "error")
+    assert "REMOTE JOB NOT KILLED" in error and deferred.trigger.job_dir in error
+    assert alive(pid)

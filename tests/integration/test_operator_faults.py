@@ -17,7 +17,7 @@ from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOpe
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy
 from support.jobs import make_operator, wait_until
-from support.runner import StandInTaskInstance, context_for, submit, watch
+from support.runner import StandInStateStore, StandInTaskInstance, context_for, submit, watch
 from support.sshd import use_connection
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,9 @@ def test_on_kill_kills_the_whole_remote_process_tree(ssh_conn: str, remote_base_
 
 def test_deferral_timeout_kills_the_remote_job_before_failing(ssh_conn: str, remote_base_dir: str) -> None:
     op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & wait", timeout=1)
-    ti = StandInTaskInstance()
+    # Airflow 3.3: the task state store keeps the job's token for the worker that resumes the try
+    # (test_durable_retries: what happens without it).
+    ti = StandInTaskInstance(state_store=StandInStateStore())
     deferred = submit(op, ti)
     assert deferred.timeout is not None and deferred.timeout.total_seconds() == 1
     pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
@@ -169,30 +171,38 @@ def test_trigger_on_kill_stops_the_job(ssh_conn: str, remote_base_dir: str) -> N
 
 
 class TriggerOfAKnownTask(SSHRemoteJobTrigger):
-    """A trigger whose task instance Airflow reports in ``state`` (the triggerer's answer)."""
+    """A trigger of try 1 whose task instance Airflow reports as ``now`` (state, deferred try)."""
 
-    state: str | None = None
+    now: tuple[str | None, int | None] = (None, None)
 
-    async def _task_state(self) -> str | None:
-        return self.state
+    async def _task_now(self) -> tuple[str | None, int | None]:
+        return self.now
 
 
 @pytest.mark.parametrize(
-    ("state", "killed"), [("deferred", False), ("failed", True), ("success", True), (None, True)]
+    ("state", "deferred_try", "killed"),
+    [
+        ("deferred", 1, False),
+        ("deferred", 2, True),  # a later try is deferred: the task was cleared and ran again
+        ("failed", None, True),
+        ("success", None, True),
+        (None, None, True),
+    ],
 )
-def test_trigger_on_kill_spares_the_job_of_a_task_still_deferred(
-    ssh_conn: str, remote_base_dir: str, state: str | None, killed: bool
+def test_trigger_on_kill_spares_the_job_of_a_task_still_deferred_in_the_same_try(
+    ssh_conn: str, remote_base_dir: str, state: str | None, deferred_try: int | None, killed: bool
 ) -> None:
     """
     Airflow 3.3 cancels a trigger that moved to another triggerer like one a user cancelled:
-    while the task is still deferred, another triggerer watches its job, which must run on.
+    while the same try is still deferred, another triggerer watches its job, which must run on.
     """
     op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & sleep 299; wait")
     ti = StandInTaskInstance()
     _, kwargs = submit(op, ti).trigger.serialize()
     pid = int(Path(ti.xcom[XCOM_KEY]["pid_file"]).read_text())
     trigger = TriggerOfAKnownTask(**kwargs)
-    trigger.state = state
+    trigger.task_instance = ti  # type: ignore[assignment]
+    trigger.now = (state, deferred_try)
 
     asyncio.run(trigger.on_kill())
 

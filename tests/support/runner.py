@@ -166,7 +166,8 @@ def run_operator(
     logs, payload = asyncio.run(run_to_its_event(trigger, timeout))
     method = getattr(op, deferred.method_name)
     try:
-        method(context_for(ti), event=payload)
+        # As Airflow resumes the task: the deferral's kwargs, and the event.
+        method(context_for(ti), **(deferred.kwargs or {}), event=payload)
     except AirflowSkipException as error:
         return RunResult("skipped", error, payload, remote_lines(logs), logs, ti)
     except Exception as error:

@@ -184,6 +184,7 @@ def test_cleanup_log_counts_the_attempts_really_made(
 
     monkeypatch.setattr(SSHRemoteJobOperator, "_hook", fast_hook)
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id=CONN_ID, command="true", cleanup_retries=3)
+    op._token = new_job_token()  # a cleanup always carries the job's token
     with structlog.testing.capture_logs() as logs:
         op._finish_remote(PATHS, kill=False, remove=True)
     assert "cleanup failed after 3 attempt(s)" in cleanup_error(logs)
@@ -200,9 +201,24 @@ def test_cleanup_stopped_by_a_credential_error_says_one_attempt(monkeypatch: pyt
     monkeypatch.setattr(SSHHook, "connect_with", rejected)
     monkeypatch.setenv("AIRFLOW_CONN_SSH_DENIED", json.dumps({"conn_type": "ssh", "host": "h"}))
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_denied", command="true", cleanup_retries=3)
+    op._token = new_job_token()
     with structlog.testing.capture_logs() as logs:
         op._finish_remote(PATHS, kill=True, remove=True)
     message = cleanup_error(logs)
     assert "kill and cleanup failed after 1 attempt(s)" in message
     assert "SSHAuthenticationError" in message
     assert calls == [1]
+
+
+def test_a_kill_or_cleanup_without_the_job_token_touches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that does not know the token cannot prove the directory is its job's: no connection."""
+    calls = []
+    monkeypatch.setattr(SSHHook, "connect_with", lambda self, settings: calls.append(1))
+    monkeypatch.setenv("AIRFLOW_CONN_SSH_NO_TOKEN", json.dumps({"conn_type": "ssh", "host": "h"}))
+    op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_no_token", command="true")
+    with structlog.testing.capture_logs() as logs:
+        op._finish_remote(PATHS, kill=True, remove=True)
+    message = cleanup_error(logs)
+    assert "REMOTE JOB NOT KILLED" in message and "does not know the submit token" in message
+    assert PATHS.job_dir in message
+    assert calls == []

@@ -267,3 +267,100 @@ def test_trigger_refuses_directories_outside_its_base_dir_or_not_its_job(remote_
         SSHRemoteJobTrigger("c", None, "j1", "/etc/j1", "x", "x", remote_base_dir=base)
     with pytest.raises(ValueError, match="not named after job"):
         SSHRemoteJobTrigger("c", None, "j1", f"{base}/other", "x", "x", remote_base_dir=base)
+
+
+# --------------------------------------------------------------------------- which try is deferred
+
+
+class _Comms:
+    """Airflow's supervisor channel, answering a GetXCom as the API server would."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> Any:
+        from airflow.sdk.execution_time.comms import XComResult
+
+        self.sent.append(msg)
+        return XComResult(key=msg.key, value=self.value)
+
+
+@pytest.mark.parametrize(("value", "answer"), [(2, 2), (None, None), ("2", None), (True, None)])
+def test_the_deferred_try_is_the_one_its_xcom_names(
+    monkeypatch: pytest.MonkeyPatch, value: Any, answer: int | None
+) -> None:
+    from types import SimpleNamespace
+
+    from airflow.sdk.execution_time import task_runner
+
+    from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY, deferred_try
+
+    comms = _Comms(value)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r1", map_index=3, try_number=1)
+    assert deferred_try(ti) == answer
+    (msg,) = comms.sent
+    assert (msg.key, msg.dag_id, msg.task_id, msg.run_id, msg.map_index) == (TRY_XCOM_KEY, "d", "t", "r1", 3)
+
+
+def test_every_deferral_records_its_try_for_an_earlier_try_s_trigger() -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
+    from support.runner import StandInTaskInstance, context_for
+
+    ti = StandInTaskInstance(try_number=3)
+    with pytest.raises(TaskDeferred) as deferred:
+        make_operator(submit_from="triggerer").execute(context_for(ti))  # type: ignore[arg-type]
+    assert ti.xcom[TRY_XCOM_KEY] == 3
+    assert set(deferred.value.kwargs or {}) == {"job_token"}  # the token travels back to execute_complete
+
+
+class _KnownTaskTrigger(SSHRemoteJobTrigger):
+    """A trigger of try 1 whose task Airflow reports as ``now``; records whether it connects to kill."""
+
+    now: tuple[str | None, int | None] = (None, None)
+    connected = False
+
+    async def _task_now(self) -> tuple[str | None, int | None]:
+        return self.now
+
+    def _make_hook(self, attempts: int = 1) -> Any:
+        self.connected = True
+        raise RuntimeError("the kill connects here")
+
+
+@pytest.mark.parametrize(
+    ("now", "spared"),
+    [
+        (("deferred", 1), True),  # the same try, watched by another triggerer
+        (("deferred", None), True),  # Airflow did not say which try: as before, and the log says so
+        (("deferred", 2), False),  # a later try is deferred: this try was stopped
+        (("failed", None), False),
+        ((None, None), False),
+    ],
+)
+def test_trigger_on_kill_spares_the_job_only_for_the_same_try(
+    now: tuple[str | None, int | None], spared: bool
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    paths = RemoteJobPaths(job_id="af_d_t_t1_0123456789abcdef", base_dir="/srv/jobs")
+    trigger = _KnownTaskTrigger(
+        ssh_conn_id="c",
+        remote_host=None,
+        job_id=paths.job_id,
+        job_dir=paths.job_dir,
+        log_file=paths.log_file,
+        exit_code_file=paths.exit_code_file,
+    )
+    trigger.task_instance = SimpleNamespace(task_id="t", try_number=1)  # type: ignore[assignment]
+    trigger.now = now
+    if spared:
+        asyncio.run(trigger.on_kill())
+    else:
+        with pytest.raises(RuntimeError, match="the kill connects here"):
+            asyncio.run(trigger.on_kill())
+    assert trigger.connected is not spared

@@ -13,12 +13,15 @@ from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_batch_
 from ssh_jobs_provider.protocol.batch import CleanupEntry, SubmitEntry, build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.reattach import (
+    TRIES_KEY,
     JobRecord,
     Resume,
     build_lookup_script,
     cycle_start,
     decide,
     lookup_entries,
+    records_of,
+    store_value,
 )
 from ssh_jobs_provider.protocol.scripts import job_files
 from support.protocol import run_sh
@@ -60,19 +63,21 @@ def test_the_cycle_never_starts_after_the_try_or_before_the_first(
 @pytest.mark.parametrize(
     ("status", "recorded", "resume"),
     [
-        (JobStatus(JobState.RUNNING, pid=5), False, Resume.REATTACH),
+        (JobStatus(JobState.RUNNING, pid=5), True, Resume.REATTACH),
+        (JobStatus(JobState.RUNNING, pid=5), False, Resume.FRESH),  # by name: nothing proves it ours
         (JobStatus(JobState.PENDING), True, Resume.FRESH),
         (JobStatus(JobState.EXITED, pid=5, exit_code=0), True, Resume.REATTACH),
         (JobStatus(JobState.EXITED, exit_code=0, removed=True), True, Resume.DONE),
         (JobStatus(JobState.EXITED, exit_code=99, removed=True), True, Resume.DONE),
-        (JobStatus(JobState.EXITED, pid=5, exit_code=0), False, Resume.FRESH),  # by name: running only
+        (JobStatus(JobState.EXITED, pid=5, exit_code=0), False, Resume.FRESH),
+        (JobStatus(JobState.EXITED, exit_code=0, removed=True), False, Resume.FRESH),
         (JobStatus(JobState.EXITED, pid=5, exit_code=3), True, Resume.FRESH),
         (JobStatus(JobState.VANISHED, pid=5), True, Resume.FRESH),
         (JobStatus(JobState.MISSING), True, Resume.FRESH),
         (JobStatus(JobState.FOREIGN), True, Resume.FRESH),
     ],
 )
-def test_only_a_running_or_succeeded_job_is_taken_over(
+def test_only_a_proven_running_or_succeeded_job_is_taken_over(
     status: JobStatus, recorded: bool, resume: Resume
 ) -> None:
     assert decide(status, skip_codes=(99,), recorded=recorded) is resume
@@ -88,6 +93,30 @@ def test_a_record_round_trips_and_junk_is_no_record() -> None:
         assert JobRecord.from_value(junk) is None
     assert JobRecord.from_value({**record.to_value(), "base_dir": "relative"}) is None
     assert JobRecord.from_value({**record.to_value(), "job_id": "../escape"}) is None
+
+
+def test_every_try_s_record_is_kept_and_the_latest_also_where_earlier_versions_read_it() -> None:
+    one = JobRecord("af_d_t_t1_0123456789abcdef", "/srv/jobs", TOKEN, 1, "failed", 3)
+    two = JobRecord("af_d_t_t2_0123456789abcdef", "/srv/jobs", new_job_token(), 2)
+    # Try 3 took over try 2's job: it keeps that job's record, with its token.
+    value = store_value({1: one, 2: two, 3: two})
+    assert records_of(value) == {1: one, 2: two, 3: two}
+    assert JobRecord.from_value(value) == two  # what an earlier version reads
+    assert sorted(value[TRIES_KEY]) == ["1", "2", "3"]
+
+
+def test_the_one_record_of_an_earlier_version_counts_as_its_try_s() -> None:
+    old = JobRecord("af_d_t_t2_0123456789abcdef", "/srv/jobs", TOKEN, 2, "success", 0)
+    assert records_of(old.to_value()) == {2: old}
+
+
+def test_junk_in_the_stored_value_is_no_record() -> None:
+    good = JobRecord("af_d_t_t1_0123456789abcdef", "/srv/jobs", TOKEN, 1)
+    assert records_of(None) == {} and records_of("x") == {} and records_of({"job_id": "a"}) == {}
+    junk = {"x": good.to_value(), "2": {"token": "nope"}, "3": "x", "4": good.to_value()}
+    # A try never watches a later try's job: a record under an earlier try than its own is junk.
+    later = JobRecord("af_d_t_t5_0123456789abcdef", "/srv/jobs", TOKEN, 5)
+    assert records_of({TRIES_KEY: {**junk, "1": later.to_value()}}) == {4: good}
 
 
 # --------------------------------------------------------------------------- the real script
@@ -161,3 +190,47 @@ def test_a_submit_sent_again_after_its_job_was_removed_reports_it_and_starts_not
         )
     assert launches.read_text() == "run\n"
     assert not Path(entry.paths.job_dir).exists()
+
+
+# --------------------------------------------------------------------------- what the worker keeps
+
+
+def test_the_store_keeps_every_try_of_the_cycle_and_each_try_s_outcome() -> None:
+    import logging
+
+    from ssh_jobs_provider.operators import durable
+    from ssh_jobs_provider.protocol.reattach import STATE_KEY
+    from support.runner import StandInStateStore, StandInTaskInstance, context_for
+
+    log = logging.getLogger("test")
+    store = StandInStateStore()
+    # Cleared after try 2 (max_tries = 2 + 2): the cycle starts at try 3.
+    ti = StandInTaskInstance(try_number=2, max_tries=2, state_store=store)
+    base = "/srv/jobs"
+    old = JobRecord(durable.job_id_of(ti, 1), base, TOKEN, 1)
+    store.set(STATE_KEY, old.to_value())  # as an earlier build stored it
+    assert durable.read_records(context_for(ti), log) == {1: old}
+
+    cleared = StandInTaskInstance(try_number=3, max_tries=4, state_store=store)
+    three = JobRecord(durable.job_id_of(cleared, 3), base, new_job_token(), 3)
+    durable.remember(context_for(cleared), durable.read_records(context_for(cleared), log), three, 2, log)
+    assert records_of(store.get(STATE_KEY)) == {3: three}  # the earlier cycle's record is not kept
+
+    fourth = cleared.next_try()
+    stored = durable.read_records(context_for(fourth), log)
+    durable.remember(context_for(fourth), stored, three, 2, log)  # try 4 took try 3's job over
+    durable.remember_outcome(context_for(fourth), three.job_id, "failed", 3, log)
+    done = JobRecord(three.job_id, base, three.token, 3, "failed", 3)
+    assert records_of(store.get(STATE_KEY)) == {3: done, 4: done}
+    assert durable.watched_record(context_for(fourth), log) == done
+
+    fifth = fourth.next_try()
+    found = durable.earlier_records(
+        context_for(fifth), base, 2, durable.read_records(context_for(fifth), log)
+    )
+    # Proven, once; try 4 submitted nothing under its own name, which is only looked up (and reported).
+    assert found == [(done, True), (JobRecord(durable.job_id_of(fifth, 4), base, "", 4), False)]
+    assert durable.earlier_records(context_for(fifth), "/elsewhere", 2, {3: done, 4: done}) == [
+        (JobRecord(durable.job_id_of(fifth, 4), "/elsewhere", "", 4), False),
+        (JobRecord(durable.job_id_of(fifth, 3), "/elsewhere", "", 3), False),
+    ]

@@ -2,10 +2,13 @@
 ``durable=True`` in the worker: find the job of an earlier try, ask the host about it, and keep
 the task state store up to date. The decisions are :mod:`ssh_jobs_provider.protocol.reattach`'s.
 
-The store is Airflow's task state store (``context["task_state_store"]``, Airflow >= 3.3).
-Without it (Airflow 3.1/3.2) the earlier tries' jobs are found by name, and only a running one
-is taken over. Store failures never fail a task: they are logged, and the try goes on as a
-non-durable one would.
+The store is Airflow's task state store (``context["task_state_store"]``, Airflow >= 3.3). Every
+try of the cycle keeps there the job it watches, with its submit token, durable or not: a later
+try proves its earlier tries' jobs with those tokens, and a worker that resumes the same try
+(a deferral timeout) kills its job with it. Without the store (Airflow 3.1/3.2), or for a try
+whose record is missing, the earlier jobs are found by name only: they are reported when they
+run, never taken over. Store failures never fail a task: they are logged, and the try goes on
+as a non-durable one would.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
+from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, parse_batch_output
-from ssh_jobs_provider.protocol.identity import RemoteJobPaths, make_job_id
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, make_job_id, validate_token
 from ssh_jobs_provider.protocol.reattach import (
     STATE_KEY,
     JobRecord,
@@ -27,6 +31,8 @@ from ssh_jobs_provider.protocol.reattach import (
     cycle_start,
     decide,
     lookup_entries,
+    records_of,
+    store_value,
 )
 
 
@@ -36,7 +42,7 @@ class EarlierJob:
 
     record: JobRecord
     status: JobStatus | None
-    #: It came from the task state store (with its token).
+    #: It came from the task state store, with its token (else: found by name, never taken over).
     recorded: bool
     resume: Resume = Resume.FRESH
 
@@ -63,6 +69,18 @@ def own_job_ids(ti: Any) -> set[str]:
     return {job_id_of(ti, n) for n in range(1, ti.try_number + 1)}
 
 
+def event_paths(op: Any, event: dict[str, Any], context: Any) -> RemoteJobPaths:
+    """The job a trigger event of operator ``op`` speaks of: this task instance's own (of any try so far)."""
+    paths = RemoteJobPaths.from_job_dir(str(event["job_dir"]), op._base_dir())
+    if paths.job_id not in own_job_ids(context["ti"]) or event["job_id"] != paths.job_id:
+        expected = job_paths(context["ti"], op._base_dir())
+        raise RemoteJobError(
+            f"Refusing a trigger event for job {event['job_id']!r} in {event['job_dir']!r}: this task "
+            f"instance's job is {expected.job_id!r} in {expected.job_dir!r}. Nothing was killed or removed."
+        )
+    return paths
+
+
 def retry_follows(context: Any, retries: int | None) -> bool:
     """Whether Airflow retries this task instance if this try fails (as its ``handle_failure`` decides)."""
     ti = context["ti"]
@@ -74,33 +92,61 @@ def retry_follows(context: Any, retries: int | None) -> bool:
     return bool(retries) and max_tries is not None and ti.try_number <= max_tries
 
 
-def earlier_records(context: Any, base_dir: str, retries: int, log: Any) -> list[tuple[JobRecord, bool]]:
+def read_records(context: Any, log: Any) -> dict[int, JobRecord] | None:
     """
-    The jobs of this cycle's earlier tries, each with whether it came from the task state store:
-    the stored one first (with its token and outcome), then every earlier try's by name, newest
-    first (a store that cannot be read, or a record one try could not write, misses none).
+    Every try's job as the task state store holds it, by the try that watched it; ``None``
+    without a store (Airflow < 3.3) or when it cannot be read (logged).
+    """
+    store = state_store(context)
+    if store is None:
+        return None
+    try:
+        return records_of(store.get(STATE_KEY))
+    except Exception as error:  # the store is down: nothing earlier can be proven this task's
+        log.warning(
+            "Could not read the task state store (%s): no earlier try's job can be proven to be this task "
+            "instance's.",
+            error,
+        )
+        return None
+
+
+def unproven_reason(context: Any, stored: dict[int, JobRecord] | None) -> str:
+    """Why a job found by name has no token this try can prove it with."""
+    if state_store(context) is None:
+        return "this Airflow has no task state store to keep its submit token (Airflow 3.3 and later keep it)"
+    if stored is None:
+        return "the task state store, which keeps the submit tokens, could not be read"
+    return "the task state store holds no submit token for it"
+
+
+def earlier_records(
+    context: Any, base_dir: str, retries: int, stored: dict[int, JobRecord] | None
+) -> list[tuple[JobRecord, bool]]:
+    """
+    The jobs of this cycle's earlier tries, each with whether it came from the task state store
+    (with its token): the stored ones first, newest try first, then every earlier try's job that
+    has no record, by name (reported if it runs, never taken over).
     """
     ti = context["ti"]
     first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), retries)
     if ti.try_number <= first:
         return []
-    by_name = [JobRecord(job_id_of(ti, n), base_dir, "", n) for n in range(ti.try_number - 1, first - 1, -1)]
-    record = None
-    store = state_store(context)
-    if store is not None:
-        try:
-            record = JobRecord.from_value(store.get(STATE_KEY))
-        except Exception as error:  # the store is down: the names still find running jobs
-            log.warning(
-                "Could not read the task state store (%s): looking for earlier jobs by name only.", error
-            )
-        if record is not None and not (
-            first <= record.try_number < ti.try_number and record.base_dir == base_dir
+    proven: dict[str, JobRecord] = {}
+    for watcher in sorted(stored or {}, reverse=True):
+        record = (stored or {})[watcher]
+        if (
+            first <= record.try_number <= watcher < ti.try_number
+            and record.base_dir == base_dir
+            and record.job_id == job_id_of(ti, record.try_number)
         ):
-            record = None
-    if record is None:
-        return [(r, False) for r in by_name]
-    return [(record, True), *((r, False) for r in by_name if r.job_id != record.job_id)]
+            proven.setdefault(record.job_id, record)
+    by_name = [
+        JobRecord(job_id_of(ti, n), base_dir, "", n)
+        for n in range(ti.try_number - 1, first - 1, -1)
+        if job_id_of(ti, n) not in proven
+    ]
+    return [(r, True) for r in proven.values()] + [(r, False) for r in by_name]
 
 
 def ask_host(hook: SSHHook, records: list[tuple[JobRecord, bool]], timeout: float) -> list[EarlierJob]:
@@ -128,39 +174,79 @@ def find_earlier_job(
     hook: SSHHook,
     timeout: float,
     log: Any,
+    stored: dict[int, JobRecord] | None,
 ) -> EarlierJob | None:
     """
     The earlier try's job this try takes over (re-attaches to, or ends like), or ``None``.
 
-    Asks the host over one connection, and only when there is an earlier job to ask about; an
-    outcome already in the store needs no connection at all.
+    Only a job recorded with its token in the task state store is taken over. Asks the host
+    over one connection, and only when there is an earlier job to ask about; an outcome already
+    in the store needs no connection at all. An earlier try's job found by name only is reported
+    when it still runs, and left alone.
     """
-    records = earlier_records(context, base_dir, retries, log)
+    records = earlier_records(context, base_dir, retries, stored)
     if not records:
         return None
     first, recorded = records[0]
     if recorded and first.outcome in ("success", "skipped"):
         return EarlierJob(first, None, recorded, Resume.DONE)
+    taken = None
     for job in ask_host(hook, records, timeout):
         assert job.status is not None
+        if not job.recorded:
+            _report_unproven(job, unproven_reason(context, stored), log)
+            continue
+        if job.status.state is JobState.FOREIGN:
+            log.info(
+                "The job directory of try %d, %s, carries another submit's token: it is not this task "
+                "instance's job (another deployment's, or an earlier run's of the same ids), and is left alone.",
+                job.record.try_number,
+                job.record.paths.job_dir,
+            )
+            continue
         resume = decide(job.status, skip_codes, job.recorded)
-        if resume is not Resume.FRESH:
-            return replace(job, resume=resume)
-    return None
+        if taken is None and resume is not Resume.FRESH:
+            taken = replace(job, resume=resume)
+    return taken
+
+
+def _report_unproven(job: EarlierJob, why: str, log: Any) -> None:
+    """Say that a job of an earlier try's name runs, and why this try leaves it alone."""
+    assert job.status is not None
+    if job.status.state not in (JobState.RUNNING, JobState.PENDING):
+        return
+    log.warning(
+        "Remote job %s (the job directory of try %d, %s) is %s, but this try cannot prove that it is this task "
+        "instance's: %s. It may be another deployment's job of the same name, so it is not re-attached, killed "
+        "or removed, and this try starts a job of its own. If it is this task's job, two copies now run: "
+        "kill the older one on the host (airflow-ssh-jobs status lists it).",
+        job.record.job_id,
+        job.record.try_number,
+        job.record.paths.job_dir,
+        job.status.state.value,
+        why,
+    )
 
 
 def take_over_or_remember(op: Any, context: Any, paths: RemoteJobPaths, token: str) -> bool:
     """
-    Take over an earlier try's job (``True``), or record this try's job ``paths`` before it is
-    submitted (``False``): a worker that dies before ``defer()`` then leaves it for the next try.
+    With ``op.durable``, take over an earlier try's job (``True``); else record this try's job
+    ``paths`` and ``token`` before it is submitted (``False``), durable or not: a worker that dies
+    before ``defer()`` then leaves it for the next try, and one that resumes this try (a deferral
+    timeout) finds its token.
     """
-    if take_over_earlier_job(op, context):
+    ti = context["ti"]
+    # The first try of a cycle has no earlier try whose record it must keep or look at.
+    first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), op.retries or 0)
+    stored = read_records(context, op.log) if ti.try_number > first else {}
+    if op.durable and take_over_earlier_job(op, context, stored):
         return True
-    remember(context, JobRecord(paths.job_id, paths.base_dir, token, context["ti"].try_number), op.log)
+    own = JobRecord(paths.job_id, paths.base_dir, token, ti.try_number)
+    remember(context, stored, own, op.retries or 0, op.log)
     return False
 
 
-def take_over_earlier_job(op: Any, context: Any) -> bool:
+def take_over_earlier_job(op: Any, context: Any, stored: dict[int, JobRecord] | None) -> bool:
     """
     Re-attach operator ``op`` to (or end it like) an earlier try's job; ``False``: this try
     needs a job of its own.
@@ -173,6 +259,7 @@ def take_over_earlier_job(op: Any, context: Any) -> bool:
         op._hook(op.conn_retry_attempts),
         op.command_timeout,
         op.log,
+        stored,
     )
     if found is None:
         return False
@@ -204,32 +291,98 @@ def take_over_earlier_job(op: Any, context: Any) -> bool:
         "Remote job %s of try %d %s; its whole output follows.", record.job_id, record.try_number, what
     )
     op._paths, op._token = record.paths, record.token
+    # This try now watches that job: a worker that resumes this try kills it with its token.
+    remember(context, stored, record, op.retries or 0, op.log)
     if op.do_xcom_push:
         op._push_job(context, record.paths, op.remote_host, status.pid)
-    op._defer(op._trigger(record.paths, log_offset=0, from_start=True))
+    op._defer(context, op._trigger(record.paths, log_offset=0, from_start=True))
     return True
 
 
-def remember(context: Any, record: JobRecord, log: Any) -> None:
-    """Store this try's job in the task state store (before it is submitted), when there is one."""
+def remember(
+    context: Any, stored: dict[int, JobRecord] | None, record: JobRecord, retries: int, log: Any
+) -> None:
+    """
+    Store ``record`` as the job this try watches, beside the earlier tries' of the cycle
+    (``stored``, as read at the start of this try), when there is a store.
+    """
     store = state_store(context)
     if store is None:
         return
+    ti = context["ti"]
+    first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), retries)
+    # Earlier cycles' records are never looked at again: they are not kept.
+    records = {watcher: kept for watcher, kept in (stored or {}).items() if first <= watcher < ti.try_number}
+    records[ti.try_number] = record
     try:
-        store.set(STATE_KEY, record.to_value())
+        store.set(STATE_KEY, store_value(records))
     except Exception as error:  # never fail the task for it: it only loses its durability
         log.warning("Could not record remote job %s in the task state store: %s", record.job_id, error)
 
 
+def watched_record(context: Any, log: Any) -> JobRecord | None:
+    """The job this try watches, as the task state store has it (with its token), or ``None``."""
+    ti = context["ti"]
+    record = (read_records(context, log) or {}).get(ti.try_number)
+    if record is None or record.job_id not in own_job_ids(ti):
+        return None
+    return record
+
+
+def watched_job(op: Any, context: Any) -> tuple[RemoteJobPaths, str]:
+    """
+    The job this try of operator ``op`` watched (its own, or the one it took over) and its token,
+    for a worker that resumes the try without an event (a deferral timeout): as the task state
+    store has them; else this try's own job, with no token (nothing is then killed or removed).
+    """
+    record = watched_record(context, op.log)
+    if record is None:
+        return job_paths(context["ti"], op._base_dir()), ""
+    return record.paths, record.token
+
+
+def left_for_the_next_try(op: Any, context: Any, paths: RemoteJobPaths) -> bool:
+    """
+    Whether job ``paths``, whose watch was lost, is left running for the next try of operator
+    ``op`` to re-attach to: with ``durable``, when a retry follows and can prove the job its
+    task instance's (the task state store keeps it, with its token, for this try).
+    """
+    if not (op.durable and retry_follows(context, op.retries)):
+        return False
+    record = watched_record(context, op.log)
+    return record is not None and record.job_id == paths.job_id
+
+
+def token_of(op: Any, paths: RemoteJobPaths, job_token: str, context: Any) -> str:
+    """
+    The submit token of job ``paths`` in a worker that resumes a try: the one the try deferred
+    with, else the one operator ``op`` knows (this process submitted the job), else the task state
+    store's; ``""`` when none is known, and then nothing is killed or removed.
+    """
+    if job_token:
+        return validate_token(job_token)
+    # This process deferred: for the job it submitted (a triggerer's submit: this try's own) or took over.
+    if op._token and (op._paths or job_paths(context["ti"], op._base_dir())) == paths:
+        return str(op._token)
+    record = watched_record(context, op.log)
+    return record.token if record is not None and record.job_id == paths.job_id else ""
+
+
 def remember_outcome(context: Any, job_id: str, outcome: str, exit_code: int | None, log: Any) -> None:
-    """Add the outcome to the stored record of job ``job_id`` (a later try then knows it)."""
+    """Add the outcome to every stored record of job ``job_id`` (a later try then knows it)."""
     store = state_store(context)
     if store is None:
         return
     try:
-        record = JobRecord.from_value(store.get(STATE_KEY))
-        if record is not None and record.job_id == job_id:
-            store.set(STATE_KEY, replace(record, outcome=outcome, exit_code=exit_code).to_value())
+        records = records_of(store.get(STATE_KEY))
+        if any(record.job_id == job_id for record in records.values()):
+            records = {
+                watcher: replace(record, outcome=outcome, exit_code=exit_code)
+                if record.job_id == job_id
+                else record
+                for watcher, record in records.items()
+            }
+            store.set(STATE_KEY, store_value(records))
     except Exception as error:
         log.warning(
             "Could not record the outcome of remote job %s in the task state store: %s", job_id, error

@@ -25,7 +25,7 @@ from ssh_jobs_provider.protocol.answers import (
     parse_submit_output,
 )
 from ssh_jobs_provider.protocol.batch import build_cleanup_script
-from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
 from ssh_jobs_provider.retry import RetryPolicy
@@ -68,6 +68,20 @@ def check_trigger_submit_size(command: str, environment: dict[str, str]) -> None
             "trigger in the metadata database). Put the long part in a script file on the host and run "
             "that, or use submit_from='worker'."
         )
+
+
+def triggerer_submit(
+    op: Any, paths: RemoteJobPaths, environment: dict[str, str], working_dir: str | None
+) -> dict[str, Any]:
+    """The trigger's ``submit`` for operator ``op``'s job ``paths``, when the triggerer submits it."""
+    check_trigger_submit_size(op.command, environment)
+    op.log.info(
+        "Remote job %s will be submitted by the triggerer over its shared connection "
+        "(submit_from='triggerer'); job directory: %s",
+        paths.job_id,
+        paths.job_dir,
+    )
+    return {"command": op.command, "environment": environment, "working_dir": working_dir}
 
 
 def make_trigger(
@@ -183,14 +197,33 @@ def finish_remote(
     Never raises: the task's outcome is decided by the job, not by its cleanup. If every
     attempt fails the log says which directory is left behind and why.
 
-    :param token: the submit's token; ``""`` checks only that the directory is the SSH
-        user's and uses the token recorded in it (a later worker process does not know it)
+    :param token: the submit's token: the scripts touch the directory only when it carries it.
+        Without one (``""``: a worker that resumes a try on Airflow < 3.3 after a deferral
+        timeout does not know it) nothing is sent: a directory of the same name may be another
+        deployment's, and the log says what is left behind.
     """
-    scripts = ([("kill", build_kill_script(paths, token))] if kill else []) + (
-        [("cleanup", build_cleanup_script(paths, token))] if remove else []
-    )
-    if not scripts:
+    verbs = (["kill"] if kill else []) + (["cleanup"] if remove else [])
+    if not verbs:
         return
+    if not token:
+        metrics.cleanup_failed(hook.remote_host)
+        log.error(
+            "REMOTE JOB NOT %s on %s: this worker does not know the submit token of remote job %s, so it cannot "
+            "prove that %s is this task instance's (a directory of the same name may be another deployment's) "
+            "and touches nothing: %s. Airflow 3.3 and later keep the token in the task state store; here, "
+            "check the job on the host (airflow-ssh-jobs status) and kill or remove it by hand.",
+            "KILLED" if kill else "CLEANED UP",
+            hook.remote_host,
+            paths.job_id,
+            paths.job_dir,
+            "; ".join(_left_behind(paths, verbs)),
+        )
+        return
+    validate_token(token)
+    scripts = [
+        (verb, build_kill_script(paths, token) if verb == "kill" else build_cleanup_script(paths, token))
+        for verb in verbs
+    ]
     tries = 0
 
     def attempt() -> None:
@@ -217,11 +250,7 @@ def finish_remote(
     except Exception as error:  # reported loudly below, never raised
         left = [verb for verb, _ in scripts]
         metrics.cleanup_failed(hook.remote_host)
-        consequences = []
-        if "kill" in left:
-            consequences.append(f"the job may still be running (pid file {paths.pid_file})")
-        if "cleanup" in left:
-            consequences.append(f"directory left behind: {paths.job_dir}")
+        consequences = _left_behind(paths, left)
         log.error(
             "REMOTE JOB NOT CLEANED UP on %s: %s failed after %d attempt(s) (%s: %s); %s. "
             "Remove it by hand, or run a TTL reaper (e.g. systemd-tmpfiles) on the host.",
@@ -232,6 +261,16 @@ def finish_remote(
             error,
             "; ".join(consequences),
         )
+
+
+def _left_behind(paths: RemoteJobPaths, verbs: list[str]) -> list[str]:
+    """What a kill and/or cleanup that did not happen leaves on the host."""
+    consequences = []
+    if "kill" in verbs:
+        consequences.append(f"the job may still be running (pid file {paths.pid_file})")
+    if "cleanup" in verbs:
+        consequences.append(f"directory left behind: {paths.job_dir}")
+    return consequences
 
 
 def _report(paths: RemoteJobPaths, verb: str, state: str, stdout: bytes, log: Any) -> None:

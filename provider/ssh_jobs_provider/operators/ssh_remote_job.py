@@ -20,12 +20,12 @@ from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.operators import durable
 from ssh_jobs_provider.operators.remote_steps import (
-    check_trigger_submit_size,
     exit_codes,
     finish_remote,
     make_trigger,
     require_positive,
     submit_job,
+    triggerer_submit,
 )
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import (
@@ -37,6 +37,7 @@ from ssh_jobs_provider.protocol.identity import (
 )
 from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -110,9 +111,10 @@ class SSHRemoteJobOperator(BaseOperator):
     :param durable: a retry takes over the job of an earlier try instead of starting another
         (default ``True``, as KubernetesPodOperator's): a running job is re-attached (the new
         try's log shows its whole output), a job that succeeded is not run again, a failed one
-        is replaced by a fresh job; a cleared task always starts a fresh job. Uses Airflow's
-        task state store (>= 3.3); on 3.1/3.2 only running jobs are taken over. ``False``:
-        every try starts its own job.
+        is replaced by a fresh job; a cleared task always starts a fresh job. Only a job whose
+        submit token Airflow's task state store (>= 3.3) kept for this task is taken over: on
+        3.1/3.2 every try starts its own job, and a retry warns when an earlier try's job of
+        the same name still runs. ``False``: every try starts its own job.
     """
 
     template_fields: Sequence[str] = (
@@ -201,6 +203,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
+        self._deferred_token = ""  # what a resumed worker got back from the deferral
 
     # ------------------------------------------------------------------ hooks
 
@@ -235,10 +238,12 @@ class SSHRemoteJobOperator(BaseOperator):
         paths = self._job_paths(context)
         token = new_job_token()
         script = build_submit_script(paths, self.command, environment, token, working_dir or None)
-        if self.durable and durable.take_over_or_remember(self, context, paths, token):
+        if durable.take_over_or_remember(self, context, paths, token):
             return  # the task goes on with (or ends like) an earlier try's job
         if self.submit_from == "triggerer":
-            self._defer_submit(paths, token, environment, working_dir or None)
+            self._token = token  # the trigger submits over the triggerer's shared connection
+            submit = triggerer_submit(self, paths, environment, working_dir or None)
+            self._defer(context, self._trigger(paths, log_offset=0, submit=submit))
             return
         # Known from here on, so that on_kill during the submit finds the job.
         self._paths, self._token = paths, token
@@ -262,27 +267,17 @@ class SSHRemoteJobOperator(BaseOperator):
         self.log.info("Job directory: %s", paths.job_dir)
         if self.do_xcom_push:
             self._push_job(context, paths, host, status.pid)
-        self._defer(self._trigger(paths, log_offset=0))
+        self._defer(context, self._trigger(paths, log_offset=0))
 
-    def _defer_submit(
-        self, paths: RemoteJobPaths, token: str, environment: dict[str, str], working_dir: str | None
-    ) -> None:
-        """Defer at once: the trigger submits the job over the triggerer's shared connection."""
-        check_trigger_submit_size(self.command, environment)
-        self._token = token
-        self.log.info(
-            "Remote job %s will be submitted by the triggerer over its shared connection "
-            "(submit_from='triggerer'); job directory: %s",
-            paths.job_id,
-            paths.job_dir,
-        )
-        submit = {"command": self.command, "environment": environment, "working_dir": working_dir}
-        self._defer(self._trigger(paths, log_offset=0, submit=submit))
-
-    def _defer(self, trigger: SSHRemoteJobTrigger) -> None:
+    def _defer(self, context: Context, trigger: SSHRemoteJobTrigger) -> None:
+        # Which try is deferred, for the on_kill of an earlier try's trigger (a try's XComs are
+        # cleared when the next one starts).
+        context["ti"].xcom_push(key=TRY_XCOM_KEY, value=context["ti"].try_number)
+        # The token reaches the resumed worker in next_kwargs, not in the event (the triggerer logs it).
         self.defer(
             trigger=trigger,
             method_name="execute_complete",
+            kwargs={"job_token": self._token},
             timeout=timedelta(seconds=self.timeout) if self.timeout else None,
         )
 
@@ -300,17 +295,19 @@ class SSHRemoteJobOperator(BaseOperator):
 
     # ------------------------------------------------------------------ completion
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
-        """Called when the trigger fires: clean up as configured and set the task outcome."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, job_token: str = ""
+    ) -> None:
+        """Called when the trigger fires (with the watched job's token): clean up, set the outcome."""
         if not event or any(key not in event for key in _EVENT_KEYS):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
+        paths = durable.event_paths(self, event, context)
+        self._token = durable.token_of(self, paths, job_token or self._deferred_token, context)
+        self._paths = paths
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
-            self._defer(
-                self._trigger(self._event_paths(event, context), log_offset=int(event.get("log_offset", 0)))
-            )
+            self._defer(context, self._trigger(paths, log_offset=int(event.get("log_offset", 0))))
             return
-        paths = self._paths = self._event_paths(event, context)
         for line in str(event.get("log_chunk") or "").splitlines():
             self.log.info("%s", line)
         exit_code = event.get("exit_code")
@@ -327,7 +324,7 @@ class SSHRemoteJobOperator(BaseOperator):
             # The directory is not this task instance's any more: touch nothing.
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
         if event["status"] == "error" or exit_code is None:
-            if event.get("watch_lost") and self.durable and durable.retry_follows(context, self.retries):
+            if event.get("watch_lost") and durable.left_for_the_next_try(self, context, paths):
                 # The next try re-attaches to it: killing it would throw its work away.
                 raise RemoteJobError(f"{message} It is left running: the next try re-attaches to it.")
             # We lost track of the job: make sure it is not left running unwatched.
@@ -352,27 +349,18 @@ class SSHRemoteJobOperator(BaseOperator):
             raise AirflowException(f"Remote job {paths.job_id} failed with exit code {exit_code}")
         self.log.info("Remote job %s succeeded", paths.job_id)
 
-    def _event_paths(self, event: dict[str, Any], context: Context) -> RemoteJobPaths:
-        """The job an event speaks of, which must be this task instance's own (of any try so far)."""
-        paths = RemoteJobPaths.from_job_dir(str(event["job_dir"]), self._base_dir())
-        if paths.job_id not in durable.own_job_ids(context["ti"]) or event["job_id"] != paths.job_id:
-            expected = self._job_paths(context)
-            raise RemoteJobError(
-                f"Refusing a trigger event for job {event['job_id']!r} in {event['job_dir']!r}: this task "
-                f"instance's job is {expected.job_id!r} in {expected.job_dir!r}. Nothing was killed or removed."
-            )
-        return paths
-
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """On a deferral timeout (or a crashed trigger), kill the remote job before failing."""
+        # Taken here, so that a subclass's execute_complete(context, event) is called as before.
+        kwargs = dict(next_kwargs or {})
+        self._deferred_token = str(kwargs.pop("job_token", "") or "")
         if next_method == TRIGGER_FAIL_METHOD:
-            paths = self._paths = self._job_paths(context)
+            # The job this try watched, with its token (Airflow >= 3.3: else nothing is touched).
+            paths, self._token = durable.watched_job(self, context)
+            self._paths = paths
             self.log.error("Watching remote job %s ended abnormally; stopping the remote job", paths.job_id)
             self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
-            taken = durable.earlier_records(context, self._base_dir(), self.retries or 0, self.log)
-            for record, _ in taken if self.durable else []:  # the job this try took over, if it did
-                self._finish_remote(record.paths, kill=True, remove=False)
-        return super().resume_execution(next_method, next_kwargs, context)
+        return super().resume_execution(next_method, kwargs, context)
 
     def on_kill(self) -> None:
         """The task was killed while in the worker: stop every process of the remote job."""
@@ -385,8 +373,6 @@ class SSHRemoteJobOperator(BaseOperator):
 
     def _finish_remote(self, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
         """Kill and/or remove the job (see :func:`~ssh_jobs_provider.operators.remote_steps.finish_remote`)."""
-        # A later worker process does not know this try's token (it is ""): the scripts then
-        # check that the directory is the SSH user's and use the token recorded in it.
         finish_remote(
             self._hook(attempts=1),
             paths,

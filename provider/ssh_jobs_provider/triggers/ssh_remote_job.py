@@ -27,14 +27,13 @@ from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
+from ssh_jobs_provider.triggers.task_state import task_now
 
 CLEANUP_CHOICES = ("never", "on_success", "always")
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.
 OFFSET_RECORD_WAIT_SECONDS = 5.0
 #: Seconds ``on_kill`` waits for the server to acknowledge the close.
 KILL_CLOSE_WAIT_SECONDS = 5.0
-#: Seconds ``on_kill`` waits for Airflow to say whether the task is still deferred.
-TASK_STATE_WAIT_SECONDS = 10.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
 KILL_CONNECT_ATTEMPTS = 3
 
@@ -309,43 +308,40 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     # ------------------------------------------------------------------ user kill
 
-    async def _task_state(self) -> str | None:
-        """The state of this trigger's task instance as Airflow has it now, or ``None`` if unknown."""
-        ti = getattr(self, "task_instance", None)
-        if ti is None:
-            return None
-        try:
-            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-            map_index = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
-            states = await asyncio.wait_for(
-                asyncio.to_thread(
-                    RuntimeTaskInstance.get_task_states,
-                    dag_id=ti.dag_id,
-                    map_index=map_index,
-                    task_ids=[ti.task_id],
-                    run_ids=[ti.run_id],
-                ),
-                TASK_STATE_WAIT_SECONDS,
-            )
-        except Exception as error:  # cannot tell: take the cancel as the user's, as Airflow says
-            self.log.debug("Could not read the state of the task of remote job %s: %s", self.job_id, error)
-            return None
-        key = ti.task_id if map_index is None else f"{ti.task_id}_{map_index}"
-        state = (states.get(ti.run_id) or {}).get(key)
-        return None if state is None else str(getattr(state, "value", state))
+    async def _task_now(self) -> tuple[str | None, int | None]:
+        """What Airflow says now of this trigger's task: its state, and the try that deferred."""
+        return await task_now(getattr(self, "task_instance", None), self.job_id, self.log)
 
     async def on_kill(self) -> None:
         """A user cleared or marked the deferred task: stop every process of the remote job."""
-        if await self._task_state() == "deferred":
+        state, deferred_try = await self._task_now()
+        own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
+        known = deferred_try is not None and own_try is not None
+        if state == "deferred" and (not known or deferred_try == own_try):
             # Airflow (3.3) cancels a trigger that moved to another triggerer (a lapsed heartbeat,
             # two triggerers claiming it at once) the way it cancels one for a user's action. The
-            # task still waits on its job then: another triggerer watches it, so it must run on.
-            self.log.info(
-                "Remote job %s: the task is still deferred (watched by another triggerer): not killing it.",
-                self.job_id,
+            # same try still waits on its job then: another triggerer watches it, so it must run on.
+            spared = (
+                "Remote job %s: the task is still deferred (watched by another triggerer): not killing it."
             )
+            if known:
+                self.log.info(spared, self.job_id)
+            else:
+                self.log.warning(
+                    spared
+                    + " The deferred try did not record its number (an earlier build of this provider): "
+                    "if it is a later try (the task was cleared), kill this job on the host.",
+                    self.job_id,
+                )
             return
+        if state == "deferred":
+            # A later try is deferred (the task was cleared, and ran again): this try was stopped.
+            self.log.info(
+                "Remote job %s: the task is deferred in try %s, not in this trigger's try %s: killing the job.",
+                self.job_id,
+                deferred_try,
+                own_try,
+            )
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
