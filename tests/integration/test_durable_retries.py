@@ -14,8 +14,8 @@ import importlib
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException
 
+from ssh_jobs_provider._compat import AirflowSkipException
 from ssh_jobs_provider.protocol.reattach import STATE_KEY
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger

@@ -14,8 +14,7 @@ from collections.abc import Container
 from dataclasses import dataclass, replace
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowSkipException
-
+from ssh_jobs_provider._compat import AirflowSkipException
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, parse_batch_output
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, make_job_id
