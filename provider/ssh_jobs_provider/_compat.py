@@ -7,9 +7,9 @@ import error:
 
 - the task exceptions moved to ``airflow.sdk.exceptions`` in 3.2 (3.1: ``airflow.exceptions``);
 - the metrics singleton moved to a shared package in 3.2 (:func:`airflow_stats`);
-- reading a connection and its extras on an event loop without a synchronous call to the
+- reading a connection and its extras on an event loop without a blocking call to the
   supervisor is possible from 3.3.2 on (:func:`aget_connection`, :func:`aextra_dejson`); before,
-  the synchronous read runs in a worker thread;
+  the blocking read runs in a worker thread;
 - the task state store (3.3) and the trigger's ``on_kill`` (3.3) are looked up where they are
   used (``operators/durable.py``, ``triggers/ssh_remote_job.py``).
 """
@@ -100,13 +100,14 @@ def _stats_of(module: Any) -> Any:
 
 def _masks_asynchronously() -> bool:
     """
-    Whether Airflow reads a connection on an event loop without a synchronous call to the
+    Whether Airflow reads a connection on an event loop without a blocking call to the
     supervisor (3.3.2 and later, which added ``Connection.aextra_dejson``).
 
-    Before, ``BaseHook.aget_connection`` and ``Connection.extra_dejson`` register the secrets
-    they read with a blocking call to the supervisor. On the event loop that call fails while
-    another asynchronous call is in flight: Airflow 3.3.0/3.3.1 raise ``DeadlockImminentError``,
-    3.2 blocks the loop for good, 3.1's triggerer drops the secrets' registration.
+    ``Connection.extra_dejson`` (every release) and ``BaseHook.aget_connection`` (before 3.3.2)
+    register the secrets they read with a blocking call to the supervisor. On the event loop,
+    while another asynchronous call is in flight, that call cannot complete: in a task process
+    Airflow 3.3 raises ``DeadlockImminentError`` and 3.2 blocks the loop for good; Airflow 3.1's
+    triggerer drops the registration.
     """
     from airflow.sdk.definitions.connection import Connection
 
