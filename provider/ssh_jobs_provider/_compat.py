@@ -33,7 +33,10 @@ except ImportError:  # Airflow 3.1
         TaskDeferralTimeout,
         TaskDeferred,
     )
-from airflow.sdk import BaseHook
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 3.0
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,unused-ignore]
 
 __all__ = [
     "AirflowException",

@@ -97,6 +97,8 @@ def test_the_async_hook_reads_its_connection_while_another_supervisor_call_is_in
     the first reads the connection from Airflow, the second finds it in the hooks' cache.
     """
     decoder, supervisor = task_process
+    if not hasattr(decoder, "asend"):
+        pytest.skip("Airflow 3.0's task processes make no asynchronous call to the supervisor")
     conn = {"conn_type": "ssh", "host": "203.0.113.9", "login": "jobs", "extra": json.dumps(EXTRAS)}
     monkeypatch.setenv("AIRFLOW_CONN_SSH_EXTRAS", json.dumps(conn))
 
