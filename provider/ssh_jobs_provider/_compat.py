@@ -36,7 +36,7 @@ except ImportError:  # Airflow 3.1
 try:
     from airflow.sdk import BaseHook
 except ImportError:  # Airflow 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,unused-ignore]
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
 
 __all__ = [
     "AirflowException",
@@ -85,7 +85,7 @@ def airflow_stats() -> Any:
                 export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
             )
             return module
-        module.Stats.initialize(factory=stats_utils.get_stats_factory(module.Stats))
+        module.Stats.initialize(factory=stats_utils.get_stats_factory(module.Stats))  # type: ignore[call-arg,unused-ignore]
         return module.Stats
     from airflow.stats import Stats  # Airflow 3.1
 
