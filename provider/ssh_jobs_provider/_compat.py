@@ -20,7 +20,7 @@ import importlib
 from typing import Any
 
 try:  # Airflow >= 3.2: the task SDK owns the exceptions a task raises
-    from airflow.sdk.exceptions import (
+    from airflow.sdk.exceptions import (  # type: ignore[attr-defined,unused-ignore]
         AirflowException,
         AirflowSkipException,
         TaskDeferralTimeout,
