@@ -5,9 +5,9 @@ Airflow's supervisor on the event loop.
 Reading a ``Connection``'s ``extra_dejson`` (and, before Airflow 3.3.2, ``aget_connection``)
 tells the supervisor which values to mask, with a blocking call. Made on the event loop while
 another, asynchronous call to the supervisor is in flight, it cannot complete: Airflow 3.3
-raises ``DeadlockImminentError``, 3.2 blocks the loop for good. The test plays the supervisor's
-end of Airflow's own channel (a socket pair, Airflow's frames) and keeps one asynchronous call
-in flight while the hook reads its connection.
+raises ``DeadlockImminentError``, 3.2 blocks the loop for good; Airflow 3.1's triggerer drops
+the call, and with it the masks. The tests play the supervisor's end of Airflow's own channels
+(a socket pair, Airflow's frames).
 """
 
 from __future__ import annotations
@@ -138,4 +138,48 @@ def test_the_async_hook_reads_its_connection_while_another_supervisor_call_is_in
     for settings in outcome["settings"]:
         assert (settings.host, settings.conn_timeout, settings.keepalive_interval) == ("203.0.113.9", 7, 12)
     # The extras were registered for masking with the supervisor, not dropped on the way.
+    assert EXTRAS in supervisor.masked()
+
+
+def test_in_the_triggerer_the_async_hook_registers_the_extras_masks_with_the_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    The triggerer's own channel to its supervisor, as each release builds it: Airflow 3.1's
+    cannot make a blocking call from the event loop at all (it drops the masks of the extras
+    read there), 3.2 and later make it through the portal they give each trigger.
+    """
+    from airflow.jobs import triggerer_job_runner
+
+    ours, theirs = socket.socketpair()
+    supervisor = StandInSupervisor(theirs)
+    conn = {"conn_type": "ssh", "host": "203.0.113.9", "login": "jobs", "extra": json.dumps(EXTRAS)}
+    monkeypatch.setenv("AIRFLOW_CONN_SSH_EXTRAS", json.dumps(conn))
+
+    async def as_a_trigger() -> Any:
+        reader, writer = await asyncio.open_connection(sock=ours)
+        decoder = triggerer_job_runner.TriggerCommsDecoder(
+            async_writer=writer, async_reader=reader, socket=ours
+        )
+        monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", decoder, raising=False)
+        if hasattr(decoder, "start_reader"):  # Airflow >= 3.2
+            await decoder.start_reader()
+
+        async def trigger_run() -> Any:
+            portal = getattr(triggerer_job_runner, "greenback", None)
+            if portal is not None:  # Airflow >= 3.2 runs each trigger with a greenback portal
+                await portal.ensure_portal()
+            return await SSHHookAsync(ssh_conn_id="ssh_extras").get_settings()
+
+        try:
+            return await asyncio.wait_for(trigger_run(), BLOCKED_AFTER)
+        finally:
+            writer.close()
+
+    try:
+        settings = asyncio.run(as_a_trigger())
+    finally:
+        ours.close()
+        theirs.close()
+    assert (settings.host, settings.conn_timeout, settings.keepalive_interval) == ("203.0.113.9", 7, 12)
     assert EXTRAS in supervisor.masked()
