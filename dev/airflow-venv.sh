@@ -52,6 +52,8 @@ else
   )
   "$venv/bin/python" -m pip install -q "apache-airflow==$version" "${requirements[@]}" "${pins[@]}"
   "$venv/bin/python" -m pip install -q --no-deps -e .
+  # What was resolved, to compare two machines' runs of the same release.
+  "$venv/bin/python" -m pip freeze --exclude-editable >"$venv/pip-freeze.txt"
   echo "$key" >"$venv/.cache-key"
   echo "== $venv created in $(( $(date +%s) - start ))s" >&2
 fi
