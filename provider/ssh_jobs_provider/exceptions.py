@@ -7,7 +7,8 @@ import socket
 
 import asyncssh
 import paramiko
-from airflow.sdk.exceptions import AirflowException
+
+from ssh_jobs_provider._compat import AirflowException
 
 FAN_OUT_HINT = (
     "When many tasks reach the same host at once, sshd refuses new connections before the "

@@ -12,19 +12,12 @@ fail a job.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+
+from ssh_jobs_provider._compat import airflow_stats
 
 log = logging.getLogger(__name__)
-
-#: Where Airflow keeps its ``Stats`` singleton: the task SDK's copy (workers) and the core's
-#: (triggerer, scheduler). Each Airflow process initialises the one it uses.
-_STATS_MODULES = (
-    "airflow.sdk._shared.observability.metrics.stats",
-    "airflow._shared.observability.metrics.stats",
-)
 
 
 @dataclass(frozen=True)
@@ -80,39 +73,10 @@ METRICS = (
 )
 
 
-def _stats() -> Any:
-    """
-    The ``Stats`` this process's Airflow component initialised; if none was (a command-line
-    tool, a plain script), the task SDK's, initialised from ``[metrics]`` like a worker does.
-    """
-    modules = []
-    for name in _STATS_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ImportError:
-            continue
-    for module in modules:
-        if getattr(module, "_factory", None) is not None:
-            return module
-    if modules:
-        from airflow.sdk.configuration import conf
-        from airflow.sdk.observability.metrics import stats_utils
-
-        module = modules[0]
-        module.initialize(
-            factory=stats_utils.get_stats_factory(),
-            export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
-        )
-        return module
-    from airflow.stats import Stats  # Airflow releases before the shared observability package
-
-    return Stats
-
-
 def _send(kind: str, metric: Metric, host: str, value: float = 1) -> None:
     tags = {"host": host}
     try:
-        stats = _stats()
+        stats = airflow_stats()
         if kind == "incr":
             stats.incr(metric.name, int(value), tags=tags)
         elif kind == "gauge":

@@ -108,7 +108,7 @@ import signal
 from datetime import timedelta
 
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowException
+from ssh_jobs_provider._compat import AirflowException
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from airflow.sdk.exceptions import AirflowSkipException, TaskDeferralTimeout
 
+from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferralTimeout
 from ssh_jobs_provider.operators.durable import job_paths
 from ssh_jobs_provider.protocol.reattach import STATE_KEY, records_of
 from ssh_jobs_provider.triggers.host_session import HostSession

@@ -37,12 +37,29 @@ def statsd(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
         "STATSD_INFLUXDB_ENABLED": "True",
     }.items():
         monkeypatch.setenv(f"AIRFLOW__METRICS__{name}", value)
-    stats = importlib.import_module(STATS)
     # Undone at teardown: the process goes back to whatever Stats it had.
-    monkeypatch.setattr(stats, "_factory", None)
-    monkeypatch.setattr(stats, "_backend", None)
+    restart_airflow_stats(monkeypatch)
     yield listener
     listener.close()
+
+
+def restart_airflow_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make Airflow's ``Stats`` start again from ``[metrics]``, in the shape this release gives it."""
+    try:
+        stats = importlib.import_module(STATS)
+    except ImportError:  # Airflow 3.1: one Stats class whose backend is chosen at import
+        from airflow.metrics import statsd_logger
+        from airflow.stats import Stats
+
+        monkeypatch.setattr(type(Stats), "factory", statsd_logger.get_statsd_logger)
+        monkeypatch.setattr(Stats, "instance", None)
+        return
+    if hasattr(stats, "initialize"):  # Airflow >= 3.3: module functions over one backend
+        monkeypatch.setattr(stats, "_factory", None)
+        monkeypatch.setattr(stats, "_backend", None)
+    else:  # Airflow 3.2: a Stats class in that module
+        monkeypatch.setattr(stats.Stats, "factory", None)
+        monkeypatch.setattr(stats.Stats, "instance", None)
 
 
 def received(listener: socket.socket) -> list[str]:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from airflow.sdk.exceptions import TaskDeferralTimeout
 
+from ssh_jobs_provider._compat import TaskDeferralTimeout
 from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy

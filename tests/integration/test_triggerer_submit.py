@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 
 from harness.sshd import generate_ed25519_key
+from ssh_jobs_provider._compat import TaskDeferred
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT, RemoteJobError
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.host_session import HostSession

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog.testing
-from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 
+from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferred
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 

@@ -99,3 +99,26 @@ def test_the_protocol_core_imports_nothing_but_itself_and_the_standard_library(n
         if not dep.startswith(f"{PACKAGE}.protocol") and dep.split(".")[0] not in PROTOCOL_ALLOWED
     }
     assert outside == set(), f"{name} imports {sorted(outside)}: the protocol core must stay free of I/O"
+
+
+#: Airflow modules that differ between the supported releases (what they hold moved or changed
+#: shape): only ``_compat`` imports them, so that one module answers for every release.
+AIRFLOW_MODULES_THAT_DIFFER = (
+    "airflow.exceptions",
+    "airflow.sdk.exceptions",
+    "airflow.stats",
+    "airflow.sdk.observability",
+    "airflow.sdk.configuration",
+    "airflow.sdk._shared",
+    "airflow._shared",
+    "airflow.hooks.base",
+)
+
+
+def test_only_the_compat_module_imports_what_differs_between_airflow_releases() -> None:
+    found = {
+        name: sorted(dep for dep in imports_of(path) if dep.startswith(AIRFLOW_MODULES_THAT_DIFFER))
+        for name, path in MODULES.items()
+        if name != f"{PACKAGE}._compat"
+    }
+    assert {name: deps for name, deps in found.items() if deps} == {}

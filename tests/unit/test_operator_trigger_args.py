@@ -305,8 +305,7 @@ def test_the_deferred_try_is_the_one_its_xcom_names(
 
 
 def test_every_deferral_records_its_try_for_an_earlier_try_s_trigger() -> None:
-    from airflow.sdk.exceptions import TaskDeferred
-
+    from ssh_jobs_provider._compat import TaskDeferred
     from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
     from support.runner import StandInTaskInstance, context_for
 

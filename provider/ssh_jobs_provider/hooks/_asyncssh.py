@@ -14,11 +14,12 @@ import logging
 import os
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
-from airflow.sdk import BaseHook
 
+from ssh_jobs_provider._compat import aextra_dejson, aget_connection
 from ssh_jobs_provider.hooks import _tunnels, known_hosts
 from ssh_jobs_provider.hooks._errors import INSECURE_WARNING, translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
@@ -195,28 +196,53 @@ async def connect(settings: SSHConnectionSettings, log: Any) -> asyncssh.SSHClie
 #: Seconds a connection read from Airflow is reused by other hooks of the same event loop.
 #: Hundreds of triggers of one fan-out start together and all read the same connection.
 CONNECTION_CACHE_SECONDS = 10.0
-_connection_cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[float, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_connection_cache: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, ReadConnection]]
+] = weakref.WeakKeyDictionary()
 
 
-async def cached_connection(conn_id: str) -> Any:
+@dataclass(frozen=True)
+class ReadConnection:
+    """
+    An Airflow connection's fields and extras as read once on the event loop (see
+    :func:`read_connection`); it reads as a ``Connection`` to the settings resolution.
+    """
+
+    conn_id: str | None
+    host: str | None
+    port: int | None
+    login: str | None
+    password: str | None = field(repr=False)
+    extra_dejson: dict[str, Any] = field(repr=False)
+
+
+async def cached_connection(conn_id: str) -> ReadConnection:
     """The Airflow connection ``conn_id``, read at most once per :data:`CONNECTION_CACHE_SECONDS` per loop."""
     loop = asyncio.get_running_loop()
     cache = _connection_cache.setdefault(loop, {})
     hit = cache.get(conn_id)
     if hit is not None and loop.time() - hit[0] < CONNECTION_CACHE_SECONDS:
         return hit[1]
-    conn = await _aget_connection(conn_id)
+    conn = await read_connection(conn_id)
     cache[conn_id] = (loop.time(), conn)
     return conn
 
 
-async def _aget_connection(conn_id: str) -> Any:
-    getter = getattr(BaseHook, "aget_connection", None)
-    if getter is not None:
-        return await getter(conn_id)
-    return await asyncio.to_thread(BaseHook.get_connection, conn_id)  # pragma: no cover - Airflow < 3.1
+async def read_connection(conn_id: str) -> ReadConnection:
+    """
+    The Airflow connection ``conn_id`` with its extras, read the asynchronous way: a
+    ``Connection``'s ``extra_dejson`` makes a blocking call to Airflow's supervisor, which must
+    not run on the event loop (:mod:`ssh_jobs_provider._compat` says why, per release).
+    """
+    conn = await aget_connection(conn_id)
+    return ReadConnection(
+        conn_id=conn.conn_id,
+        host=conn.host,
+        port=conn.port,
+        login=conn.login,
+        password=conn.password,
+        extra_dejson=await aextra_dejson(conn),
+    )
 
 
 # ------------------------------------------------------------------ running commands

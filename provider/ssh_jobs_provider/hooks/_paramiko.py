@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-import select
+import selectors
 import socket
 import time
 from collections.abc import Mapping
@@ -251,22 +251,26 @@ def _drain_channel(channel: paramiko.Channel, deadline: float | None) -> tuple[b
     """Read stdout and stderr until the command has exited and both streams are at EOF."""
     stdout: list[bytes] = []
     stderr: list[bytes] = []
-    while True:
-        progressed = False
-        while channel.recv_ready():
-            stdout.append(channel.recv(65536))
-            progressed = True
-        while channel.recv_stderr_ready():
-            stderr.append(channel.recv_stderr(65536))
-            progressed = True
-        buffered = channel.recv_ready() or channel.recv_stderr_ready()
-        if not buffered and channel.exit_status_ready() and channel.eof_received:
-            return b"".join(stdout), b"".join(stderr)
-        if not buffered and channel.closed:
-            if not channel.exit_status_ready():
-                raise EOFError("SSH channel closed before the command reported its exit status")
-            return b"".join(stdout), b"".join(stderr)
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError("Remote command did not finish in time")
-        if not progressed:
-            select.select([channel], [], [], 0.05)
+    # A selector, not select.select(): a worker with more than 1024 open files gives the
+    # channel's wake-up pipe a descriptor that select() refuses (FD_SETSIZE).
+    with selectors.DefaultSelector() as selector:
+        selector.register(channel, selectors.EVENT_READ)
+        while True:
+            progressed = False
+            while channel.recv_ready():
+                stdout.append(channel.recv(65536))
+                progressed = True
+            while channel.recv_stderr_ready():
+                stderr.append(channel.recv_stderr(65536))
+                progressed = True
+            buffered = channel.recv_ready() or channel.recv_stderr_ready()
+            if not buffered and channel.exit_status_ready() and channel.eof_received:
+                return b"".join(stdout), b"".join(stderr)
+            if not buffered and channel.closed:
+                if not channel.exit_status_ready():
+                    raise EOFError("SSH channel closed before the command reported its exit status")
+                return b"".join(stdout), b"".join(stderr)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("Remote command did not finish in time")
+            if not progressed:
+                selector.select(0.05)

@@ -17,8 +17,7 @@ from collections.abc import Container
 from dataclasses import dataclass, replace
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowSkipException
-
+from ssh_jobs_provider._compat import AirflowSkipException
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, parse_batch_output
