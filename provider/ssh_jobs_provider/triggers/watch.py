@@ -113,8 +113,6 @@ class Watch:
         for a job the worker submitted
     :param submit_sent: a batch carrying the submit reached the host (its answer may be lost):
         the job may have started
-    :param phase: where the job stands (set from ``submit_files`` when the watch is made; then
-        changed by :meth:`advance` only)
     """
 
     monitor: JobMonitor
@@ -130,6 +128,8 @@ class Watch:
     cleanup_attempts: int = 0
     submit_files: tuple[tuple[str, str], ...] | None = None
     submit_sent: bool = False
+    #: Where the job stands: set from ``submit_files`` when the watch is made, then changed by
+    #: :meth:`advance` only.
     phase: Phase = field(init=False)
 
     def __post_init__(self) -> None:
