@@ -512,8 +512,10 @@ def test_cleared_task_runs_a_fresh_job(durable: DurableResult) -> None:
     ti = run.ti
     assert (run.state, ti.state) == ("success", "success"), ti
     assert ti.try_number > before.ti.try_number, (before.ti, ti)
-    after_clear = before.ti.try_number + 1
-    assert "cleared line 1" in run.events(ti, after_clear), run.shown(ti, after_clear)
+    # The fresh job's output is in a try after the clear (the scheduler race can lose the first
+    # one: the job then runs, or is re-attached to, in the next).
+    after_clear = range(before.ti.try_number + 1, ti.try_number + 1)
+    assert any("cleared line 1" in run.events(ti, n) for n in after_clear), run.shown(ti, ti.try_number)
 
 
 # ---------------------------------------------------------------------------- 5. triggerer failover
