@@ -33,10 +33,7 @@ except ImportError:  # Airflow 3.1
         TaskDeferralTimeout,
         TaskDeferred,
     )
-try:
-    from airflow.sdk import BaseHook
-except ImportError:  # Airflow 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
+from airflow.sdk import BaseHook
 
 __all__ = [
     "AirflowException",

@@ -111,7 +111,6 @@ AIRFLOW_MODULES_THAT_DIFFER = (
     "airflow.sdk.configuration",
     "airflow.sdk._shared",
     "airflow._shared",
-    "airflow.hooks.base",
 )
 
 
