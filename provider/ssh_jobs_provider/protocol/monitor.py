@@ -159,10 +159,14 @@ class JobMonitor:
         if found:
             self._last_found = status
             self._missing_seen = 0
-        elif self._final is not None and status.state is JobState.MISSING and not status.removed:
-            return self._missing_while_draining(status)
-        update = MonitorUpdate(notes=self._log_notes(status))
-        if update.notes and status.log_size < self.log.read_offset:
+        elif status.state is JobState.MISSING and not status.removed:
+            # Gone without a record of its end: believed only when a second look agrees.
+            self._missing_seen += 1
+            if self._final is not None:
+                return self._missing_while_draining(status)
+        truncated = found and status.log_size < self.log.read_offset
+        update = MonitorUpdate(notes=self._log_notes(status, truncated))
+        if truncated:
             # Cut below what was read: what was pending belongs to the old text; the new
             # text starts at byte 0 (the job writes in append mode).
             update.lines = self.log.flush()
@@ -191,7 +195,6 @@ class JobMonitor:
 
     def _missing_while_draining(self, status: JobStatus) -> MonitorUpdate:
         """The job has ended and its directory is gone while its log was still being read."""
-        self._missing_seen += 1
         if self._missing_seen < MISSING_CONFIRMATIONS:
             return MonitorUpdate()  # perhaps a passing miss: ask again at the next tick
         assert self._final is not None
@@ -202,12 +205,10 @@ class JobMonitor:
         update.outcome = self._outcome(self._final)
         return update
 
-    def _log_notes(self, status: JobStatus) -> list[str]:
+    def _log_notes(self, status: JobStatus, truncated: bool) -> list[str]:
         """What this answer says about the log itself: cut shorter by the job, or unreadable."""
-        if status.state in (JobState.MISSING, JobState.FOREIGN) or status.removed:
-            return []
         read = self.log.read_offset
-        if status.log_size < read:
+        if truncated:
             return [
                 f"The log of remote job {self.paths.job_id} was cut to {status.log_size} byte(s) after "
                 f"{read} had been read (the job truncated {self.paths.log_file}): reading on from "
@@ -237,10 +238,7 @@ class JobMonitor:
 
     def _terminal(self, status: JobStatus, now: float) -> JobStatus | None:
         if status.state is JobState.MISSING and not status.removed:
-            # Gone without a record of its end: believed only when a second look agrees.
-            self._missing_seen += 1
             return status if self._missing_seen >= MISSING_CONFIRMATIONS else None
-        self._missing_seen = 0
         if status.state in (JobState.EXITED, JobState.MISSING, JobState.FOREIGN):
             return status
         if status.state is JobState.VANISHED:
