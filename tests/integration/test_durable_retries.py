@@ -242,6 +242,16 @@ def test_a_triggerer_submit_re_sent_after_its_job_was_removed_does_not_run_it_ag
     assert "was not run again" in again["message"]
 
 
+async def watch_until_cut(trigger: SSHRemoteJobTrigger, proxy: Any) -> dict[str, Any]:
+    """Watch for a second, then cut every connection through ``proxy`` and keep it refusing:
+    the trigger's event (a lost watch)."""
+    task = asyncio.ensure_future(run_to_its_event(trigger))
+    await asyncio.sleep(1.0)
+    proxy.refuse_all(True)
+    proxy.cut_all()
+    return (await task)[1]
+
+
 def test_a_lost_watch_leaves_the_job_running_for_the_retry_to_re_attach(sshd, proxy, tmp_path: Path) -> None:
     launches = tmp_path / "launches"
     command = job(launches, lines=10, pause=0.4)
@@ -250,14 +260,7 @@ def test_a_lost_watch_leaves_the_job_running_for_the_retry_to_re_attach(sshd, pr
     op = make_operator("ssh_proxy", str(tmp_path / "jobs"), command, **kwargs)
     trigger = rebuilt(submit(op, ti).trigger)
 
-    async def watch_until_cut() -> dict:
-        task = asyncio.ensure_future(run_to_its_event(trigger))
-        await asyncio.sleep(1.0)
-        proxy.refuse_all(True)
-        proxy.cut_all()
-        return (await task)[1]
-
-    payload = asyncio.run(watch_until_cut())
+    payload = asyncio.run(watch_until_cut(trigger, proxy))
     assert payload["watch_lost"] is True
     with pytest.raises(Exception, match="left running: the next try re-attaches"):
         op.execute_complete(context_for(ti), event=payload)  # type: ignore[arg-type]
@@ -283,14 +286,7 @@ def test_without_a_store_a_lost_watch_kills_the_job_the_retry_could_not_prove(
     deferred = submit(op, ti)
     trigger = rebuilt(deferred.trigger)
 
-    async def watch_until_cut() -> dict:
-        task = asyncio.ensure_future(run_to_its_event(trigger))
-        await asyncio.sleep(1.0)
-        proxy.refuse_all(True)
-        proxy.cut_all()
-        return (await task)[1]
-
-    payload = asyncio.run(watch_until_cut())
+    payload = asyncio.run(watch_until_cut(trigger, proxy))
     assert payload["watch_lost"] is True
     proxy.refuse_all(False)
     resumed = make_operator("ssh_proxy", str(tmp_path / "jobs"), "true", **kwargs)

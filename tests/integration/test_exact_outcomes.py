@@ -33,31 +33,23 @@ def remove_after_it_ended(conn_id: str, paths: object) -> None:
     assert parse_batch_output(stdout, [entry])[0] == CleanupResult("removed")
 
 
+@pytest.mark.parametrize(
+    ("command", "status", "code"), [("echo done\nexit 0\n", "success", 0), ("exit 3\n", "failed", 3)]
+)
 def test_a_watcher_that_finds_the_directory_removed_reports_the_recorded_exit_code(
-    poll_conn: str, remote_base_dir: str
+    poll_conn: str, remote_base_dir: str, command: str, status: str, code: int
 ) -> None:
     # A trigger re-created between the cleanup and its event (a triggerer killed, two
-    # triggerers during a failover) must not fail a job that exited 0.
-    paths = start_job(poll_conn, remote_base_dir, "echo done\nexit 0\n")
+    # triggerers during a failover) must neither fail a job that exited 0 nor lose a failed
+    # job's exit code.
+    paths = start_job(poll_conn, remote_base_dir, command)
     wait_until(lambda: Path(paths.exit_code_file).exists(), what="the job's end")
     remove_after_it_ended(poll_conn, paths)
 
     _, event = watch(trigger_for(poll_conn, paths))
 
-    assert (event["status"], event["exit_code"]) == ("success", 0), event
+    assert (event["status"], event["exit_code"]) == (status, code), event
     assert "was not run again" in event["message"]
-
-
-def test_a_failed_job_removed_after_it_ended_keeps_its_exit_code(
-    poll_conn: str, remote_base_dir: str
-) -> None:
-    paths = start_job(poll_conn, remote_base_dir, "exit 3\n")
-    wait_until(lambda: Path(paths.exit_code_file).exists(), what="the job's end")
-    remove_after_it_ended(poll_conn, paths)
-
-    _, event = watch(trigger_for(poll_conn, paths))
-
-    assert (event["status"], event["exit_code"]) == ("failed", 3), event
 
 
 def test_a_directory_missing_for_one_poll_costs_the_job_nothing(poll_conn: str, remote_base_dir: str) -> None:
