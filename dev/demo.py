@@ -4,7 +4,9 @@ The main job, end to end: a fan-out of remote jobs through a real Airflow agains
 Starts OpenSSH's sshd on 127.0.0.1 as the remote host (``MaxStartups 10:30:100``, the
 default that large fan-outs run into), a throwaway Airflow deployment (api-server,
 scheduler, dag-processor, triggerer; LocalExecutor on SQLite), runs the example fan-out DAG
-with ``--tasks`` mapped tasks, and prints a summary. Everything it started is stopped when
+with ``--tasks`` mapped tasks, and prints a summary. ``--production`` runs the same fan-out on
+a production-shaped Airflow instead: PostgreSQL, Redis, CeleryExecutor with two Celery
+workers and two triggerers (:mod:`harness.production`). Everything it started is stopped when
 it ends, also on Ctrl-C. Run it through ``bash dev/demo.sh``, which sets up the machine first.
 
 Exit status: 0 when every task succeeded with its remote output in its log and no job
@@ -30,6 +32,7 @@ from typing import TextIO
 
 from harness.airflow_deploy import AirflowDeployment, RunProgress, TaskInstance
 from harness.processes import interrupts_unwind
+from harness.production import ConnectionSampler, ProductionDeployment, watchers
 from harness.remote_jobs import job_dirs, kill_running_jobs
 from harness.sshd import SSHServer
 
@@ -65,6 +68,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="worker",
         help="where the jobs are submitted: from each worker (default), or by the triggerer over its "
         "one shared connection (submit_from='triggerer')",
+    )
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="run on a production-shaped Airflow: PostgreSQL, Redis, CeleryExecutor with two Celery "
+        "workers, two triggerers (default: LocalExecutor on SQLite, one triggerer)",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.tasks <= 1000:
@@ -162,6 +171,11 @@ class DemoResult:
     #: Scheduler lines saying it failed a task itself, after its executor reported it finished.
     mismatch_lines: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    production: bool = False
+    #: production shape: triggerer -> map indexes of the tasks it watched
+    watched: dict[str, list[int]] = field(default_factory=dict)
+    #: production shape: triggerer -> most connections it held to the host at once
+    connections: dict[str, int] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> int:
@@ -259,7 +273,8 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
         with timed(result.timings, "sshd start"):
             sshd.start()
         say(f"- sshd (the remote host) listening on {sshd.host}:{sshd.port}, MaxStartups {MAX_STARTUPS}")
-        deployment = AirflowDeployment(
+        shape = ProductionDeployment if args.production else AirflowDeployment
+        deployment = shape(
             workdir / "airflow",
             # The fan-out alone: the sshd then counts its logins only (the reaper example, @daily,
             # would run once and log in too).
@@ -272,17 +287,31 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
             },
         )
         start_airflow(deployment, result)
-        run_id = trigger_and_wait(deployment, args, result)
+        sampler = (
+            ConnectionSampler(deployment, sshd.port) if isinstance(deployment, ProductionDeployment) else None
+        )
+        run_id = trigger_and_wait(deployment, args, result, sampler)
         collect(deployment, sshd, run_id, remote_base_dir, result)
+        if sampler is not None:
+            result.watched = watchers(deployment, DAG_ID, run_id)
+            result.connections = dict(sampler.peak)
     finally:
         with timed(result.timings, "stop"), interrupts_ignored():
             stop_everything(deployment, sshd, remote_base_dir)
 
 
 def start_airflow(deployment: AirflowDeployment, result: DemoResult) -> None:
-    say(
-        f"- Airflow {version('apache-airflow')}: db migrate, then api-server, scheduler, dag-processor, triggerer"
-    )
+    if isinstance(deployment, ProductionDeployment):
+        say(
+            f"- Airflow {version('apache-airflow')}, production shape: PostgreSQL, Redis, db migrate, then "
+            f"api-server, scheduler, dag-processor, {len(deployment.triggerer_components)} triggerers, "
+            f"{len(deployment.celery_workers)} Celery workers ({deployment.concurrency} slots each)"
+        )
+    else:
+        say(
+            f"- Airflow {version('apache-airflow')}: db migrate, then api-server, scheduler, dag-processor, "
+            "triggerer"
+        )
     with timed(result.timings, "Airflow start"):
         deployment.start()
         deployment.wait_for_dags([DAG_ID])
@@ -292,13 +321,24 @@ def start_airflow(deployment: AirflowDeployment, result: DemoResult) -> None:
     )
 
 
-def trigger_and_wait(deployment: AirflowDeployment, args: argparse.Namespace, result: DemoResult) -> str:
+def trigger_and_wait(
+    deployment: AirflowDeployment,
+    args: argparse.Namespace,
+    result: DemoResult,
+    sampler: ConnectionSampler | None = None,
+) -> str:
     run_id = deployment.trigger(DAG_ID)
     say(f"- triggered {DAG_ID} ({args.tasks} mapped tasks), run {run_id}")
     progress = ProgressLine()
+
+    def on_progress(state: RunProgress) -> None:
+        if sampler is not None:
+            sampler.sample()
+        progress.update(state)
+
     try:
         with timed(result.timings, "DAG run"):
-            result.run_state = deployment.wait_for_run(DAG_ID, run_id, args.timeout, progress.update)
+            result.run_state = deployment.wait_for_run(DAG_ID, run_id, args.timeout, on_progress)
     finally:
         progress.close()
     return run_id
@@ -379,11 +419,40 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
             f"{counts.get('session_refusals', 0)} MaxSessions refusals",
         ),
         ("Job directories", f"{len(result.leftover_dirs)} left behind"),
+        *production_rows(result),
         ("Wall time", format_wall_time(result, total)),
     ]
     rows += airflow_side_rows(result.mismatch_lines)
     if not result.ok:
         rows.append(("Logs kept in", str(workdir)))
+    return rows
+
+
+def index_ranges(indexes: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8": which tasks, compactly."""
+    parts: list[str] = []
+    for index in indexes:
+        if parts and int(parts[-1].rpartition("-")[2]) == index - 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{index}"
+        else:
+            parts.append(str(index))
+    return ", ".join(parts)
+
+
+def production_rows(result: DemoResult) -> list[tuple[str, str]]:
+    """Which triggerer watched which tasks, and the most connections each held to the host at once."""
+    if not result.production:
+        return []
+    rows = [("Deployment", "PostgreSQL, Redis, CeleryExecutor (2 Celery workers), 2 triggerers")]
+    for name in sorted(set(result.watched) | set(result.connections)):
+        tasks = result.watched.get(name, [])
+        rows.append(
+            (
+                f"  {name}",
+                f"watched {len(tasks)} task(s) (map index {index_ranges(tasks) or '-'}); "
+                f"at most {result.connections.get(name, 0)} connection(s) to the host at once",
+            )
+        )
     return rows
 
 
@@ -416,9 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ssh-jobs-demo-")).resolve()
-    result = DemoResult(tasks=args.tasks, submit_from=args.submit_from)
+    result = DemoResult(tasks=args.tasks, submit_from=args.submit_from, production=args.production)
+    shape = "a production-shaped Airflow" if args.production else "LocalExecutor on SQLite"
     say(
-        f"SSH remote jobs demo: {args.tasks}-way fan-out submitted from the {args.submit_from}, working in {workdir}"
+        f"SSH remote jobs demo: {args.tasks}-way fan-out submitted from the {args.submit_from} on {shape}, "
+        f"working in {workdir}"
     )
     try:
         with interrupts_unwind():

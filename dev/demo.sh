@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup_started=$(date +%s)
-echo "== setting up (dev/setup-env.sh: openssh-server and .venv)"
+echo "== setting up (dev/setup-env.sh: openssh-server, postgresql, redis-server and .venv)"
 bash dev/setup-env.sh
 export SSH_JOBS_DEMO_SETUP_SECONDS=$(( $(date +%s) - setup_started ))
 exec .venv/bin/python dev/demo.py "$@"

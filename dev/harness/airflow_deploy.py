@@ -340,7 +340,7 @@ class AirflowDeployment:
             self._start_triggerer(component, timeout)
 
     def _start_triggerer(self, component: str, timeout: float) -> None:
-        known = set(self._triggerer_job_rows()) if self.database_path.exists() else set()
+        known = set(self._triggerer_job_rows()) if self.has_metadata_db() else set()
         self.start_component(component)
         deadline = time.monotonic() + timeout
         for _ in range(int(timeout / POLL_INTERVAL) + 1):
@@ -370,14 +370,18 @@ class AirflowDeployment:
         self._start_triggerer(component, timeout)
         return component
 
+    def has_metadata_db(self) -> bool:
+        """Whether the metadata DB exists yet (``airflow db migrate`` creates SQLite's file)."""
+        return self.database_path.exists()
+
     def _triggerer_job_rows(self) -> list[int]:
-        if not self.database_path.exists():
+        if not self.has_metadata_db():
             return []
         rows = self.query("SELECT id FROM job WHERE job_type = ? ORDER BY id", (TRIGGERER_JOB_TYPE,))
         return [int(row[0]) for row in rows]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only query against the metadata DB (SQLite) and return its rows."""
+        """Run a read-only query (``?`` placeholders) against the metadata DB (SQLite); return its rows."""
         uri = f"file:{urllib.parse.quote(str(self.database_path))}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=SQLITE_LOCK_TIMEOUT)) as db:
             return [tuple(row) for row in db.execute(sql, tuple(params)).fetchall()]

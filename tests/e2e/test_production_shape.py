@@ -1,0 +1,176 @@
+"""
+Components killed mid-fan-out on a production-shaped Airflow 3 (PostgreSQL, Redis, CeleryExecutor,
+two Celery workers, two triggerers): a Celery worker SIGKILLed while tasks submit, a triggerer
+SIGKILLed while it watches, then a graceful triggerer restart. The scenario and its readers are in
+``production_scenario.py``; each test here judges one promise from what the run left.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from production_scenario import (
+    FAN_OUT,
+    FANOUTS,
+    ProductionRun,
+    exit_code,
+    last_tick,
+    output_tries,
+    run_fanouts,
+    spread,
+    takeovers,
+    worker_kill_victims,
+)
+
+from harness.remote_jobs import job_dirs
+from support.report import report
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> ProductionRun:
+    return run_fanouts(tmp_path_factory.mktemp("production"))
+
+
+# ---------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_every_task_ends_with_its_jobs_exit_code(production: ProductionRun, dag_id: str) -> None:
+    tis = production.tis[dag_id]
+    report(
+        f"e2e production shape, {FAN_OUT}-way fan-out submit_from={FANOUTS[dag_id]!r}: start "
+        f"{production.seconds['start']:.0f}s, all deferred after {production.seconds['ramp']:.0f}s, runs "
+        f"done after {production.seconds['runs']:.0f}s; states {dict(Counter(state for state, _ in tis.values()))}; "
+        f"tries {dict(Counter(tries for _, tries in tis.values()))}; scheduler race lines {len(production.race_lines)}"
+    )
+    assert sorted(tis) == list(range(FAN_OUT))
+    wrong = {
+        shard: state
+        for shard, (state, _) in tis.items()
+        if state != ("skipped" if exit_code(shard) else "success")
+    }
+    assert not wrong, f"tasks not ended by their job's exit code: {wrong}"
+    for shard in tis:
+        text = "\n".join(line.event for lines in production.lines[(dag_id, shard)].values() for line in lines)
+        assert f"exited with code {exit_code(shard)}" in text, (
+            f"shard {shard}: no exit code {exit_code(shard)} in its log"
+        )
+    assert production.states[dag_id] == "success"
+
+
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_one_remote_job_per_task_instance(production: ProductionRun, dag_id: str) -> None:
+    per_task = [production.launches[f"{dag_id} {shard}"] for shard in range(FAN_OUT)]
+    report(
+        f"e2e production shape, {dag_id}: remote jobs per task instance {dict(Counter(per_task))} (jobs: tasks)"
+    )
+    assert per_task == [1] * FAN_OUT, {shard: n for shard, n in enumerate(per_task) if n != 1}
+    assert all(len(output_tries(production, dag_id, shard)) == 1 for shard in range(FAN_OUT))
+
+
+def test_celery_worker_killed_while_tasks_submit_the_retries_reattach(production: ProductionRun) -> None:
+    fault = production.faults["worker"]
+    victims = worker_kill_victims(production)
+    recoveries = sorted(
+        (production.lines[key][2][0].timestamp - fault.at).total_seconds()
+        for key in victims
+        if production.lines[key].get(2)
+    )
+    reattached = [
+        key for key in victims if any("re-attach" in line.event for line in production.lines[key][2])
+    ]
+    report(
+        f"e2e production shape, Celery worker {fault.component} SIGKILLed after {fault.job_id} worker-mode "
+        f"launches, started again {production.seconds['worker back']:.0f}s later: {len(victims)} task(s) lost "
+        f"with it {victims}, {len(reattached)} retries re-attached to the killed try's job; kill -> retry "
+        f"started: {spread(recoveries)}"
+    )
+    # The premise: the kill took running tasks with it, and Airflow failed them and retried them.
+    assert victims, "no task ran on the killed Celery worker: the kill tested nothing"
+    assert len(recoveries) == len(victims)
+    # Each victim's job ran once (test_one_remote_job_per_task_instance) and its output is whole.
+    for key in victims:
+        (stream,) = output_tries(production, *key)
+        assert stream.lost == 0, (key, stream.numbers)
+
+
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_no_line_lost_and_only_the_dead_triggerers_last_tick_repeated(
+    production: ProductionRun, dag_id: str
+) -> None:
+    killed, restarted = production.faults["triggerer"].job_id, production.faults["restart"].job_id
+    lost = most_repeated = 0
+    for shard in range(FAN_OUT):
+        (stream,) = output_tries(production, dag_id, shard)
+        where = (
+            f"shard {shard} try {stream.try_number}: {list(zip(stream.numbers, stream.writers, strict=True))}"
+        )
+        lost += stream.lost
+        most_repeated = max(most_repeated, stream.repeated)
+        assert stream.lost == 0, where
+        for k in range(1, len(stream.numbers)):
+            previous, current = stream.numbers[k - 1], stream.numbers[k]
+            if current == previous + 1:
+                continue
+            # Only a SIGKILLed triggerer's last tick may come again, once, from the next writer.
+            assert current <= previous and stream.writers[k - 1] == killed != stream.writers[k], where
+            assert previous - current + 1 <= last_tick(stream, killed), where
+        # A graceful stop hands over at the exact byte.
+        handovers = [
+            k
+            for k in range(1, len(stream.writers))
+            if stream.writers[k - 1] == restarted != stream.writers[k]
+        ]
+        assert all(stream.numbers[k] == stream.numbers[k - 1] + 1 for k in handovers), where
+    report(
+        f"e2e production shape, {dag_id}: lines lost {lost}, lines repeated per task at most {most_repeated} "
+        f"(SIGKILLed triggerer's last tick), 0 allowed at the graceful restart"
+    )
+
+
+def test_triggerer_killed_and_restarted_their_tasks_move_and_resume(production: ProductionRun) -> None:
+    killed, restarted = production.faults["triggerer"], production.faults["restart"]
+    after_kill, after_restart = takeovers(production, killed), takeovers(production, restarted)
+    report(
+        f"e2e production shape, triggerer {killed.component} SIGKILLed while watching: every trigger on the "
+        f"other after {production.seconds['failover']:.0f}s (with the replacement started); kill -> next line "
+        f"from another triggerer: {spread(after_kill)}. Graceful restart of {restarted.component}: stop -> next "
+        f"line: {spread(after_restart)}"
+    )
+    assert after_kill, "the SIGKILL moved no task: nothing was tested"
+    assert after_restart, "the graceful restart moved no task: nothing was tested"
+
+
+def test_connections_per_host_equal_the_live_triggerers_holding_its_triggers(
+    production: ProductionRun,
+) -> None:
+    samples = production.samples
+    peaks = production.sampler.peak
+    report(
+        f"e2e production shape: connections to the host per triggerer, most at once {peaks}; {len(samples)} "
+        "samples over the run"
+    )
+    too_many = [(phase, conns) for phase, _, conns in samples if any(n > 1 for n in conns.values())]
+    assert not too_many, too_many
+    for phase in ("two triggerers", "after the failover", "after the restart"):
+        steady = [
+            conns
+            for name, held, conns in samples
+            if name == phase
+            and conns == {triggerer: int(held.get(triggerer, 0) > 0) for triggerer in conns}
+            and sum(conns.values()) == len([t for t in conns if held.get(t)])
+        ]
+        assert steady, f"{phase}: no sample with one connection per triggerer holding triggers: " + str(
+            [(held, conns) for name, held, conns in samples if name == phase][-5:]
+        )
+    two = [conns for name, _, conns in samples if name == "two triggerers"]
+    assert any(sum(conns.values()) == 2 for conns in two), two[-5:]
+
+
+@pytest.mark.parametrize("dag_id", FANOUTS)
+def test_no_job_directory_left(production: ProductionRun, dag_id: str) -> None:
+    left = job_dirs(production.remote_dir / dag_id)
+    assert not left, left
