@@ -105,8 +105,6 @@ class ProductionDeployment(AirflowDeployment):
             "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_ENABLED": "True",
             "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
-            # Celery's own log line per task received is noise next to Airflow's.
-            "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL": "False",
         }
         base = super().environment()
         # The caller's extra settings (``env``) still win over these.
@@ -164,13 +162,24 @@ class ProductionDeployment(AirflowDeployment):
             [*airflow_command(), *args], output=output, env=self.environment(), cwd=self.home
         )
 
-    def wait_workers_ready(self, workers: Iterable[str], timeout: float = HEALTH_TIMEOUT) -> None:
-        """Wait until each Celery worker says it is ready (consuming from the broker)."""
+    def wait_workers_ready(
+        self, workers: Iterable[str], timeout: float = HEALTH_TIMEOUT, since: Mapping[str, int] | None = None
+    ) -> None:
+        """
+        Wait until each Celery worker says it is ready (consuming from the broker).
+
+        ``since``: worker -> how much of its output to skip (what an earlier process wrote).
+        """
         pending = set(workers)
+        skip = dict(since or {})
         deadline = time.monotonic() + timeout
         for _ in range(int(timeout / POLL_INTERVAL) + 1):
             self.assert_alive()
-            pending = {name for name in pending if CELERY_READY_TEXT not in self.component_output(name)}
+            pending = {
+                name
+                for name in pending
+                if CELERY_READY_TEXT not in self.component_output(name)[skip.get(name, 0) :]
+            }
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL)
@@ -179,8 +188,9 @@ class ProductionDeployment(AirflowDeployment):
 
     def restart_worker(self, component: str, timeout: float = HEALTH_TIMEOUT) -> None:
         """Start a Celery worker again (after :meth:`kill_component`), as a process supervisor would."""
+        written = len(self.component_output(component))
         self.start_component(component)
-        self.wait_workers_ready([component], timeout)
+        self.wait_workers_ready([component], timeout, since={component: written})
 
     def start_triggerer(self, timeout: float = HEALTH_TIMEOUT) -> str:
         """Start one more triggerer (a replacement or a restart) under a fresh name; return the name."""

@@ -9,8 +9,11 @@ dag-processor, two Celery workers, two triggerers; Airflow's own recovery shorte
 see ``FAST_TASK_RECOVERY_ENV`` and ``HA_ENV``) runs two fan-outs of FAN_OUT mapped tasks against
 one real sshd, one per submit mode. Every remote job appends a line to a ``launches`` file as
 its first command (jobs are counted on the host, whatever the logs say), waits at a gate file,
-prints LINES numbered lines, and exits with its shard's code: 0, or SKIP_CODE for every tenth
-shard (the operator's ``skip_on_exit_code``, so the task must end ``skipped``).
+prints a numbered line every LINE_SECONDS until the test has done its faults (a ``finish`` file;
+at least MIN_LINES lines, at most MAX_LINES), says how many it printed, and exits with its
+shard's code: 0, or SKIP_CODE for every tenth shard (the operator's ``skip_on_exit_code``, so
+the task must end ``skipped``). Lasting as long as the faults take keeps the test right on a
+slow machine without making it long on a fast one.
 
 The faults, in order, all on the same runs:
 
@@ -55,7 +58,9 @@ CONN_ID = "ssh_production"
 FANOUTS = {"production_fanout_worker": "worker", "production_fanout_triggerer": "triggerer"}
 WORKER_DAG = "production_fanout_worker"
 FAN_OUT = 100
-LINES = 60
+MIN_LINES = 10
+#: The jobs stop at this many lines even if the test never says so (300 s).
+MAX_LINES = 600
 LINE_SECONDS = 0.5
 SKIP_CODE = 99
 #: The jobs wait at most this long for the gate (polls of 0.2 s), so none is left waiting.
@@ -71,6 +76,7 @@ RUN_TIMEOUT = 420.0
 #: Output of one batch poll reaches the task log within milliseconds; polls are >= 1 s apart.
 SAME_POLL_SECONDS = 0.3
 SHARD_LINE = re.compile(r"^shard (\d+) line (\d+)$")
+PRINTED_LINE = re.compile(r"^shard (\d+) printed (\d+) lines$")
 
 DAG_TEXT = """\
 from __future__ import annotations
@@ -108,11 +114,13 @@ def exit_code(shard: int) -> int:
     return SKIP_CODE if shard % 10 == 9 else 0
 
 
-def commands(dag_id: str, launches: Path, gate: Path) -> list[str]:
+def commands(dag_id: str, launches: Path, gate: Path, finish: Path) -> list[str]:
     return [
         f"echo '{dag_id} {shard}' >> {launches}\n"
         f"n=0\nwhile [ ! -e {gate} ] && [ $n -lt {GATE_POLLS} ]; do sleep 0.2; n=$((n+1)); done\n"
-        f'for i in $(seq 1 {LINES}); do echo "shard {shard} line $i"; sleep {LINE_SECONDS}; done\n'
+        f'i=0\nwhile [ $i -lt {MAX_LINES} ]; do\n  i=$((i+1))\n  echo "shard {shard} line $i"\n'
+        f"  if [ $i -ge {MIN_LINES} ] && [ -e {finish} ]; then break; fi\n  sleep {LINE_SECONDS}\ndone\n"
+        f'echo "shard {shard} printed $i lines"\n'
         f"exit {exit_code(shard)}\n"
         for shard in range(FAN_OUT)
     ]
@@ -129,6 +137,8 @@ class Fault:
     how: str
     at: datetime
     job_id: int | None = None
+    #: what was going on at that moment, for the report
+    detail: str = ""
 
 
 @dataclass
@@ -156,13 +166,15 @@ def sample(deployment: ProductionDeployment, run: ProductionRun, phase: str) -> 
 
 
 def run_fanouts(base: Path) -> ProductionRun:
-    remote_dir, launches, gate = base / "remote-jobs", base / "launches", base / "gate"
+    remote_dir, launches, gate, finish = (
+        base / name for name in ("remote-jobs", "launches", "gate", "finish")
+    )
     sshd: SSHServer = start_sshd(base / "sshd", max_startups="100:30:200")
     deployment = ProductionDeployment(
         base / "airflow", env={**sshd.airflow_env(CONN_ID), **HA_ENV, **FAST_TASK_RECOVERY_ENV}
     )
     fanouts = {
-        dag_id: (mode, str(remote_dir / dag_id), commands(dag_id, launches, gate))
+        dag_id: (mode, str(remote_dir / dag_id), commands(dag_id, launches, gate, finish))
         for dag_id, mode in FANOUTS.items()
     }
     deployment.add_dag_file(
@@ -170,108 +182,48 @@ def run_fanouts(base: Path) -> ProductionRun:
         DAG_TEXT.format(fanouts=fanouts, fan_out=FAN_OUT, conn_id=CONN_ID, skip_code=SKIP_CODE),
     )
     run = ProductionRun({}, {}, {}, Counter(), remote_dir, {}, {}, ConnectionSampler(deployment, sshd.port))
-    seconds = run.seconds
     try:
         started = time.monotonic()
         deployment.start(START_TIMEOUT)
         deployment.wait_for_dags(FANOUTS)
-        seconds["start"] = time.monotonic() - started
+        run.seconds["start"] = time.monotonic() - started
         started = time.monotonic()
         run_ids = {dag_id: deployment.trigger(dag_id) for dag_id in FANOUTS}
-
-        def launched(dag_id: str) -> int:
-            return sum(n for tag, n in launch_counts(launches).items() if tag.split()[0] == dag_id)
-
-        # 1. A Celery worker dies while the workers submit.
+        kill_a_celery_worker_while_tasks_submit(deployment, run, launches)
         wait_until(
-            f"{KILL_WORKER_AFTER} worker-mode jobs launched",
+            "every task deferred with its job launched",
             RAMP_TIMEOUT,
-            lambda: launched(WORKER_DAG) >= KILL_WORKER_AFTER,
+            lambda: sample(deployment, run, "ramp") or all_deferred(deployment, run_ids, launches),
             deployment,
         )
-        victim = max(deployment.celery_workers, key=lambda name: len(deployment.task_processes(name)))
-        run.faults["worker"] = Fault(victim, "SIGKILL", utc(deployment.kill_component(victim)))
-        run.faults["worker"].job_id = launched(WORKER_DAG)  # jobs launched at the kill, for the report
-        deployment.restart_worker(victim)
-        seconds["worker back"] = (utc(time.time()) - run.faults["worker"].at).total_seconds()
-
-        def all_deferred() -> bool:
-            sample(deployment, run, "ramp")
-            tis = [ti for dag_id in FANOUTS for ti in deployment.task_instances(dag_id, run_ids[dag_id])]
-            return (
-                len(tis) == len(FANOUTS) * FAN_OUT
-                and all(ti.state == "deferred" for ti in tis)
-                and sum(launched(dag_id) for dag_id in FANOUTS) >= len(tis)
-            )
-
-        wait_until("every task deferred with its job launched", RAMP_TIMEOUT, all_deferred, deployment)
-        seconds["ramp"] = time.monotonic() - started
+        run.seconds["ramp"] = time.monotonic() - started
         gate.touch()
-
-        def flowing() -> bool:
-            sample(deployment, run, "two triggerers")
-            return all(
-                latest_line(deployment, dag_id, run_ids[dag_id], ti) >= LINES_BEFORE_KILL
-                for dag_id in FANOUTS
-                for ti in deployment.task_instances(dag_id, run_ids[dag_id])
-            )
-
-        wait_until("output of every task in its log", FLOWING_TIMEOUT, flowing, deployment)
-
-        # 2. A triggerer dies while it watches; the other takes over, a replacement starts.
-        held = deployment.triggers_by_triggerer()
-        dead = max(deployment.live_triggerers, key=lambda name: held.get(name, 0))
-        survivor = next(name for name in deployment.live_triggerers if name != dead)
-        run.faults["triggerer"] = Fault(
-            dead, "SIGKILL", utc(deployment.kill_component(dead)), deployment.triggerer_job_ids[dead]
-        )
         wait_until(
-            "every trigger on the surviving triggerer",
-            FAILOVER_TIMEOUT,
+            "output of every task in its log",
+            FLOWING_TIMEOUT,
+            lambda: sample(deployment, run, "two triggerers") or flowing(deployment, run_ids),
+            deployment,
+        )
+        survivor = kill_the_busiest_triggerer(deployment, run)
+        restart_gracefully(deployment, run, survivor)
+        wait_until(
+            "output of every task after the graceful restart",
+            FLOWING_TIMEOUT,
             lambda: (
-                sample(deployment, run, "failing over")
-                or set(deployment.triggers_by_triggerer()) == {survivor}
+                sample(deployment, run, "after the restart")
+                or flowing(deployment, run_ids, since=run.faults["restart"].at)
             ),
             deployment,
         )
-        sample(deployment, run, "after the failover")
-        replacement = deployment.start_triggerer()
-        seconds["failover"] = (utc(time.time()) - run.faults["triggerer"].at).total_seconds()
-
-        # 3. The surviving original triggerer is restarted gracefully.
-        stopped_at = utc(time.time())
-        deployment.stop_component(survivor)
-        run.faults["restart"] = Fault(survivor, "SIGTERM", stopped_at, deployment.triggerer_job_ids[survivor])
-        deployment.start_triggerer()
+        finish.touch()
         wait_until(
-            "every trigger on a live triggerer",
-            FAILOVER_TIMEOUT,
-            lambda: (
-                sample(deployment, run, "restarting")
-                or set(deployment.triggers_by_triggerer()) <= {replacement}
-            ),
+            "both runs finished",
+            RUN_TIMEOUT,
+            lambda: sample(deployment, run, "after the restart") or runs_finished(deployment, run_ids),
             deployment,
         )
-
-        def finished() -> bool:
-            sample(deployment, run, "after the restart")
-            return all(
-                deployment.run_state(dag_id, run_ids[dag_id]) in ("success", "failed") for dag_id in FANOUTS
-            )
-
-        wait_until("both runs finished", RUN_TIMEOUT, finished, deployment)
-        seconds["runs"] = time.monotonic() - started
-        for dag_id in FANOUTS:
-            run.states[dag_id] = deployment.run_state(dag_id, run_ids[dag_id])
-            run.tis[dag_id] = {}
-            for ti in deployment.task_instances(dag_id, run_ids[dag_id]):
-                run.tis[dag_id][ti.map_index] = (ti.state, ti.try_number)
-                run.lines[(dag_id, ti.map_index)] = {
-                    n: merged_by_time(deployment.task_log_files(dag_id, run_ids[dag_id], ti, n))
-                    for n in range(1, ti.try_number + 1)
-                }
-        run.race_lines = deployment.state_mismatches()
-        run.triggerers = {job_id: name for name, job_id in deployment.triggerer_job_ids.items()}
+        run.seconds["runs"] = time.monotonic() - started
+        collect(deployment, run, run_ids)
     finally:
         try:
             deployment.stop()
@@ -281,6 +233,107 @@ def run_fanouts(base: Path) -> ProductionRun:
             sshd.stop()
     run.launches = launch_counts(launches)
     return run
+
+
+def launched(launches: Path, dag_id: str) -> int:
+    return sum(n for tag, n in launch_counts(launches).items() if tag.split()[0] == dag_id)
+
+
+def kill_a_celery_worker_while_tasks_submit(
+    deployment: ProductionDeployment, run: ProductionRun, launches: Path
+) -> None:
+    """Fault 1: SIGKILL the Celery worker running the most tasks mid-submit, then start it again."""
+    wait_until(
+        f"{KILL_WORKER_AFTER} worker-mode jobs launched",
+        RAMP_TIMEOUT,
+        lambda: launched(launches, WORKER_DAG) >= KILL_WORKER_AFTER,
+        deployment,
+    )
+    victim = max(deployment.celery_workers, key=lambda name: len(deployment.task_processes(name)))
+    running = len(deployment.task_processes(victim))
+    fault = Fault(victim, "SIGKILL", utc(deployment.kill_component(victim)))
+    fault.detail = (
+        f"{launched(launches, WORKER_DAG)} worker-mode jobs launched, {running} task processes on it"
+    )
+    run.faults["worker"] = fault
+    deployment.restart_worker(victim)
+    run.seconds["worker back"] = (utc(time.time()) - fault.at).total_seconds()
+
+
+def all_deferred(deployment: ProductionDeployment, run_ids: dict[str, str], launches: Path) -> bool:
+    tis = [ti for dag_id in FANOUTS for ti in deployment.task_instances(dag_id, run_ids[dag_id])]
+    return (
+        len(tis) == len(FANOUTS) * FAN_OUT
+        and all(ti.state == "deferred" for ti in tis)
+        and sum(launched(launches, dag_id) for dag_id in FANOUTS) >= len(tis)
+    )
+
+
+def flowing(deployment: ProductionDeployment, run_ids: dict[str, str], since: datetime | None = None) -> bool:
+    """Every task's current try logged LINES_BEFORE_KILL output lines (after ``since``, if given)."""
+    return all(
+        lines_logged(deployment, dag_id, run_ids[dag_id], ti, since) >= LINES_BEFORE_KILL
+        for dag_id in FANOUTS
+        for ti in deployment.task_instances(dag_id, run_ids[dag_id])
+    )
+
+
+def kill_the_busiest_triggerer(deployment: ProductionDeployment, run: ProductionRun) -> str:
+    """Fault 2: SIGKILL the triggerer holding the most triggers; return the other one once it holds all."""
+    held = deployment.triggers_by_triggerer()
+    dead = max(deployment.live_triggerers, key=lambda name: held.get(name, 0))
+    survivor = next(name for name in deployment.live_triggerers if name != dead)
+    fault = Fault(dead, "SIGKILL", utc(deployment.kill_component(dead)), deployment.triggerer_job_ids[dead])
+    fault.detail = f"triggers held just before: {held}"
+    run.faults["triggerer"] = fault
+    wait_until(
+        "every trigger on the surviving triggerer",
+        FAILOVER_TIMEOUT,
+        lambda: (
+            sample(deployment, run, "failing over") or set(deployment.triggers_by_triggerer()) == {survivor}
+        ),
+        deployment,
+    )
+    run.seconds["failover"] = (utc(time.time()) - fault.at).total_seconds()
+    sample(deployment, run, "after the failover")
+    deployment.start_triggerer()
+    return survivor
+
+
+def restart_gracefully(deployment: ProductionDeployment, run: ProductionRun, survivor: str) -> None:
+    """Fault 3: stop the surviving original triggerer with SIGTERM, then start a new one."""
+    fault = Fault(survivor, "SIGTERM", utc(time.time()), deployment.triggerer_job_ids[survivor])
+    fault.detail = f"triggers held just before: {deployment.triggers_by_triggerer()}"
+    run.faults["restart"] = fault
+    deployment.stop_component(survivor)
+    run.seconds["graceful stop"] = (utc(time.time()) - fault.at).total_seconds()
+    deployment.start_triggerer()
+    live = set(deployment.live_triggerers)
+    wait_until(
+        "every trigger on a live triggerer",
+        FAILOVER_TIMEOUT,
+        lambda: sample(deployment, run, "restarting") or set(deployment.triggers_by_triggerer()) <= live,
+        deployment,
+    )
+
+
+def runs_finished(deployment: ProductionDeployment, run_ids: dict[str, str]) -> bool:
+    return all(deployment.run_state(dag_id, run_ids[dag_id]) in ("success", "failed") for dag_id in FANOUTS)
+
+
+def collect(deployment: ProductionDeployment, run: ProductionRun, run_ids: dict[str, str]) -> None:
+    """What the runs left: states, every try's log lines, the scheduler's race lines, triggerer ids."""
+    for dag_id in FANOUTS:
+        run.states[dag_id] = deployment.run_state(dag_id, run_ids[dag_id])
+        run.tis[dag_id] = {}
+        for ti in deployment.task_instances(dag_id, run_ids[dag_id]):
+            run.tis[dag_id][ti.map_index] = (ti.state, ti.try_number)
+            run.lines[(dag_id, ti.map_index)] = {
+                n: merged_by_time(deployment.task_log_files(dag_id, run_ids[dag_id], ti, n))
+                for n in range(1, ti.try_number + 1)
+            }
+    run.race_lines = deployment.state_mismatches()
+    run.triggerers = {job_id: name for name, job_id in deployment.triggerer_job_ids.items()}
 
 
 def utc(timestamp: float) -> datetime:
@@ -293,13 +346,16 @@ def writer(line: TimedLine) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def latest_line(deployment: ProductionDeployment, dag_id: str, run_id: str, ti: TaskInstance) -> int:
-    """The highest output line number the task's current try has logged so far."""
+def lines_logged(
+    deployment: ProductionDeployment, dag_id: str, run_id: str, ti: TaskInstance, since: datetime | None
+) -> int:
+    """How many output lines the task's current try has logged (after ``since``, if given)."""
     files = deployment.task_log_files(dag_id, run_id, ti, max(ti.try_number, 1))
-    numbers = [
-        int(match.group(2)) for line in merged_by_time(files) if (match := SHARD_LINE.match(line.event))
-    ]
-    return max(numbers, default=0)
+    return sum(
+        1
+        for line in merged_by_time(files)
+        if SHARD_LINE.match(line.event) and (since is None or line.timestamp > since)
+    )
 
 
 # ---------------------------------------------------------------------------- reading the logs
@@ -313,10 +369,15 @@ class Stream:
     numbers: list[int]
     writers: list[int | None]
     lines: list[TimedLine]
+    #: how many lines the job says it printed (its last line); None when that line is missing
+    printed: int | None
 
     @property
     def lost(self) -> int:
-        return len(set(range(1, LINES + 1)) - set(self.numbers))
+        """Lines the job printed that the log lacks (all of them if it lacks the job's last line)."""
+        if self.printed is None:
+            return max(len(set(self.numbers)), 1)
+        return len(set(range(1, self.printed + 1)) - set(self.numbers))
 
     @property
     def repeated(self) -> int:
@@ -330,7 +391,12 @@ def output_tries(run: ProductionRun, dag_id: str, shard: int) -> list[Stream]:
         output = [line for line in lines if SHARD_LINE.match(line.event)]
         if output:
             numbers = [int(SHARD_LINE.match(line.event).group(2)) for line in output]  # type: ignore[union-attr]
-            found.append(Stream(try_number, numbers, [writer(line) for line in output], output))
+            printed = [int(match.group(2)) for line in lines if (match := PRINTED_LINE.match(line.event))]
+            found.append(
+                Stream(
+                    try_number, numbers, [writer(line) for line in output], output, max(printed, default=None)
+                )
+            )
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from e2e_support import submitted_job_ids
 from production_scenario import (
     FAN_OUT,
     FANOUTS,
@@ -27,6 +28,9 @@ from harness.remote_jobs import job_dirs
 from support.report import report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+#: What a retry logs when it takes over the still running job of an earlier try.
+REATTACHED_TEXT = "re-attaching to it instead of starting another"
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +78,32 @@ def test_one_remote_job_per_task_instance(production: ProductionRun, dag_id: str
 def test_celery_worker_killed_while_tasks_submit_the_retries_reattach(production: ProductionRun) -> None:
     fault = production.faults["worker"]
     victims = worker_kill_victims(production)
-    recoveries = sorted(
-        (production.lines[key][2][0].timestamp - fault.at).total_seconds()
-        for key in victims
-        if production.lines[key].get(2)
-    )
+    retried = [production.lines[key].get(2, []) for key in victims]
+    recoveries = sorted((lines[0].timestamp - fault.at).total_seconds() for lines in retried if lines)
+    # Victims whose first try had its submit answered: the job ran before the worker died.
+    submitted = [key for key in victims if submitted_job_ids([x.event for x in production.lines[key][1]])]
     reattached = [
-        key for key in victims if any("re-attach" in line.event for line in production.lines[key][2])
+        key
+        for key in submitted
+        if any(
+            REATTACHED_TEXT in line.event
+            for n, lines in production.lines[key].items()
+            if n > 1
+            for line in lines
+        )
     ]
     report(
-        f"e2e production shape, Celery worker {fault.component} SIGKILLed after {fault.job_id} worker-mode "
-        f"launches, started again {production.seconds['worker back']:.0f}s later: {len(victims)} task(s) lost "
-        f"with it {victims}, {len(reattached)} retries re-attached to the killed try's job; kill -> retry "
-        f"started: {spread(recoveries)}"
+        f"e2e production shape, Celery worker {fault.component} SIGKILLed ({fault.detail}), started again "
+        f"{production.seconds['worker back']:.0f}s later: {len(victims)} task(s) lost with it {victims}; "
+        f"{len(submitted)} had launched their job, {len(reattached)} of those re-attached by a retry; "
+        f"kill -> retry started: {spread(recoveries)}"
     )
-    # The premise: the kill took running tasks with it, and Airflow failed them and retried them.
+    # The premise: the kill took running tasks with it, and Airflow failed and retried them.
     assert victims, "no task ran on the killed Celery worker: the kill tested nothing"
-    assert len(recoveries) == len(victims)
+    assert len(recoveries) == len(victims), "a task lost with the worker was not retried"
+    assert reattached == submitted, (
+        f"retries that did not re-attach: {sorted(set(submitted) - set(reattached))}"
+    )
     # Each victim's job ran once (test_one_remote_job_per_task_instance) and its output is whole.
     for key in victims:
         (stream,) = output_tries(production, *key)
