@@ -6,8 +6,9 @@ Components killed mid-fan-out on a production-shaped Airflow 3: PostgreSQL, Redi
 
 One deployment (:class:`harness.production.ProductionDeployment`: api-server, scheduler,
 dag-processor, two Celery workers, two triggerers; Airflow's own recovery shortened to seconds,
-see ``FAST_TASK_RECOVERY_ENV`` and ``HA_ENV``) runs two fan-outs of FAN_OUT mapped tasks against
-one real sshd, one per submit mode. Every remote job appends a line to a ``launches`` file as
+see ``FAST_TASK_RECOVERY_ENV`` and ``HA_ENV``) runs one fan-out of FAN_OUT mapped tasks against
+one real sshd, in both submit modes: even shards submit from the worker, odd ones from the
+triggerer (``expand_kwargs``). Every remote job appends a line to a ``launches`` file as
 its first command (jobs are counted on the host, whatever the logs say), waits at a gate file,
 prints a numbered line every LINE_SECONDS until the test has done its faults (a ``finish`` file;
 at least MIN_LINES lines, at most MAX_LINES), says how many it printed, and exits with its
@@ -54,9 +55,8 @@ from harness.remote_jobs import kill_running_jobs
 from harness.sshd import SSHServer
 
 CONN_ID = "ssh_production"
-#: dag_id -> submit_from
-FANOUTS = {"production_fanout_worker": "worker", "production_fanout_triggerer": "triggerer"}
-WORKER_DAG = "production_fanout_worker"
+DAG_ID = "production_fanout"
+MODES = ("worker", "triggerer")
 FAN_OUT = 100
 MIN_LINES = 10
 #: The jobs stop at this many lines even if the test never says so (300 s).
@@ -66,7 +66,7 @@ SKIP_CODE = 99
 #: The jobs wait at most this long for the gate (polls of 0.2 s), so none is left waiting.
 GATE_POLLS = 1500
 #: The Celery worker is killed once this many of the worker-mode jobs were launched.
-KILL_WORKER_AFTER = 30
+KILL_WORKER_AFTER = 15
 LINES_BEFORE_KILL = 2
 START_TIMEOUT = 240.0
 RAMP_TIMEOUT = 300.0
@@ -90,33 +90,43 @@ from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 # Retries: a task whose Celery worker was killed is failed by Airflow and must come back; and
 # Airflow's scheduler sometimes fails a resumed deferred task itself (a known race).
 DEFAULTS = {{"retries": 3, "retry_delay": timedelta(seconds=1)}}
-FANOUTS = {fanouts!r}
+TASKS = {tasks!r}
 
-for dag_id, (submit_from, base_dir, commands) in FANOUTS.items():
-    with DAG(
-        dag_id=dag_id, schedule=None, catchup=False, max_active_tasks={fan_out}, default_args=DEFAULTS
-    ) as dag:
-        SSHRemoteJobOperator.partial(
-            task_id="shard",
-            ssh_conn_id={conn_id!r},
-            remote_base_dir=base_dir,
-            cleanup="always",
-            poll_interval=1,
-            skip_on_exit_code={skip_code},
-            max_active_tis_per_dag={fan_out},
-            submit_from=submit_from,
-        ).expand(command=commands)
-    globals()[dag_id] = dag
+with DAG(
+    dag_id={dag_id!r}, schedule=None, catchup=False, max_active_tasks={fan_out}, default_args=DEFAULTS
+) as dag:
+    SSHRemoteJobOperator.partial(
+        task_id="shard",
+        ssh_conn_id={conn_id!r},
+        remote_base_dir={base_dir!r},
+        cleanup="always",
+        poll_interval=1,
+        skip_on_exit_code={skip_code},
+        max_active_tis_per_dag={fan_out},
+    ).expand_kwargs(TASKS)
 """
 
 
+def mode_of(shard: int) -> str:
+    return MODES[shard % 2]
+
+
 def exit_code(shard: int) -> int:
-    return SKIP_CODE if shard % 10 == 9 else 0
+    """Every fifth shard (as many in each mode) ends with the skip code."""
+    return SKIP_CODE if shard % 5 == 4 else 0
 
 
-def commands(dag_id: str, launches: Path, gate: Path, finish: Path) -> list[str]:
+def tasks(launches: Path, gate: Path, finish: Path) -> list[dict[str, str]]:
+    """The mapped tasks' arguments: each shard's command and submit mode."""
     return [
-        f"echo '{dag_id} {shard}' >> {launches}\n"
+        {"command": command, "submit_from": mode_of(shard)}
+        for shard, command in enumerate(commands(launches, gate, finish))
+    ]
+
+
+def commands(launches: Path, gate: Path, finish: Path) -> list[str]:
+    return [
+        f"echo '{mode_of(shard)} {shard}' >> {launches}\n"
         f"n=0\nwhile [ ! -e {gate} ] && [ $n -lt {GATE_POLLS} ]; do sleep 0.2; n=$((n+1)); done\n"
         f'i=0\nwhile [ $i -lt {MAX_LINES} ]; do\n  i=$((i+1))\n  echo "shard {shard} line $i"\n'
         f"  if [ $i -ge {MIN_LINES} ] && [ -e {finish} ]; then break; fi\n  sleep {LINE_SECONDS}\ndone\n"
@@ -143,11 +153,11 @@ class Fault:
 
 @dataclass
 class ProductionRun:
-    states: dict[str, str]
-    #: dag_id -> map_index -> (final state, try number)
-    tis: dict[str, dict[int, tuple[str | None, int]]]
-    #: (dag_id, map_index) -> try -> that try's lines in the order written
-    lines: dict[tuple[str, int], dict[int, list[TimedLine]]]
+    state: str
+    #: map_index -> (final state, try number)
+    tis: dict[int, tuple[str | None, int]]
+    #: map_index -> try -> that try's lines in the order written
+    lines: dict[int, dict[int, list[TimedLine]]]
     launches: Counter[str]
     remote_dir: Path
     faults: dict[str, Fault]
@@ -173,27 +183,30 @@ def run_fanouts(base: Path) -> ProductionRun:
     deployment = ProductionDeployment(
         base / "airflow", env={**sshd.airflow_env(CONN_ID), **HA_ENV, **FAST_TASK_RECOVERY_ENV}
     )
-    fanouts = {
-        dag_id: (mode, str(remote_dir / dag_id), commands(dag_id, launches, gate, finish))
-        for dag_id, mode in FANOUTS.items()
-    }
     deployment.add_dag_file(
-        "production_fanouts.py",
-        DAG_TEXT.format(fanouts=fanouts, fan_out=FAN_OUT, conn_id=CONN_ID, skip_code=SKIP_CODE),
+        "production_fanout.py",
+        DAG_TEXT.format(
+            tasks=tasks(launches, gate, finish),
+            dag_id=DAG_ID,
+            base_dir=str(remote_dir),
+            fan_out=FAN_OUT,
+            conn_id=CONN_ID,
+            skip_code=SKIP_CODE,
+        ),
     )
-    run = ProductionRun({}, {}, {}, Counter(), remote_dir, {}, {}, ConnectionSampler(deployment, sshd.port))
+    run = ProductionRun("", {}, {}, Counter(), remote_dir, {}, {}, ConnectionSampler(deployment, sshd.port))
     try:
         started = time.monotonic()
         deployment.start(START_TIMEOUT)
-        deployment.wait_for_dags(FANOUTS)
+        deployment.wait_for_dags([DAG_ID])
         run.seconds["start"] = time.monotonic() - started
         started = time.monotonic()
-        run_ids = {dag_id: deployment.trigger(dag_id) for dag_id in FANOUTS}
+        run_id = deployment.trigger(DAG_ID)
         kill_a_celery_worker_while_tasks_submit(deployment, run, launches)
         wait_until(
             "every task deferred with its job launched",
             RAMP_TIMEOUT,
-            lambda: sample(deployment, run, "ramp") or all_deferred(deployment, run_ids, launches),
+            lambda: sample(deployment, run, "ramp") or all_deferred(deployment, run_id, launches),
             deployment,
         )
         run.seconds["ramp"] = time.monotonic() - started
@@ -201,7 +214,7 @@ def run_fanouts(base: Path) -> ProductionRun:
         wait_until(
             "output of every task in its log",
             FLOWING_TIMEOUT,
-            lambda: sample(deployment, run, "two triggerers") or flowing(deployment, run_ids),
+            lambda: sample(deployment, run, "two triggerers") or flowing(deployment, run_id),
             deployment,
         )
         survivor = kill_the_busiest_triggerer(deployment, run)
@@ -211,32 +224,32 @@ def run_fanouts(base: Path) -> ProductionRun:
             FLOWING_TIMEOUT,
             lambda: (
                 sample(deployment, run, "after the restart")
-                or flowing(deployment, run_ids, since=run.faults["restart"].at)
+                or flowing(deployment, run_id, since=run.faults["restart"].at)
             ),
             deployment,
         )
         finish.touch()
         wait_until(
-            "both runs finished",
+            "the run finished",
             RUN_TIMEOUT,
-            lambda: sample(deployment, run, "after the restart") or runs_finished(deployment, run_ids),
+            lambda: sample(deployment, run, "after the restart") or run_finished(deployment, run_id),
             deployment,
         )
         run.seconds["runs"] = time.monotonic() - started
-        collect(deployment, run, run_ids)
+        collect(deployment, run, run_id)
     finally:
         try:
             deployment.stop()
         finally:
-            for dag_id in FANOUTS:
-                kill_running_jobs(remote_dir / dag_id)
+            kill_running_jobs(remote_dir)
             sshd.stop()
     run.launches = launch_counts(launches)
     return run
 
 
-def launched(launches: Path, dag_id: str) -> int:
-    return sum(n for tag, n in launch_counts(launches).items() if tag.split()[0] == dag_id)
+def launched(launches: Path, mode: str | None = None) -> int:
+    """How many jobs were launched (of one submit mode, if given)."""
+    return sum(n for tag, n in launch_counts(launches).items() if mode in (None, tag.split()[0]))
 
 
 def kill_a_celery_worker_while_tasks_submit(
@@ -246,35 +259,28 @@ def kill_a_celery_worker_while_tasks_submit(
     wait_until(
         f"{KILL_WORKER_AFTER} worker-mode jobs launched",
         RAMP_TIMEOUT,
-        lambda: launched(launches, WORKER_DAG) >= KILL_WORKER_AFTER,
+        lambda: launched(launches, "worker") >= KILL_WORKER_AFTER,
         deployment,
     )
     victim = max(deployment.celery_workers, key=lambda name: len(deployment.task_processes(name)))
     running = len(deployment.task_processes(victim))
     fault = Fault(victim, "SIGKILL", utc(deployment.kill_component(victim)))
-    fault.detail = (
-        f"{launched(launches, WORKER_DAG)} worker-mode jobs launched, {running} task processes on it"
-    )
+    fault.detail = f"{launched(launches, 'worker')} worker-mode jobs launched, {running} task processes on it"
     run.faults["worker"] = fault
     deployment.restart_worker(victim)
     run.seconds["worker back"] = (utc(time.time()) - fault.at).total_seconds()
 
 
-def all_deferred(deployment: ProductionDeployment, run_ids: dict[str, str], launches: Path) -> bool:
-    tis = [ti for dag_id in FANOUTS for ti in deployment.task_instances(dag_id, run_ids[dag_id])]
-    return (
-        len(tis) == len(FANOUTS) * FAN_OUT
-        and all(ti.state == "deferred" for ti in tis)
-        and sum(launched(launches, dag_id) for dag_id in FANOUTS) >= len(tis)
-    )
+def all_deferred(deployment: ProductionDeployment, run_id: str, launches: Path) -> bool:
+    tis = deployment.task_instances(DAG_ID, run_id)
+    return len(tis) == FAN_OUT and all(ti.state == "deferred" for ti in tis) and launched(launches) >= FAN_OUT
 
 
-def flowing(deployment: ProductionDeployment, run_ids: dict[str, str], since: datetime | None = None) -> bool:
+def flowing(deployment: ProductionDeployment, run_id: str, since: datetime | None = None) -> bool:
     """Every task's current try logged LINES_BEFORE_KILL output lines (after ``since``, if given)."""
     return all(
-        lines_logged(deployment, dag_id, run_ids[dag_id], ti, since) >= LINES_BEFORE_KILL
-        for dag_id in FANOUTS
-        for ti in deployment.task_instances(dag_id, run_ids[dag_id])
+        lines_logged(deployment, run_id, ti, since) >= LINES_BEFORE_KILL
+        for ti in deployment.task_instances(DAG_ID, run_id)
     )
 
 
@@ -317,21 +323,19 @@ def restart_gracefully(deployment: ProductionDeployment, run: ProductionRun, sur
     )
 
 
-def runs_finished(deployment: ProductionDeployment, run_ids: dict[str, str]) -> bool:
-    return all(deployment.run_state(dag_id, run_ids[dag_id]) in ("success", "failed") for dag_id in FANOUTS)
+def run_finished(deployment: ProductionDeployment, run_id: str) -> bool:
+    return deployment.run_state(DAG_ID, run_id) in ("success", "failed")
 
 
-def collect(deployment: ProductionDeployment, run: ProductionRun, run_ids: dict[str, str]) -> None:
-    """What the runs left: states, every try's log lines, the scheduler's race lines, triggerer ids."""
-    for dag_id in FANOUTS:
-        run.states[dag_id] = deployment.run_state(dag_id, run_ids[dag_id])
-        run.tis[dag_id] = {}
-        for ti in deployment.task_instances(dag_id, run_ids[dag_id]):
-            run.tis[dag_id][ti.map_index] = (ti.state, ti.try_number)
-            run.lines[(dag_id, ti.map_index)] = {
-                n: merged_by_time(deployment.task_log_files(dag_id, run_ids[dag_id], ti, n))
-                for n in range(1, ti.try_number + 1)
-            }
+def collect(deployment: ProductionDeployment, run: ProductionRun, run_id: str) -> None:
+    """What the run left: states, every try's log lines, the scheduler's race lines, triggerer ids."""
+    run.state = deployment.run_state(DAG_ID, run_id)
+    for ti in deployment.task_instances(DAG_ID, run_id):
+        run.tis[ti.map_index] = (ti.state, ti.try_number)
+        run.lines[ti.map_index] = {
+            n: merged_by_time(deployment.task_log_files(DAG_ID, run_id, ti, n))
+            for n in range(1, ti.try_number + 1)
+        }
     run.race_lines = deployment.state_mismatches()
     run.triggerers = {job_id: name for name, job_id in deployment.triggerer_job_ids.items()}
 
@@ -347,10 +351,10 @@ def writer(line: TimedLine) -> int | None:
 
 
 def lines_logged(
-    deployment: ProductionDeployment, dag_id: str, run_id: str, ti: TaskInstance, since: datetime | None
+    deployment: ProductionDeployment, run_id: str, ti: TaskInstance, since: datetime | None
 ) -> int:
     """How many output lines the task's current try has logged (after ``since``, if given)."""
-    files = deployment.task_log_files(dag_id, run_id, ti, max(ti.try_number, 1))
+    files = deployment.task_log_files(DAG_ID, run_id, ti, max(ti.try_number, 1))
     return sum(
         1
         for line in merged_by_time(files)
@@ -384,10 +388,10 @@ class Stream:
         return len(self.numbers) - len(set(self.numbers))
 
 
-def output_tries(run: ProductionRun, dag_id: str, shard: int) -> list[Stream]:
+def output_tries(run: ProductionRun, shard: int) -> list[Stream]:
     """The tries of a task whose log holds output lines (one, unless something ran twice)."""
     found = []
-    for try_number, lines in sorted(run.lines[(dag_id, shard)].items()):
+    for try_number, lines in sorted(run.lines[shard].items()):
         output = [line for line in lines if SHARD_LINE.match(line.event)]
         if output:
             numbers = [int(SHARD_LINE.match(line.event).group(2)) for line in output]  # type: ignore[union-attr]
@@ -409,8 +413,8 @@ def last_tick(stream: Stream, job_id: int) -> int:
 def takeovers(run: ProductionRun, fault: Fault) -> list[float]:
     """For each task whose watch the fault moved: seconds from the fault to its next line, by another writer."""
     found = []
-    for dag_id, shard in run.lines:
-        for stream in output_tries(run, dag_id, shard):
+    for shard in run.lines:
+        for stream in output_tries(run, shard):
             if fault.job_id not in stream.writers:
                 continue
             after = [
@@ -427,13 +431,12 @@ def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.1f}s, max {values[-1]:.1f}s ({len(values)} tasks)"
 
 
-def worker_kill_victims(run: ProductionRun) -> list[tuple[str, int]]:
-    """Tasks whose first try died with the Celery worker: never deferred, retried."""
+def worker_kill_victims(run: ProductionRun) -> list[int]:
+    """Tasks whose first try died with the Celery worker: it never deferred, and was retried."""
     return sorted(
-        (dag_id, shard)
-        for dag_id, tis in run.tis.items()
-        for shard, (_, tries) in tis.items()
+        shard
+        for shard, (_, tries) in run.tis.items()
         if tries >= 2
-        and not any(writer(line) is not None for line in run.lines[(dag_id, shard)][1])
-        and not any("exited with code" in line.event for line in run.lines[(dag_id, shard)][1])
+        and not any(writer(line) is not None for line in run.lines[shard][1])
+        and not any("exited with code" in line.event for line in run.lines[shard][1])
     )

@@ -13,10 +13,11 @@ import pytest
 from e2e_support import submitted_job_ids
 from production_scenario import (
     FAN_OUT,
-    FANOUTS,
+    MODES,
     ProductionRun,
     exit_code,
     last_tick,
+    mode_of,
     output_tries,
     run_fanouts,
     spread,
@@ -41,62 +42,63 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> ProductionRun:
 # ---------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.parametrize("dag_id", FANOUTS)
-def test_every_task_ends_with_its_jobs_exit_code(production: ProductionRun, dag_id: str) -> None:
-    tis = production.tis[dag_id]
+def shards(mode: str) -> list[int]:
+    return [shard for shard in range(FAN_OUT) if mode_of(shard) == mode]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_task_ends_with_its_jobs_exit_code(production: ProductionRun, mode: str) -> None:
+    tis = {shard: production.tis[shard] for shard in shards(mode)}
     report(
-        f"e2e production shape, {FAN_OUT}-way fan-out submit_from={FANOUTS[dag_id]!r}: start "
-        f"{production.seconds['start']:.0f}s, all deferred after {production.seconds['ramp']:.0f}s, runs "
+        f"e2e production shape, {FAN_OUT}-way fan-out, the {len(tis)} tasks with submit_from={mode!r}: start "
+        f"{production.seconds['start']:.0f}s, all deferred after {production.seconds['ramp']:.0f}s, run "
         f"done after {production.seconds['runs']:.0f}s; states {dict(Counter(state for state, _ in tis.values()))}; "
         f"tries {dict(Counter(tries for _, tries in tis.values()))}; scheduler race lines {len(production.race_lines)}"
     )
-    assert sorted(tis) == list(range(FAN_OUT))
-    wrong = {
-        shard: state
-        for shard, (state, _) in tis.items()
-        if state != ("skipped" if exit_code(shard) else "success")
-    }
+    assert sorted(production.tis) == list(range(FAN_OUT))
+    expected = {shard: "skipped" if exit_code(shard) else "success" for shard in tis}
+    wrong = {shard: state for shard, (state, _) in tis.items() if state != expected[shard]}
     assert not wrong, f"tasks not ended by their job's exit code: {wrong}"
     for shard in tis:
-        text = "\n".join(line.event for lines in production.lines[(dag_id, shard)].values() for line in lines)
+        text = "\n".join(line.event for lines in production.lines[shard].values() for line in lines)
         assert f"exited with code {exit_code(shard)}" in text, (
-            f"shard {shard}: no exit code {exit_code(shard)} in its log"
+            f"shard {shard}: no exit code {exit_code(shard)}"
         )
-    assert production.states[dag_id] == "success"
+    assert production.state == "success"
 
 
-@pytest.mark.parametrize("dag_id", FANOUTS)
-def test_one_remote_job_per_task_instance(production: ProductionRun, dag_id: str) -> None:
-    per_task = [production.launches[f"{dag_id} {shard}"] for shard in range(FAN_OUT)]
+@pytest.mark.parametrize("mode", MODES)
+def test_one_remote_job_per_task_instance(production: ProductionRun, mode: str) -> None:
+    per_task = {shard: production.launches[f"{mode} {shard}"] for shard in shards(mode)}
     report(
-        f"e2e production shape, {dag_id}: remote jobs per task instance {dict(Counter(per_task))} (jobs: tasks)"
+        f"e2e production shape, submit_from={mode!r}: remote jobs per task instance "
+        f"{dict(Counter(per_task.values()))} (jobs: tasks)"
     )
-    assert per_task == [1] * FAN_OUT, {shard: n for shard, n in enumerate(per_task) if n != 1}
-    assert all(len(output_tries(production, dag_id, shard)) == 1 for shard in range(FAN_OUT))
+    assert set(per_task.values()) == {1}, {shard: n for shard, n in per_task.items() if n != 1}
+    assert all(len(output_tries(production, shard)) == 1 for shard in per_task)
 
 
 def test_celery_worker_killed_while_tasks_submit_the_retries_reattach(production: ProductionRun) -> None:
     fault = production.faults["worker"]
     victims = worker_kill_victims(production)
-    retried = [production.lines[key].get(2, []) for key in victims]
+    retried = [production.lines[shard].get(2, []) for shard in victims]
     recoveries = sorted((lines[0].timestamp - fault.at).total_seconds() for lines in retried if lines)
     # Victims whose first try had its submit answered: the job ran before the worker died.
-    submitted = [key for key in victims if submitted_job_ids([x.event for x in production.lines[key][1]])]
+    submitted = [
+        shard for shard in victims if submitted_job_ids([x.event for x in production.lines[shard][1]])
+    ]
     reattached = [
-        key
-        for key in submitted
+        shard
+        for shard in submitted
         if any(
-            REATTACHED_TEXT in line.event
-            for n, lines in production.lines[key].items()
-            if n > 1
-            for line in lines
+            REATTACHED_TEXT in x.event for n, lines in production.lines[shard].items() if n > 1 for x in lines
         )
     ]
     report(
         f"e2e production shape, Celery worker {fault.component} SIGKILLed ({fault.detail}), started again "
-        f"{production.seconds['worker back']:.0f}s later: {len(victims)} task(s) lost with it {victims}; "
-        f"{len(submitted)} had launched their job, {len(reattached)} of those re-attached by a retry; "
-        f"kill -> retry started: {spread(recoveries)}"
+        f"{production.seconds['worker back']:.0f}s later: {len(victims)} task(s) lost with it (shards "
+        f"{victims}: {dict(Counter(mode_of(shard) for shard in victims))}); {len(submitted)} had launched "
+        f"their job, {len(reattached)} of those re-attached by a retry; kill -> retry started: {spread(recoveries)}"
     )
     # The premise: the kill took running tasks with it, and Airflow failed and retried them.
     assert victims, "no task ran on the killed Celery worker: the kill tested nothing"
@@ -105,25 +107,26 @@ def test_celery_worker_killed_while_tasks_submit_the_retries_reattach(production
         f"retries that did not re-attach: {sorted(set(submitted) - set(reattached))}"
     )
     # Each victim's job ran once (test_one_remote_job_per_task_instance) and its output is whole.
-    for key in victims:
-        (stream,) = output_tries(production, *key)
-        assert stream.lost == 0, (key, stream.numbers)
+    for shard in victims:
+        (stream,) = output_tries(production, shard)
+        assert stream.lost == 0, (shard, stream.numbers)
 
 
-@pytest.mark.parametrize("dag_id", FANOUTS)
+@pytest.mark.parametrize("mode", MODES)
 def test_no_line_lost_and_only_the_dead_triggerers_last_tick_repeated(
-    production: ProductionRun, dag_id: str
+    production: ProductionRun, mode: str
 ) -> None:
     killed, restarted = production.faults["triggerer"].job_id, production.faults["restart"].job_id
+    assert killed is not None and restarted is not None
     lost = most_repeated = 0
-    for shard in range(FAN_OUT):
-        (stream,) = output_tries(production, dag_id, shard)
+    for shard in shards(mode):
+        (stream,) = output_tries(production, shard)
         where = (
             f"shard {shard} try {stream.try_number}: {list(zip(stream.numbers, stream.writers, strict=True))}"
         )
         lost += stream.lost
         most_repeated = max(most_repeated, stream.repeated)
-        assert stream.lost == 0, where
+        assert stream.lost == 0, f"printed {stream.printed}; {where}"
         for k in range(1, len(stream.numbers)):
             previous, current = stream.numbers[k - 1], stream.numbers[k]
             if current == previous + 1:
@@ -139,8 +142,8 @@ def test_no_line_lost_and_only_the_dead_triggerers_last_tick_repeated(
         ]
         assert all(stream.numbers[k] == stream.numbers[k - 1] + 1 for k in handovers), where
     report(
-        f"e2e production shape, {dag_id}: lines lost {lost}, lines repeated per task at most {most_repeated} "
-        f"(SIGKILLed triggerer's last tick), 0 allowed at the graceful restart"
+        f"e2e production shape, submit_from={mode!r}: lines lost {lost}, lines repeated per task at most "
+        f"{most_repeated} (the SIGKILLed triggerer's last tick), none at the graceful restart"
     )
 
 
@@ -148,10 +151,11 @@ def test_triggerer_killed_and_restarted_their_tasks_move_and_resume(production: 
     killed, restarted = production.faults["triggerer"], production.faults["restart"]
     after_kill, after_restart = takeovers(production, killed), takeovers(production, restarted)
     report(
-        f"e2e production shape, triggerer {killed.component} SIGKILLed while watching: every trigger on the "
-        f"other after {production.seconds['failover']:.0f}s (with the replacement started); kill -> next line "
-        f"from another triggerer: {spread(after_kill)}. Graceful restart of {restarted.component}: stop -> next "
-        f"line: {spread(after_restart)}"
+        f"e2e production shape, triggerer {killed.component} SIGKILLed while watching ({killed.detail}): "
+        f"every trigger on the other after {production.seconds['failover']:.0f}s; kill -> next line from "
+        f"another triggerer: {spread(after_kill)}. Graceful restart of {restarted.component} "
+        f"({restarted.detail}, stop took {production.seconds['graceful stop']:.0f}s): stop -> next line: "
+        f"{spread(after_restart)}"
     )
     assert after_kill, "the SIGKILL moved no task: nothing was tested"
     assert after_restart, "the graceful restart moved no task: nothing was tested"
@@ -161,29 +165,22 @@ def test_connections_per_host_equal_the_live_triggerers_holding_its_triggers(
     production: ProductionRun,
 ) -> None:
     samples = production.samples
-    peaks = production.sampler.peak
     report(
-        f"e2e production shape: connections to the host per triggerer, most at once {peaks}; {len(samples)} "
-        "samples over the run"
+        f"e2e production shape: connections to the host per triggerer, most at once {production.sampler.peak}; "
+        f"{len(samples)} samples over the run"
     )
     too_many = [(phase, conns) for phase, _, conns in samples if any(n > 1 for n in conns.values())]
     assert not too_many, too_many
     for phase in ("two triggerers", "after the failover", "after the restart"):
+        seen = [(held, conns) for name, held, conns in samples if name == phase]
         steady = [
-            conns
-            for name, held, conns in samples
-            if name == phase
-            and conns == {triggerer: int(held.get(triggerer, 0) > 0) for triggerer in conns}
-            and sum(conns.values()) == len([t for t in conns if held.get(t)])
+            conns for held, conns in seen if conns == {name: int(held.get(name, 0) > 0) for name in conns}
         ]
-        assert steady, f"{phase}: no sample with one connection per triggerer holding triggers: " + str(
-            [(held, conns) for name, held, conns in samples if name == phase][-5:]
-        )
+        assert steady, f"{phase}: no sample with one connection per triggerer holding triggers: {seen[-5:]}"
     two = [conns for name, _, conns in samples if name == "two triggerers"]
     assert any(sum(conns.values()) == 2 for conns in two), two[-5:]
 
 
-@pytest.mark.parametrize("dag_id", FANOUTS)
-def test_no_job_directory_left(production: ProductionRun, dag_id: str) -> None:
-    left = job_dirs(production.remote_dir / dag_id)
+def test_no_job_directory_left(production: ProductionRun) -> None:
+    left = job_dirs(production.remote_dir)
     assert not left, left
