@@ -224,7 +224,7 @@ def run_fanouts(base: Path) -> ProductionRun:
             FLOWING_TIMEOUT,
             lambda: (
                 sample(deployment, run, "after the restart")
-                or flowing(deployment, run_id, since=run.faults["restart"].at)
+                or flowing(deployment, run_id, since=run.faults["restart"].at, lines=1)
             ),
             deployment,
         )
@@ -276,10 +276,15 @@ def all_deferred(deployment: ProductionDeployment, run_id: str, launches: Path) 
     return len(tis) == FAN_OUT and all(ti.state == "deferred" for ti in tis) and launched(launches) >= FAN_OUT
 
 
-def flowing(deployment: ProductionDeployment, run_id: str, since: datetime | None = None) -> bool:
-    """Every task's current try logged LINES_BEFORE_KILL output lines (after ``since``, if given)."""
+def flowing(
+    deployment: ProductionDeployment,
+    run_id: str,
+    since: datetime | None = None,
+    lines: int = LINES_BEFORE_KILL,
+) -> bool:
+    """Every task's current try logged ``lines`` output lines (after ``since``, if given)."""
     return all(
-        lines_logged(deployment, run_id, ti, since) >= LINES_BEFORE_KILL
+        lines_logged(deployment, run_id, ti, since) >= lines
         for ti in deployment.task_instances(DAG_ID, run_id)
     )
 
