@@ -159,7 +159,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
     def _make_hook(self, attempts: int = 1) -> SSHHookAsync:
         # One connect attempt per call by default: the reconnect budget governs retries.
         return SSHHookAsync(
-            ssh_conn_id=self.spec.ssh_conn_id, host=self.spec.remote_host, conn_retry_attempts=attempts
+            ssh_conn_id=self.spec.ssh_conn_id,
+            remote_host=self.spec.remote_host or "",
+            conn_retry_attempts=attempts,
         )
 
     def make_session(self, settings: SSHConnectionSettings, hook: SSHHookAsync) -> HostSession:
