@@ -2,7 +2,7 @@
 # the job, runs the command and records how it ended. Started as
 # `/bin/sh <job_dir>/run.sh <job_dir>` under setsid (or nohup), so its pid leads the job's
 # process group.
-# shellcheck disable=SC2154 # st, pst and boot_now come from process.sh, which precedes this file
+# shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
 jd=$1
 cd "$jd" || exit 1
 # The one wrapper that creates "claimed" owns the job; any later one leaves at once.
@@ -10,7 +10,7 @@ mkdir claimed 2>/dev/null || exit 0
 # The start time and boot id come before the pid: whoever sees the pid can verify it (the
 # poll compares them the same way, with the functions of process.sh).
 started_at $$
-if [ -n "$st" ]; then printf '%s\n' "$st" > start; else ps_started $$; printf 'ps:%s\n' "$pst" > start; fi
+if [ -n "$start_ticks" ]; then printf '%s\n' "$start_ticks" > start; else ps_started $$; printf 'ps:%s\n' "$ps_start" > start; fi
 if [ -n "$boot_now" ]; then printf '%s\n' "$boot_now" > boot_id; fi
 # Without a recorded pid the job could neither be watched nor killed: do not run it.
 { printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid; } || exit 1
