@@ -34,6 +34,7 @@ more than one per triggerer, one for each triggerer that holds triggers of the h
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 import time
@@ -73,8 +74,8 @@ RAMP_TIMEOUT = 300.0
 FLOWING_TIMEOUT = 90.0
 FAILOVER_TIMEOUT = 90.0
 RUN_TIMEOUT = 420.0
-#: Output of one batch poll reaches the task log within milliseconds; polls are >= 1 s apart.
-SAME_POLL_SECONDS = 0.3
+#: Lines of one batch poll reach the task log milliseconds apart; polls are >= 1 s apart.
+SAME_POLL_SECONDS = 0.4
 SHARD_LINE = re.compile(r"^shard (\d+) line (\d+)$")
 PRINTED_LINE = re.compile(r"^shard (\d+) printed (\d+) lines$")
 
@@ -410,9 +411,18 @@ def output_tries(run: ProductionRun, shard: int) -> list[Stream]:
 
 
 def last_tick(stream: Stream, job_id: int) -> int:
-    """How many lines the triggerer ``job_id`` wrote in its last poll of this task (one burst)."""
+    """
+    How many lines the triggerer ``job_id`` wrote in its last poll of this task: the last burst,
+    lines less than SAME_POLL_SECONDS apart (a catch-up burst of many lines takes a while to log
+    on a busy machine, but polls are a second or more apart).
+    """
     mine = [line.timestamp for line in stream.lines if writer(line) == job_id]
-    return sum((mine[-1] - stamp).total_seconds() <= SAME_POLL_SECONDS for stamp in mine) if mine else 0
+    count = 1 if mine else 0
+    for later, earlier in itertools.pairwise(reversed(mine)):
+        if (later - earlier).total_seconds() > SAME_POLL_SECONDS:
+            break
+        count += 1
+    return count
 
 
 def takeovers(run: ProductionRun, fault: Fault) -> list[float]:
