@@ -240,6 +240,7 @@ submit_ended() {
 wait_for_launches() {
   i=0
   for k in ${sk:-}; do
+    s='' d=''
     eval "s=\$launched_$k d=\$job_dir_$k"
     [ "$s" = 1 ] || continue
     while [ ! -s "$d/pid" ] && [ ! -f "$d/exit_code" ] && [ "$i" -lt 50 ]; do
