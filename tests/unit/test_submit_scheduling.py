@@ -24,6 +24,7 @@ from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_TICK, PollScheduler, Watch
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH as PER_BATCH
+from support.jobs import wait_until
 from support.protocol import run_sh
 
 BACKOFF = BackoffPolicy(initial=2.0, maximum=8.0)
@@ -179,11 +180,15 @@ def test_a_batch_of_submits_starts_each_job_once_and_a_resend_re_attaches(
     ]
 
     first = run(entries, poll_interpreter)
+    # A batch answers without waiting for the wrappers' pids (the next batch is not held back):
+    # they come with the next poll.
+    assert all(isinstance(r, JobStatus) and r.launched is True for r in first.values()), first
+    pid_files = [Path(e.paths.pid_file) for e in entries]
+    wait_until(lambda: all(p.is_file() and p.read_text().strip() for p in pid_files), what="every pid")
     again = run(entries, poll_interpreter)
 
-    assert all(isinstance(r, JobStatus) and r.launched is True and r.pid for r in first.values()), first
     assert all(isinstance(r, JobStatus) and r.launched is False for r in again.values()), again
-    assert [r.pid for r in again.values()] == [r.pid for r in first.values()]
+    assert [r.pid for r in again.values()] == [int(p.read_text()) for p in pid_files]
     assert all(r.remote_os for r in first.values())
     assert sorted(launches(base)) == sorted(f"job{i}" for i in range(12))
     assert oct(os.stat(base).st_mode & 0o777) == "0o700"

@@ -35,7 +35,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_working_dir,
 )
-from ssh_jobs_provider.protocol.scripts import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
 
