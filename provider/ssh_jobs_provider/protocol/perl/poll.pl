@@ -11,7 +11,8 @@ $boot_now = '' unless defined $boot_now;
 binmode STDOUT;
 my $out = '';
 
-# What `read -r v < FILE` gives: the first line, surrounding blanks removed ('' if unreadable).
+# What `read -r v < FILE` gives: the first line, surrounding blanks (spaces and tabs, the
+# shell's IFS; never a carriage return) removed ('' if unreadable).
 sub first_line {
     my ($path) = @_;
     open(my $fh, '<', $path) or return '';
@@ -20,8 +21,8 @@ sub first_line {
     read $fh, $line, 4096;
     close $fh;
     $line =~ s/\n.*//s;
-    $line =~ s/\A\s+//;
-    $line =~ s/\s+\z//;
+    $line =~ s/\A[ \t]+//;
+    $line =~ s/[ \t]+\z//;
     return $line;
 }
 

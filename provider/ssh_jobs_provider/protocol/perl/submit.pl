@@ -295,6 +295,9 @@ sub submit_one {
     }
 }
 
+# Everything a submit creates is the SSH user's alone (the sh form's `umask 077`); the polls
+# that follow write with the session's own umask, as they do in sh.
+my $session_umask = umask 077;
 my ($submit, @files);
 while (defined(my $line = <DATA>)) {
     chomp $line;
@@ -314,4 +317,5 @@ while (defined(my $line = <DATA>)) {
         @files = ();
     }
 }
+umask $session_umask;
 print @answered;
