@@ -161,18 +161,24 @@ def build_submit_script(
         raise ValueError(f"A submit runs in one of {SUBMIT_INTERPRETERS}, not {interpreter!r}.")
     validate_token(token)
     call = SubmitCall(None, paths, token, job_files(command, environment, working_dir, token), wait=True)
-    # The submit's poll of its job, answered after the submit header (key 0).
+    # The submit's poll of its job, answered after the submit header (key 0). The perl form
+    # reads the boot id itself: it needs none of the sh functions.
     poll = f"0\t0\t0\t0\t{token}\t{paths.job_dir}\n"
-    perl = perl_submits([call], poll)
-    sh = shell_source("submit.sh") + sh_submit(call)
+    perl = perl_call('"$T"', perl_records([call]) + poll, perl_program())
+    sh = script_prelude(PROTOCOL_TAG) + shell_source("submit.sh") + sh_submit(call)
     if interpreter == "perl":
-        body = perl
+        body = f"T={PROTOCOL_TAG}\n" + perl
     elif interpreter == "sh":
         body = sh
     else:
-        # `command -v` is a builtin: a host without perl pays nothing for trying.
-        body = f"if command -v perl >/dev/null 2>&1 && {perl.rstrip()}; then exit 0; fi\n" + sh
-    return as_whole("umask 077\n" + script_prelude(PROTOCOL_TAG) + body)
+        # `command -v` is a builtin: a host without perl pays nothing for trying. The sh form
+        # is one quoted word until it is needed: a host with perl does not even parse it.
+        body = (
+            f"T={PROTOCOL_TAG}\n"
+            f"if command -v perl >/dev/null 2>&1 && {perl.rstrip()}; then exit 0; fi\n"
+            f"eval {_q(sh)}\n"
+        )
+    return as_whole("umask 077\n" + body)
 
 
 def submit_calls(submits: Sequence[SubmitCall], interpreter: str, polls: str) -> str:

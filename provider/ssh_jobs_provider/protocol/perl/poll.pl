@@ -5,9 +5,11 @@
 # standard input (never as a here-document: no temporary file, so a full /tmp cannot stop it);
 # the entries follow __END__, one per line:
 #   KEY <tab> OFFSET <tab> MAX <tab> DELIVERED <tab> TOKEN <tab> DIR
-# Arguments: the answers' tag and the kernel boot id (process.sh's $boot_now, may be empty).
+# Arguments: the answers' tag and the kernel boot id (process.sh's $boot_now, may be empty;
+# read here when not given).
 my ($tag, $boot_now) = @ARGV;
-$boot_now = '' unless defined $boot_now;
+$boot_now = -r '/proc/sys/kernel/random/boot_id' ? first_line('/proc/sys/kernel/random/boot_id') : ''
+  unless defined $boot_now;
 binmode STDOUT;
 my $out = '';
 
