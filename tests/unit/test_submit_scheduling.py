@@ -22,8 +22,7 @@ from ssh_jobs_provider.protocol.monitor import JobMonitor
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.retry import BackoffPolicy
-from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_TICK, PollScheduler, Watch
-from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_BATCH_BYTES
+from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_BATCH_BYTES, SUBMIT_TICK, PollScheduler, Watch
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH as PER_BATCH
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_PERL_BATCH as PER_PERL_BATCH
 from support.jobs import wait_until
