@@ -67,8 +67,8 @@ def notes(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
         "(more tasks take turns), all released together; their handshakes are the submits only (the watch "
         "would add one per triggerer). Triggerer mode: every `execute()` (no network) one after the other, "
         "then every trigger in ONE triggerer process, submitting and watching; its figures cover both.",
-        "Server CPU: sshd and every process it reaped (handshakes, sessions, the submit's tools); a job's "
-        "detached wrapper is the job's own and is not counted, for either implementation. "
+        "Server CPU: sshd and every process it reaped (handshakes, sessions, the submits' tools); a job's "
+        "detached wrapper (and the job) counts only when it ended before the session that started it. "
         "Jobs started once: counted on the host, from the line each job writes when it starts. "
         "Client CPU: the worker processes' summed, or the triggerer process's (its executes included).",
     ]
