@@ -295,9 +295,11 @@ sub submit_one {
         put(@$_) for @$files, [ 'run.sh', $wrapper_text ];
         launch_wrapper();
     }
-    for (1 .. ($wait ? 50 : 0)) {
+    # Looks every 10 ms (no process started for it): the answer, and the session, end as soon
+    # as the pid is there.
+    for (1 .. ($wait ? 500 : 0)) {
         last if -s "$jd/pid" || -f "$jd/exit_code";
-        select undef, undef, undef, 0.1;
+        select undef, undef, undef, 0.01;
     }
     $submit_os = os_name() unless defined $submit_os;
     if ($key eq '-') {
