@@ -351,8 +351,9 @@ def test_a_batch_of_every_fixture_answers_alike_in_sh_and_perl(twin_roots: dict[
         assert expected in answer, expected
 
 
-def test_the_worker_submit_falls_back_to_sh_without_perl(tmp_path: Path) -> None:
-    # A PATH with every tool the sh form uses, and no perl.
+@pytest.mark.parametrize("perl", ["missing", "broken"])
+def test_the_worker_submit_falls_back_to_sh_without_a_working_perl(tmp_path: Path, perl: str) -> None:
+    # A PATH with every tool the sh form uses, and no perl, or one that cannot run the program.
     tools = tmp_path / "tools"
     tools.mkdir()
     for tool in (
@@ -373,6 +374,9 @@ def test_the_worker_submit_falls_back_to_sh_without_perl(tmp_path: Path) -> None
         real = shutil.which(tool)
         assert real, tool
         (tools / tool).symlink_to(real)
+    if perl == "broken":
+        (tools / "perl").write_text("#!/bin/sh\necho 'syntax error at - line 1' >&2\nexit 255\n")
+        (tools / "perl").chmod(0o755)
     paths = RemoteJobPaths("job", str(tmp_path / "jobs"))
     script = build_submit_script(paths, COMMAND, {}, TOKEN)
     try:
