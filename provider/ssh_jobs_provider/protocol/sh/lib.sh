@@ -13,6 +13,8 @@ stat_of() {
   set -- $(ls -ldn "$1" 2>/dev/null)
   set +f
   m=${1:-} o=${3:-}
+  # The type and the permissions only: ls may append "+" (an ACL) or "." (an SELinux context).
+  case $m in ???????????*) m=${m%"${m#??????????}"} ;; esac
 }
 
 # whoami_uid: me = the SSH user's uid (asked once per script).
