@@ -1,0 +1,186 @@
+# Slurm: submit a job's command as a batch script, ask Slurm for the state of every Slurm job
+# of a batch in one squeue (sacct for the jobs squeue no longer shows), and scancel one job.
+# POSIX sh; the caller defines T and puts process.sh and lib.sh before this file (and, for a
+# submit, submit.sh: begin, put, refuse). The job directory keeps the token, the command, the
+# log (sbatch --output) and `slurm_job`, the id Slurm gave the job.
+# shellcheck disable=SC2154 # jd, tok, launched and me come from submit.sh and lib.sh
+
+# slurm_launch [SBATCH OPTION...]: submit the job of $jd (files written by `put`) with sbatch;
+# records its id in slurm_job, or refuses (removing what this submit created) with sbatch's
+# own words. The command is the batch script as written: its #! line chooses the
+# interpreter and its #SBATCH lines apply, except where the options given here say otherwise
+# (they come from scheduler_options, and win, as command-line options do in sbatch).
+slurm_launch() {
+  sbatch_path=$(command -v sbatch 2>/dev/null) || sbatch_path=
+  if [ -z "$sbatch_path" ]; then
+    refuse noslurm "sbatch is not on the PATH of the SSH user's non-interactive shell on $(uname -n 2>/dev/null)"
+  fi
+  # Claimed atomically: of two submits of the same job (a re-sent one), one runs sbatch.
+  mkdir "$jd/claimed" 2>/dev/null || { launched=0; return 0; }
+  first=
+  IFS= read -r first < "$jd/command.sh"
+  case $first in
+    '#!'*) { cat "$jd/command.sh" > "$jd/batch.sh"; } 2>/dev/null || abort "writing batch.sh" ;;
+    *)
+      # sbatch wants an interpreter line: the same shell the detached wrapper would use.
+      batch_shell=$(command -v bash 2>/dev/null) || batch_shell=/bin/sh
+      { { printf '#!%s\n' "$batch_shell"; cat "$jd/command.sh"; } > "$jd/batch.sh"; } 2>/dev/null ||
+        abort "writing batch.sh"
+      ;;
+  esac
+  wd=
+  [ -f "$jd/workdir" ] && IFS= read -r wd < "$jd/workdir"
+  # shellcheck disable=SC2088 # a literal "~" from the operator's remote_working_dir
+  case $wd in
+    ''|'~') wd=${HOME:-/} ;;
+    '~/'*) wd=${HOME:-}/${wd#??} ;;
+  esac
+  { : >> "$jd/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
+  # The job's environment applies to sbatch's own (which Slurm hands to the job); sbatch
+  # itself was found before it, so a PATH there cannot change which sbatch runs.
+  answer=$(
+    SSH_JOBS_JOB_ID=${jd##*/}
+    SSH_JOBS_JOB_DIR=$jd
+    SSH_JOBS_LOG_FILE=$jd/stdout.log
+    export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE
+    # shellcheck disable=SC1091 # written by the submit
+    . "$jd/env.sh"
+    "$sbatch_path" --parsable --output="$jd/stdout.log" --open-mode=append --chdir="$wd" \
+      "$@" "$jd/batch.sh" </dev/null 2>&1
+  )
+  status=$?
+  # --parsable answers "id" or "id;cluster"; warnings may come before it, the id is last.
+  slurm_id=${answer##*
+}
+  slurm_id=${slurm_id%%;*}
+  case $status:$slurm_id in
+    0:[0-9]*)
+      case $slurm_id in *[!0-9]*) ;; *) put slurm_job "$slurm_id
+"; launched=1; return 0 ;; esac
+      ;;
+  esac
+  # Refused (or not understood): nothing was queued. What sbatch said, on one line.
+  rmdir "$jd/claimed" 2>/dev/null
+  reason=$(printf '%s' "$answer" | tr '\n' ' ')
+  refuse sbatch "sbatch (status $status): ${reason:-no message}"
+}
+
+# slurm_submitted: the worker's submit answer: whether this submit queued the job, and its id.
+slurm_submitted() {
+  slurm_id=
+  [ -f "$jd/slurm_job" ] && read -r slurm_id < "$jd/slurm_job"
+  echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched slurm=$slurm_id"
+}
+
+# slurm_states KEY DIR [KEY DIR ...]: one "slurm" line per KEY: the state Slurm holds for the
+# job recorded in DIR. ONE squeue for all of them; ONE sacct for those squeue no longer shows
+# (they aged out of slurmctld after MinJobAge). Answers, per KEY:
+#   TAG slurm key=KEY job=ID state=STATE exit=STATUS from=squeue|sacct reason=REASON
+# (exit: squeue's raw wait status, or sacct's CODE:SIGNAL), or state=unknown (neither knows
+# ID), state=nojob (no id recorded: not submitted yet, or not a Slurm job), state=error
+# (squeue is missing or failed: reason= says why; nothing is known about any job).
+slurm_states() {
+  slurm_ids=
+  slurm_keys=
+  while [ $# -ge 2 ]; do
+    slurm_id=
+    [ -f "$2/slurm_job" ] && read -r slurm_id < "$2/slurm_job" 2>/dev/null
+    case $slurm_id in
+      ''|*[!0-9]*) echo "$T slurm key=$1 state=nojob" ;;
+      *)
+        eval "slurm_key_$slurm_id=\"\${slurm_key_$slurm_id:-} $1\""
+        slurm_ids="$slurm_ids,$slurm_id"
+        slurm_keys="$slurm_keys $1:$slurm_id"
+        ;;
+    esac
+    shift 2
+  done
+  [ -n "$slurm_ids" ] || return 0
+  if ! command -v squeue >/dev/null 2>&1; then
+    slurm_error "squeue is not on the PATH of the SSH user's non-interactive shell"
+    return 0
+  fi
+  # -t all: finished jobs too (until MinJobAge). "|" ends every field, so none is padded.
+  listed=$(squeue -h -t all -j "${slurm_ids#,}" -O 'JobID:|,State:|,exit_code:|,Reason:|' 2>&1)
+  status=$?
+  # A single id that squeue no longer knows makes it fail ("Invalid job id"): that is an answer
+  # (sacct decides), any other failure is not.
+  case $status:$listed in
+    0:*) ;;
+    *'Invalid job id'*) listed= ;;
+    *) slurm_error "squeue failed (status $status): $(printf '%s' "$listed" | tr '\n' ' ')"; return 0 ;;
+  esac
+  slurm_answer squeue "$listed" '|'
+  missing=
+  for pair in $slurm_keys; do
+    eval "seen=\${slurm_seen_${pair#*:}:-}"
+    [ -n "$seen" ] || missing="$missing,${pair#*:}"
+  done
+  [ -n "$missing" ] || return 0
+  # Aged out of squeue: the accounting database, else the job completion log (sacct -c).
+  listed=$(sacct -n -P -X -j "${missing#,}" -o JobIDRaw,State,ExitCode,Reason 2>/dev/null) ||
+    listed=$(sacct -c -n -P -j "${missing#,}" -o JobIDRaw,State,ExitCode 2>/dev/null) ||
+    listed=
+  slurm_answer sacct "$listed" '|'
+  for pair in $slurm_keys; do
+    eval "seen=\${slurm_seen_${pair#*:}:-}"
+    [ -n "$seen" ] || echo "$T slurm key=${pair%%:*} job=${pair#*:} state=unknown"
+  done
+}
+
+# slurm_answer SOURCE LINES SEPARATOR: a "slurm" line for every key whose job is in LINES
+# (ID, STATE, EXIT, REASON per line); each job counted once (sacct may list it twice).
+slurm_answer() {
+  source=$1 separator=$3
+  old_ifs=$IFS
+  set -f
+  IFS='
+'
+  for line in $2; do
+    IFS=$separator
+    # shellcheck disable=SC2086 # split on the separator, on purpose
+    set -- $line
+    IFS='
+'
+    job=${1:-} state=${2:-} exit_status=${3:-} reason=${4:-}
+    case $job in ''|*[!0-9]*) continue ;; esac
+    eval "seen=\${slurm_seen_$job:-} keys=\${slurm_key_$job:-}"
+    if [ -n "$seen" ] || [ -z "$keys" ]; then continue; fi
+    eval "slurm_seen_$job=1"
+    # sacct says "CANCELLED by 1234": the state is the first word.
+    state=${state%% *}
+    IFS=' '
+    for key in $keys; do
+      echo "$T slurm key=$key job=$job state=$state exit=$exit_status from=$source reason=$reason"
+    done
+    IFS='
+'
+  done
+  IFS=$old_ifs
+  set +f
+}
+
+# slurm_error WHY: every job asked about gets state=error, with WHY.
+slurm_error() {
+  for pair in $slurm_keys; do
+    echo "$T slurm key=${pair%%:*} job=${pair#*:} state=error reason=$1"
+  done
+}
+
+# slurm_cancel DIR TOKEN: scancel the Slurm job recorded in DIR, if DIR is the SSH user's and
+# carries TOKEN. Answers "TAG kill state=cancelled job=ID", or state=not-started (no id
+# recorded), missing (no directory), foreign (not this job's: nothing cancelled) or failed
+# (scancel refused: reason= says why).
+slurm_cancel() {
+  if [ ! -d "$1" ]; then echo "$T kill state=missing"; return 0; fi
+  if ! owned_by_job "$1" "$2"; then echo "$T kill state=foreign"; return 0; fi
+  slurm_id=
+  [ -f "$1/slurm_job" ] && read -r slurm_id < "$1/slurm_job"
+  case $slurm_id in ''|*[!0-9]*) echo "$T kill state=not-started"; return 0 ;; esac
+  # A finished job is not an error for scancel (it says so on stderr, status 0).
+  if said=$(scancel "$slurm_id" 2>&1); then
+    echo "$T kill state=cancelled job=$slurm_id"
+  else
+    echo "$T kill state=failed job=$slurm_id reason=$(printf '%s' "$said" | tr '\n' ' ')"
+  fi
+}

@@ -1,0 +1,190 @@
+"""The Slurm scripts against a real Slurm (slurmctld, slurmd, munge started by the test run).
+
+The scripts are fed to ``/bin/sh -s`` as the hooks feed them to a login node; what they
+answer is parsed by the pure code the trigger uses. One end state per test, each produced
+the way it happens on a cluster (an exit code, a signal, scancel, a time limit, a failed
+node, preemption), and read back from Slurm's own record.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ssh_jobs_provider.protocol.answers import SubmitRefused
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
+from ssh_jobs_provider.protocol.kill import parse_kill_answer
+from ssh_jobs_provider.protocol.scripts import batch_tag
+from ssh_jobs_provider.protocol.slurm import (
+    build_slurm_cancel_script,
+    build_slurm_states_script,
+    build_slurm_submit_script,
+    parse_slurm_submit_output,
+    refusal_message,
+    sbatch_arguments,
+)
+from ssh_jobs_provider.protocol.slurm_state import SlurmJobView, SlurmRecord, parse_slurm_states
+from support.slurm import SlurmCluster, run_sh_slurm, wait_for
+
+pytestmark = pytest.mark.slurm
+
+
+def submit(
+    cluster: SlurmCluster,
+    base: Path,
+    command: str,
+    options: dict[str, object] | None = None,
+    name: str = "job",
+    token: str | None = None,
+) -> tuple[RemoteJobPaths, str, str]:
+    """Submit ``command``; (paths, token, Slurm job id)."""
+    paths = RemoteJobPaths(name, str(base))
+    token = token or new_job_token()
+    script = build_slurm_submit_script(
+        paths, command, {"GREETING": "hello there"}, token, None, sbatch_arguments(options)
+    )
+    answer = parse_slurm_submit_output(run_sh_slurm(cluster, script))
+    assert answer.slurm_job_id.isdigit(), answer
+    return paths, token, answer.slurm_job_id
+
+
+def states(cluster: SlurmCluster, jobs: list[RemoteJobPaths]) -> dict[int, SlurmRecord]:
+    tag = batch_tag()
+    output = run_sh_slurm(cluster, build_slurm_states_script(list(enumerate(jobs)), tag))
+    assert output.endswith(f"{tag} end\n".encode()), output
+    return parse_slurm_states(output, tag)
+
+
+def record_of(cluster: SlurmCluster, paths: RemoteJobPaths) -> SlurmRecord:
+    return states(cluster, [paths])[0]
+
+
+def wait_until_ended(cluster: SlurmCluster, paths: RemoteJobPaths, timeout: float = 60.0) -> SlurmRecord:
+    seen: list[SlurmRecord] = []
+
+    def ended() -> bool:
+        seen.append(record_of(cluster, paths))
+        return seen[-1].ended
+
+    wait_for(ended, timeout, f"Slurm to end {paths.job_id}")
+    return seen[-1]
+
+
+def outcome_of(paths: RemoteJobPaths, record: SlurmRecord) -> tuple[str, int | None, str]:
+    view = SlurmJobView(paths.job_id)
+    outcome = view.feed(record)
+    assert outcome is not None
+    return outcome.status, outcome.exit_code, outcome.message
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return tmp_path / "remote-jobs"
+
+
+def test_completed_job_keeps_its_shebang_sbatch_lines_environment_and_log(
+    slurm_cluster: SlurmCluster, base: Path
+) -> None:
+    command = (
+        "#!/bin/sh\n#SBATCH --job-name=from-the-script\n#SBATCH --comment=kept\n"
+        'echo "$GREETING from $SLURM_JOB_NAME in $SSH_JOBS_JOB_ID"\necho to stderr >&2\n'
+    )
+    paths, _, slurm_id = submit(slurm_cluster, base, command)
+    record = wait_until_ended(slurm_cluster, paths)
+    assert (record.state, record.exit_code, record.signal, record.source) == ("COMPLETED", 0, None, "squeue")
+    assert outcome_of(paths, record)[:2] == ("success", 0)
+    log = (base / "job" / "stdout.log").read_text()
+    assert log == "hello there from from-the-script in job\nto stderr\n"
+    shown = slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%k"]).strip()
+    assert shown == "kept"
+
+
+def test_failed_job_gives_its_exit_code_decoded_from_the_raw_wait_status(
+    slurm_cluster: SlurmCluster, base: Path
+) -> None:
+    paths, _, _ = submit(slurm_cluster, base, "echo failing; exit 3")
+    record = wait_until_ended(slurm_cluster, paths)
+    assert (record.state, record.exit_code, record.signal) == ("FAILED", 3, None)
+    status, code, message = outcome_of(paths, record)
+    assert (status, code) == ("failed", 3)
+    assert "FAILED with exit code 3" in message
+    assert (base / "job" / "stdout.log").read_text() == "failing\n"
+
+
+def test_job_killed_by_a_signal_names_the_signal(slurm_cluster: SlurmCluster, base: Path) -> None:
+    paths, _, _ = submit(slurm_cluster, base, "#!/bin/sh\nkill -KILL $$\n")
+    record = wait_until_ended(slurm_cluster, paths)
+    assert (record.state, record.exit_code, record.signal) == ("FAILED", None, 9)
+    status, code, message = outcome_of(paths, record)
+    assert (status, code) == ("failed", None)
+    assert "SIGKILL (9)" in message
+
+
+def test_scancel_leaves_the_job_cancelled(slurm_cluster: SlurmCluster, base: Path) -> None:
+    paths, token, slurm_id = submit(slurm_cluster, base, "echo started; sleep 300")
+    wait_for(lambda: record_of(slurm_cluster, paths).state == "RUNNING", 30, "RUNNING")
+    foreign = parse_kill_answer(
+        run_sh_slurm(slurm_cluster, build_slurm_cancel_script(paths, new_job_token()))
+    )
+    assert foreign.state == "foreign"
+    assert record_of(slurm_cluster, paths).state == "RUNNING"
+    answer = parse_kill_answer(run_sh_slurm(slurm_cluster, build_slurm_cancel_script(paths, token)))
+    assert answer.state == "cancelled"
+    record = wait_until_ended(slurm_cluster, paths)
+    assert record.state == "CANCELLED"
+    status, code, message = outcome_of(paths, record)
+    assert (status, code) == ("failed", None)
+    assert f"Slurm job {slurm_id}) ended CANCELLED" in message
+
+
+def test_pending_reason_is_told_once_per_change(slurm_cluster: SlurmCluster, base: Path) -> None:
+    paths, _, slurm_id = submit(slurm_cluster, base, "echo ran", {"hold": True})
+    view = SlurmJobView(paths.job_id)
+    for _ in range(3):
+        assert view.feed(record_of(slurm_cluster, paths)) is None
+    assert view.take_notes() == [f"Slurm job {slurm_id} (remote job job) is PENDING: JobHeldUser"]
+    slurm_cluster.run(["scontrol", "release", slurm_id])
+    outcome = None
+    deadline = time.monotonic() + 60
+    while outcome is None and time.monotonic() < deadline:
+        outcome = view.feed(record_of(slurm_cluster, paths))
+        time.sleep(0.1)
+    assert outcome is not None and outcome.status == "success"
+    notes = view.take_notes()
+    assert notes[0].endswith("PENDING: None") or "PENDING" not in notes[0]
+    assert notes[-1] == f"Slurm job {slurm_id} (remote job job) is COMPLETED"
+
+
+def test_one_query_answers_many_jobs_and_jobs_without_an_id(slurm_cluster: SlurmCluster, base: Path) -> None:
+    jobs = [submit(slurm_cluster, base, f"exit {n}", name=f"job{n}")[0] for n in range(5)]
+    never = RemoteJobPaths("never-submitted", str(base))
+    for paths in jobs:
+        wait_until_ended(slurm_cluster, paths)
+    records = states(slurm_cluster, [*jobs, never])
+    assert [records[n].exit_code for n in range(5)] == [0, 1, 2, 3, 4], records
+    assert [records[n].state for n in range(5)] == ["COMPLETED"] + ["FAILED"] * 4
+    assert records[5].state == "nojob"
+
+
+def test_refused_sbatch_names_the_option_and_leaves_nothing(slurm_cluster: SlurmCluster, base: Path) -> None:
+    options: dict[str, object] = {"partition": "no-such-partition"}
+    paths = RemoteJobPaths("refused", str(base))
+    script = build_slurm_submit_script(paths, "true", {}, new_job_token(), None, sbatch_arguments(options))
+    with pytest.raises(SubmitRefused) as refused:
+        parse_slurm_submit_output(run_sh_slurm(slurm_cluster, script))
+    assert refused.value.code == "sbatch"
+    message = refusal_message(paths, refused.value, options)
+    assert "invalid partition" in message.lower()
+    assert "scheduler_options['partition'] (given: 'no-such-partition')" in message
+    assert not (base / "refused").exists()
+
+
+def test_resent_submit_reattaches_to_the_queued_job(slurm_cluster: SlurmCluster, base: Path) -> None:
+    paths, token, slurm_id = submit(slurm_cluster, base, "sleep 300")
+    again = build_slurm_submit_script(paths, "sleep 300", {}, token, None, ())
+    answer = parse_slurm_submit_output(run_sh_slurm(slurm_cluster, again))
+    assert (answer.slurm_job_id, answer.launched) == (slurm_id, False)
+    assert slurm_cluster.run(["squeue", "-h", "-n", "batch.sh", "-o", "%i"]).split().count(slurm_id) == 1
+    run_sh_slurm(slurm_cluster, build_slurm_cancel_script(paths, token))
