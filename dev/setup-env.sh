@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: OpenSSH server (the tests start their own sshd on loopback),
 # Graphviz (the docs render their diagrams with `dot`), ShellCheck (the remote scripts are
-# checked like any other code), BusyBox (a test plays a host with only its tools) and the
+# checked like any other code), BusyBox (a test plays a host with only its tools), Slurm and
+# munge (the tests start a single-node cluster of their own: dev/harness/slurm.py) and the
 # project's virtualenv in .venv (left out with --system-only: the run against one Airflow
 # release brings its own virtualenv).
 # Safe to run again; only installs what is missing.
@@ -14,6 +15,11 @@ command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
+# Debian's packages, no systemd units started: the tests run the daemons themselves.
+for slurm_part in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
+  command -v "${slurm_part%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${slurm_part%%:*}" ] ||
+    need_apt+=("${slurm_part#*:}")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "Please install: ${need_apt[*]} (e.g. sudo apt-get install -y ${need_apt[*]})" >&2

@@ -34,6 +34,8 @@ DRAIN_TIMEOUT = 30.0
 DEFAULT_CPUS = 256
 #: The one partition's name.
 PARTITION = "debug"
+#: A partition whose jobs preempt the default partition's.
+URGENT_PARTITION = "urgent"
 
 
 class SlurmError(RuntimeError):
@@ -151,6 +153,9 @@ class SlurmCluster:
             "JobCompType=jobcomp/filetxt",
             f"JobCompLoc={self.jobcomp_path}",
             "JobAcctGatherType=jobacct_gather/none",
+            # The urgent partition's jobs preempt (cancel) the default one's: PREEMPTED.
+            "PreemptType=preempt/partition_prio",
+            "PreemptMode=CANCEL",
             "AccountingStorageType=accounting_storage/none",
             f"MinJobAge={self.min_job_age}",
             "ReturnToService=2",
@@ -161,7 +166,9 @@ class SlurmCluster:
             "OverTimeLimit=0",
             "MpiDefault=none",
             f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=100000 State=UNKNOWN",
-            f"PartitionName={self.partition} Nodes=localhost Default=YES MaxTime={self.max_time} State=UP",
+            f"PartitionName={self.partition} Nodes=localhost Default=YES MaxTime={self.max_time} "
+            "PriorityTier=1 State=UP",
+            f"PartitionName={URGENT_PARTITION} Nodes=localhost PriorityTier=10 State=UP",
         ]
         return "\n".join(lines) + "\n"
 
@@ -213,7 +220,7 @@ class SlurmCluster:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             self._check_alive()
-            state = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).strip()
+            state = self.run(["sinfo", "-h", "-N", "-p", self.partition, "-o", "%T"], check=False).strip()
             if state == "idle":
                 return
             if time.monotonic() > deadline:
@@ -236,6 +243,16 @@ class SlurmCluster:
     def job_state(self, job_id: str) -> str:
         """The state ``squeue`` shows for ``job_id`` (``""``: it does not know the job)."""
         return self.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False).strip()
+
+    def node_idle(self) -> bool:
+        """The node is up and runs nothing."""
+        return (
+            self.run(["sinfo", "-h", "-N", "-p", self.partition, "-o", "%T"], check=False).strip() == "idle"
+        )
+
+    def jobcomp_text(self) -> str:
+        """The job completion log (what ``sacct -c`` reads)."""
+        return self.jobcomp_path.read_text() if self.jobcomp_path.exists() else ""
 
     def active_job_ids(self) -> list[str]:
         """Jobs still pending, running or ending."""

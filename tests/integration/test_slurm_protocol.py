@@ -188,3 +188,59 @@ def test_resent_submit_reattaches_to_the_queued_job(slurm_cluster: SlurmCluster,
     assert (answer.slurm_job_id, answer.launched) == (slurm_id, False)
     assert slurm_cluster.run(["squeue", "-h", "-n", "batch.sh", "-o", "%i"]).split().count(slurm_id) == 1
     run_sh_slurm(slurm_cluster, build_slurm_cancel_script(paths, token))
+
+
+@pytest.mark.slow
+def test_time_limit_gives_timeout(slurm_cluster: SlurmCluster, base: Path) -> None:
+    paths, _, slurm_id = submit(slurm_cluster, base, "echo started; sleep 300", {"time": "5"})
+    wait_for(lambda: record_of(slurm_cluster, paths).state == "RUNNING", 30, "RUNNING")
+    # A limit already passed: slurmctld ends the job at its next limit check (every 30 s)
+    # instead of after the minute a --time=1 would take.
+    slurm_cluster.run(["scontrol", "update", f"JobId={slurm_id}", "TimeLimit=0"])
+    record = wait_until_ended(slurm_cluster, paths, timeout=90)
+    assert record.state == "TIMEOUT"
+    status, code, message = outcome_of(paths, record)
+    assert (status, code) == ("failed", None)
+    assert "ended TIMEOUT" in message and "time limit" in message
+
+
+def test_failed_node_gives_node_fail(slurm_cluster: SlurmCluster, base: Path) -> None:
+    paths, _, _ = submit(slurm_cluster, base, "sleep 300", {"no_requeue": True})
+    wait_for(lambda: record_of(slurm_cluster, paths).state == "RUNNING", 30, "RUNNING")
+    slurm_cluster.run(["scontrol", "update", "NodeName=localhost", "State=DOWN", "Reason=test-node-fail"])
+    try:
+        record = wait_until_ended(slurm_cluster, paths)
+    finally:
+        # Refused while the node still finishes the killed job ("Invalid node state"): again.
+        def resumed() -> bool:
+            slurm_cluster.run(["scontrol", "update", "NodeName=localhost", "State=RESUME"], check=False)
+            return slurm_cluster.node_idle()
+
+        wait_for(resumed, 60, "the node to be idle again")
+    assert record.state == "NODE_FAIL"
+    assert "ended NODE_FAIL" in outcome_of(paths, record)[2]
+
+
+def test_preempted_job_gives_preempted(slurm_cluster: SlurmCluster, base: Path) -> None:
+    # The whole node for the low-priority job, so the urgent one must take it back.
+    whole = {"cpus_per_task": slurm_cluster.cpus, "no_requeue": True}
+    paths, _, _ = submit(slurm_cluster, base, "sleep 300", whole, name="low")
+    wait_for(lambda: record_of(slurm_cluster, paths).state == "RUNNING", 30, "RUNNING")
+    urgent, token, _ = submit(slurm_cluster, base, "sleep 300", {"partition": "urgent"}, name="urgent")
+    record = wait_until_ended(slurm_cluster, paths)
+    run_sh_slurm(slurm_cluster, build_slurm_cancel_script(urgent, token))
+    assert record.state == "PREEMPTED"
+    assert "ended PREEMPTED" in outcome_of(paths, record)[2]
+
+
+def test_a_job_that_aged_out_of_squeue_is_answered_by_sacct(tmp_path: Path, base: Path) -> None:
+    # A cluster of its own that forgets finished jobs after 2 s (the run's keeps them a day).
+    cluster = SlurmCluster(tmp_path / "forgetful", min_job_age=2)
+    cluster.start()
+    try:
+        paths, _, slurm_id = submit(cluster, base, "exit 5")
+        wait_for(lambda: slurm_id not in cluster.job_ids() and bool(cluster.jobcomp_text()), 120, "MinJobAge")
+        record = record_of(cluster, paths)
+    finally:
+        cluster.stop()
+    assert (record.state, record.exit_code, record.source) == ("FAILED", 5, "sacct")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
-from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError
-from ssh_jobs_provider.protocol.monitor import Outcome
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.monitor import JobMonitor, MonitorUpdate, Outcome
 
 #: States in which the job has not ended yet.
 ACTIVE_STATES = frozenset(
@@ -230,3 +231,48 @@ class SlurmJobView:
         """The notes for the task log since the last call."""
         notes, self.notes = self.notes, []
         return notes
+
+
+class SlurmMonitor(JobMonitor):
+    """
+    A :class:`~ssh_jobs_provider.protocol.monitor.JobMonitor` whose job's end is Slurm's record.
+
+    The job directory's poll still carries the log (``sbatch --output``) and tells a directory
+    removed or taken over; whether the job has ended, and how, is Slurm's answer, fed with
+    :meth:`feed_slurm` before each :meth:`feed_status`. A tick's Slurm query runs after its log
+    reads, so an end first seen in a tick is acted on in the next one (asked at once): its log
+    is then read after the end, and no last line is lost.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slurm = SlurmJobView(self.paths.job_id)
+        #: Slurm's outcome, known since an earlier tick: the job's log has been read after it.
+        self._slurm_outcome: Outcome | None = None
+        #: Slurm's outcome first seen this tick.
+        self._slurm_seen: Outcome | None = None
+
+    def feed_slurm(self, record: SlurmRecord | None) -> None:
+        """This tick's Slurm record of the job (``None``: the answer did not carry one)."""
+        if record is None or self._slurm_seen is not None:
+            return
+        self._slurm_seen = self.slurm.feed(record)
+
+    def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
+        update = super().feed_status(status, now)
+        update.notes[:0] = self.slurm.take_notes()
+        if self._slurm_seen is not None and self._slurm_outcome is None and update.outcome is None:
+            self._slurm_outcome = self._slurm_seen
+            update.more_now = True
+        return update
+
+    def _terminal(self, status: JobStatus, now: float) -> JobStatus | None:
+        if status.state in (JobState.MISSING, JobState.FOREIGN):
+            return super()._terminal(status, now)
+        # No pid, no exit code in the directory: those are the detached wrapper's, not Slurm's.
+        return status if self._slurm_outcome is not None else None
+
+    def _outcome(self, status: JobStatus) -> Outcome:
+        if self._slurm_outcome is not None and status.state not in (JobState.MISSING, JobState.FOREIGN):
+            return self._slurm_outcome
+        return super()._outcome(status)
