@@ -4,7 +4,9 @@ The main job, end to end: a fan-out of remote jobs through a real Airflow agains
 Starts OpenSSH's sshd on 127.0.0.1 as the remote host (``MaxStartups 10:30:100``, the
 default that large fan-outs run into), a throwaway Airflow deployment (api-server,
 scheduler, dag-processor, triggerer; LocalExecutor on SQLite), runs the example fan-out DAG
-with ``--tasks`` mapped tasks, and prints a summary. Everything it started is stopped when
+with ``--tasks`` mapped tasks, and prints a summary. With ``--scheduler slurm`` the jobs go
+through a real single-node Slurm cluster started for the demo (the sshd's sessions are its
+login node) instead of running detached. Everything it started is stopped when
 it ends, also on Ctrl-C. Run it through ``bash dev/demo.sh``, which sets up the machine first.
 
 Exit status: 0 when every task succeeded with its remote output in its log and no job
@@ -31,6 +33,7 @@ from typing import TextIO
 from harness.airflow_deploy import AirflowDeployment, RunProgress, TaskInstance
 from harness.processes import interrupts_unwind
 from harness.remote_jobs import job_dirs, kill_running_jobs
+from harness.slurm import SlurmCluster
 from harness.sshd import SSHServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +68,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="worker",
         help="where the jobs are submitted: from each worker (default), or by the triggerer over its "
         "one shared connection (submit_from='triggerer')",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=("none", "slurm"),
+        default="none",
+        help="how the jobs run: detached on the host (default), or through Slurm (scheduler='slurm', "
+        "with a single-node Slurm cluster started by the demo: needs slurmctld, slurmd, munge)",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.tasks <= 1000:
@@ -155,6 +165,9 @@ class TaskReport:
 class DemoResult:
     tasks: int
     submit_from: str = "worker"
+    scheduler: str = "none"
+    #: Slurm's end state of each job (scheduler "slurm"), counted.
+    slurm_states: dict[str, int] = field(default_factory=dict)
     run_state: str = "not started"
     reports: list[TaskReport] = field(default_factory=list)
     sshd_counts: dict[str, int] = field(default_factory=dict)
@@ -174,6 +187,7 @@ class DemoResult:
             and len(self.reports) == self.tasks
             and all(report.state == "success" and report.output_complete for report in self.reports)
             and not self.leftover_dirs
+            and (self.scheduler != "slurm" or self.slurm_states == {"COMPLETED": self.tasks})
         )
 
 
@@ -253,9 +267,16 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
 def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> None:
     """Start sshd and Airflow, run the DAG, collect what happened; stop everything."""
     remote_base_dir = workdir / "remote-jobs"
-    sshd = SSHServer(workdir / "sshd", max_startups=MAX_STARTUPS)
+    slurm = SlurmCluster(workdir / "slurm") if args.scheduler == "slurm" else None
+    sshd = SSHServer(workdir / "sshd", max_startups=MAX_STARTUPS, session_env=slurm.env if slurm else None)
     deployment: AirflowDeployment | None = None
     try:
+        if slurm is not None:
+            with timed(result.timings, "Slurm start"):
+                slurm.start()
+            say(
+                f"- Slurm cluster (slurmctld, slurmd, munged) of one node up in {result.timings['Slurm start']:.1f}s"
+            )
         with timed(result.timings, "sshd start"):
             sshd.start()
         say(f"- sshd (the remote host) listening on {sshd.host}:{sshd.port}, MaxStartups {MAX_STARTUPS}")
@@ -269,14 +290,23 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
                 "SSH_JOBS_EXAMPLE_BASE_DIR": str(remote_base_dir),
                 "SSH_JOBS_EXAMPLE_FAN_OUT": str(args.tasks),
                 "SSH_JOBS_EXAMPLE_SUBMIT_FROM": args.submit_from,
+                "SSH_JOBS_EXAMPLE_SCHEDULER": "" if args.scheduler == "none" else args.scheduler,
             },
         )
         start_airflow(deployment, result)
         run_id = trigger_and_wait(deployment, args, result)
         collect(deployment, sshd, run_id, remote_base_dir, result)
+        if slurm is not None:
+            result.slurm_states = slurm_end_states(slurm)
     finally:
         with timed(result.timings, "stop"), interrupts_ignored():
-            stop_everything(deployment, sshd, remote_base_dir)
+            stop_everything(deployment, sshd, remote_base_dir, slurm)
+
+
+def slurm_end_states(slurm: SlurmCluster) -> dict[str, int]:
+    """How many of the cluster's jobs are in each state."""
+    states = slurm.run(["squeue", "-h", "-t", "all", "-o", "%T"], check=False).split()
+    return {state: states.count(state) for state in sorted(set(states))}
 
 
 def start_airflow(deployment: AirflowDeployment, result: DemoResult) -> None:
@@ -313,8 +343,10 @@ def collect(
     result.mismatch_lines = deployment.state_mismatches()
 
 
-def stop_everything(deployment: AirflowDeployment | None, sshd: SSHServer, remote_base_dir: Path) -> None:
-    say("- stopping Airflow, remote jobs and sshd")
+def stop_everything(
+    deployment: AirflowDeployment | None, sshd: SSHServer, remote_base_dir: Path, slurm: SlurmCluster | None
+) -> None:
+    say("- stopping Airflow, remote jobs, sshd" + (" and Slurm" if slurm else ""))
     try:
         if deployment is not None:
             deployment.stop()
@@ -324,7 +356,12 @@ def stop_everything(deployment: AirflowDeployment | None, sshd: SSHServer, remot
             if killed:
                 say(f"  stopped {killed} remote job(s) still running")
         finally:
-            sshd.stop()
+            try:
+                sshd.stop()
+            finally:
+                if slurm is not None:
+                    # Its jobs are cancelled first: slurmd leaves running jobs behind when it exits.
+                    slurm.stop()
 
 
 @contextmanager
@@ -366,7 +403,11 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
     accepted = counts.get("accepted", 0)
     per_task = accepted / result.tasks if result.tasks else 0.0
     rows = [
-        ("Tasks", f"{tasks}   (DAG run: {result.run_state}; submitted from the {result.submit_from})"),
+        (
+            "Tasks",
+            f"{tasks}   (DAG run: {result.run_state}; submitted from the {result.submit_from}"
+            + ("; through Slurm)" if result.scheduler == "slurm" else ")"),
+        ),
         (
             "Remote output",
             f"{seen} of {result.tasks * LINES_PER_SHARD} lines in the task logs; "
@@ -377,6 +418,16 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
             f"{accepted} handshake{'' if accepted == 1 else 's'} accepted ({per_task:.2f} per task), "
             f"{counts.get('drops', 0)} dropped past MaxStartups {MAX_STARTUPS}, "
             f"{counts.get('session_refusals', 0)} MaxSessions refusals",
+        ),
+        *(
+            [
+                (
+                    "Slurm jobs",
+                    ", ".join(f"{count} {state}" for state, count in result.slurm_states.items()) or "none",
+                )
+            ]
+            if result.scheduler == "slurm"
+            else []
         ),
         ("Job directories", f"{len(result.leftover_dirs)} left behind"),
         ("Wall time", format_wall_time(result, total)),
@@ -416,9 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ssh-jobs-demo-")).resolve()
-    result = DemoResult(tasks=args.tasks, submit_from=args.submit_from)
+    result = DemoResult(tasks=args.tasks, submit_from=args.submit_from, scheduler=args.scheduler)
+    through = " through Slurm" if args.scheduler == "slurm" else ""
     say(
-        f"SSH remote jobs demo: {args.tasks}-way fan-out submitted from the {args.submit_from}, working in {workdir}"
+        f"SSH remote jobs demo: {args.tasks}-way fan-out{through} submitted from the {args.submit_from}, "
+        f"working in {workdir}"
     )
     try:
         with interrupts_unwind():

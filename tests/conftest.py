@@ -140,6 +140,17 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def slurm_sshd(sshd_factory: SSHServerFactory, slurm_cluster: Any) -> BaseSSHServer:
-    """A test sshd whose sessions talk to ``slurm_cluster`` (SLURM_CONF set by sshd's SetEnv)."""
-    return sshd_factory(session_env=slurm_cluster.env)
+def slurm_calls(tmp_path: Path) -> Any:
+    """Every Slurm command the login node (``slurm_sshd``) runs, recorded (support.slurm.SlurmCallLog)."""
+    from support.slurm import SlurmCallLog
+
+    return SlurmCallLog(tmp_path / "slurm-calls")
+
+
+@pytest.fixture
+def slurm_sshd(sshd_factory: SSHServerFactory, slurm_cluster: Any, slurm_calls: Any) -> BaseSSHServer:
+    """
+    A test sshd playing a cluster's login node: its sessions talk to ``slurm_cluster``
+    (SLURM_CONF set by sshd's SetEnv) and find the Slurm commands through ``slurm_calls``.
+    """
+    return sshd_factory(session_env={**slurm_cluster.env, "PATH": slurm_calls.path})
