@@ -16,14 +16,16 @@ import pytest
 from ssh_jobs_provider.protocol.answers import SubmitRefused
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import parse_kill_answer
-from ssh_jobs_provider.protocol.scripts import batch_tag
+from ssh_jobs_provider.protocol.scripts import as_whole, batch_tag, job_files, script_prelude
 from ssh_jobs_provider.protocol.slurm import (
+    SlurmSubmitCall,
     build_slurm_cancel_script,
     build_slurm_states_script,
     build_slurm_submit_script,
     parse_slurm_submit_output,
     refusal_message,
     sbatch_arguments,
+    slurm_batch_submits,
 )
 from ssh_jobs_provider.protocol.slurm_state import SlurmJobView, SlurmRecord, parse_slurm_states
 from support.slurm import SlurmCluster, run_sh_slurm, wait_for
@@ -244,3 +246,39 @@ def test_a_job_that_aged_out_of_squeue_is_answered_by_sacct(tmp_path: Path, base
     finally:
         cluster.stop()
     assert (record.state, record.exit_code, record.source) == ("FAILED", 5, "sacct")
+
+
+def test_a_batch_submits_many_jobs_in_one_script_and_refuses_only_the_bad_one(
+    slurm_cluster: SlurmCluster, base: Path
+) -> None:
+    token = new_job_token()
+    calls = [
+        SlurmSubmitCall(
+            key,
+            RemoteJobPaths(f"batch{key}", str(base)),
+            token,
+            job_files(f"echo batch {key}", {}, None, token),
+            sbatch_arguments({"partition": "nowhere"} if key == 3 else {"time": "5"}),
+        )
+        for key in range(10)
+    ]
+    tag = batch_tag()
+    script = as_whole(script_prelude(tag) + slurm_batch_submits(calls) + 'echo "$T end"\n')
+    output = run_sh_slurm(slurm_cluster, script).decode()
+    lines = output.splitlines()
+    launched = sorted(int(line.split("key=")[1].split()[0]) for line in lines if "launched=1" in line)
+    assert launched == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    refused = [line for line in lines if "error=sbatch" in line]
+    assert len(refused) == 1 and "key=3 " in refused[0]
+    assert "invalid partition" in output.lower()
+    assert not (base / "batch3").exists()
+    records = states(slurm_cluster, [call.paths for call in calls])
+    assert records[3].state == "nojob"
+    assert len({records[key].slurm_job_id for key in launched}) == 9
+    # Sent again (its answer was lost): every job is found claimed, nothing is queued twice.
+    again = run_sh_slurm(slurm_cluster, script).decode()
+    assert sum("launched=0" in line for line in again.splitlines()) == 9
+    ids_again = states(slurm_cluster, [call.paths for call in calls])
+    assert [ids_again[key].slurm_job_id for key in launched] == [
+        records[key].slurm_job_id for key in launched
+    ]

@@ -183,6 +183,53 @@ def build_slurm_submit_script(
 
 
 @dataclass(frozen=True)
+class SlurmSubmitCall:
+    """
+    One Slurm submit in a tick's batch (the triggerer submits).
+
+    :param key: the batch entry's key
+    :param paths: the job's paths
+    :param token: the submit's token
+    :param files: the job's files (:func:`~ssh_jobs_provider.protocol.scripts.job_files`)
+    :param arguments: from :func:`sbatch_arguments`
+    """
+
+    key: int
+    paths: RemoteJobPaths
+    token: str
+    files: tuple[tuple[str, str], ...]
+    arguments: tuple[str, ...] = ()
+
+
+def slurm_batch_submits(calls: Sequence[SlurmSubmitCall]) -> str:
+    """
+    The lines of a batch that submit ``calls`` with sbatch, before the batch's polls.
+
+    Each in a subshell of its own, as the detached submits of a batch (a refusal ends that one
+    only, framed ``submit key=K error=sbatch``); then one ``submit key=K launched=0|1`` line per
+    submit that was not refused, and the batch's poll of each job follows. Needs the prelude
+    before it. Always in ``sh``, whatever runs the polls: each submit is an ``sbatch`` process
+    anyway.
+    """
+    if not calls:
+        return ""
+    head = shell_source("submit.sh") + shell_source("slurm.sh") + "whoami_uid\nsk=\n"
+    bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
+    body = []
+    for call in calls:
+        writes = "".join(f"put {name} {_q(content)}\n" for name, content in call.files)
+        body.append(
+            f"(\numask 077\nK={int(call.key)}\n"
+            f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
+            'if [ "$claimed" = 0 ]; then\n'
+            f"{writes}slurm_launch {' '.join(_q(a) for a in call.arguments)}\nfi\nsubmitted\n)\n"
+            f"submit_ended $? {int(call.key)} {_q(call.paths.job_dir)}\n"
+        )
+    # The detached submits of the same batch (if any) answer their own: sk starts empty again.
+    return head + bases + "".join(body) + "answer_submits\nsk=\n"
+
+
+@dataclass(frozen=True)
 class SlurmSubmitted:
     """
     A submit's answer.
