@@ -33,7 +33,7 @@ from typing import TextIO
 from harness.airflow_deploy import AirflowDeployment, RunProgress, TaskInstance
 from harness.processes import interrupts_unwind
 from harness.remote_jobs import job_dirs, kill_running_jobs
-from harness.slurm import SlurmCluster
+from harness.slurm import SlurmCallLog, SlurmCluster
 from harness.sshd import SSHServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,6 +168,9 @@ class DemoResult:
     scheduler: str = "none"
     #: Slurm's end state of each job (scheduler "slurm"), counted.
     slurm_states: dict[str, int] = field(default_factory=dict)
+    #: How often the login node ran each Slurm command, and how many ids each squeue asked about.
+    slurm_calls: dict[str, int] = field(default_factory=dict)
+    squeue_ids: list[int] = field(default_factory=list)
     run_state: str = "not started"
     reports: list[TaskReport] = field(default_factory=list)
     sshd_counts: dict[str, int] = field(default_factory=dict)
@@ -268,7 +271,10 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
     """Start sshd and Airflow, run the DAG, collect what happened; stop everything."""
     remote_base_dir = workdir / "remote-jobs"
     slurm = SlurmCluster(workdir / "slurm") if args.scheduler == "slurm" else None
-    sshd = SSHServer(workdir / "sshd", max_startups=MAX_STARTUPS, session_env=slurm.env if slurm else None)
+    # The login node runs the Slurm commands through wrappers that record each call.
+    calls = SlurmCallLog(workdir / "slurm-calls") if slurm else None
+    session_env = {**slurm.env, "PATH": calls.path} if slurm and calls else None
+    sshd = SSHServer(workdir / "sshd", max_startups=MAX_STARTUPS, session_env=session_env)
     deployment: AirflowDeployment | None = None
     try:
         if slurm is not None:
@@ -296,8 +302,12 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
         start_airflow(deployment, result)
         run_id = trigger_and_wait(deployment, args, result)
         collect(deployment, sshd, run_id, remote_base_dir, result)
-        if slurm is not None:
+        if slurm is not None and calls is not None:
             result.slurm_states = slurm_end_states(slurm)
+            result.slurm_calls = {
+                name: len(calls.calls(name)) for name in ("sbatch", "squeue", "sacct", "scancel")
+            }
+            result.squeue_ids = calls.ids_per_squeue()
     finally:
         with timed(result.timings, "stop"), interrupts_ignored():
             stop_everything(deployment, sshd, remote_base_dir, slurm)
@@ -436,6 +446,23 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
     if not result.ok:
         rows.append(("Logs kept in", str(workdir)))
     return rows
+
+
+def slurm_rows(result: DemoResult, execs: int) -> list[tuple[str, str]]:
+    """What Slurm recorded, and what the login node ran for it (one squeue per tick at most)."""
+    calls = result.slurm_calls
+    widest = max(result.squeue_ids, default=0)
+    return [
+        (
+            "Slurm jobs",
+            ", ".join(f"{count} {state}" for state, count in result.slurm_states.items()) or "none",
+        ),
+        (
+            "Login node",
+            f"{calls.get('sbatch', 0)} sbatch, {calls.get('squeue', 0)} squeue (up to {widest} jobs each), "
+            f"{calls.get('sacct', 0)} sacct, {calls.get('scancel', 0)} scancel over {execs} SSH execs",
+        ),
+    ]
 
 
 def problem_lines(result: DemoResult) -> list[str]:

@@ -290,6 +290,44 @@ class SlurmCluster:
                 raise errors[0]
 
 
+#: The Slurm commands whose every call the test login node records.
+COUNTED_COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
+
+
+class SlurmCallLog:
+    """
+    A directory of small wrappers, first on the login node's PATH, that record every call of
+    a Slurm command (its name and arguments) and then run the real one: how a test counts the
+    ``squeue`` calls per tick without trusting the code under test.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.bin_dir = directory / "bin"
+        self.log_path = directory / "calls.log"
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.touch()
+        for name in COUNTED_COMMANDS:
+            real = shutil.which(name, path="/usr/bin:/usr/sbin:/bin:/sbin")
+            assert real, f"{name} is not installed"
+            wrapper = self.bin_dir / name
+            wrapper.write_text(
+                f'#!/bin/sh\nprintf \'%s %s\\n\' {name} "$*" >> {self.log_path}\nexec {real} "$@"\n'
+            )
+            wrapper.chmod(0o755)
+
+    @property
+    def path(self) -> str:
+        """The PATH for the login node's sessions: the wrappers first."""
+        return f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+    def calls(self, name: str) -> list[str]:
+        """The arguments of every call of ``name`` so far, in order."""
+        prefix = f"{name} "
+        return [
+            line[len(prefix) :] for line in self.log_path.read_text().splitlines() if line.startswith(prefix)
+        ]
+
+
 def _run(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:

@@ -6,7 +6,6 @@ are its own by id); it is stopped, after its jobs are cancelled, when the run en
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.slurm import PACKAGES, SlurmCluster, SlurmError, missing_programs
+from harness.slurm import PACKAGES, SlurmCallLog, SlurmCluster, SlurmError, missing_programs
 from support.protocol import SCRIPT_TIMEOUT
 
 __all__ = [
@@ -75,41 +74,3 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "
 
 def job_dir_files(path: Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir()) if path.exists() else []
-
-
-#: The Slurm commands whose every call the test login node records.
-COUNTED_COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
-
-
-class SlurmCallLog:
-    """
-    A directory of small wrappers, first on the login node's PATH, that record every call of
-    a Slurm command (its name and arguments) and then run the real one: how a test counts the
-    ``squeue`` calls per tick without trusting the code under test.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.bin_dir = directory / "bin"
-        self.log_path = directory / "calls.log"
-        self.bin_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.touch()
-        for name in COUNTED_COMMANDS:
-            real = shutil.which(name, path="/usr/bin:/usr/sbin:/bin:/sbin")
-            assert real, f"{name} is not installed"
-            wrapper = self.bin_dir / name
-            wrapper.write_text(
-                f'#!/bin/sh\nprintf \'%s %s\\n\' {name} "$*" >> {self.log_path}\nexec {real} "$@"\n'
-            )
-            wrapper.chmod(0o755)
-
-    @property
-    def path(self) -> str:
-        """The PATH for the login node's sessions: the wrappers first."""
-        return f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-
-    def calls(self, name: str) -> list[str]:
-        """The arguments of every call of ``name`` so far, in order."""
-        prefix = f"{name} "
-        return [
-            line[len(prefix) :] for line in self.log_path.read_text().splitlines() if line.startswith(prefix)
-        ]
