@@ -327,6 +327,14 @@ class SlurmCallLog:
             line[len(prefix) :] for line in self.log_path.read_text().splitlines() if line.startswith(prefix)
         ]
 
+    def ids_per_squeue(self) -> list[int]:
+        """How many job ids each ``squeue -j`` call asked about."""
+        return [
+            len(call.split(" -j ")[1].split()[0].split(","))
+            for call in self.calls("squeue")
+            if " -j " in call
+        ]
+
 
 def _run(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=30)
