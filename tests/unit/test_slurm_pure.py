@@ -12,6 +12,7 @@ import pytest
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, SubmitRefused
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import PENDING_LIMIT_SECONDS
+from ssh_jobs_provider.protocol.reattach import Resume
 from ssh_jobs_provider.protocol.slurm import (
     SlurmOptionError,
     build_slurm_submit_script,
@@ -26,6 +27,7 @@ from ssh_jobs_provider.protocol.slurm_state import (
     SlurmJobView,
     SlurmMonitor,
     SlurmRecord,
+    decide_slurm,
     decode_exit,
     parse_slurm_states,
     slurm_outcome,
@@ -240,3 +242,25 @@ def test_submit_answer_and_refusal_message() -> None:
 def test_slurm_section_is_empty_without_slurm_jobs() -> None:
     assert slurm_section([]) == ""
     assert "slurm_states 3 /srv/jobs/job1" in slurm_section([(3, PATHS)])
+
+
+@pytest.mark.parametrize(
+    ("record", "resume"),
+    [
+        (SlurmRecord("PENDING", "5", reason="Priority"), Resume.REATTACH),
+        (SlurmRecord("RUNNING", "5"), Resume.REATTACH),
+        (SlurmRecord("COMPLETED", "5", 0), Resume.REATTACH),
+        (SlurmRecord("FAILED", "5", 99), Resume.REATTACH),  # a skip code: its outcome again, no rerun
+        (SlurmRecord("FAILED", "5", 3), Resume.FRESH),
+        (SlurmRecord("CANCELLED", "5", None, 15), Resume.FRESH),
+        (SlurmRecord("nojob"), Resume.FRESH),
+        (SlurmRecord("unknown", "5"), Resume.FRESH),
+        (None, Resume.FRESH),
+    ],
+)
+def test_a_retry_reattaches_to_a_slurm_job_slurm_still_has(record: SlurmRecord | None, resume: Resume) -> None:
+    directory = status(10)  # no pid: a Slurm job's directory never has one
+    assert decide_slurm(directory, record, {99}, recorded=True) is resume
+    assert decide_slurm(directory, record, {99}, recorded=False) is Resume.FRESH
+    gone = status(0, state=JobState.MISSING)
+    assert decide_slurm(gone, record, {99}, recorded=True) is Resume.FRESH

@@ -10,11 +10,13 @@ end, its :class:`~ssh_jobs_provider.protocol.monitor.Outcome`.
 from __future__ import annotations
 
 import signal
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.monitor import JobMonitor, MonitorUpdate, Outcome
+from ssh_jobs_provider.protocol.reattach import Resume
 
 #: States in which the job has not ended yet.
 ACTIVE_STATES = frozenset(
@@ -276,3 +278,25 @@ class SlurmMonitor(JobMonitor):
         if self._slurm_outcome is not None and status.state not in (JobState.MISSING, JobState.FOREIGN):
             return self._slurm_outcome
         return super()._outcome(status)
+
+
+def decide_slurm(
+    status: JobStatus, record: SlurmRecord | None, skip_codes: Container[int], recorded: bool
+) -> Resume:
+    """
+    What an earlier try's Slurm job means for a new try of a durable task: like
+    :func:`~ssh_jobs_provider.protocol.reattach.decide`, with Slurm's record instead of the
+    directory's pid and exit code (a Slurm job's directory has neither).
+
+    A job Slurm still has (``PENDING``, ``RUNNING``, ...) is re-attached, never submitted
+    again; one that succeeded (or ended with a skip code) is re-attached for its log and
+    outcome; anything else, or a job Slurm never queued, gets a fresh job.
+    """
+    if not recorded or record is None or status.state in (JobState.MISSING, JobState.FOREIGN):
+        return Resume.FRESH
+    if record.state in ACTIVE_STATES:
+        return Resume.REATTACH
+    outcome = slurm_outcome(record, "")
+    if outcome is not None and (outcome.exit_code == 0 or (outcome.exit_code in skip_codes)):
+        return Resume.REATTACH
+    return Resume.FRESH
