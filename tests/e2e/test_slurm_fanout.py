@@ -112,7 +112,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster) 
             deployment.wait_for_dags(list(DAGS))
             before = {dag_id: server.counts() for dag_id, server in servers.items()}
             run_ids = {dag_id: deployment.trigger(dag_id) for dag_id in DAGS}
-            states = {dag_id: deployment.wait_for_run(dag_id, run_ids[dag_id], RUN_TIMEOUT) for dag_id in DAGS}
+            states = {
+                dag_id: deployment.wait_for_run(dag_id, run_ids[dag_id], RUN_TIMEOUT) for dag_id in DAGS
+            }
             report(f"e2e Slurm fan-outs ({FAN_OUT} x {len(DAGS)}): {time.monotonic() - started:.0f}s")
             result = {}
             for dag_id in DAGS:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from ssh_jobs_provider.protocol.answers import JobState, JobStatus, SubmitRefused
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, SubmitRefused
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import PENDING_LIMIT_SECONDS
-from ssh_jobs_provider.protocol.reattach import Resume
+from ssh_jobs_provider.protocol.reattach import Resume, decide
 from ssh_jobs_provider.protocol.slurm import (
     SlurmOptionError,
     build_slurm_submit_script,
@@ -27,9 +27,9 @@ from ssh_jobs_provider.protocol.slurm_state import (
     SlurmJobView,
     SlurmMonitor,
     SlurmRecord,
-    decide_slurm,
     decode_exit,
     parse_slurm_states,
+    slurm_job_status,
     slurm_outcome,
 )
 
@@ -258,9 +258,15 @@ def test_slurm_section_is_empty_without_slurm_jobs() -> None:
         (None, Resume.FRESH),
     ],
 )
-def test_a_retry_reattaches_to_a_slurm_job_slurm_still_has(record: SlurmRecord | None, resume: Resume) -> None:
+def test_a_retry_reattaches_to_a_slurm_job_slurm_still_has(
+    record: SlurmRecord | None, resume: Resume
+) -> None:
     directory = status(10)  # no pid: a Slurm job's directory never has one
-    assert decide_slurm(directory, record, {99}, recorded=True) is resume
-    assert decide_slurm(directory, record, {99}, recorded=False) is Resume.FRESH
+    assert decide(slurm_job_status(directory, record), {99}, recorded=True) is resume
     gone = status(0, state=JobState.MISSING)
-    assert decide_slurm(gone, record, {99}, recorded=True) is Resume.FRESH
+    assert decide(slurm_job_status(gone, record), {99}, recorded=True) is Resume.FRESH
+
+
+def test_a_failed_slurm_query_never_decides_a_retry() -> None:
+    with pytest.raises(RemoteJobProtocolError, match="timed out"):
+        slurm_job_status(status(10), SlurmRecord("error", "5", reason="squeue: timed out"))

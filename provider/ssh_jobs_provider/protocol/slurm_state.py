@@ -10,13 +10,11 @@ end, its :class:`~ssh_jobs_provider.protocol.monitor.Outcome`.
 from __future__ import annotations
 
 import signal
-from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.monitor import JobMonitor, MonitorUpdate, Outcome
-from ssh_jobs_provider.protocol.reattach import Resume
 
 #: States in which the job has not ended yet.
 ACTIVE_STATES = frozenset(
@@ -280,23 +278,23 @@ class SlurmMonitor(JobMonitor):
         return super()._outcome(status)
 
 
-def decide_slurm(
-    status: JobStatus, record: SlurmRecord | None, skip_codes: Container[int], recorded: bool
-) -> Resume:
+def slurm_job_status(status: JobStatus, record: SlurmRecord | None) -> JobStatus:
     """
-    What an earlier try's Slurm job means for a new try of a durable task: like
-    :func:`~ssh_jobs_provider.protocol.reattach.decide`, with Slurm's record instead of the
-    directory's pid and exit code (a Slurm job's directory has neither).
+    An earlier try's Slurm job as :func:`~ssh_jobs_provider.protocol.reattach.decide` reads a
+    detached one: Slurm's record in place of the pid and exit code its directory never has.
 
-    A job Slurm still has (``PENDING``, ``RUNNING``, ...) is re-attached, never submitted
-    again; one that succeeded (or ended with a skip code) is re-attached for its log and
-    outcome; anything else, or a job Slurm never queued, gets a fresh job.
+    A job Slurm still has (``PENDING``, ``RUNNING``, ...) counts as running (re-attached, never
+    submitted again); an ended one as exited with its exit code (none for a job Slurm ended:
+    a fresh job then); one Slurm never queued as pending (a fresh job). A query that failed
+    says nothing, and raises: deciding on it could queue a second copy of a running job.
     """
-    if not recorded or record is None or status.state in (JobState.MISSING, JobState.FOREIGN):
-        return Resume.FRESH
+    if status.state in (JobState.MISSING, JobState.FOREIGN) or record is None:
+        return status
+    if record.state == "error":
+        raise RemoteJobProtocolError(f"Could not ask Slurm about an earlier try's job: {record.reason}")
     if record.state in ACTIVE_STATES:
-        return Resume.REATTACH
+        return replace(status, state=JobState.RUNNING)
     outcome = slurm_outcome(record, "")
-    if outcome is not None and (outcome.exit_code == 0 or (outcome.exit_code in skip_codes)):
-        return Resume.REATTACH
-    return Resume.FRESH
+    if outcome is None:
+        return replace(status, state=JobState.PENDING)
+    return replace(status, state=JobState.EXITED, exit_code=outcome.exit_code)
