@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness.remote_jobs import job_dirs
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.protocol.slurm import SlurmOptionError
 from ssh_jobs_provider.triggers.host_session import HostSession
@@ -77,11 +78,11 @@ def test_job_runs_through_slurm_with_its_output_and_outcome(
         cleanup="always",
     )
     result = run_operator(op)
-    assert result.state == "success", result.error
-    assert [line for line in result.lines if line in ("on debug", "done")] == ["on debug", "done"]
-    assert result.payload is not None and "COMPLETED with exit code 0" in str(result.payload["message"])
+    assert result.outcome == "success", result.error
+    assert [line for line in result.trigger_lines if line in ("on debug", "done")] == ["on debug", "done"]
+    assert result.event is not None and "COMPLETED with exit code 0" in str(result.event["message"])
     assert list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["COMPLETED"]
-    assert not any(Path(remote_base_dir).iterdir())
+    assert job_dirs(Path(remote_base_dir)) == []
 
 
 def test_failed_job_fails_the_task_with_its_exit_code(
@@ -89,16 +90,16 @@ def test_failed_job_fails_the_task_with_its_exit_code(
 ) -> None:
     op = make_operator(slurm_conn, remote_base_dir, command="echo failing; exit 7", scheduler="slurm")
     result = run_operator(op)
-    assert result.state == "failed"
+    assert result.outcome == "failed"
     assert "failed with exit code 7" in str(result.error)
-    assert "failing" in result.lines
+    assert "failing" in result.trigger_lines
 
 
 def test_skip_code_skips_but_a_cancel_never_does(slurm_conn: str, remote_base_dir: str) -> None:
     op = make_operator(
         slurm_conn, remote_base_dir, command="exit 99", scheduler="slurm", skip_on_exit_code=99
     )
-    assert run_operator(op).state == "skipped"
+    assert run_operator(op).outcome == "skipped"
 
 
 def test_bad_options_fail_before_anything_reaches_the_host(
@@ -124,10 +125,16 @@ def test_refused_sbatch_names_the_option(
         scheduler_options={"partition": "gpux"},
         submit_from=submit_from,
     )
-    result = run_operator(op)
-    assert result.state == "failed"
-    assert "scheduler_options['partition'] (given: 'gpux')" in str(result.error)
-    assert isinstance(result.error, RemoteJobError)
+    if submit_from == "worker":
+        with pytest.raises(RemoteJobError) as refused:
+            run_operator(op)
+        error: BaseException | None = refused.value
+    else:
+        result = run_operator(op)
+        assert result.outcome == "failed"
+        error = result.error
+    assert isinstance(error, RemoteJobError)
+    assert "scheduler_options['partition'] (given: 'gpux')" in str(error)
     assert not Path(remote_base_dir, op.task_id).exists()
     assert not any(Path(remote_base_dir).glob("af_*"))
 
@@ -174,18 +181,18 @@ def test_durable_retry_reattaches_to_the_running_slurm_job(
 ) -> None:
     command = "echo first line; sleep 4; echo last line"
     store = StandInStateStore()
-    first_try = StandInTaskInstance(state_store=store)
-    op = make_operator(slurm_conn, remote_base_dir, command=command, scheduler="slurm", durable=True)
+    first_try = StandInTaskInstance(max_tries=2, state_store=store)
+    op = make_operator(slurm_conn, remote_base_dir, command=command, scheduler="slurm", retries=2)
     submit(op, first_try)
     wait_until(
         lambda: list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["RUNNING"], 30, "RUNNING"
     )
     # The first try's worker died while the job ran; the retry takes it over.
     retry = first_try.next_try()
-    again = make_operator(slurm_conn, remote_base_dir, command=command, scheduler="slurm", durable=True)
+    again = make_operator(slurm_conn, remote_base_dir, command=command, scheduler="slurm", retries=2)
     result = run_operator(again, retry)
-    assert result.state == "success", result.error
-    assert [line for line in result.lines if line.endswith(" line")] == ["first line", "last line"]
+    assert result.outcome == "success", result.error
+    assert [line for line in result.trigger_lines if line.endswith(" line")] == ["first line", "last line"]
     assert list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["COMPLETED"]
 
 
@@ -218,7 +225,7 @@ def test_twenty_jobs_from_the_triggerer_one_login_one_squeue_per_tick(
     assert [p["exit_code"] for p in payloads] == [index % 3 for index in range(20)]
     states = sorted(slurm_jobs(slurm_cluster, remote_base_dir).values())
     assert states.count("COMPLETED") == 7 and states.count("FAILED") == 13
-    assert not any(Path(remote_base_dir).iterdir())
+    assert job_dirs(Path(remote_base_dir)) == []
     # One exec per tick (sshd counts them), and in it at most one squeue for all the jobs.
     execs = after.get("sessions", 0) - before.get("sessions", 0)
     squeues = slurm_calls.calls("squeue")

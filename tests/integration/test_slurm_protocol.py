@@ -22,11 +22,10 @@ from ssh_jobs_provider.protocol.slurm import (
     build_slurm_cancel_script,
     build_slurm_states_script,
     build_slurm_submit_script,
-    parse_slurm_submit_output,
-    refusal_message,
     sbatch_arguments,
     slurm_batch_submits,
 )
+from ssh_jobs_provider.protocol.slurm_answers import parse_slurm_submit_output, refusal_message
 from ssh_jobs_provider.protocol.slurm_state import SlurmJobView, SlurmRecord, parse_slurm_states
 from support.slurm import SlurmCluster, run_sh_slurm, wait_for
 

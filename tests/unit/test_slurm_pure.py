@@ -16,12 +16,11 @@ from ssh_jobs_provider.protocol.reattach import Resume, decide
 from ssh_jobs_provider.protocol.slurm import (
     SlurmOptionError,
     build_slurm_submit_script,
-    parse_slurm_submit_output,
-    refusal_message,
     sbatch_arguments,
     slurm_section,
     validate_scheduler,
 )
+from ssh_jobs_provider.protocol.slurm_answers import parse_slurm_submit_output, refusal_message
 from ssh_jobs_provider.protocol.slurm_state import (
     UNKNOWN_CONFIRMATIONS,
     SlurmJobView,

@@ -17,7 +17,6 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ssh_jobs_provider.protocol.answers import SubmitRefused, find_header
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.scripts import as_whole, job_files, script_prelude, shell_source
 
@@ -86,7 +85,7 @@ def sbatch_arguments(options: Mapping[str, object] | None) -> tuple[str, ...]:
     Each entry becomes ``--name=value``; ``True`` gives ``--name`` alone (``{"exclusive": True}``),
     ``False`` and ``None`` leave the option out. A value is a string or a whole number, on one
     line. What sbatch itself knows best (a partition's name, a site's limits) is left to it: a
-    refusal then names the option (:func:`refusal_message`).
+    refusal then names the option (:func:`~ssh_jobs_provider.protocol.slurm_answers.refusal_message`).
     """
     if options is None:
         return ()
@@ -109,6 +108,25 @@ def sbatch_arguments(options: Mapping[str, object] | None) -> tuple[str, ...]:
             continue
         arguments.append(f"--{name}={_option_value(key, name, value)}")
     return tuple(arguments)
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """
+    A job's way through Slurm, validated once.
+
+    :param options: ``scheduler_options`` as given (the messages name them)
+    :param arguments: the sbatch arguments they make (:func:`sbatch_arguments`)
+    """
+
+    options: Mapping[str, object]
+    arguments: tuple[str, ...]
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object] | None) -> SlurmSpec:
+        """Validate ``scheduler_options`` (raises :class:`SlurmOptionError` naming the entry)."""
+        arguments = sbatch_arguments(options)
+        return cls(dict(options or {}), arguments)
 
 
 def _option_value(key: str, name: str, value: object) -> str:
@@ -160,7 +178,8 @@ def build_slurm_submit_script(
     The same checks and files as a detached submit (:func:`~ssh_jobs_provider.protocol.scripts.build_submit_script`);
     a re-sent submit finds the job claimed and answers the id recorded then, instead of
     queueing a second job. A refused sbatch removes what this submit created and answers
-    ``submit error=sbatch`` with sbatch's own words. Parse with :func:`parse_slurm_submit_output`.
+    ``submit error=sbatch`` with sbatch's own words. Parse with
+    :func:`~ssh_jobs_provider.protocol.slurm_answers.parse_slurm_submit_output`.
 
     :param arguments: from :func:`sbatch_arguments`
     """
@@ -227,77 +246,6 @@ def slurm_batch_submits(calls: Sequence[SlurmSubmitCall]) -> str:
         )
     # The detached submits of the same batch (if any) answer their own: sk starts empty again.
     return head + bases + "".join(body) + "answer_submits\nsk=\n"
-
-
-@dataclass(frozen=True)
-class SlurmSubmitted:
-    """
-    A submit's answer.
-
-    :param slurm_job_id: the id Slurm gave the job (``""``: a re-sent submit found the job
-        claimed by one still running sbatch)
-    :param launched: this submit queued the job (``False``: it re-attached to the one queued before)
-    :param remote_os: ``uname -s`` of the login node
-    """
-
-    slurm_job_id: str
-    launched: bool
-    remote_os: str | None = None
-
-
-def parse_slurm_submit_output(output: bytes) -> SlurmSubmitted:
-    """The submit's answer; raises :class:`~ssh_jobs_provider.protocol.answers.SubmitRefused` on a refusal."""
-    fields, rest = find_header(output, "submit")
-    if fields.get("error"):
-        detail = rest.decode("utf-8", errors="replace").strip().splitlines()
-        raise SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
-    slurm_job_id = fields.get("slurm", "")
-    if slurm_job_id and not slurm_job_id.isdigit():
-        raise SubmitRefused("io", f"sbatch answered a job id that is not a number: {slurm_job_id!r}")
-    return SlurmSubmitted(slurm_job_id, fields.get("launched") == "1", fields.get("os") or None)
-
-
-#: What a refusal's words say about which option to fix (sbatch's messages, lower-cased).
-_REFUSAL_HINTS = (
-    ("partition", ("partition",)),
-    ("time", ("time limit", "timelimit", "time_limit")),
-    ("gres", ("gres", "generic resource", "gpu")),
-    ("account", ("account",)),
-    ("qos", ("qos",)),
-    ("mem", ("memory", "mem ")),
-    ("nodes", ("node count", "nodes")),
-    ("cpus-per-task", ("cpu count", "cpus")),
-    ("constraint", ("feature", "constraint")),
-    ("reservation", ("reservation",)),
-)
-
-
-def refusal_message(
-    paths: RemoteJobPaths, refused: SubmitRefused, options: Mapping[str, object] | None
-) -> str:
-    """What a refused sbatch tells the user: sbatch's words, and the ``scheduler_options`` entry to fix."""
-    nothing = "Nothing was queued and nothing was left behind."
-    if refused.code == "noslurm":
-        return (
-            f"Could not submit remote job {paths.job_id} to Slurm: {refused.detail}. Make the Slurm commands "
-            "available to non-interactive logins (e.g. PATH in ~/.ssh/environment or the site's profile), "
-            f"or use scheduler=None. {nothing}"
-        )
-    given = {option_name(key): key for key in (options or {}) if isinstance(key, str) and len(key) > 1}
-    words = refused.detail.lower()
-    for name, clues in _REFUSAL_HINTS:
-        if any(clue in words for clue in clues):
-            if name in given:
-                key = given[name]
-                value = (options or {})[key]
-                fix = f"Fix scheduler_options[{key!r}] (given: {value!r})"
-            else:
-                fix = f"Set scheduler_options[{name.replace('-', '_')!r}] (or the script's #SBATCH line)"
-            return f"Slurm refused remote job {paths.job_id}: {refused.detail}. {fix}. {nothing}"
-    return (
-        f"Slurm refused remote job {paths.job_id}: {refused.detail}. Check scheduler_options "
-        f"({', '.join(sorted(given)) or 'none given'}) against the site's partitions and limits. {nothing}"
-    )
 
 
 def slurm_states_call(jobs: Sequence[tuple[int, RemoteJobPaths]]) -> str:

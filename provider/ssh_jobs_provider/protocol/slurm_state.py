@@ -10,7 +10,7 @@ end, its :class:`~ssh_jobs_provider.protocol.monitor.Outcome`.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
@@ -171,7 +171,6 @@ def slurm_outcome(record: SlurmRecord, job_id: str) -> Outcome | None:
     )
 
 
-@dataclass
 class SlurmJobView:
     """
     One Slurm job seen tick after tick: what to tell the task log, and when it has ended.
@@ -179,12 +178,16 @@ class SlurmJobView:
     :param job_id: the provider's job id (for messages)
     """
 
-    job_id: str
-    last: SlurmRecord | None = None
-    _said: tuple[str, str] = ("", "")
-    _unknown_seen: int = 0
-    _errors_seen: int = 0
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        #: The last record fed.
+        self.last: SlurmRecord | None = None
+        #: What the task log was last told: (state, pending reason).
+        self._said = ("", "")
+        self._unknown_seen = 0
+        self._errors_seen = 0
+        #: Notes for the task log not yet taken (:meth:`take_notes`).
+        self.notes: list[str] = []
 
     def feed(self, record: SlurmRecord) -> Outcome | None:
         """Digest this tick's record; returns the outcome once the job has ended (or is lost)."""

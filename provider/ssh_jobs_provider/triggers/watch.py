@@ -25,6 +25,7 @@ from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
+from ssh_jobs_provider.protocol.slurm import SlurmSpec
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
@@ -113,6 +114,8 @@ class Watch:
         for a job the worker submitted
     :param submit_sent: a batch carrying the submit reached the host (its answer may be lost):
         the job may have started
+    :param slurm: the job goes through Slurm (``scheduler="slurm"``): how it is queued; ``None``:
+        a detached process
     """
 
     monitor: JobMonitor
@@ -128,6 +131,7 @@ class Watch:
     cleanup_attempts: int = 0
     submit_files: tuple[tuple[str, str], ...] | None = None
     submit_sent: bool = False
+    slurm: SlurmSpec | None = None
     #: Where the job stands: set from ``submit_files`` when the watch is made, then changed by
     #: :meth:`advance` only.
     phase: Phase = field(init=False)
