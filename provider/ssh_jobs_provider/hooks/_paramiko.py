@@ -15,7 +15,8 @@ import selectors
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import paramiko
 
@@ -47,10 +48,33 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
             raise paramiko.BadHostKeyException(hostname, key, key)
 
 
+@dataclass
+class ConnectTiming:
+    """What one connect took, in seconds: the byte stream (TCP, or through the jump host or the
+    proxy command), the first key exchange, and the rest (authentication)."""
+
+    stream: float = 0.0
+    kex: float = 0.0
+    auth: float = 0.0
+
+
+class _TimedTransport(paramiko.Transport):
+    """A transport that remembers how long its first key exchange took."""
+
+    kex_seconds = 0.0
+
+    def start_client(self, event: Any = None, timeout: float | None = None) -> None:
+        started = time.perf_counter()
+        super().start_client(event, timeout)
+        self.kex_seconds = time.perf_counter() - started
+
+
 class _JumpedClient(paramiko.SSHClient):
-    """A client reached through a jump host: closing it closes the jump host's connection too."""
+    """A client reached through a jump host: closing it closes the jump host's connection too.
+    It also keeps what its connect took (``doctor`` reports it)."""
 
     jump: paramiko.SSHClient | None = None
+    timing: ConnectTiming | None = None
 
     def close(self) -> None:
         try:
@@ -173,23 +197,30 @@ def _open_sock(settings: SSHConnectionSettings, log: Any) -> tuple[Any, paramiko
     return socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout), None
 
 
-def connect(settings: SSHConnectionSettings, log: Any) -> paramiko.SSHClient:
+def connect(
+    settings: SSHConnectionSettings, log: Any, timing: ConnectTiming | None = None
+) -> paramiko.SSHClient:
     """
     ONE connect attempt; paramiko's errors are raised as they are (a jump host's translated).
 
     :param settings: where and how to connect
     :param log: where the insecure host-key warning goes
+    :param timing: filled in with what the connect took, in parts (``doctor`` reports them)
     """
     client = _JumpedClient()
     set_host_key_policy(client, settings, log)
+    started = time.perf_counter()
     sock, client.jump = _open_sock(settings, log)
+    opened = time.perf_counter()
     try:
-        client.connect(**_connect_kwargs(settings, sock))
+        client.connect(**_connect_kwargs(settings, sock), transport_factory=cast(Any, _TimedTransport))
     except BaseException:
         client.close()
         sock.close()
         raise
     transport = client.get_transport()
+    kex = transport.kex_seconds if isinstance(transport, _TimedTransport) else 0.0
+    client.timing = ConnectTiming(opened - started, kex, max(0.0, time.perf_counter() - opened - kex))
     if transport is not None and settings.keepalive_interval:
         transport.set_keepalive(int(max(1, settings.keepalive_interval)))
     return client

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT
+from ssh_jobs_provider.job_spec import CleanupPolicy
 from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.batch import PollEntry
-from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 from ssh_jobs_provider.protocol.slurm import SlurmSpec
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
@@ -102,13 +104,11 @@ class Watch:
     :param poll_interval: seconds between polls while the job runs
     :param command_timeout: seconds a batch with this job may take
     :param max_reconnect_attempts: consecutive failed polls tolerated
-    :param cleanup: ``"never"``, ``"on_success"`` or ``"always"``
+    :param cleanup: when the job directory is removed (:class:`~ssh_jobs_provider.job_spec.CleanupPolicy`)
     :param cleanup_retries: attempts for the cleanup before leaving it to the operator
-    :param failures: consecutive failed polls so far
     :param next_due: clock reading of the next poll
     :param delivered: log bytes the trigger has written to the task log
     :param final_outcome: the outcome, while the cleanup is pending (:attr:`Phase.CLEANING`)
-    :param cleanup_attempts: cleanups tried so far
     :param submit_files: the job's files while the triggerer still has to submit it
         (:func:`~ssh_jobs_provider.protocol.scripts.job_files`); ``None`` once submitted, or
         for a job the worker submitted
@@ -122,21 +122,24 @@ class Watch:
     poll_interval: float
     command_timeout: float
     max_reconnect_attempts: int
-    cleanup: str = "never"
+    cleanup: CleanupPolicy = CleanupPolicy.NEVER
     cleanup_retries: int = 3
-    failures: int = 0
     next_due: float = 0.0
     delivered: int = 0
     final_outcome: Outcome | None = None
-    cleanup_attempts: int = 0
     submit_files: tuple[tuple[str, str], ...] | None = None
     submit_sent: bool = False
     slurm: SlurmSpec | None = None
     #: Where the job stands: set from ``submit_files`` when the watch is made, then changed by
     #: :meth:`advance` only.
     phase: Phase = field(init=False)
+    #: Polls (or submits) failed in a row, against ``max_reconnect_attempts``; a success resets it.
+    polls: RetryBudget = field(init=False)
+    #: Cleanups tried, against ``cleanup_retries`` attempts.
+    cleanups: RetryBudget = field(init=False)
 
     def __post_init__(self) -> None:
+        self.budget_with(DEFAULT_BACKOFF)
         self.delivered = self.monitor.log_offset
         self.phase = Phase.SUBMITTING if self.submit_files is not None else Phase.WATCHING
 
@@ -147,6 +150,16 @@ class Watch:
         except KeyError:
             raise WatchStateError(f"A watch in phase {self.phase.name} cannot take {event.name}") from None
         return self.phase
+
+    def budget_with(self, backoff: BackoffPolicy) -> None:
+        """Fresh budgets for the polls and the cleanups, waiting ``backoff`` after a failure."""
+        self.polls = RetryBudget(self.max_reconnect_attempts, backoff)
+        self.cleanups = RetryBudget(self.cleanup_retries - 1, backoff)
+
+    @property
+    def failures(self) -> int:
+        """Polls (or submits) failed in a row."""
+        return self.polls.failures
 
     @property
     def active(self) -> bool:
@@ -166,9 +179,9 @@ class Watch:
         self.delivered = max(self.delivered, offset)
 
     def wants_cleanup(self, outcome: Outcome) -> bool:
-        if outcome.status not in ("success", "failed"):
+        if outcome.status is OutcomeStatus.ERROR:
             return False  # the job may still be running: the operator kills before cleaning
-        return self.cleanup == "always" or (self.cleanup == "on_success" and outcome.status == "success")
+        return CleanupPolicy(self.cleanup).removes(outcome.status is OutcomeStatus.SUCCESS)
 
     def offset_record(self) -> PollEntry:
         """An entry that only records how far the log was delivered (for a trigger that leaves)."""
@@ -192,7 +205,7 @@ def submit_failed(watch: Watch, error: BaseException) -> Outcome:
         started = "No job was started."
     hint = POSIX_HINT if isinstance(error, RemoteJobProtocolError) else FAN_OUT_HINT
     return Outcome(
-        "error",
+        OutcomeStatus.ERROR,
         None,
         f"Could not submit remote job {job.job_id} ({watch.failures} failed attempt(s); "
         f"{type(error).__name__}: {error}). {started} {hint}",
