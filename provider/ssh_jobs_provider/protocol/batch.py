@@ -46,6 +46,7 @@ from ssh_jobs_provider.protocol.scripts import (
     shell_source,
     wrapper_source,
 )
+from ssh_jobs_provider.protocol.slurm import SlurmSubmitCall, slurm_batch_submits
 
 #: How the polls of a batch run: ``"auto"`` (perl when the host has a working one, else sh),
 #: ``"perl"`` or ``"sh"``.
@@ -119,6 +120,18 @@ class SubmitEntry(PollEntry):
             raise ValueError(f"A submit of {self.paths.job_id} needs the job's files.")
 
 
+@dataclass(frozen=True)
+class SlurmSubmitEntry(SubmitEntry):
+    """
+    A :class:`SubmitEntry` whose job is queued with ``sbatch`` (``scheduler="slurm"``) instead
+    of started detached (:func:`~ssh_jobs_provider.protocol.slurm.slurm_batch_submits`).
+
+    :param arguments: the sbatch arguments (:func:`~ssh_jobs_provider.protocol.slurm.sbatch_arguments`)
+    """
+
+    arguments: tuple[str, ...] = ()
+
+
 Entry = PollEntry | CleanupEntry
 
 
@@ -144,11 +157,19 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
         raise ValueError(f"A batch runs its polls in 'perl' or 'sh', not {interpreter!r}.")
     polls = [(key, e) for key, e in enumerate(entries) if isinstance(e, PollEntry)]
     cleanups = [(key, e) for key, e in enumerate(entries) if isinstance(e, CleanupEntry)]
-    submits = [(key, e) for key, e in polls if isinstance(e, SubmitEntry)]
+    submits = [
+        (key, e) for key, e in polls if isinstance(e, SubmitEntry) and not isinstance(e, SlurmSubmitEntry)
+    ]
+    queued = [
+        SlurmSubmitCall(key, e.paths, e.token, e.files, e.arguments)
+        for key, e in polls
+        if isinstance(e, SlurmSubmitEntry)
+    ]
     # Cleanups first (they free space), then the submits, then the polls of every job, the
     # new ones included: their first log bytes come in the same answer.
     calls = (
         _cleanups(cleanups)
+        + slurm_batch_submits(queued)
         + _submits(submits)
         + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
-from ssh_jobs_provider.protocol.monitor import JobMonitor, MonitorUpdate, Outcome
+from ssh_jobs_provider.protocol.monitor import JobMonitor, MonitorUpdate, Outcome, OutcomeStatus
 
 #: States in which the job has not ended yet.
 ACTIVE_STATES = frozenset(
@@ -152,9 +152,11 @@ def slurm_outcome(record: SlurmRecord, job_id: str) -> Outcome | None:
         return None
     where = f"Remote job {job_id} (Slurm job {record.slurm_job_id})"
     if record.state == "COMPLETED" and record.exit_code in (0, None) and record.signal is None:
-        return Outcome("success", 0, f"{where} COMPLETED with exit code 0")
+        return Outcome(OutcomeStatus.SUCCESS, 0, f"{where} COMPLETED with exit code 0")
     if record.state == "FAILED" and record.exit_code is not None:
-        return Outcome("failed", record.exit_code, f"{where} FAILED with exit code {record.exit_code}")
+        return Outcome(
+            OutcomeStatus.FAILED, record.exit_code, f"{where} FAILED with exit code {record.exit_code}"
+        )
     why = {
         "CANCELLED": "it was cancelled (scancel, by the user, an admin or the task's kill)",
         "TIMEOUT": "it reached its time limit (scheduler_options 'time', or the partition's)",
@@ -165,7 +167,7 @@ def slurm_outcome(record: SlurmRecord, job_id: str) -> Outcome | None:
         "DEADLINE": "it could not end before its deadline",
     }.get(record.state, "")
     return Outcome(
-        "failed",
+        OutcomeStatus.FAILED,
         None,
         f"{where} ended {record.state} ({describe_end(record)})" + (f": {why}" if why else ""),
     )
@@ -205,14 +207,14 @@ class SlurmJobView:
                 return None
             if record.state == "nojob":
                 return Outcome(
-                    "error",
+                    OutcomeStatus.ERROR,
                     None,
                     f"Remote job {self.job_id} has no Slurm job id recorded in its directory: its submit did not "
                     "complete (or it is not a Slurm job).",
                     never_started=True,
                 )
             return Outcome(
-                "error",
+                OutcomeStatus.ERROR,
                 None,
                 f"Slurm no longer knows remote job {self.job_id} (Slurm job {record.slurm_job_id}): it left squeue "
                 "(MinJobAge) and sacct has no record of it (no accounting storage or job completion log).",

@@ -37,9 +37,11 @@ from ssh_jobs_provider.protocol.answers import (
     RemoteJobProtocolError,
     SubmitRefused,
 )
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SubmitEntry
+from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SlurmSubmitEntry, SubmitEntry
 from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import refusal_message
+from ssh_jobs_provider.protocol.slurm_answers import SLURM_REFUSALS
+from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
 from ssh_jobs_provider.triggers.watch import (
     SUBMIT_TICK,
@@ -159,7 +161,17 @@ class PollScheduler:
             window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
             entry = monitor.poll_entry(max_bytes=window, delivered=watch.delivered)
-            if watch.submitting and watch.submit_files is not None:
+            if watch.submitting and watch.submit_files is not None and watch.slurm is not None:
+                entry = SlurmSubmitEntry(
+                    entry.paths,
+                    entry.offset,
+                    entry.max_bytes,
+                    entry.delivered,
+                    entry.token,
+                    watch.submit_files,
+                    watch.slurm.arguments,
+                )
+            elif watch.submitting and watch.submit_files is not None:
                 entry = SubmitEntry(
                     entry.paths,
                     entry.offset,
@@ -254,7 +266,10 @@ class PollScheduler:
     def _apply(self, watch: Watch, result: EntryResult, now: float, sent_before: bool = False) -> Deliveries:
         if isinstance(result, SubmitRefused):
             # Refused before anything ran, and what it created removed again: final.
-            message = refusal_message(watch.monitor.paths, result)
+            if watch.slurm is not None and result.code in SLURM_REFUSALS:
+                message = slurm_refusal_message(watch.monitor.paths, result, watch.slurm.options)
+            else:
+                message = refusal_message(watch.monitor.paths, result)
             # Refused at its first send: nothing ran. Refused when sent again, an earlier send
             # (whose answer was lost) may have started the job: it is then killed like a lost one.
             return [
