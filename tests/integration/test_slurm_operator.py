@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from harness.remote_jobs import job_dirs
 from ssh_jobs_provider.exceptions import RemoteJobError
@@ -19,6 +21,7 @@ from ssh_jobs_provider.protocol.slurm import SlurmOptionError
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator, wait_until
+from support.report import report
 from support.runner import (
     StandInStateStore,
     StandInTaskInstance,
@@ -196,39 +199,57 @@ def test_durable_retry_reattaches_to_the_running_slurm_job(
     assert list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["COMPLETED"]
 
 
-def test_twenty_jobs_from_the_triggerer_one_login_one_squeue_per_tick(
+@pytest.mark.parametrize("fan_out", [20, pytest.param(200, marks=pytest.mark.slow)])
+def test_a_fan_out_from_the_triggerer_is_one_login_and_one_squeue_per_tick(
     slurm_conn: str,
     slurm_sshd: BaseSSHServer,
     slurm_cluster: SlurmCluster,
     slurm_calls: SlurmCallLog,
     remote_base_dir: str,
+    fan_out: int,
 ) -> None:
     ops = [
         make_operator(
             slurm_conn,
             remote_base_dir,
             task_id=f"shard{index}",
-            command=f"echo shard {index}; sleep 1; exit {index % 3}",
+            command=f"echo shard {index} starting; sleep 2; echo shard {index} done; exit {index % 3}",
             scheduler="slurm",
             submit_from="triggerer",
             cleanup="always",
+            poll_interval=1,
+            command_timeout=60,
         )
-        for index in range(20)
+        for index in range(fan_out)
     ]
     triggers = [
         recreated(submit(op, StandInTaskInstance(task_id=f"shard{i}")).trigger) for i, op in enumerate(ops)
     ]
     before = slurm_sshd.counts()
-    payloads = asyncio.run(run_triggers(triggers, timeout=120))
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        payloads = asyncio.run(run_triggers(triggers, timeout=300))
+    seconds = time.monotonic() - started
     after = slurm_sshd.counts()
-    assert after.get("accepted", 0) - before.get("accepted", 0) == 1
-    assert [p["exit_code"] for p in payloads] == [index % 3 for index in range(20)]
-    states = sorted(slurm_jobs(slurm_cluster, remote_base_dir).values())
-    assert states.count("COMPLETED") == 7 and states.count("FAILED") == 13
-    assert job_dirs(Path(remote_base_dir)) == []
-    # One exec per tick (sshd counts them), and in it at most one squeue for all the jobs.
+    logins = after.get("accepted", 0) - before.get("accepted", 0)
     execs = after.get("sessions", 0) - before.get("sessions", 0)
     squeues = slurm_calls.calls("squeue")
+    report(
+        f"Slurm fan-out of {fan_out} from the triggerer: {seconds:.0f}s, {logins} login(s), {execs} exec(s), "
+        f"{len(squeues)} squeue (up to {max(slurm_calls.ids_per_squeue(), default=0)} jobs each), "
+        f"{len(slurm_calls.calls('sacct'))} sacct, {len(slurm_calls.calls('sbatch'))} sbatch"
+    )
+    assert logins == 1
+    assert [p["exit_code"] for p in payloads] == [index % 3 for index in range(fan_out)]
+    assert [p["status"] for p in payloads] == ["success" if i % 3 == 0 else "failed" for i in range(fan_out)]
+    # Every job's two lines reached the task logs, once each.
+    lines = sorted(e["event"] for e in logs if str(e.get("event", "")).startswith("shard "))
+    assert lines == sorted(f"shard {i} {word}" for i in range(fan_out) for word in ("starting", "done"))
+    states = sorted(slurm_jobs(slurm_cluster, remote_base_dir).values())
+    assert states.count("COMPLETED") == len(range(0, fan_out, 3))
+    assert states.count("FAILED") == fan_out - states.count("COMPLETED")
+    assert job_dirs(Path(remote_base_dir)) == []
+    # One exec per tick (sshd counts them), and in it at most one squeue for all the jobs.
     assert 1 <= len(squeues) <= execs
-    assert max(len(call.split(" -j ")[1].split()[0].split(",")) for call in squeues) == 20
-    assert len(slurm_calls.calls("sbatch")) == 20
+    assert max(slurm_calls.ids_per_squeue()) >= min(fan_out, 100)
+    assert len(slurm_calls.calls("sbatch")) == fan_out
