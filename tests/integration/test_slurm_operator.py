@@ -16,6 +16,7 @@ import pytest
 import structlog.testing
 
 from harness.remote_jobs import job_dirs
+from ssh_jobs_provider._compat import TaskDeferralTimeout
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.protocol.slurm import SlurmOptionError
 from ssh_jobs_provider.triggers.host_session import HostSession
@@ -253,3 +254,21 @@ def test_a_fan_out_from_the_triggerer_is_one_login_and_one_squeue_per_tick(
     assert 1 <= len(squeues) <= execs
     assert max(slurm_calls.ids_per_squeue()) >= min(fan_out, 100)
     assert len(slurm_calls.calls("sbatch")) == fan_out
+
+
+def test_deferral_timeout_cancels_the_slurm_job(
+    slurm_conn: str, slurm_cluster: SlurmCluster, remote_base_dir: str
+) -> None:
+    op = make_operator(slurm_conn, remote_base_dir, command="sleep 300", scheduler="slurm", timeout=1)
+    ti = StandInTaskInstance(state_store=StandInStateStore())
+    submit(op, ti)
+    wait_until(
+        lambda: list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["RUNNING"], 30, "RUNNING"
+    )
+    # What a worker runs when the scheduler times the deferral out.
+    fresh = make_operator(slurm_conn, remote_base_dir, command="sleep 300", scheduler="slurm", timeout=1)
+    with pytest.raises(TaskDeferralTimeout):
+        fresh.resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(ti))
+    wait_until(
+        lambda: list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["CANCELLED"], 30, "CANCELLED"
+    )
