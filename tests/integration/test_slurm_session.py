@@ -97,7 +97,7 @@ def test_one_session_watches_many_slurm_jobs_with_one_squeue_per_tick(
             while True:
                 delivery = await watch.next_delivery()
                 lines += delivery.lines
-                notes += delivery.warnings
+                notes += delivery.progress
                 if notes and "PENDING: JobHeldUser" in notes[-1] and len(notes) == 1:
                     held = watches[3][1]
                     await asyncio.to_thread(slurm_cluster.run, ["scontrol", "release", held])

@@ -186,7 +186,8 @@ def test_a_failed_query_is_never_an_outcome() -> None:
     view = SlurmJobView("job1")
     for _ in range(10):
         assert view.feed(SlurmRecord("error", "5", reason="squeue failed")) is None
-    assert len(view.take_notes()) == 2  # the first, and once more when it persists
+    assert len(view.take_warnings()) == 2  # the first, and once more when it persists
+    assert view.take_notes() == []
 
 
 def status(size: int, data: bytes = b"", state: JobState = JobState.PENDING) -> JobStatus:
@@ -198,7 +199,8 @@ def test_monitor_reads_the_log_once_more_after_slurm_reports_the_end() -> None:
     monitor.feed_slurm(SlurmRecord("RUNNING", "5"))
     first = monitor.feed_status(status(6, b"hello\n"), now=1.0)
     assert first.lines == ["hello"] and first.outcome is None
-    assert first.notes == ["Slurm job 5 (remote job job1) is RUNNING"]
+    assert first.progress == ["Slurm job 5 (remote job job1) is RUNNING"]
+    assert first.notes == []
     # The job wrote its last line after this tick's log read, then ended before its squeue.
     monitor.feed_slurm(SlurmRecord("FAILED", "5", 3))
     ended = monitor.feed_status(status(6), now=2.0)

@@ -188,8 +188,10 @@ class SlurmJobView:
         self._said = ("", "")
         self._unknown_seen = 0
         self._errors_seen = 0
-        #: Notes for the task log not yet taken (:meth:`take_notes`).
+        #: Where the job stands, for the task log, not yet taken (:meth:`take_notes`).
         self.notes: list[str] = []
+        #: Failed queries, for the task log as warnings, not yet taken (:meth:`take_warnings`).
+        self.warnings: list[str] = []
 
     def feed(self, record: SlurmRecord) -> Outcome | None:
         """Digest this tick's record; returns the outcome once the job has ended (or is lost)."""
@@ -198,7 +200,7 @@ class SlurmJobView:
             # The query failed: nothing is known about the job; another tick asks again.
             self._errors_seen += 1
             if self._errors_seen in (1, UNKNOWN_CONFIRMATIONS):
-                self.notes.append(f"Could not ask Slurm about remote job {self.job_id}: {record.reason}")
+                self.warnings.append(f"Could not ask Slurm about remote job {self.job_id}: {record.reason}")
             return None
         self._errors_seen = 0
         if record.state in ("unknown", "nojob"):
@@ -233,9 +235,14 @@ class SlurmJobView:
         return f"{where} is {record.state}"
 
     def take_notes(self) -> list[str]:
-        """The notes for the task log since the last call."""
+        """Where the job stands (its state, its pending reason) since the last call."""
         notes, self.notes = self.notes, []
         return notes
+
+    def take_warnings(self) -> list[str]:
+        """The failed queries since the last call."""
+        warnings, self.warnings = self.warnings, []
+        return warnings
 
 
 class SlurmMonitor(JobMonitor):
@@ -265,7 +272,8 @@ class SlurmMonitor(JobMonitor):
 
     def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
         update = super().feed_status(status, now)
-        update.notes[:0] = self.slurm.take_notes()
+        update.progress.extend(self.slurm.take_notes())
+        update.notes[:0] = self.slurm.take_warnings()
         if self._slurm_seen is not None and self._slurm_outcome is None and update.outcome is None:
             self._slurm_outcome = self._slurm_seen
             update.more_now = True

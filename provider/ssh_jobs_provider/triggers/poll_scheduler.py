@@ -293,6 +293,7 @@ class PollScheduler:
         delivery = Delivery(
             lines=update.lines,
             warnings=update.notes,
+            progress=update.progress,
             log_offset=watch.monitor.log_offset,
             submitted=submitted,
         )

@@ -196,6 +196,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self.log.info("%s", line)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
+        for news in delivery.progress:
+            self.log.info("%s", news)
 
     def _report_submit(self, status: JobStatus) -> None:
         self._submitted = status

@@ -87,6 +87,8 @@ class Delivery:
 
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Where the job stands, for the task log at info level (a Slurm job's state, once per change).
+    progress: list[str] = field(default_factory=list)
     log_offset: int = 0
     outcome: Outcome | None = None
     #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
