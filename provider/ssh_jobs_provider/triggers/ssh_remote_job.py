@@ -209,9 +209,17 @@ class SSHRemoteJobTrigger(BaseTrigger):
             )
         if status.remote_os:
             self.log.info("Remote OS: %s", status.remote_os)
-        self.log.info(
-            "Remote job %s on %s: %s (pid %s)", self.spec.job_id, self._host, status.state.value, status.pid
-        )
+        if self._slurm is not None:
+            # No pid on the login node: where it stands is Slurm's answer, in the next lines.
+            self.log.info("Remote job %s on %s: queued with sbatch", self.spec.job_id, self._host)
+        else:
+            self.log.info(
+                "Remote job %s on %s: %s (pid %s)",
+                self.spec.job_id,
+                self._host,
+                status.state.value,
+                status.pid,
+            )
         self.log.info("Job directory: %s", self.spec.job_dir)
 
     # ------------------------------------------------------------------ the loop
