@@ -79,6 +79,7 @@ class Delivery:
 
     :param lines: log lines for the task log
     :param warnings: warnings for the task log (failed polls, a cleanup refused)
+    :param progress: where the job stands, for the task log at info level (a Slurm job's state)
     :param log_offset: the log offset after these lines
     :param outcome: the final outcome (the last delivery only)
     :param cleaned_up: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested
