@@ -281,3 +281,15 @@ def test_a_batch_submits_many_jobs_in_one_script_and_refuses_only_the_bad_one(
     assert [ids_again[key].slurm_job_id for key in launched] == [
         records[key].slurm_job_id for key in launched
     ]
+
+
+def test_the_job_runs_in_its_working_directory(
+    slurm_cluster: SlurmCluster, base: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    paths = RemoteJobPaths("in-work", str(base))
+    script = build_slurm_submit_script(paths, "pwd", {}, new_job_token(), str(work), ())
+    parse_slurm_submit_output(run_sh_slurm(slurm_cluster, script))
+    assert wait_until_ended(slurm_cluster, paths).state == "COMPLETED"
+    assert (base / "in-work" / "stdout.log").read_text() == f"{work}\n"

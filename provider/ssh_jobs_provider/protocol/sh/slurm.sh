@@ -28,12 +28,12 @@ slurm_launch() {
         abort "writing batch.sh"
       ;;
   esac
-  wd=
-  [ -f "$jd/workdir" ] && IFS= read -r wd < "$jd/workdir"
+  work_dir=
+  [ -f "$jd/workdir" ] && IFS= read -r work_dir < "$jd/workdir"
   # shellcheck disable=SC2088 # a literal "~" from the operator's remote_working_dir
-  case $wd in
-    ''|'~') wd=${HOME:-/} ;;
-    '~/'*) wd=${HOME:-}/${wd#??} ;;
+  case $work_dir in
+    ''|'~') work_dir=${HOME:-/} ;;
+    '~/'*) work_dir=${HOME:-}/${work_dir#??} ;;
   esac
   { : >> "$jd/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
   # The job's environment applies to sbatch's own (which Slurm hands to the job); sbatch
@@ -45,7 +45,7 @@ slurm_launch() {
     export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE
     # shellcheck disable=SC1091 # written by the submit
     . "$jd/env.sh"
-    "$sbatch_path" --parsable --output="$jd/stdout.log" --open-mode=append --chdir="$wd" \
+    "$sbatch_path" --parsable --output="$jd/stdout.log" --open-mode=append --chdir="$work_dir" \
       "$@" "$jd/batch.sh" </dev/null 2>&1
   )
   status=$?
