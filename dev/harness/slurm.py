@@ -56,8 +56,8 @@ class SlurmCluster:
     :param base_dir: where everything goes; made searchable by all (munged requires it of
         every directory on its socket's path)
     :param cpus: CPUs the node claims
-    :param max_time: the partition's ``MaxTime`` (``"UNLIMITED"`` or minutes), so that a test
-        can ask for more and be refused
+    :param max_time: the default partition's ``MaxTime`` (minutes, or ``"UNLIMITED"``): a job
+        asking for more is refused at submit (``EnforcePartLimits=ALL``), as on most sites
     :param min_job_age: seconds a finished job stays visible to ``squeue``; small values let a
         test see the ``sacct`` fallback
     """
@@ -67,7 +67,7 @@ class SlurmCluster:
         base_dir: Path,
         *,
         cpus: int = DEFAULT_CPUS,
-        max_time: str = "UNLIMITED",
+        max_time: str = "60",
         min_job_age: int = 86400,
     ) -> None:
         # slurm.conf values are whitespace-separated: refusing spaces beats quoting rules.
@@ -159,6 +159,8 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none",
             f"MinJobAge={self.min_job_age}",
             "ReturnToService=2",
+            # A job over a partition's limits is refused by sbatch, not left pending forever.
+            "EnforcePartLimits=ALL",
             "SlurmdParameters=config_overrides",
             "SchedulerType=sched/backfill",
             # A cancelled or timed-out job gets SIGTERM, then SIGKILL this many seconds later.

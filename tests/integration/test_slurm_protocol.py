@@ -293,3 +293,17 @@ def test_the_job_runs_in_its_working_directory(
     parse_slurm_submit_output(run_sh_slurm(slurm_cluster, script))
     assert wait_until_ended(slurm_cluster, paths).state == "COMPLETED"
     assert (base / "in-work" / "stdout.log").read_text() == f"{work}\n"
+
+
+def test_a_time_over_the_partition_limit_is_refused_naming_the_option(
+    slurm_cluster: SlurmCluster, base: Path
+) -> None:
+    options: dict[str, object] = {"time": "2:00:00"}  # the partition allows 60 minutes
+    paths = RemoteJobPaths("too-long", str(base))
+    script = build_slurm_submit_script(paths, "true", {}, new_job_token(), None, sbatch_arguments(options))
+    with pytest.raises(SubmitRefused) as refused:
+        parse_slurm_submit_output(run_sh_slurm(slurm_cluster, script))
+    message = refusal_message(paths, refused.value, options)
+    assert "time limit" in message.lower()
+    assert "Fix scheduler_options['time'] (given: '2:00:00')" in message
+    assert not (base / "too-long").exists()
