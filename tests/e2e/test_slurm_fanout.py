@@ -43,7 +43,7 @@ from airflow.sdk import DAG
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 
 COMMANDS = [
-    f"#!/bin/sh\\necho slurm shard {{i}} line 1 on $SLURM_JOB_PARTITION\\nsleep 2\\n"
+    f"#!/bin/sh\\necho slurm shard {{i}} line 1 on $SLURM_JOB_PARTITION\\nsleep 30\\n"
     f"echo slurm shard {{i}} line 2 on $SLURM_JOB_PARTITION\\n"
     for i in range({fan_out})
 ]
@@ -158,8 +158,9 @@ def test_slurm_ran_one_job_per_task_and_none_is_left(runs: dict[str, SlurmRun], 
     run = runs[dag_id]
     tries = sum(ti.try_number for ti in run.tis)
     assert run.slurm_states.count("COMPLETED") == FAN_OUT
-    assert len(run.slurm_states) == tries  # a retry of the scheduler race may submit again
-    assert len(run.calls.calls("sbatch")) == tries
+    # A retry (the scheduler race) re-attaches to its Slurm job instead of queueing another.
+    assert FAN_OUT <= len(run.slurm_states) <= tries
+    assert len(run.calls.calls("sbatch")) == len(run.slurm_states)
     assert job_dirs(run.jobs_dir) == []
 
 
@@ -173,6 +174,8 @@ def test_one_squeue_per_exec_for_all_the_jobs(runs: dict[str, SlurmRun], dag_id:
         f"{len(squeues)} squeue (up to {widest} jobs in one), {len(run.calls.calls('sacct'))} sacct"
     )
     assert 1 <= len(squeues) <= run.counts["sessions"]
-    assert widest >= FAN_OUT // 2  # the watches of the fan-out are asked about together
+    # The watches of the fan-out are asked about together (tasks defer over some seconds; each
+    # job runs 30 s, so many are watched at once).
+    assert widest >= 10
     if DAGS[dag_id] == "triggerer":
         assert run.counts["accepted"] <= 2  # one login (one more only after a scheduler race)
