@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import pytest
 
-from ssh_jobs_provider.cli.doctor import probe_script
 from ssh_jobs_provider.protocol.batch import (
     CleanupEntry,
     PollEntry,
@@ -21,6 +20,7 @@ from ssh_jobs_provider.protocol.batch import (
     build_batch_script,
     build_cleanup_script,
 )
+from ssh_jobs_provider.protocol.doctor import build_host_probe
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.ops import build_listing_script, build_reap_script
@@ -57,7 +57,7 @@ VERBS: dict[str, Callable[[], str]] = {
     "lookup": lambda: build_lookup_script([JobRecord(PATHS.job_id, PATHS.base_dir, TOKEN, 1)]),
     "list": lambda: build_listing_script("/srv/jobs"),
     "reap": lambda: build_reap_script([CleanupEntry(PATHS, TOKEN)]),
-    "doctor probe": lambda: probe_script("/srv/jobs"),
+    "doctor probe": lambda: build_host_probe("/srv/jobs", ["sh", "ls", "perl"]),
     "slurm submit": lambda: build_slurm_submit_script(
         PATHS, "echo hi", {"NAME": "value"}, TOKEN, "~/work", ("--partition=gpu", "--exclusive")
     ),

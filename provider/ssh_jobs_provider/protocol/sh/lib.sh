@@ -2,7 +2,7 @@
 # probe and the cleanup. The scripts are fed to `/bin/sh -s` and must stay POSIX sh (dash,
 # busybox ash, bash). The caller defines T, the protocol tag every answer line starts with,
 # and puts process.sh before this file.
-# shellcheck disable=SC2154 # st, pst and boot_now come from process.sh, which precedes this file
+# shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
 
 # stat_of PATH: m = PATH's mode string and o = its owner's uid, as `ls -ldn` shows them.
 # Symbolic links are not followed; both are empty when PATH cannot be examined.
@@ -57,8 +57,8 @@ is_wrapper() {
   read -r rec < start
   case $rec in
     '') return 0 ;;
-    ps:*) ps_started "$1"; [ "ps:$pst" = "$rec" ] ;;
-    *) started_at "$1"; [ "$st" = "$rec" ] ;;
+    ps:*) ps_started "$1"; [ "ps:$ps_start" = "$rec" ] ;;
+    *) started_at "$1"; [ "$start_ticks" = "$rec" ] ;;
   esac
 }
 
