@@ -429,16 +429,7 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
             f"{counts.get('drops', 0)} dropped past MaxStartups {MAX_STARTUPS}, "
             f"{counts.get('session_refusals', 0)} MaxSessions refusals",
         ),
-        *(
-            [
-                (
-                    "Slurm jobs",
-                    ", ".join(f"{count} {state}" for state, count in result.slurm_states.items()) or "none",
-                )
-            ]
-            if result.scheduler == "slurm"
-            else []
-        ),
+        *(slurm_rows(result, counts.get("sessions", 0)) if result.scheduler == "slurm" else []),
         ("Job directories", f"{len(result.leftover_dirs)} left behind"),
         ("Wall time", format_wall_time(result, total)),
     ]
