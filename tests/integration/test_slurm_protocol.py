@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.protocol.answers import SubmitRefused
+from ssh_jobs_provider.protocol.batch import CleanupEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import parse_kill_answer
+from ssh_jobs_provider.protocol.ops import build_reap_script, parse_reap_output
 from ssh_jobs_provider.protocol.scripts import as_whole, batch_tag, job_files, script_prelude
 from ssh_jobs_provider.protocol.slurm import (
     SlurmSubmitCall,
@@ -307,3 +309,17 @@ def test_a_time_over_the_partition_limit_is_refused_naming_the_option(
     assert "time limit" in message.lower()
     assert "Fix scheduler_options['time'] (given: '2:00:00')" in message
     assert not (base / "too-long").exists()
+
+
+def test_a_reaper_keeps_the_directory_of_a_slurm_job_slurm_still_has(
+    slurm_cluster: SlurmCluster, base: Path
+) -> None:
+    paths, token, _ = submit(slurm_cluster, base, "sleep 300", name="af_reaped")
+    wait_for(lambda: record_of(slurm_cluster, paths).state == "RUNNING", 30, "RUNNING")
+    entries = [CleanupEntry(paths, token)]
+    assert parse_reap_output(run_sh_slurm(slurm_cluster, build_reap_script(entries)), entries) == ["running"]
+    assert (base / "af_reaped" / "stdout.log").exists()
+    run_sh_slurm(slurm_cluster, build_slurm_cancel_script(paths, token))
+    wait_until_ended(slurm_cluster, paths)
+    assert parse_reap_output(run_sh_slurm(slurm_cluster, build_reap_script(entries)), entries) == ["removed"]
+    assert not (base / "af_reaped").exists()

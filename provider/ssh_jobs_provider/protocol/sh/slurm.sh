@@ -184,3 +184,21 @@ slurm_cancel() {
     echo "$T kill state=failed job=$slurm_id reason=$(printf '%s' "$said" | tr '\n' ' ')"
   fi
 }
+
+# slurm_job_active DIR: success when DIR records a Slurm job that Slurm still has (pending,
+# running, ...), or whose state cannot be asked (squeue missing or failing): a reaper then keeps
+# the directory, whose log the job may still write. Failure: no Slurm job, or one that ended.
+slurm_job_active() {
+  slurm_id=
+  [ -f "$1/slurm_job" ] && read -r slurm_id < "$1/slurm_job" 2>/dev/null
+  case $slurm_id in ''|*[!0-9]*) return 1 ;; esac
+  command -v squeue >/dev/null 2>&1 || return 0
+  if ! job_state=$(squeue -h -t all -j "$slurm_id" -o %T 2>&1); then
+    # A job squeue no longer knows has ended long ago (MinJobAge); any other failure says nothing.
+    case $job_state in *'Invalid job id'*) return 1 ;; *) return 0 ;; esac
+  fi
+  case $job_state in
+    PENDING|CONFIGURING|RUNNING|COMPLETING|SUSPENDED|REQUEUE*|RESIZING|SIGNALING|STAGE_OUT|STOPPED|RESV_DEL_HOLD) return 0 ;;
+  esac
+  return 1
+}
