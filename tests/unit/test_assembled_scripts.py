@@ -25,7 +25,7 @@ from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.ops import build_listing_script, build_reap_script
 from ssh_jobs_provider.protocol.reattach import JobRecord, build_lookup_script
-from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files
+from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files, wrapper_source
 from ssh_jobs_provider.protocol.slurm import (
     build_slurm_cancel_script,
     build_slurm_submit_script,
@@ -57,6 +57,7 @@ VERBS: dict[str, Callable[[], str]] = {
     "lookup": lambda: build_lookup_script([JobRecord(PATHS.job_id, PATHS.base_dir, TOKEN, 1)]),
     "list": lambda: build_listing_script("/srv/jobs"),
     "reap": lambda: build_reap_script([CleanupEntry(PATHS, TOKEN)]),
+    "wrapper (run.sh)": wrapper_source,
     "doctor probe": lambda: build_host_probe("/srv/jobs", ["sh", "ls", "perl"]),
     "slurm submit": lambda: build_slurm_submit_script(
         PATHS, "echo hi", {"NAME": "value"}, TOKEN, "~/work", ("--partition=gpu", "--exclusive")
