@@ -17,9 +17,9 @@ slurm_launch() {
   fi
   # Claimed atomically: of two submits of the same job (a re-sent one), one runs sbatch.
   mkdir "$jd/claimed" 2>/dev/null || { launched=0; return 0; }
-  first=
-  IFS= read -r first < "$jd/command.sh"
-  case $first in
+  first_line=
+  IFS= read -r first_line < "$jd/command.sh"
+  case $first_line in
     '#!'*) { cat "$jd/command.sh" > "$jd/batch.sh"; } 2>/dev/null || abort "writing batch.sh" ;;
     *)
       # sbatch wants an interpreter line: the same shell the detached wrapper would use.
@@ -38,7 +38,7 @@ slurm_launch() {
   { : >> "$jd/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
   # The job's environment applies to sbatch's own (which Slurm hands to the job); sbatch
   # itself was found before it, so a PATH there cannot change which sbatch runs.
-  answer=$(
+  sbatch_answer=$(
     SSH_JOBS_JOB_ID=${jd##*/}
     SSH_JOBS_JOB_DIR=$jd
     SSH_JOBS_LOG_FILE=$jd/stdout.log
@@ -48,28 +48,28 @@ slurm_launch() {
     "$sbatch_path" --parsable --output="$jd/stdout.log" --open-mode=append --chdir="$work_dir" \
       "$@" "$jd/batch.sh" </dev/null 2>&1
   )
-  status=$?
+  sbatch_status=$?
   # --parsable answers "id" or "id;cluster"; warnings may come before it, the id is last.
-  slurm_id=${answer##*
+  queued_id=${sbatch_answer##*
 }
-  slurm_id=${slurm_id%%;*}
-  case $status:$slurm_id in
+  queued_id=${queued_id%%;*}
+  case $sbatch_status:$queued_id in
     0:[0-9]*)
-      case $slurm_id in *[!0-9]*) ;; *) put slurm_job "$slurm_id
+      case $queued_id in *[!0-9]*) ;; *) put slurm_job "$queued_id
 "; launched=1; return 0 ;; esac
       ;;
   esac
   # Refused (or not understood): nothing was queued. What sbatch said, on one line.
   rmdir "$jd/claimed" 2>/dev/null
-  reason=$(printf '%s' "$answer" | tr '\n' ' ')
-  refuse sbatch "sbatch (status $status): ${reason:-no message}"
+  sbatch_reason=$(printf '%s' "$sbatch_answer" | tr '\n' ' ')
+  refuse sbatch "sbatch (status $sbatch_status): ${sbatch_reason:-no message}"
 }
 
 # slurm_submitted: the worker's submit answer: whether this submit queued the job, and its id.
 slurm_submitted() {
-  slurm_id=
-  [ -f "$jd/slurm_job" ] && read -r slurm_id < "$jd/slurm_job"
-  echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched slurm=$slurm_id"
+  queued_id=
+  [ -f "$jd/slurm_job" ] && read -r queued_id < "$jd/slurm_job"
+  echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched slurm=$queued_id"
 }
 
 # slurm_states KEY DIR [KEY DIR ...]: one "slurm" line per KEY: the state Slurm holds for the
@@ -83,14 +83,14 @@ slurm_states() {
   slurm_ids=
   slurm_keys=
   while [ $# -ge 2 ]; do
-    slurm_id=
-    [ -f "$2/slurm_job" ] && read -r slurm_id < "$2/slurm_job" 2>/dev/null
-    case $slurm_id in
+    states_id=
+    [ -f "$2/slurm_job" ] && read -r states_id < "$2/slurm_job" 2>/dev/null
+    case $states_id in
       ''|*[!0-9]*) echo "$T slurm key=$1 state=nojob" ;;
       *)
-        eval "slurm_key_$slurm_id=\"\${slurm_key_$slurm_id:-} $1\""
-        slurm_ids="$slurm_ids,$slurm_id"
-        slurm_keys="$slurm_keys $1:$slurm_id"
+        eval "slurm_key_$states_id=\"\${slurm_key_$states_id:-} $1\""
+        slurm_ids="$slurm_ids,$states_id"
+        slurm_keys="$slurm_keys $1:$states_id"
         ;;
     esac
     shift 2
@@ -101,69 +101,69 @@ slurm_states() {
     return 0
   fi
   # -t all: finished jobs too (until MinJobAge). "|" ends every field, so none is padded.
-  listed=$(squeue -h -t all -j "${slurm_ids#,}" -O 'JobID:|,State:|,exit_code:|,Reason:|' 2>&1)
-  status=$?
+  states_listed=$(squeue -h -t all -j "${slurm_ids#,}" -O 'JobID:|,State:|,exit_code:|,Reason:|' 2>&1)
+  squeue_status=$?
   # A single id that squeue no longer knows makes it fail ("Invalid job id"): that is an answer
   # (sacct decides), any other failure is not.
-  case $status:$listed in
+  case $squeue_status:$states_listed in
     0:*) ;;
-    *'Invalid job id'*) listed= ;;
-    *) slurm_error "squeue failed (status $status): $(printf '%s' "$listed" | tr '\n' ' ')"; return 0 ;;
+    *'Invalid job id'*) states_listed= ;;
+    *) slurm_error "squeue failed (status $squeue_status): $(printf '%s' "$states_listed" | tr '\n' ' ')"; return 0 ;;
   esac
-  slurm_answer squeue "$listed" '|'
-  missing=
-  for pair in $slurm_keys; do
-    eval "seen=\${slurm_seen_${pair#*:}:-}"
-    [ -n "$seen" ] || missing="$missing,${pair#*:}"
+  slurm_answer squeue "$states_listed" '|'
+  states_missing=
+  for states_pair in $slurm_keys; do
+    eval "states_seen=\${slurm_seen_${states_pair#*:}:-}"
+    [ -n "$states_seen" ] || states_missing="$states_missing,${states_pair#*:}"
   done
-  [ -n "$missing" ] || return 0
+  [ -n "$states_missing" ] || return 0
   # Aged out of squeue: the accounting database, else the job completion log (sacct -c).
-  listed=$(sacct -n -P -X -j "${missing#,}" -o JobIDRaw,State,ExitCode,Reason 2>/dev/null) ||
-    listed=$(sacct -c -n -P -j "${missing#,}" -o JobIDRaw,State,ExitCode 2>/dev/null) ||
-    listed=
-  slurm_answer sacct "$listed" '|'
-  for pair in $slurm_keys; do
-    eval "seen=\${slurm_seen_${pair#*:}:-}"
-    [ -n "$seen" ] || echo "$T slurm key=${pair%%:*} job=${pair#*:} state=unknown"
+  states_listed=$(sacct -n -P -X -j "${states_missing#,}" -o JobIDRaw,State,ExitCode,Reason 2>/dev/null) ||
+    states_listed=$(sacct -c -n -P -j "${states_missing#,}" -o JobIDRaw,State,ExitCode 2>/dev/null) ||
+    states_listed=
+  slurm_answer sacct "$states_listed" '|'
+  for states_pair in $slurm_keys; do
+    eval "states_seen=\${slurm_seen_${states_pair#*:}:-}"
+    [ -n "$states_seen" ] || echo "$T slurm key=${states_pair%%:*} job=${states_pair#*:} state=unknown"
   done
 }
 
 # slurm_answer SOURCE LINES SEPARATOR: a "slurm" line for every key whose job is in LINES
 # (ID, STATE, EXIT, REASON per line); each job counted once (sacct may list it twice).
 slurm_answer() {
-  source=$1 separator=$3
-  old_ifs=$IFS
+  answer_source=$1 answer_separator=$3
+  answer_old_ifs=$IFS
   set -f
   IFS='
 '
-  for line in $2; do
-    IFS=$separator
+  for answer_line in $2; do
+    IFS=$answer_separator
     # shellcheck disable=SC2086 # split on the separator, on purpose
-    set -- $line
+    set -- $answer_line
     IFS='
 '
-    job=${1:-} state=${2:-} exit_status=${3:-} reason=${4:-}
-    case $job in ''|*[!0-9]*) continue ;; esac
-    eval "seen=\${slurm_seen_$job:-} keys=\${slurm_key_$job:-}"
-    if [ -n "$seen" ] || [ -z "$keys" ]; then continue; fi
-    eval "slurm_seen_$job=1"
+    answer_job=${1:-} answer_state=${2:-} answer_exit=${3:-} answer_reason=${4:-}
+    case $answer_job in ''|*[!0-9]*) continue ;; esac
+    eval "answer_seen=\${slurm_seen_$answer_job:-} answer_keys=\${slurm_key_$answer_job:-}"
+    if [ -n "$answer_seen" ] || [ -z "$answer_keys" ]; then continue; fi
+    eval "slurm_seen_$answer_job=1"
     # sacct says "CANCELLED by 1234": the state is the first word.
-    state=${state%% *}
+    answer_state=${answer_state%% *}
     IFS=' '
-    for key in $keys; do
-      echo "$T slurm key=$key job=$job state=$state exit=$exit_status from=$source reason=$reason"
+    for answer_key in $answer_keys; do
+      echo "$T slurm key=$answer_key job=$answer_job state=$answer_state exit=$answer_exit from=$answer_source reason=$answer_reason"
     done
     IFS='
 '
   done
-  IFS=$old_ifs
+  IFS=$answer_old_ifs
   set +f
 }
 
 # slurm_error WHY: every job asked about gets state=error, with WHY.
 slurm_error() {
-  for pair in $slurm_keys; do
-    echo "$T slurm key=${pair%%:*} job=${pair#*:} state=error reason=$1"
+  for error_pair in $slurm_keys; do
+    echo "$T slurm key=${error_pair%%:*} job=${error_pair#*:} state=error reason=$1"
   done
 }
 
@@ -174,14 +174,14 @@ slurm_error() {
 slurm_cancel() {
   if [ ! -d "$1" ]; then echo "$T kill state=missing"; return 0; fi
   if ! owned_by_job "$1" "$2"; then echo "$T kill state=foreign"; return 0; fi
-  slurm_id=
-  [ -f "$1/slurm_job" ] && read -r slurm_id < "$1/slurm_job"
-  case $slurm_id in ''|*[!0-9]*) echo "$T kill state=not-started"; return 0 ;; esac
+  cancel_id=
+  [ -f "$1/slurm_job" ] && read -r cancel_id < "$1/slurm_job"
+  case $cancel_id in ''|*[!0-9]*) echo "$T kill state=not-started"; return 0 ;; esac
   # A finished job is not an error for scancel (it says so on stderr, status 0).
-  if said=$(scancel "$slurm_id" 2>&1); then
-    echo "$T kill state=cancelled job=$slurm_id"
+  if cancel_said=$(scancel "$cancel_id" 2>&1); then
+    echo "$T kill state=cancelled job=$cancel_id"
   else
-    echo "$T kill state=failed job=$slurm_id reason=$(printf '%s' "$said" | tr '\n' ' ')"
+    echo "$T kill state=failed job=$cancel_id reason=$(printf '%s' "$cancel_said" | tr '\n' ' ')"
   fi
 }
 
@@ -189,15 +189,15 @@ slurm_cancel() {
 # running, ...), or whose state cannot be asked (squeue missing or failing): a reaper then keeps
 # the directory, whose log the job may still write. Failure: no Slurm job, or one that ended.
 slurm_job_active() {
-  slurm_id=
-  [ -f "$1/slurm_job" ] && read -r slurm_id < "$1/slurm_job" 2>/dev/null
-  case $slurm_id in ''|*[!0-9]*) return 1 ;; esac
+  active_id=
+  [ -f "$1/slurm_job" ] && read -r active_id < "$1/slurm_job" 2>/dev/null
+  case $active_id in ''|*[!0-9]*) return 1 ;; esac
   command -v squeue >/dev/null 2>&1 || return 0
-  if ! job_state=$(squeue -h -t all -j "$slurm_id" -o %T 2>&1); then
+  if ! active_state=$(squeue -h -t all -j "$active_id" -o %T 2>&1); then
     # A job squeue no longer knows has ended long ago (MinJobAge); any other failure says nothing.
-    case $job_state in *'Invalid job id'*) return 1 ;; *) return 0 ;; esac
+    case $active_state in *'Invalid job id'*) return 1 ;; *) return 0 ;; esac
   fi
-  case $job_state in
+  case $active_state in
     PENDING|CONFIGURING|RUNNING|COMPLETING|SUSPENDED|REQUEUE*|RESIZING|SIGNALING|STAGE_OUT|STOPPED|RESV_DEL_HOLD) return 0 ;;
   esac
   return 1
