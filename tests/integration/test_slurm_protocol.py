@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.protocol.answers import SubmitRefused
-from ssh_jobs_provider.protocol.batch import CleanupEntry
+from ssh_jobs_provider.protocol.answers import JobStatus, SubmitRefused, parse_batch_output
+from ssh_jobs_provider.protocol.batch import CleanupEntry, build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import parse_kill_answer
 from ssh_jobs_provider.protocol.ops import build_reap_script, parse_reap_output
-from ssh_jobs_provider.protocol.scripts import as_whole, batch_tag, job_files, script_prelude
+from ssh_jobs_provider.protocol.reattach import JobRecord, Resume, build_lookup_script, decide, lookup_entries
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, batch_tag, job_files, script_prelude
 from ssh_jobs_provider.protocol.slurm import (
     SlurmSubmitCall,
     build_slurm_cancel_script,
@@ -26,9 +27,15 @@ from ssh_jobs_provider.protocol.slurm import (
     build_slurm_submit_script,
     sbatch_arguments,
     slurm_batch_submits,
+    slurm_section,
 )
 from ssh_jobs_provider.protocol.slurm_answers import parse_slurm_submit_output, refusal_message
-from ssh_jobs_provider.protocol.slurm_state import SlurmJobView, SlurmRecord, parse_slurm_states
+from ssh_jobs_provider.protocol.slurm_state import (
+    SlurmJobView,
+    SlurmRecord,
+    parse_slurm_states,
+    slurm_job_status,
+)
 from support.slurm import SlurmCluster, run_sh_slurm, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -323,3 +330,32 @@ def test_a_reaper_keeps_the_directory_of_a_slurm_job_slurm_still_has(
     wait_until_ended(slurm_cluster, paths)
     assert parse_reap_output(run_sh_slurm(slurm_cluster, build_reap_script(entries)), entries) == ["removed"]
     assert not (base / "af_reaped").exists()
+
+
+def test_a_retry_after_the_cleanup_ends_like_the_job_instead_of_running_it_again(
+    slurm_cluster: SlurmCluster, base: Path
+) -> None:
+    ok, ok_token, _ = submit(slurm_cluster, base, "true", name="af_ok")
+    failed, failed_token, _ = submit(slurm_cluster, base, "exit 3", name="af_failed")
+    wait_until_ended(slurm_cluster, ok)
+    wait_until_ended(slurm_cluster, failed)
+    states(slurm_cluster, [ok, failed])  # the tick that sees the end records the exit code
+    assert (base / "af_ok" / "exit_code").read_text().split()[0] == "0"
+    assert (base / "af_failed" / "exit_code").read_text().split()[0] == "3"
+    entries = [CleanupEntry(ok, ok_token), CleanupEntry(failed, failed_token)]
+    run_sh_slurm(slurm_cluster, build_batch_script(entries))
+    assert not (base / "af_ok").exists()
+    records = [
+        JobRecord(ok.job_id, ok.base_dir, ok_token, 1),
+        JobRecord(failed.job_id, failed.base_dir, failed_token, 1),
+    ]
+    script = build_lookup_script(records) + slurm_section([(0, ok), (1, failed)])
+    output = run_sh_slurm(slurm_cluster, script)
+    found = parse_batch_output(output, lookup_entries(records))
+    queued = parse_slurm_states(output, PROTOCOL_TAG)
+    decisions = []
+    for key in (0, 1):
+        result = found[key]
+        assert isinstance(result, JobStatus)
+        decisions.append(decide(slurm_job_status(result, queued.get(key)), (), recorded=True))
+    assert decisions == [Resume.DONE, Resume.FRESH]

@@ -301,7 +301,8 @@ def slurm_job_status(status: JobStatus, record: SlurmRecord | None) -> JobStatus
     a fresh job then); one Slurm never queued as pending (a fresh job). A query that failed
     says nothing, and raises: deciding on it could queue a second copy of a running job.
     """
-    if status.state in (JobState.MISSING, JobState.FOREIGN) or record is None:
+    if status.state in (JobState.MISSING, JobState.FOREIGN) or status.removed or record is None:
+        # A removed directory's record carries the exit code Slurm gave (sh/slurm.sh: slurm_record_end).
         return status
     if record.state == "error":
         raise RemoteJobProtocolError(f"Could not ask Slurm about an earlier try's job: {record.reason}")

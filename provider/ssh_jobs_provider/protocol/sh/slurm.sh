@@ -88,6 +88,7 @@ slurm_states() {
     case $states_id in
       ''|*[!0-9]*) echo "$T slurm key=$1 state=nojob" ;;
       *)
+        eval "slurm_dir_$1=\$2"
         eval "slurm_key_$states_id=\"\${slurm_key_$states_id:-} $1\""
         slurm_ids="$slurm_ids,$states_id"
         slurm_keys="$slurm_keys $1:$states_id"
@@ -152,6 +153,9 @@ slurm_answer() {
     IFS=' '
     for answer_key in $answer_keys; do
       echo "$T slurm key=$answer_key job=$answer_job state=$answer_state exit=$answer_exit from=$answer_source reason=$answer_reason"
+      answer_dir=
+      eval "answer_dir=\${slurm_dir_$answer_key:-}"
+      slurm_record_end "$answer_dir" "$answer_state" "$answer_exit"
     done
     IFS='
 '
@@ -201,4 +205,24 @@ slurm_job_active() {
     PENDING|CONFIGURING|RUNNING|COMPLETING|SUSPENDED|REQUEUE*|RESIZING|SIGNALING|STAGE_OUT|STOPPED|RESV_DEL_HOLD) return 0 ;;
   esac
   return 1
+}
+
+# slurm_record_end DIR STATE EXIT: once Slurm recorded the job COMPLETED or FAILED, write its exit
+# code to DIR/exit_code as a detached job's wrapper does (128 + the signal for a job a signal
+# ended): the cleanup's record of a removed directory then carries it, and a retry after the
+# cleanup ends like the job instead of running it again. Other end states (cancelled, timed out,
+# ...) record nothing: their retry runs a fresh job.
+slurm_record_end() {
+  [ -n "$1" ] && [ -f "$1/slurm_job" ] && [ ! -f "$1/exit_code" ] || return 0
+  case $2 in COMPLETED|FAILED) ;; *) return 0 ;; esac
+  case $3 in
+    *:*) end_code=${3%%:*} end_signal=${3#*:} ;;
+    ''|*[!0-9]*) return 0 ;;
+    *) end_code=$((($3 >> 8) & 255)) end_signal=$(($3 & 127)) ;;
+  esac
+  case $end_code$end_signal in ''|*[!0-9]*) return 0 ;; esac
+  [ "$end_signal" = 0 ] || end_code=$((128 + end_signal))
+  { printf '%s log=\n' "$end_code" > "$1/exit_code.tmp" && mv -f "$1/exit_code.tmp" "$1/exit_code"; } 2>/dev/null ||
+    rm -f "$1/exit_code.tmp" 2>/dev/null
+  return 0
 }
