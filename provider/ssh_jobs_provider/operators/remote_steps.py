@@ -27,7 +27,6 @@ from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
-from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.protocol.slurm import SlurmSpec, build_slurm_cancel_script, build_slurm_submit_script
 from ssh_jobs_provider.protocol.slurm_answers import (
     SLURM_REFUSALS,
@@ -35,6 +34,7 @@ from ssh_jobs_provider.protocol.slurm_answers import (
     slurm_submit_status,
 )
 from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import RetryPolicy
 
 # --------------------------------------------------------------------------- hooks

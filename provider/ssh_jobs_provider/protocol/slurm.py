@@ -175,7 +175,7 @@ def build_slurm_submit_script(
     """
     Script that creates the job directory and submits the job with sbatch, idempotently.
 
-    The same checks and files as a detached submit (:func:`~ssh_jobs_provider.protocol.scripts.build_submit_script`);
+    The same checks and files as a detached submit (:func:`~ssh_jobs_provider.protocol.submit.build_submit_script`);
     a re-sent submit finds the job claimed and answers the id recorded then, instead of
     queueing a second job. A refused sbatch removes what this submit created and answers
     ``submit error=sbatch`` with sbatch's own words. Parse with
