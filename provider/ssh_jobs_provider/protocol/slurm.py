@@ -232,20 +232,20 @@ def slurm_batch_submits(calls: Sequence[SlurmSubmitCall]) -> str:
     """
     if not calls:
         return ""
-    head = shell_source("submit.sh") + shell_source("slurm.sh") + "whoami_uid\nsk=\n"
+    head = shell_source("submit.sh") + shell_source("slurm.sh") + "whoami_uid\nsubmitted_keys=\n"
     bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
     body = []
     for call in calls:
         writes = "".join(f"put {name} {_q(content)}\n" for name, content in call.files)
         body.append(
-            f"(\numask 077\nK={int(call.key)}\n"
+            f"(\numask 077\nbatch_key={int(call.key)}\n"
             f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
             'if [ "$claimed" = 0 ]; then\n'
             f"{writes}slurm_launch {' '.join(_q(a) for a in call.arguments)}\nfi\nsubmitted\n)\n"
             f"submit_ended $? {int(call.key)} {_q(call.paths.job_dir)}\n"
         )
-    # The detached submits of the same batch (if any) answer their own: sk starts empty again.
-    return head + bases + "".join(body) + "answer_submits\nsk=\n"
+    # The detached submits of the same batch (if any) answer their own: submitted_keys starts empty again.
+    return head + bases + "".join(body) + "answer_submits\nsubmitted_keys=\n"
 
 
 def slurm_states_call(jobs: Sequence[tuple[int, RemoteJobPaths]]) -> str:

@@ -180,24 +180,13 @@ class PollScheduler:
             window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
             entry = monitor.poll_entry(max_bytes=window, delivered=watch.delivered)
-            if watch.submitting and watch.submit_files is not None and watch.slurm is not None:
-                entry = SlurmSubmitEntry(
-                    entry.paths,
-                    entry.offset,
-                    entry.max_bytes,
-                    entry.delivered,
-                    entry.token,
-                    watch.submit_files,
-                    watch.slurm.arguments,
-                )
-            elif watch.submitting and watch.submit_files is not None:
-                entry = SubmitEntry(
-                    entry.paths,
-                    entry.offset,
-                    entry.max_bytes,
-                    entry.delivered,
-                    entry.token,
-                    watch.submit_files,
+            if watch.submitting and watch.submit_files is not None:
+                fields = (entry.paths, entry.offset, entry.max_bytes, entry.delivered, entry.token)
+                slurm = watch.slurm  # a Slurm job is queued with sbatch, not started detached
+                entry = (
+                    SubmitEntry(*fields, watch.submit_files)
+                    if slurm is None
+                    else SlurmSubmitEntry(*fields, watch.submit_files, slurm.arguments)
                 )
             entries.append(entry)
         return entries

@@ -3,9 +3,9 @@
 # POSIX sh; the caller defines T and puts process.sh and lib.sh before this file (and, for a
 # submit, submit.sh: begin, put, refuse). The job directory keeps the token, the command, the
 # log (sbatch --output) and `slurm_job`, the id Slurm gave the job.
-# shellcheck disable=SC2154 # jd, tok, launched and me come from submit.sh and lib.sh
+# shellcheck disable=SC2154 # submit_dir and launched come from submit.sh
 
-# slurm_launch [SBATCH OPTION...]: submit the job of $jd (files written by `put`) with sbatch;
+# slurm_launch [SBATCH OPTION...]: submit the job of $submit_dir (files written by `put`) with sbatch;
 # records its id in slurm_job, or refuses (removing what this submit created) with sbatch's
 # own words. The command is the batch script as written: its #! line chooses the
 # interpreter and its #SBATCH lines apply, except where the options given here say otherwise
@@ -16,37 +16,37 @@ slurm_launch() {
     refuse noslurm "sbatch is not on the PATH of the SSH user's non-interactive shell on $(uname -n 2>/dev/null)"
   fi
   # Claimed atomically: of two submits of the same job (a re-sent one), one runs sbatch.
-  mkdir "$jd/claimed" 2>/dev/null || { launched=0; return 0; }
+  mkdir "$submit_dir/claimed" 2>/dev/null || { launched=0; return 0; }
   first_line=
-  IFS= read -r first_line < "$jd/command.sh"
+  IFS= read -r first_line < "$submit_dir/command.sh"
   case $first_line in
-    '#!'*) { cat "$jd/command.sh" > "$jd/batch.sh"; } 2>/dev/null || abort "writing batch.sh" ;;
+    '#!'*) { cat "$submit_dir/command.sh" > "$submit_dir/batch.sh"; } 2>/dev/null || abort "writing batch.sh" ;;
     *)
       # sbatch wants an interpreter line: the same shell the detached wrapper would use.
       batch_shell=$(command -v bash 2>/dev/null) || batch_shell=/bin/sh
-      { { printf '#!%s\n' "$batch_shell"; cat "$jd/command.sh"; } > "$jd/batch.sh"; } 2>/dev/null ||
+      { { printf '#!%s\n' "$batch_shell"; cat "$submit_dir/command.sh"; } > "$submit_dir/batch.sh"; } 2>/dev/null ||
         abort "writing batch.sh"
       ;;
   esac
   work_dir=
-  [ -f "$jd/workdir" ] && IFS= read -r work_dir < "$jd/workdir"
+  [ -f "$submit_dir/workdir" ] && IFS= read -r work_dir < "$submit_dir/workdir"
   # shellcheck disable=SC2088 # a literal "~" from the operator's remote_working_dir
   case $work_dir in
     ''|'~') work_dir=${HOME:-/} ;;
     '~/'*) work_dir=${HOME:-}/${work_dir#??} ;;
   esac
-  { : >> "$jd/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
+  { : >> "$submit_dir/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
   # The job's environment applies to sbatch's own (which Slurm hands to the job); sbatch
   # itself was found before it, so a PATH there cannot change which sbatch runs.
   sbatch_answer=$(
-    SSH_JOBS_JOB_ID=${jd##*/}
-    SSH_JOBS_JOB_DIR=$jd
-    SSH_JOBS_LOG_FILE=$jd/stdout.log
+    SSH_JOBS_JOB_ID=${submit_dir##*/}
+    SSH_JOBS_JOB_DIR=$submit_dir
+    SSH_JOBS_LOG_FILE=$submit_dir/stdout.log
     export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE
     # shellcheck disable=SC1091 # written by the submit
-    . "$jd/env.sh"
-    "$sbatch_path" --parsable --output="$jd/stdout.log" --open-mode=append --chdir="$work_dir" \
-      "$@" "$jd/batch.sh" </dev/null 2>&1
+    . "$submit_dir/env.sh"
+    "$sbatch_path" --parsable --output="$submit_dir/stdout.log" --open-mode=append --chdir="$work_dir" \
+      "$@" "$submit_dir/batch.sh" </dev/null 2>&1
   )
   sbatch_status=$?
   # --parsable answers "id" or "id;cluster"; warnings may come before it, the id is last.
@@ -60,7 +60,7 @@ slurm_launch() {
       ;;
   esac
   # Refused (or not understood): nothing was queued. What sbatch said, on one line.
-  rmdir "$jd/claimed" 2>/dev/null
+  rmdir "$submit_dir/claimed" 2>/dev/null
   sbatch_reason=$(printf '%s' "$sbatch_answer" | tr '\n' ' ')
   refuse sbatch "sbatch (status $sbatch_status): ${sbatch_reason:-no message}"
 }
@@ -68,7 +68,7 @@ slurm_launch() {
 # slurm_submitted: the worker's submit answer: whether this submit queued the job, and its id.
 slurm_submitted() {
   queued_id=
-  [ -f "$jd/slurm_job" ] && read -r queued_id < "$jd/slurm_job"
+  [ -f "$submit_dir/slurm_job" ] && read -r queued_id < "$submit_dir/slurm_job"
   echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched slurm=$queued_id"
 }
 
