@@ -6,7 +6,9 @@ default that large fan-outs run into), a throwaway Airflow deployment (api-serve
 scheduler, dag-processor, triggerer; LocalExecutor on SQLite), runs the example fan-out DAG
 with ``--tasks`` mapped tasks, and prints a summary. ``--production`` runs the same fan-out on
 a production-shaped Airflow instead: PostgreSQL, Redis, CeleryExecutor with two Celery
-workers and two triggerers (:mod:`harness.production`). Everything it started is stopped when
+workers and two triggerers (:mod:`harness.production`). With ``--scheduler slurm``
+the jobs go through a real single-node Slurm cluster started for the demo (the sshd's sessions
+are its login node) instead of running detached. Everything it started is stopped when
 it ends, also on Ctrl-C. Run it through ``bash dev/demo.sh``, which sets up the machine first.
 
 Exit status: 0 when every task succeeded with its remote output in its log and no job
@@ -34,6 +36,7 @@ from harness.airflow_deploy import AirflowDeployment, RunProgress, TaskInstance
 from harness.processes import interrupts_unwind
 from harness.production import ConnectionSampler, ProductionDeployment, watchers
 from harness.remote_jobs import job_dirs, kill_running_jobs
+from harness.slurm import SlurmCallLog, SlurmCluster
 from harness.sshd import SSHServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +77,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run on a production-shaped Airflow: PostgreSQL, Redis, CeleryExecutor with two Celery "
         "workers, two triggerers (default: LocalExecutor on SQLite, one triggerer)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=("none", "slurm"),
+        default="none",
+        help="how the jobs run: detached on the host (default), or through Slurm (scheduler='slurm', "
+        "with a single-node Slurm cluster started by the demo: needs slurmctld, slurmd, munge)",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.tasks <= 1000:
@@ -164,6 +174,12 @@ class TaskReport:
 class DemoResult:
     tasks: int
     submit_from: str = "worker"
+    scheduler: str = "none"
+    #: Slurm's end state of each job (scheduler "slurm"), counted.
+    slurm_states: dict[str, int] = field(default_factory=dict)
+    #: How often the login node ran each Slurm command, and how many ids each squeue asked about.
+    slurm_calls: dict[str, int] = field(default_factory=dict)
+    squeue_ids: list[int] = field(default_factory=list)
     run_state: str = "not started"
     reports: list[TaskReport] = field(default_factory=list)
     sshd_counts: dict[str, int] = field(default_factory=dict)
@@ -188,6 +204,7 @@ class DemoResult:
             and len(self.reports) == self.tasks
             and all(report.state == "success" and report.output_complete for report in self.reports)
             and not self.leftover_dirs
+            and (self.scheduler != "slurm" or self.slurm_states == {"COMPLETED": self.tasks})
         )
 
 
@@ -267,9 +284,19 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
 def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> None:
     """Start sshd and Airflow, run the DAG, collect what happened; stop everything."""
     remote_base_dir = workdir / "remote-jobs"
-    sshd = SSHServer(workdir / "sshd", max_startups=MAX_STARTUPS)
+    slurm = SlurmCluster(workdir / "slurm") if args.scheduler == "slurm" else None
+    # The login node runs the Slurm commands through wrappers that record each call.
+    calls = SlurmCallLog(workdir / "slurm-calls") if slurm else None
+    session_env = {**slurm.env, "PATH": calls.path} if slurm and calls else None
+    sshd = SSHServer(workdir / "sshd", max_startups=MAX_STARTUPS, session_env=session_env)
     deployment: AirflowDeployment | None = None
     try:
+        if slurm is not None:
+            with timed(result.timings, "Slurm start"):
+                slurm.start()
+            say(
+                f"- Slurm cluster (slurmctld, slurmd, munged) of one node up in {result.timings['Slurm start']:.1f}s"
+            )
         with timed(result.timings, "sshd start"):
             sshd.start()
         say(f"- sshd (the remote host) listening on {sshd.host}:{sshd.port}, MaxStartups {MAX_STARTUPS}")
@@ -284,6 +311,7 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
                 "SSH_JOBS_EXAMPLE_BASE_DIR": str(remote_base_dir),
                 "SSH_JOBS_EXAMPLE_FAN_OUT": str(args.tasks),
                 "SSH_JOBS_EXAMPLE_SUBMIT_FROM": args.submit_from,
+                "SSH_JOBS_EXAMPLE_SCHEDULER": "" if args.scheduler == "none" else args.scheduler,
             },
         )
         start_airflow(deployment, result)
@@ -295,9 +323,21 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
         if sampler is not None:
             result.watched = watchers(deployment, DAG_ID, run_id)
             result.connections = dict(sampler.peak)
+        if slurm is not None and calls is not None:
+            result.slurm_states = slurm_end_states(slurm)
+            result.slurm_calls = {
+                name: len(calls.calls(name)) for name in ("sbatch", "squeue", "sacct", "scancel")
+            }
+            result.squeue_ids = calls.ids_per_squeue()
     finally:
         with timed(result.timings, "stop"), interrupts_ignored():
-            stop_everything(deployment, sshd, remote_base_dir)
+            stop_everything(deployment, sshd, remote_base_dir, slurm)
+
+
+def slurm_end_states(slurm: SlurmCluster) -> dict[str, int]:
+    """How many of the cluster's jobs are in each state."""
+    states = slurm.run(["squeue", "-h", "-t", "all", "-o", "%T"], check=False).split()
+    return {state: states.count(state) for state in sorted(set(states))}
 
 
 def start_airflow(deployment: AirflowDeployment, result: DemoResult) -> None:
@@ -353,8 +393,10 @@ def collect(
     result.mismatch_lines = deployment.state_mismatches()
 
 
-def stop_everything(deployment: AirflowDeployment | None, sshd: SSHServer, remote_base_dir: Path) -> None:
-    say("- stopping Airflow, remote jobs and sshd")
+def stop_everything(
+    deployment: AirflowDeployment | None, sshd: SSHServer, remote_base_dir: Path, slurm: SlurmCluster | None
+) -> None:
+    say("- stopping Airflow, remote jobs, sshd" + (" and Slurm" if slurm else ""))
     try:
         if deployment is not None:
             deployment.stop()
@@ -364,7 +406,12 @@ def stop_everything(deployment: AirflowDeployment | None, sshd: SSHServer, remot
             if killed:
                 say(f"  stopped {killed} remote job(s) still running")
         finally:
-            sshd.stop()
+            try:
+                sshd.stop()
+            finally:
+                if slurm is not None:
+                    # Its jobs are cancelled first: slurmd leaves running jobs behind when it exits.
+                    slurm.stop()
 
 
 @contextmanager
@@ -406,7 +453,11 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
     accepted = counts.get("accepted", 0)
     per_task = accepted / result.tasks if result.tasks else 0.0
     rows = [
-        ("Tasks", f"{tasks}   (DAG run: {result.run_state}; submitted from the {result.submit_from})"),
+        (
+            "Tasks",
+            f"{tasks}   (DAG run: {result.run_state}; submitted from the {result.submit_from}"
+            + ("; through Slurm)" if result.scheduler == "slurm" else ")"),
+        ),
         (
             "Remote output",
             f"{seen} of {result.tasks * LINES_PER_SHARD} lines in the task logs; "
@@ -418,6 +469,7 @@ def summary_rows(result: DemoResult, total: float, workdir: Path) -> list[tuple[
             f"{counts.get('drops', 0)} dropped past MaxStartups {MAX_STARTUPS}, "
             f"{counts.get('session_refusals', 0)} MaxSessions refusals",
         ),
+        *(slurm_rows(result, counts.get("sessions", 0)) if result.scheduler == "slurm" else []),
         ("Job directories", f"{len(result.leftover_dirs)} left behind"),
         *production_rows(result),
         ("Wall time", format_wall_time(result, total)),
@@ -456,6 +508,23 @@ def production_rows(result: DemoResult) -> list[tuple[str, str]]:
     return rows
 
 
+def slurm_rows(result: DemoResult, execs: int) -> list[tuple[str, str]]:
+    """What Slurm recorded, and what the login node ran for it (one squeue per tick at most)."""
+    calls = result.slurm_calls
+    widest = max(result.squeue_ids, default=0)
+    return [
+        (
+            "Slurm jobs",
+            ", ".join(f"{count} {state}" for state, count in result.slurm_states.items()) or "none",
+        ),
+        (
+            "Login node",
+            f"{calls.get('sbatch', 0)} sbatch, {calls.get('squeue', 0)} squeue (up to {widest} jobs each), "
+            f"{calls.get('sacct', 0)} sacct, {calls.get('scancel', 0)} scancel over {execs} SSH execs",
+        ),
+    ]
+
+
 def problem_lines(result: DemoResult) -> list[str]:
     problems = [
         f"  shard {report.map_index}: state {report.state}, try {report.try_number}, "
@@ -485,10 +554,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ssh-jobs-demo-")).resolve()
-    result = DemoResult(tasks=args.tasks, submit_from=args.submit_from, production=args.production)
+    result = DemoResult(
+        tasks=args.tasks, submit_from=args.submit_from, production=args.production, scheduler=args.scheduler
+    )
     shape = "a production-shaped Airflow" if args.production else "LocalExecutor on SQLite"
+    through = " through Slurm" if args.scheduler == "slurm" else ""
     say(
-        f"SSH remote jobs demo: {args.tasks}-way fan-out submitted from the {args.submit_from} on {shape}, "
+        f"SSH remote jobs demo: {args.tasks}-way fan-out{through} submitted from the {args.submit_from} on {shape}, "
         f"working in {workdir}"
     )
     try:

@@ -3,7 +3,8 @@
 # Graphviz (the docs render their diagrams with `dot`), ShellCheck (the remote scripts are
 # checked like any other code), BusyBox (a test plays a host with only its tools),
 # PostgreSQL and Redis (the production-shaped Airflow of the e2e tests and `demo.sh --production`
-# runs its own of each, dev/harness/services.py) and the project's virtualenv in .venv with the
+# runs its own of each, dev/harness/services.py), Slurm and munge (the tests start a single-node
+# cluster of their own: dev/harness/slurm.py) and the project's virtualenv in .venv with the
 # Celery executor and a PostgreSQL driver (left out with --system-only: the run against one
 # Airflow release brings its own virtualenv).
 # Safe to run again; only installs what is missing.
@@ -18,6 +19,11 @@ command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_apt+=(postgresql)
 [ -x /usr/bin/redis-server ] || need_apt+=(redis-server)
+# Debian's packages, no systemd units started: the tests run the daemons themselves.
+for slurm_part in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
+  command -v "${slurm_part%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${slurm_part%%:*}" ] ||
+    need_apt+=("${slurm_part#*:}")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "Please install: ${need_apt[*]} (e.g. sudo apt-get install -y ${need_apt[*]})" >&2

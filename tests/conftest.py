@@ -18,7 +18,7 @@ from support.faultproxy import FaultProxy
 from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer, use_connection
 
 SSHD_MODE_ENV = "SSH_JOBS_TEST_SSHD"
-SSHD_FIXTURES = frozenset({"sshd", "sshd_factory", "ssh_conn"})
+SSHD_FIXTURES = frozenset({"sshd", "sshd_factory", "ssh_conn", "slurm_sshd"})
 
 SSHServerFactory = Callable[..., BaseSSHServer]
 
@@ -27,6 +27,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # `-m "not integration"` must deselect every test that starts an sshd, marked or not.
     for item in items:
         if SSHD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        # `-m "not slurm"` deselects every test that needs the run's Slurm cluster.
+        if "slurm_cluster" in set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slurm)
             item.add_marker(pytest.mark.integration)
 
 
@@ -125,3 +129,28 @@ def poll_interpreter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     """Each test that uses it runs twice: its polls in POSIX sh, and in one perl process."""
     monkeypatch.setattr(support.protocol, "POLL_INTERPRETER", request.param)
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real single-node Slurm cluster for the whole run (tests/support/slurm.py)."""
+    from support.slurm import slurm_cluster_fixture
+
+    yield from slurm_cluster_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+def slurm_calls(tmp_path: Path) -> Any:
+    """Every Slurm command the login node (``slurm_sshd``) runs, recorded (support.slurm.SlurmCallLog)."""
+    from support.slurm import SlurmCallLog
+
+    return SlurmCallLog(tmp_path / "slurm-calls")
+
+
+@pytest.fixture
+def slurm_sshd(sshd_factory: SSHServerFactory, slurm_cluster: Any, slurm_calls: Any) -> BaseSSHServer:
+    """
+    A test sshd playing a cluster's login node: its sessions talk to ``slurm_cluster``
+    (SLURM_CONF set by sshd's SetEnv) and find the Slurm commands through ``slurm_calls``.
+    """
+    return sshd_factory(session_env={**slurm_cluster.env, "PATH": slurm_calls.path})

@@ -120,6 +120,7 @@ class BaseSSHServer:
         login_grace_time: int = 30,
         extra_config: list[str] | None = None,
         login_shell_delay: float = 0.0,
+        session_env: dict[str, str] | None = None,
     ) -> None:
         # sshd_config values are whitespace-separated; refusing spaces beats quoting rules.
         if any(char.isspace() for char in str(base_dir)):
@@ -131,6 +132,11 @@ class BaseSSHServer:
         self.login_grace_time = login_grace_time
         self.extra_config = list(extra_config or [])
         self.login_shell_delay = login_shell_delay
+        #: More variables for every session besides HOME (e.g. SLURM_CONF): sshd keeps only its
+        #: first SetEnv line, so they go on the same one.
+        self.session_env = dict(session_env or {})
+        if any(char.isspace() for value in self.session_env.values() for char in value):
+            raise ValueError(f"session_env values must not contain whitespace: {self.session_env!r}")
         self.user = getpass.getuser()
         self.port = free_loopback_port()
 
@@ -188,7 +194,7 @@ class BaseSSHServer:
             f"MaxSessions {self.max_sessions}",
             f"LoginGraceTime {self.login_grace_time}",
             f"LogLevel {self.log_level}",
-            f"SetEnv HOME={self.home_dir}",
+            " ".join(["SetEnv", f"HOME={self.home_dir}", *(f"{k}={v}" for k, v in self.session_env.items())]),
             # In-process SFTP so uploads work without depending on the sftp-server path.
             "Subsystem sftp internal-sftp",
         ]

@@ -26,6 +26,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_working_dir,
 )
 from ssh_jobs_provider.protocol.scripts import job_files
+from ssh_jobs_provider.protocol.slurm import SlurmSpec, validate_scheduler
 
 
 class CleanupPolicy(str, enum.Enum):
@@ -104,6 +105,22 @@ def check_remote_os(remote_os: str) -> None:
 MAX_TRIGGER_SUBMIT_BYTES = 40_000
 
 
+def check_scheduler(scheduler: str | None, scheduler_options: object) -> None:
+    """``scheduler`` is known, and ``scheduler_options`` come only with one."""
+    validate_scheduler(scheduler)
+    if scheduler_options is not None and scheduler is None:
+        raise ValueError(
+            "scheduler_options are sbatch options: they need scheduler='slurm' (the default, None, runs the "
+            "command detached on the host)."
+        )
+
+
+def slurm_spec(scheduler: str | None, options: Mapping[str, Any] | None) -> SlurmSpec | None:
+    """The validated sbatch options of a Slurm job (``None`` for a detached one)."""
+    check_scheduler(scheduler, options)
+    return SlurmSpec.from_options(options) if scheduler == "slurm" else None
+
+
 # --------------------------------------------------------------------------- the trigger's submit
 
 
@@ -177,9 +194,13 @@ class WatchSpec:
     remote_base_dir: str | None = None
     submit: TriggerSubmit | None = None
     from_start: bool = False
+    scheduler: str | None = None
+    scheduler_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cleanup_policy", CleanupPolicy.parse(self.cleanup_policy, "cleanup_policy"))
+        # Validated here too, where the trigger is made: bad sbatch options never reach a batch.
+        slurm_spec(self.scheduler, self.scheduler_options)
         validate_token(self.job_token, required=self.submit is not None)
         # The trigger's own guard: whatever its arguments say, it only ever touches a direct
         # child of the base dir, and only the one named after its job.
@@ -188,6 +209,11 @@ class WatchSpec:
             raise ValueError(
                 f"Refusing job directory {self.job_dir!r}: it is not named after job {self.job_id!r}."
             )
+
+    @property
+    def slurm(self) -> SlurmSpec | None:
+        """How the job goes through Slurm (``None``: a detached process)."""
+        return slurm_spec(self.scheduler, self.scheduler_options)
 
     @property
     def paths(self) -> RemoteJobPaths:
@@ -204,6 +230,11 @@ class WatchSpec:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["cleanup_policy"] = self.cleanup_policy.value
         values["submit"] = None if self.submit is None else self.submit.to_value()
+        if self.scheduler is None:
+            # A detached job's trigger is stored as it always was (an older triggerer can read it).
+            del values["scheduler"], values["scheduler_options"]
+        else:
+            values["scheduler_options"] = dict(self.scheduler_options or {})
         return values
 
 
@@ -241,6 +272,11 @@ class JobSpec:
     durable: bool
     #: The task's ``retries``: where a cycle of tries starts (see ``reattach.cycle_start``).
     retries: int
+    #: ``"slurm"``: the job goes through Slurm (:attr:`slurm`); ``None``: a detached process.
+    scheduler: str | None = None
+    scheduler_options: Mapping[str, Any] | None = None
+    #: The validated sbatch options (``None`` unless :attr:`scheduler` is ``"slurm"``).
+    slurm: SlurmSpec | None = None
 
     @classmethod
     def render(
@@ -250,6 +286,8 @@ class JobSpec:
         environment: Any,
         remote_base_dir: str | None,
         remote_working_dir: str | None,
+        scheduler: str | None = None,
+        scheduler_options: Mapping[str, Any] | None = None,
         for_submit: bool = True,
         **settings: Any,
     ) -> JobSpec:
@@ -262,12 +300,24 @@ class JobSpec:
         """
         base_dir = validate_base_dir(DEFAULT_BASE_DIR if remote_base_dir is None else remote_base_dir)
         if not for_submit:
+            # Whether it is a Slurm job matters here (it is killed with scancel); its sbatch options do not.
+            queued = SlurmSpec({}, ()) if scheduler == "slurm" else None
             return cls(
-                command=str(command or ""), environment={}, base_dir=base_dir, working_dir=None, **settings
+                command=str(command or ""),
+                environment={},
+                base_dir=base_dir,
+                working_dir=None,
+                scheduler=scheduler,
+                slurm=queued,
+                **settings,
             )
         if not isinstance(command, str) or not command.strip():
             raise ValueError("SSHRemoteJobOperator: command is empty; give the shell text to run remotely.")
         return cls(
+            scheduler=scheduler,
+            scheduler_options=scheduler_options,
+            # Rendered by now: bad sbatch options fail here, before anything reaches the host.
+            slurm=slurm_spec(scheduler, scheduler_options),
             command=command,
             environment=normalise_environment(environment),
             base_dir=base_dir,
@@ -313,4 +363,6 @@ class JobSpec:
             remote_base_dir=paths.base_dir,
             submit=submit,
             from_start=from_start,
+            scheduler=self.scheduler,
+            scheduler_options=self.scheduler_options,
         )

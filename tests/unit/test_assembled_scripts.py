@@ -15,6 +15,7 @@ import pytest
 from ssh_jobs_provider.protocol.batch import (
     CleanupEntry,
     PollEntry,
+    SlurmSubmitEntry,
     SubmitEntry,
     build_batch_script,
     build_cleanup_script,
@@ -25,6 +26,11 @@ from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.ops import build_listing_script, build_reap_script
 from ssh_jobs_provider.protocol.reattach import JobRecord, build_lookup_script
 from ssh_jobs_provider.protocol.scripts import job_files, wrapper_source
+from ssh_jobs_provider.protocol.slurm import (
+    build_slurm_cancel_script,
+    build_slurm_submit_script,
+    slurm_section,
+)
 from ssh_jobs_provider.protocol.submit import build_submit_script
 
 pytestmark = pytest.mark.skipif(
@@ -61,6 +67,29 @@ VERBS: dict[str, Callable[[], str]] = {
     "reap": lambda: build_reap_script([CleanupEntry(PATHS, TOKEN)]),
     "wrapper (run.sh)": wrapper_source,
     "doctor probe": lambda: build_host_probe("/srv/jobs", ["sh", "ls", "perl"]),
+    "slurm submit": lambda: build_slurm_submit_script(
+        PATHS, "echo hi", {"NAME": "value"}, TOKEN, "~/work", ("--partition=gpu", "--exclusive")
+    ),
+    "slurm tick (triggerer submits, polls, one squeue)": lambda: (
+        build_batch_script(
+            [
+                SlurmSubmitEntry(
+                    PATHS,
+                    0,
+                    4096,
+                    token=TOKEN,
+                    files=job_files("echo hi", {}, None, TOKEN),
+                    arguments=("--time=5",),
+                ),
+                PollEntry(OTHER, 0, 4096, token=TOKEN),
+            ]
+        )
+        + slurm_section([(0, PATHS), (1, OTHER)])
+    ),
+    "slurm cancel": lambda: build_slurm_cancel_script(PATHS, TOKEN),
+    "slurm lookup": lambda: (
+        build_lookup_script([JobRecord(PATHS.job_id, PATHS.base_dir, TOKEN, 1)]) + slurm_section([(0, PATHS)])
+    ),
 }
 
 

@@ -26,6 +26,7 @@ def test_template_fields_and_extensions() -> None:
         "remote_base_dir",
         "remote_working_dir",
         "ssh_conn_id",
+        "scheduler_options",
     )
     assert tuple(SSHRemoteJobOperator.template_ext) == (".sh", ".bash")
 
@@ -206,7 +207,20 @@ def trigger_kwargs(draw: st.DrawFn) -> dict[str, Any]:
         # A trigger that submits needs the submit's token.
         "submit": draw(st.none() | submits) if token else None,
         "from_start": draw(st.booleans()),
+        # Serialized only for a Slurm job: a detached job's trigger row is as it always was.
+        **draw(st.just({}) | slurm_kwargs),
     }
+
+
+slurm_kwargs = st.fixed_dictionaries(
+    {
+        "scheduler": st.just("slurm"),
+        "scheduler_options": st.dictionaries(
+            st.sampled_from(["partition", "account", "qos", "comment"]),
+            st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True),
+        ),
+    }
+)
 
 
 #: Text a command or an environment value may hold (UTF-8, no NUL).
@@ -251,9 +265,12 @@ def test_trigger_serialize_round_trips(kwargs: dict[str, Any]) -> None:
 def test_trigger_serialize_covers_every_init_argument() -> None:
     params = [p for p in inspect.signature(SSHRemoteJobTrigger.__init__).parameters if p != "self"]
     _, serialized = SSHRemoteJobTrigger(
-        "c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code"
+        "c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code", scheduler="slurm", scheduler_options={}
     ).serialize()
     assert list(serialized) == params
+    # A detached job's trigger leaves the scheduler out (an older triggerer can still read it).
+    _, detached = SSHRemoteJobTrigger("c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code").serialize()
+    assert list(detached) == [p for p in params if not p.startswith("scheduler")]
 
 
 def test_trigger_paths_are_rebuilt_from_job_dir() -> None:

@@ -33,6 +33,9 @@ from ssh_jobs_provider.protocol.reattach import (
     records_of,
     store_value,
 )
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
+from ssh_jobs_provider.protocol.slurm import slurm_section
+from ssh_jobs_provider.protocol.slurm_state import parse_slurm_states, slurm_job_status
 
 
 @dataclass(frozen=True)
@@ -148,19 +151,30 @@ def earlier_records(
     return [(r, True) for r in proven.values()] + [(r, False) for r in by_name]
 
 
-def ask_host(hook: SSHHook, records: list[tuple[JobRecord, bool]], timeout: float) -> list[EarlierJob]:
-    """What the host says about each job, over one connection (errors propagate)."""
+def ask_host(
+    hook: SSHHook, records: list[tuple[JobRecord, bool]], timeout: float, slurm: bool = False
+) -> list[EarlierJob]:
+    """
+    What the host says about each job, over one connection (errors propagate); with ``slurm``,
+    what Slurm says of it, asked in the same exec, in place of its directory's pid and exit code.
+    """
     jobs = [record for record, _ in records]
     entries = lookup_entries(jobs)
+    script = build_lookup_script(jobs)
+    if slurm:
+        script += slurm_section([(key, record.paths) for key, record in enumerate(jobs)])
     with hook.connect_with(hook.settings) as client:
-        _, stdout, _ = hook.run_script(client, build_lookup_script(jobs), timeout=timeout)
+        _, stdout, _ = hook.run_script(client, script, timeout=timeout)
     results = parse_batch_output(stdout, entries)
+    queued = parse_slurm_states(stdout, PROTOCOL_TAG) if slurm else {}
     found = []
     for key, (record, recorded) in enumerate(records):
         result = results[key]
         if isinstance(result, RemoteJobProtocolError):
             raise result
         assert isinstance(result, JobStatus)
+        if slurm:
+            result = slurm_job_status(result, queued.get(key))
         found.append(EarlierJob(record, result, recorded))
     return found
 
@@ -174,6 +188,7 @@ def find_earlier_job(
     timeout: float,
     log: Any,
     stored: dict[int, JobRecord] | None,
+    slurm: bool = False,
 ) -> EarlierJob | None:
     """
     The earlier try's job this try takes over (re-attaches to, or ends like), or ``None``.
@@ -190,7 +205,7 @@ def find_earlier_job(
     if recorded and first.outcome in ("success", "skipped"):
         return EarlierJob(first, None, recorded, Resume.DONE)
     taken = None
-    for job in ask_host(hook, records, timeout):
+    for job in ask_host(hook, records, timeout, slurm):
         assert job.status is not None
         if not job.recorded:
             _report_unproven(job, unproven_reason(context, stored), log)
@@ -251,6 +266,7 @@ def take_over_or_remember(
             spec.command_timeout,
             log,
             stored,
+            slurm=spec.slurm is not None,
         )
         if found is not None:
             if found.resume is Resume.REATTACH:

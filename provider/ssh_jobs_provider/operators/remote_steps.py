@@ -27,6 +27,14 @@ from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
+from ssh_jobs_provider.protocol.slurm import SlurmSpec, build_slurm_cancel_script, build_slurm_submit_script
+from ssh_jobs_provider.protocol.slurm_answers import (
+    SLURM_REFUSALS,
+    parse_slurm_submit_output,
+    slurm_submit_status,
+)
+from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import RetryPolicy
 
 # --------------------------------------------------------------------------- hooks
@@ -46,11 +54,26 @@ def job_hook(spec: JobSpec, attempts: int) -> SSHHook:
 # --------------------------------------------------------------------------- submit answers
 
 
-def submit_answer(paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes) -> JobStatus:
+def submit_script(spec: JobSpec, paths: RemoteJobPaths, token: str) -> str:
+    """The worker's submit of ``spec``'s job: detached, or queued with sbatch (``scheduler="slurm"``)."""
+    environment = dict(spec.environment)
+    if spec.slurm is not None:
+        arguments = spec.slurm.arguments
+        return build_slurm_submit_script(paths, spec.command, environment, token, spec.working_dir, arguments)
+    return build_submit_script(paths, spec.command, environment, token, spec.working_dir)
+
+
+def submit_answer(
+    paths: RemoteJobPaths, status: int, stdout: bytes, stderr: bytes, slurm: SlurmSpec | None = None
+) -> JobStatus:
     """The submit script's answer, or a :class:`RemoteJobError` that says what to change."""
     try:
+        if slurm is not None:
+            return slurm_submit_status(parse_slurm_submit_output(stdout))
         return parse_submit_output(stdout)
     except SubmitRefused as refused:
+        if slurm is not None and refused.code in SLURM_REFUSALS:
+            raise RemoteJobError(slurm_refusal_message(paths, refused, slurm.options)) from None
         raise RemoteJobError(refusal_message(paths, refused)) from None
     except RemoteJobProtocolError:
         detail = stderr.decode("utf-8", errors="replace").strip()[:2000]
@@ -61,7 +84,14 @@ def submit_answer(paths: RemoteJobPaths, status: int, stdout: bytes, stderr: byt
 
 
 def submit_job(
-    hook: SSHHook, paths: RemoteJobPaths, script: str, *, command_timeout: float, max_timeout: float, log: Any
+    hook: SSHHook,
+    paths: RemoteJobPaths,
+    script: str,
+    *,
+    command_timeout: float,
+    max_timeout: float,
+    log: Any,
+    slurm: SlurmSpec | None = None,
 ) -> JobStatus:
     """
     Connect once and submit; if the reply is lost, reconnect and submit again.
@@ -82,7 +112,12 @@ def submit_job(
         # connection sees at most conn_retry_attempts of them from one submit.
         with hook.connect_with(hook.settings) as client:
             status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
-        parsed = submit_answer(paths, status, stdout, stderr)
+        parsed = submit_answer(paths, status, stdout, stderr, slurm)
+        if slurm is not None:
+            queued = (
+                parse_slurm_submit_output(stdout).slurm_job_id or "(still being queued by a re-sent submit)"
+            )
+            log.info("Remote job %s is Slurm job %s", paths.job_id, queued)
         if parsed.remote_os:
             log.info("Remote OS: %s", parsed.remote_os)
         metrics.submitted(hook.remote_host)
@@ -98,6 +133,28 @@ def submit_job(
             hook.conn_retry_attempts,
         )
         raise
+
+
+def report_submit(paths: RemoteJobPaths, host: str | None, status: JobStatus, log: Any) -> None:
+    """What the worker's submit did, for the task log."""
+    if status.launched is False:
+        log.warning(
+            "Remote job %s was already started by an earlier submit whose reply was lost: "
+            "re-attaching to it instead of launching a second one.",
+            paths.job_id,
+        )
+    log.info("Remote job %s on %s: %s (pid %s)", paths.job_id, host, status.state.value, status.pid)
+    log.info("Job directory: %s", paths.job_dir)
+
+
+def announce_triggerer_submit(paths: RemoteJobPaths, log: Any) -> None:
+    """Say that the triggerer submits the job (``submit_from="triggerer"``)."""
+    log.info(
+        "Remote job %s will be submitted by the triggerer over its shared connection "
+        "(submit_from='triggerer'); job directory: %s",
+        paths.job_id,
+        paths.job_dir,
+    )
 
 
 # --------------------------------------------------------------------------- kill and cleanup
@@ -123,9 +180,11 @@ def finish_remote(
     attempts: int,
     command_timeout: float,
     log: Any,
+    slurm: bool = False,
 ) -> None:
     """
-    Kill and/or remove the job over one connection, ``attempts`` times if needed.
+    Kill and/or remove the job over one connection, ``attempts`` times if needed (a Slurm job,
+    ``slurm``, is killed with ``scancel``, wherever it runs).
 
     Never raises: the task's outcome is decided by the job, not by its cleanup. If every
     attempt fails the log says which directory is left behind and why.
@@ -153,9 +212,9 @@ def finish_remote(
         )
         return
     validate_token(token)
+    kill_script = build_slurm_cancel_script(paths, token) if slurm else build_kill_script(paths, token)
     scripts = [
-        (verb, build_kill_script(paths, token) if verb == "kill" else build_cleanup_script(paths, token))
-        for verb in verbs
+        (verb, kill_script if verb == "kill" else build_cleanup_script(paths, token)) for verb in verbs
     ]
     tries = 0
 

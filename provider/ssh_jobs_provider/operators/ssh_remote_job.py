@@ -24,14 +24,14 @@ from ssh_jobs_provider.job_spec import (
     SubmitFrom,
     TriggerSubmit,
     check_remote_os,
+    check_scheduler,
     exit_codes,
     require_positive,
 )
-from ssh_jobs_provider.operators import durable
+from ssh_jobs_provider.operators import durable, remote_steps
 from ssh_jobs_provider.operators.remote_steps import finish_remote, job_hook, submit_job
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.reattach import Resume
-from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
 
@@ -109,6 +109,10 @@ class SSHRemoteJobOperator(BaseOperator):
         submit token Airflow's task state store (>= 3.3) kept for this task is taken over: on
         3.1/3.2 every try starts its own job, and a retry warns when an earlier try's job of
         the same name still runs. ``False``: every try starts its own job.
+    :param scheduler: ``None`` (default): run detached on the host; ``"slurm"``: queue the command
+        with ``sbatch`` from a cluster's login node, its outcome Slurm's record (HPC clusters page)
+    :param scheduler_options: sbatch options (templated), e.g. ``{"partition": "gpu"}``: each
+        entry becomes ``--name=value`` (``True``: ``--name``)
     """
 
     template_fields: Sequence[str] = (
@@ -118,6 +122,7 @@ class SSHRemoteJobOperator(BaseOperator):
         "remote_base_dir",
         "remote_working_dir",
         "ssh_conn_id",
+        "scheduler_options",
     )
     template_ext: Sequence[str] = (".sh", ".bash")
     template_fields_renderers = {"command": "bash", "environment": "python"}
@@ -146,10 +151,13 @@ class SSHRemoteJobOperator(BaseOperator):
         remote_working_dir: str | None = None,
         submit_from: str = "worker",
         durable: bool = True,
+        scheduler: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         SubmitFrom.parse(submit_from)
+        check_scheduler(scheduler, scheduler_options)
         check_remote_os(remote_os)
         CleanupPolicy.parse(cleanup)
         require_positive("poll_interval", poll_interval)
@@ -183,6 +191,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self.remote_working_dir = remote_working_dir
         self.submit_from = submit_from
         self.durable = bool(durable)
+        self.scheduler, self.scheduler_options = scheduler, scheduler_options
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
@@ -213,6 +222,8 @@ class SSHRemoteJobOperator(BaseOperator):
             submit_from=SubmitFrom.parse(self.submit_from),
             durable=self.durable,
             retries=self.retries or 0,
+            scheduler=self.scheduler,
+            scheduler_options=self.scheduler_options,
         )
 
     @cached_property
@@ -227,19 +238,14 @@ class SSHRemoteJobOperator(BaseOperator):
         spec = self.job_spec()
         paths = durable.job_paths(context["ti"], spec.base_dir)
         token = new_job_token()
-        script = build_submit_script(paths, spec.command, dict(spec.environment), token, spec.working_dir)
+        script = remote_steps.submit_script(spec, paths, token)
         submit = spec.trigger_submit() if spec.submit_from is SubmitFrom.TRIGGERER else None
         earlier = durable.take_over_or_remember(spec, context, paths, token, self.ssh_hook, self.log)
         if earlier is not None:
             self._go_on_with(context, spec, earlier)  # an earlier try's job, running or ended
             return
         if submit is not None:
-            self.log.info(
-                "Remote job %s will be submitted by the triggerer over its shared connection "
-                "(submit_from='triggerer'); job directory: %s",
-                paths.job_id,
-                paths.job_dir,
-            )
+            remote_steps.announce_triggerer_submit(paths, self.log)
             self._token = token
             self._defer(context, spec, paths, token, submit=submit)
             return
@@ -253,16 +259,10 @@ class SSHRemoteJobOperator(BaseOperator):
             command_timeout=spec.command_timeout,
             max_timeout=MAX_SUBMIT_TIMEOUT,
             log=self.log,
+            slurm=spec.slurm,
         )
         host = self.ssh_hook.remote_host
-        if status.launched is False:
-            self.log.warning(
-                "Remote job %s was already started by an earlier submit whose reply was lost: "
-                "re-attaching to it instead of launching a second one.",
-                paths.job_id,
-            )
-        self.log.info("Remote job %s on %s: %s (pid %s)", paths.job_id, host, status.state.value, status.pid)
-        self.log.info("Job directory: %s", paths.job_dir)
+        remote_steps.report_submit(paths, host, status, self.log)
         if self.do_xcom_push:
             self._push_job(context, paths, host, status.pid)
         self._defer(context, spec, paths, token)
@@ -395,4 +395,5 @@ class SSHRemoteJobOperator(BaseOperator):
             attempts=spec.cleanup_retries,
             command_timeout=spec.command_timeout,
             log=self.log,
+            slurm=spec.slurm is not None,
         )

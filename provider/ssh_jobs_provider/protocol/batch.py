@@ -39,6 +39,7 @@ from itertools import groupby
 
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, perl_source, script_prelude
+from ssh_jobs_provider.protocol.slurm import SlurmSubmitCall, slurm_batch_submits
 from ssh_jobs_provider.protocol.submit import SubmitCall, perl_call, submit_calls
 from ssh_jobs_provider.protocol.submit import perl_program as submit_program
 
@@ -114,6 +115,18 @@ class SubmitEntry(PollEntry):
             raise ValueError(f"A submit of {self.paths.job_id} needs the job's files.")
 
 
+@dataclass(frozen=True)
+class SlurmSubmitEntry(SubmitEntry):
+    """
+    A :class:`SubmitEntry` whose job is queued with ``sbatch`` (``scheduler="slurm"``) instead
+    of started detached (:func:`~ssh_jobs_provider.protocol.slurm.slurm_batch_submits`).
+
+    :param arguments: the sbatch arguments (:func:`~ssh_jobs_provider.protocol.slurm.sbatch_arguments`)
+    """
+
+    arguments: tuple[str, ...] = ()
+
+
 Entry = PollEntry | CleanupEntry
 
 
@@ -136,13 +149,25 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
         raise ValueError(f"A batch runs its polls in 'perl' or 'sh', not {interpreter!r}.")
     polls = [(key, e) for key, e in enumerate(entries) if isinstance(e, PollEntry)]
     cleanups = [(key, e) for key, e in enumerate(entries) if isinstance(e, CleanupEntry)]
-    submits = [(key, e) for key, e in polls if isinstance(e, SubmitEntry)]
+    submits = [
+        (key, e) for key, e in polls if isinstance(e, SubmitEntry) and not isinstance(e, SlurmSubmitEntry)
+    ]
+    queued = [
+        SlurmSubmitCall(key, e.paths, e.token, e.files, e.arguments)
+        for key, e in polls
+        if isinstance(e, SlurmSubmitEntry)
+    ]
     # Cleanups first (they free space), then the submits, then the polls of every job, the
     # new ones included: their first log bytes come in the same answer.
-    calls = _cleanups(cleanups) + submit_calls(
-        [SubmitCall(key, e.paths, e.token, e.files) for key, e in submits],
-        interpreter,
-        _perl_polls(polls) if interpreter == "perl" else _sh_polls(polls),
+    # The Slurm submits are sh whatever runs the polls: each is an sbatch process anyway.
+    calls = (
+        _cleanups(cleanups)
+        + slurm_batch_submits(queued)
+        + submit_calls(
+            [SubmitCall(key, e.paths, e.token, e.files) for key, e in submits],
+            interpreter,
+            _perl_polls(polls) if interpreter == "perl" else _sh_polls(polls),
+        )
     )
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what

@@ -81,6 +81,8 @@ class MonitorUpdate:
     :param more_now: more log is waiting: poll again at once instead of after ``poll_interval``
     :param outcome: the final outcome, once the job has ended and its log is drained
     :param notes: what the task log should be told about the log itself
+    :param progress: where the job stands, for the task log at info level (a Slurm job's state
+        and pending reason, each time it changes)
     """
 
     lines: list[str] = field(default_factory=list)
@@ -89,6 +91,8 @@ class MonitorUpdate:
     outcome: Outcome | None = None
     #: What the task log should be told about the log itself (cut short, unreadable, left unread).
     notes: list[str] = field(default_factory=list)
+    #: Where the job stands (info, not a warning): a Slurm job's state and pending reason.
+    progress: list[str] = field(default_factory=list)
 
 
 class JobMonitor:

@@ -171,14 +171,17 @@ def reap_entries(base_dir: str, directories: Sequence[JobDirectory]) -> list[Cle
 
 def build_reap_script(entries: Sequence[CleanupEntry]) -> str:
     """
-    Script that removes each entry's directory (``cleanup_job``), unless its job is running by now;
-    answers as a batch (:func:`parse_reap_output`).
+    Script that removes each entry's directory (``cleanup_job``), unless its job is running by now
+    (a Slurm job: while Slurm still has it); answers as a batch (:func:`parse_reap_output`).
     """
     calls = "".join(
         f"reap_job {key} {shlex.quote(e.paths.job_dir)} {shlex.quote(e.token)}\n"
         for key, e in enumerate(entries)
     )
-    return as_whole(script_prelude() + shell_source("ops.sh") + calls + 'echo "$T end"\n')
+    # slurm.sh for slurm_job_active: a Slurm job's directory is kept while Slurm still has the job.
+    return as_whole(
+        script_prelude() + shell_source("ops.sh") + shell_source("slurm.sh") + calls + 'echo "$T end"\n'
+    )
 
 
 def parse_reap_output(output: bytes, entries: Sequence[CleanupEntry]) -> list[str]:

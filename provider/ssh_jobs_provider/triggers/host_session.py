@@ -39,6 +39,8 @@ from ssh_jobs_provider.protocol.answers import (
 )
 from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script, build_probe_script
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, batch_tag
+from ssh_jobs_provider.protocol.slurm import slurm_section
+from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor, parse_slurm_states
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import (
     SUBMITS_PER_BATCH,
@@ -251,9 +253,15 @@ class HostSession:
         entries = self.scheduler.entries(due)
         tag = batch_tag()
         sent = False
+        # The Slurm jobs of the tick: ONE squeue for all of them, in the same exec, after the polls.
+        slurm_jobs = [
+            (key, watch.monitor.paths)
+            for key, watch in enumerate(due)
+            if isinstance(watch.monitor, SlurmMonitor) and not watch.cleaning
+        ]
         try:
             conn = await self._connection()
-            script = self._batch_script(entries, tag)
+            script = self._batch_script(entries, tag) + slurm_section(slurm_jobs)
             started = loop.time()
             # From here on the script may reach the host, and its submits start their jobs,
             # whatever becomes of the answer.
@@ -286,6 +294,10 @@ class HostSession:
             self._deliver(deliveries)
             return
         self.batches += 1
+        if slurm_jobs:
+            records = parse_slurm_states(stdout, tag)
+            for key, _ in slurm_jobs:
+                cast(SlurmMonitor, due[key].monitor).feed_slurm(records.get(key))
         metrics.batch_polled(self.settings.host, (loop.time() - started) * 1000, self.scheduler.watched)
         self._deliver(self.scheduler.apply(due, results, loop.time()))
 

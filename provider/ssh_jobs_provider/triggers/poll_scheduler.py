@@ -39,9 +39,11 @@ from ssh_jobs_provider.protocol.answers import (
     RemoteJobProtocolError,
     SubmitRefused,
 )
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SubmitEntry
+from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SlurmSubmitEntry, SubmitEntry
 from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import refusal_message
+from ssh_jobs_provider.protocol.slurm_answers import SLURM_REFUSALS
+from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
 from ssh_jobs_provider.triggers.watch import (
     SUBMIT_TICK,
@@ -179,13 +181,12 @@ class PollScheduler:
             budget = max(0, budget - window)
             entry = monitor.poll_entry(max_bytes=window, delivered=watch.delivered)
             if watch.submitting and watch.submit_files is not None:
-                entry = SubmitEntry(
-                    entry.paths,
-                    entry.offset,
-                    entry.max_bytes,
-                    entry.delivered,
-                    entry.token,
-                    watch.submit_files,
+                fields = (entry.paths, entry.offset, entry.max_bytes, entry.delivered, entry.token)
+                slurm = watch.slurm  # a Slurm job is queued with sbatch, not started detached
+                entry = (
+                    SubmitEntry(*fields, watch.submit_files)
+                    if slurm is None
+                    else SlurmSubmitEntry(*fields, watch.submit_files, slurm.arguments)
                 )
             entries.append(entry)
         return entries
@@ -273,7 +274,10 @@ class PollScheduler:
     def _apply(self, watch: Watch, result: EntryResult, now: float, sent_before: bool = False) -> Deliveries:
         if isinstance(result, SubmitRefused):
             # Refused before anything ran, and what it created removed again: final.
-            message = refusal_message(watch.monitor.paths, result)
+            if watch.slurm is not None and result.code in SLURM_REFUSALS:
+                message = slurm_refusal_message(watch.monitor.paths, result, watch.slurm.options)
+            else:
+                message = refusal_message(watch.monitor.paths, result)
             # Refused at its first send: nothing ran. Refused when sent again, an earlier send
             # (whose answer was lost) may have started the job: it is then killed like a lost one.
             return [
@@ -297,6 +301,7 @@ class PollScheduler:
         delivery = Delivery(
             lines=update.lines,
             warnings=update.notes,
+            progress=update.progress,
             log_offset=watch.monitor.log_offset,
             submitted=submitted,
         )

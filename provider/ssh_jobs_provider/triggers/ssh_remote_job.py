@@ -25,6 +25,8 @@ from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
+from ssh_jobs_provider.protocol.slurm import build_slurm_cancel_script
+from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
 from ssh_jobs_provider.triggers.task_state import task_now
 
@@ -81,6 +83,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
     :param from_start: stream the log from ``log_offset`` even if the host records that an
         earlier watcher delivered more: a new try that re-attached to an earlier try's job
         shows its whole output
+    :param scheduler: ``"slurm"``: the job goes through Slurm (queued with ``sbatch`` when this
+        trigger submits it, its end read from Slurm's record, cancelled with ``scancel``);
+        ``None`` (default): a detached process
+    :param scheduler_options: the operator's ``scheduler_options`` (sbatch options)
     """
 
     def __init__(
@@ -103,6 +109,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
         remote_base_dir: str | None = None,
         submit: dict[str, Any] | None = None,
         from_start: bool = False,
+        scheduler: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Validated here, where the operator creates the trigger: bad input fails in execute(),
@@ -112,6 +120,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             **{name: arguments[name] for name in WatchSpec.__dataclass_fields__}
         )
         self._paths = self.spec.paths
+        self._slurm = self.spec.slurm
         self._submit_files = None if self.spec.submit is None else self.spec.submit.files(job_token)
         #: The submit's answer, once this trigger submitted the job; the host, once known.
         self._submitted: JobStatus | None = None
@@ -190,6 +199,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self.log.info("%s", line)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
+        for news in delivery.progress:
+            self.log.info("%s", news)
 
     def _report_submit(self, status: JobStatus) -> None:
         self._submitted = status
@@ -201,16 +212,25 @@ class SSHRemoteJobTrigger(BaseTrigger):
             )
         if status.remote_os:
             self.log.info("Remote OS: %s", status.remote_os)
-        self.log.info(
-            "Remote job %s on %s: %s (pid %s)", self.spec.job_id, self._host, status.state.value, status.pid
-        )
+        if self._slurm is not None:
+            # No pid on the login node: where it stands is Slurm's answer, in the next lines.
+            self.log.info("Remote job %s on %s: queued with sbatch", self.spec.job_id, self._host)
+        else:
+            self.log.info(
+                "Remote job %s on %s: %s (pid %s)",
+                self.spec.job_id,
+                self._host,
+                status.state.value,
+                status.pid,
+            )
         self.log.info("Job directory: %s", self.spec.job_dir)
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         loop = asyncio.get_running_loop()
-        monitor = JobMonitor(
+        # A Slurm job's end is Slurm's record, asked in the same batch (SlurmMonitor).
+        monitor = (JobMonitor if self._slurm is None else SlurmMonitor)(
             self.paths,
             self.log_offset,
             self.spec.log_chunk_size,
@@ -241,6 +261,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 cleanup=self.spec.cleanup_policy,
                 cleanup_retries=self.spec.cleanup_retries,
                 submit_files=self._submit_files,
+                slurm=self._slurm,
             )
         )
         finished = False
@@ -310,7 +331,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
-            script = build_kill_script(self.paths, self.spec.job_token)
+            if self._slurm is not None:
+                script = build_slurm_cancel_script(self.paths, self.spec.job_token)
+            else:
+                script = build_kill_script(self.paths, self.spec.job_token)
             _, stdout, _ = await hook.run_script(conn, script, self.spec.command_timeout)
             answer = parse_kill_answer(stdout)
             if answer.survivors:

@@ -26,6 +26,7 @@ from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
+from ssh_jobs_provider.protocol.slurm import SlurmSpec
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget, RetryPolicy
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
@@ -78,6 +79,7 @@ class Delivery:
 
     :param lines: log lines for the task log
     :param warnings: warnings for the task log (failed polls, a cleanup refused)
+    :param progress: where the job stands, for the task log at info level (a Slurm job's state)
     :param log_offset: the log offset after these lines
     :param outcome: the final outcome (the last delivery only)
     :param cleaned_up: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested
@@ -86,6 +88,8 @@ class Delivery:
 
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Where the job stands, for the task log at info level (a Slurm job's state, once per change).
+    progress: list[str] = field(default_factory=list)
     log_offset: int = 0
     outcome: Outcome | None = None
     #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
@@ -113,6 +117,8 @@ class Watch:
         for a job the worker submitted
     :param submit_sent: a batch carrying the submit reached the host (its answer may be lost):
         the job may have started
+    :param slurm: the job goes through Slurm (``scheduler="slurm"``): how it is queued; ``None``:
+        a detached process
     """
 
     monitor: JobMonitor
@@ -126,6 +132,7 @@ class Watch:
     final_outcome: Outcome | None = None
     submit_files: tuple[tuple[str, str], ...] | None = None
     submit_sent: bool = False
+    slurm: SlurmSpec | None = None
     #: Where the job stands: set from ``submit_files`` when the watch is made, then changed by
     #: :meth:`advance` only.
     phase: Phase = field(init=False)

@@ -44,7 +44,8 @@ list_jobs() {
   done
 }
 
-# reap_job KEY DIR TOKEN: remove a finished job's directory (`cleanup_job`), unless its job runs again by now.
+# reap_job KEY DIR TOKEN: remove a finished job's directory (`cleanup_job`), unless its job runs again by now
+# (a Slurm job's directory has no pid: it is kept while Slurm still has the job, see sh/slurm.sh).
 reap_job() {
   # shellcheck disable=SC2034 # read by ended_record in lib.sh
   NO_ENDED=1
@@ -53,6 +54,12 @@ reap_job() {
   eval "reap_header=\${job_header_$1:-}"
   case $reap_header in
     *alive=1*) echo "$T cleanup key=$1 state=running len=0" ;;
-    *) cleanup_job "$1" "$2" "$3" ;;
+    *)
+      if slurm_job_active "$2"; then
+        echo "$T cleanup key=$1 state=running len=0"
+      else
+        cleanup_job "$1" "$2" "$3"
+      fi
+      ;;
   esac
 }
