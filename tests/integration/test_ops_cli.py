@@ -20,7 +20,15 @@ def job_id(n: int) -> str:
 
 
 def finished(paths: object) -> bool:
-    return Path(str(paths.job_dir), "exit_code").exists()  # type: ignore[attr-defined]
+    """The job's exit code is recorded and its wrapper is gone (an exit record counts only then)."""
+    job_dir = Path(str(paths.job_dir))  # type: ignore[attr-defined]
+    if not (job_dir / "exit_code").exists():
+        return False
+    try:
+        os.kill(int((job_dir / "pid").read_text()), 0)
+    except (ProcessLookupError, ValueError, FileNotFoundError):
+        return True
+    return False
 
 
 def age(path: Path) -> None:
