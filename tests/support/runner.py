@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import structlog.testing
-
 from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferred
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+from support.logs import capture_logs
 
 T = TypeVar("T")
 
@@ -106,7 +105,7 @@ async def run_trigger(
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Run a trigger to completion; return its captured log entries and every event it yielded."""
     events: list[Any] = []
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         await asyncio.wait_for(collect_events(trigger, events), timeout)
     return logs, events
 

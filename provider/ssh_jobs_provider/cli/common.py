@@ -41,7 +41,7 @@ def resolve_settings(conn_id: str, host: str | None = None) -> SSHConnectionSett
 
     :raises CommandError: (status 2) an unknown connection or invalid settings
     """
-    from airflow.sdk import BaseHook
+    from ssh_jobs_provider._compat import BaseHook
 
     connection: Any
     try:

@@ -13,9 +13,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from ssh_jobs_provider._compat import AirflowException, AirflowSkipException
+from ssh_jobs_provider._compat import AirflowException, AirflowSkipException, BaseOperator
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.operators import durable
