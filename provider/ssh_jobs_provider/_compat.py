@@ -8,6 +8,8 @@ import error:
 - ``BaseOperator`` is the task SDK's from 3.0 on (2.11: ``airflow.models.baseoperator``), and
   ``BaseHook`` from 3.1 on (2.11 and 3.0: ``airflow.hooks.base``);
 - the task exceptions moved to ``airflow.sdk.exceptions`` in 3.2 (before: ``airflow.exceptions``);
+  2.11 has no ``TaskDeferralTimeout``: its deferral timeout raises ``TaskDeferralError``, exported
+  here under the later name;
 - the metrics singleton moved to a shared package in 3.2 (:func:`airflow_stats`);
 - reading a connection and its extras on an event loop without a blocking call to the
   supervisor is possible from 3.3.2 on (:func:`aget_connection`, :func:`aextra_dejson`); before,
@@ -33,9 +35,15 @@ except ImportError:  # Airflow 2.11, 3.0, 3.1
     from airflow.exceptions import (  # type: ignore[no-redef,attr-defined,unused-ignore]
         AirflowException,
         AirflowSkipException,
-        TaskDeferralTimeout,
         TaskDeferred,
     )
+
+    try:  # Airflow 3.0, 3.1
+        from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined,unused-ignore]
+    except ImportError:  # Airflow 2.11: a deferral timeout fails the resumed task with this error
+        from airflow.exceptions import (  # type: ignore[no-redef,attr-defined,unused-ignore]
+            TaskDeferralError as TaskDeferralTimeout,
+        )
 try:  # Airflow >= 3.1
     from airflow.sdk import BaseHook
 except ImportError:  # Airflow 2.11, 3.0

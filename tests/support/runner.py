@@ -72,6 +72,8 @@ class RunResult:
     trigger_lines: list[str]
     trigger_logs: list[dict[str, Any]]
     ti: StandInTaskInstance
+    #: What ``execute_complete`` returned (Airflow pushes it as XCom ``return_value``).
+    value: Any = None
 
     @property
     def remote_output(self) -> str:
@@ -166,12 +168,12 @@ def run_operator(
     method = getattr(op, deferred.method_name)
     try:
         # As Airflow resumes the task: the deferral's kwargs, and the event.
-        method(context_for(ti), **(deferred.kwargs or {}), event=payload)
+        value = method(context_for(ti), **(deferred.kwargs or {}), event=payload)
     except AirflowSkipException as error:
         return RunResult("skipped", error, payload, remote_lines(logs), logs, ti)
     except Exception as error:
         return RunResult("failed", error, payload, remote_lines(logs), logs, ti)
-    return RunResult("success", None, payload, remote_lines(logs), logs, ti)
+    return RunResult("success", None, payload, remote_lines(logs), logs, ti, value)
 
 
 def while_running(background: Callable[[], None], work: Callable[[], T]) -> T:

@@ -294,7 +294,7 @@ def take_over_earlier_job(op: Any, context: Any, stored: dict[int, JobRecord] | 
     remember(context, stored, record, op.retries or 0, op.log)
     if op.do_xcom_push:
         op._push_job(context, record.paths, op.remote_host, status.pid)
-    op._defer(context, op._trigger(record.paths, log_offset=0, from_start=True))
+    op._defer(context, op._trigger(record.paths, log_offset=0, from_start=True), pid=status.pid)
     return True
 
 

@@ -84,6 +84,20 @@ def triggerer_submit(
     return {"command": op.command, "environment": environment, "working_dir": working_dir}
 
 
+def job_xcom(
+    paths: RemoteJobPaths, host: str | None, pid: int | None, exit_code: int | None = None
+) -> dict[str, Any]:
+    """
+    The operator's XCom ``ssh_remote_job``: the job's ``job_id``, ``job_dir``, ``log_file``,
+    ``exit_code_file``, ``remote_host`` and ``pid`` once it is submitted, and its ``exit_code``
+    too once it has ended.
+    """
+    job: dict[str, Any] = {**paths.as_dict(), "remote_host": host, "pid": pid}
+    if exit_code is not None:
+        job["exit_code"] = exit_code
+    return job
+
+
 def make_trigger(
     op: Any, paths: RemoteJobPaths, log_offset: int, *, submit: dict[str, Any] | None, from_start: bool
 ) -> SSHRemoteJobTrigger:
@@ -107,6 +121,7 @@ def make_trigger(
         remote_base_dir=paths.base_dir,
         submit=submit,
         from_start=from_start,
+        return_last_lines=op.return_last_lines,
     )
 
 

@@ -20,6 +20,7 @@ from ssh_jobs_provider.operators import durable
 from ssh_jobs_provider.operators.remote_steps import (
     exit_codes,
     finish_remote,
+    job_xcom,
     make_trigger,
     require_positive,
     submit_job,
@@ -33,6 +34,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_base_dir,
     validate_working_dir,
 )
+from ssh_jobs_provider.protocol.last_lines import validate_line_count
 from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
@@ -113,6 +115,11 @@ class SSHRemoteJobOperator(BaseOperator):
         submit token Airflow's task state store (>= 3.3) kept for this task is taken over: on
         3.1/3.2 every try starts its own job, and a retry warns when an earlier try's job of
         the same name still runs. ``False``: every try starts its own job.
+    :param return_last_lines: the task's return value (XCom ``return_value``) is the last this
+        many lines of the job's output, joined by newlines (default 0: no return value). At most
+        1000 lines and 64 KiB: older lines are dropped first. They are the lines the trigger
+        delivered, so after a triggerer restart only those read since. (With ``do_xcom_push``,
+        XCom ``ssh_remote_job`` holds the job and its ``exit_code``: :func:`.remote_steps.job_xcom`.)
     """
 
     template_fields: Sequence[str] = (
@@ -150,6 +157,7 @@ class SSHRemoteJobOperator(BaseOperator):
         remote_working_dir: str | None = None,
         submit_from: str = "worker",
         durable: bool = True,
+        return_last_lines: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -198,10 +206,12 @@ class SSHRemoteJobOperator(BaseOperator):
         self.remote_working_dir = remote_working_dir
         self.submit_from = submit_from
         self.durable = bool(durable)
+        self.return_last_lines = validate_line_count(return_last_lines)
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
         self._deferred_token = ""  # what a resumed worker got back from the deferral
+        self._deferred_pid: int | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -265,22 +275,25 @@ class SSHRemoteJobOperator(BaseOperator):
         self.log.info("Job directory: %s", paths.job_dir)
         if self.do_xcom_push:
             self._push_job(context, paths, host, status.pid)
-        self._defer(context, self._trigger(paths, log_offset=0))
+        self._defer(context, self._trigger(paths, log_offset=0), pid=status.pid)
 
-    def _defer(self, context: Context, trigger: SSHRemoteJobTrigger) -> None:
+    def _defer(self, context: Context, trigger: SSHRemoteJobTrigger, pid: int | None = None) -> None:
         # Which try is deferred, for the on_kill of an earlier try's trigger (a try's XComs are
         # cleared when the next one starts).
         context["ti"].xcom_push(key=TRY_XCOM_KEY, value=context["ti"].try_number)
-        # The token reaches the resumed worker in next_kwargs, not in the event (the triggerer logs it).
+        # The token reaches the resumed worker in next_kwargs, not in the event (the triggerer logs it);
+        # the pid too, for the XCom that adds the exit code.
         self.defer(
             trigger=trigger,
             method_name="execute_complete",
-            kwargs={"job_token": self._token},
+            kwargs={"job_token": self._token, "job_pid": pid},
             timeout=timedelta(seconds=self.timeout) if self.timeout else None,
         )
 
-    def _push_job(self, context: Context, paths: RemoteJobPaths, host: str | None, pid: int | None) -> None:
-        context["ti"].xcom_push(key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": pid})
+    def _push_job(
+        self, context: Context, paths: RemoteJobPaths, host: Any, pid: Any, exit_code: Any = None
+    ) -> None:
+        context["ti"].xcom_push(key=XCOM_KEY, value=job_xcom(paths, host, pid, exit_code))
 
     def _trigger(
         self,
@@ -294,8 +307,8 @@ class SSHRemoteJobOperator(BaseOperator):
     # ------------------------------------------------------------------ completion
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, job_token: str = ""
-    ) -> None:
+        self, context: Context, event: dict[str, Any] | None = None, job_token: str = "", job_pid: Any = None
+    ) -> str | None:
         """Called when the trigger fires (with the watched job's token): clean up, set the outcome."""
         if not event or any(key not in event for key in _EVENT_KEYS):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
@@ -305,15 +318,16 @@ class SSHRemoteJobOperator(BaseOperator):
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
             self._defer(context, self._trigger(paths, log_offset=int(event.get("log_offset", 0))))
-            return
+            return None
         for line in str(event.get("log_chunk") or "").splitlines():
             self.log.info("%s", line)
         exit_code = event.get("exit_code")
         message = str(event.get("message", ""))
         self.log.info("%s", message)
-        if event.get("pid") is not None and self.do_xcom_push:
-            # Submitted by the trigger: its pid is known only now.
-            self._push_job(context, paths, event.get("remote_host"), int(event["pid"]))
+        # Submitted by the trigger: its pid is known only now.
+        pid = event.get("pid") or job_pid or self._deferred_pid
+        if self.do_xcom_push and (pid is not None or exit_code is not None):
+            self._push_job(context, paths, event.get("remote_host"), pid, exit_code)
 
         if event.get("never_started"):
             # Refused or never sent: no job ran and nothing was left behind.
@@ -346,12 +360,15 @@ class SSHRemoteJobOperator(BaseOperator):
         if not succeeded:
             raise AirflowException(f"Remote job {paths.job_id} failed with exit code {exit_code}")
         self.log.info("Remote job %s succeeded", paths.job_id)
+        return "\n".join(event.get("last_lines") or []) if self.return_last_lines else None
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """On a deferral timeout (or a crashed trigger), kill the remote job before failing."""
         # Taken here, so that a subclass's execute_complete(context, event) is called as before.
         kwargs = dict(next_kwargs or {})
         self._deferred_token = str(kwargs.pop("job_token", "") or "")
+        pid = kwargs.pop("job_pid", None)
+        self._deferred_pid = pid if isinstance(pid, int) else None
         if next_method == TRIGGER_FAIL_METHOD:
             # The job this try watched, with its token (Airflow >= 3.3: else nothing is touched).
             paths, self._token = durable.watched_job(self, context)

@@ -24,6 +24,7 @@ from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
+from ssh_jobs_provider.protocol.last_lines import LastLines
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
@@ -95,6 +96,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
     :param from_start: stream the log from ``log_offset`` even if the host records that an
         earlier watcher delivered more: a new try that re-attached to an earlier try's job
         shows its whole output
+    :param return_last_lines: how many of the last output lines this trigger delivered its final
+        event carries (``last_lines``; bounded, see :mod:`ssh_jobs_provider.protocol.last_lines`)
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         remote_base_dir: str | None = None,
         submit: dict[str, Any] | None = None,
         from_start: bool = False,
+        return_last_lines: int = 0,
     ) -> None:
         super().__init__()
         if cleanup_policy not in CLEANUP_CHOICES:
@@ -155,6 +159,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
         # Not "cleanup": that name is BaseTrigger's teardown method.
         self.cleanup_policy = cleanup_policy
         self.cleanup_retries = cleanup_retries
+        self.return_last_lines = return_last_lines
+        self._last_lines = LastLines(return_last_lines)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -178,6 +184,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "remote_base_dir": self.remote_base_dir,
                 "submit": self.submit,
                 "from_start": self.from_start,
+                "return_last_lines": self.return_last_lines,
             },
         )
 
@@ -220,6 +227,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "pid": submitted.pid if submitted else None,
                 "launched": submitted.launched if submitted else None,
                 "remote_host": self._host,
+                "last_lines": self._last_lines.lines if self.return_last_lines else None,
             }
         )
 
@@ -228,6 +236,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self._report_submit(delivery.submitted)
         for line in delivery.lines:
             self.log.info("%s", line)
+        self._last_lines.add(delivery.lines)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
 
