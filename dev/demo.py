@@ -3,7 +3,8 @@ The main job, end to end: a fan-out of remote jobs through a real Airflow agains
 
 Starts OpenSSH's sshd on 127.0.0.1 as the remote host (``MaxStartups 10:30:100``, the
 default that large fan-outs run into), a throwaway Airflow deployment (api-server,
-scheduler, dag-processor, triggerer; LocalExecutor on SQLite), runs the example fan-out DAG
+scheduler, dag-processor, triggerer; on Airflow 2.11 webserver, scheduler, triggerer;
+LocalExecutor on SQLite), runs the example fan-out DAG
 with ``--tasks`` mapped tasks, and prints a summary. Everything it started is stopped when
 it ends, also on Ctrl-C. Run it through ``bash dev/demo.sh``, which sets up the machine first.
 
@@ -280,9 +281,7 @@ def run_fanout(args: argparse.Namespace, workdir: Path, result: DemoResult) -> N
 
 
 def start_airflow(deployment: AirflowDeployment, result: DemoResult) -> None:
-    say(
-        f"- Airflow {version('apache-airflow')}: db migrate, then api-server, scheduler, dag-processor, triggerer"
-    )
+    say(f"- Airflow {version('apache-airflow')}: db migrate, then {', '.join(deployment.components)}")
     with timed(result.timings, "Airflow start"):
         deployment.start()
         deployment.wait_for_dags([DAG_ID])
