@@ -113,7 +113,7 @@ class SSHRemoteJobOperator(BaseOperator):
         try's log shows its whole output), a job that succeeded is not run again, a failed one
         is replaced by a fresh job; a cleared task always starts a fresh job. Only a job whose
         submit token Airflow's task state store (>= 3.3) kept for this task is taken over: on
-        3.1/3.2 every try starts its own job, and a retry warns when an earlier try's job of
+        older releases every try starts its own job, and a retry warns when an earlier try's job of
         the same name still runs. ``False``: every try starts its own job.
     :param return_last_lines: the task's return value (XCom ``return_value``) is the last this
         many lines of the job's output, joined by newlines (default 0: no return value). At most
