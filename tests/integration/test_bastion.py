@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from ssh_jobs_provider.cli.main import main
 from ssh_jobs_provider.hooks import _tunnels
 from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
 from ssh_jobs_provider.triggers.host_session import HostSession
@@ -173,6 +174,28 @@ def test_both_hooks_reach_the_target_through_the_bastion(conns: Site, conn_id: s
     assert conns.net.targets[0] in out.decode() and conns.net.targets[0] in async_out
     assert _accepted(conns.bastion) - before == 2
     assert hook.settings.proxy_jump is not None
+    _never_direct(conns, addresses)
+
+
+def test_doctor_status_and_reap_reach_the_target_through_the_bastion(
+    conns: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "jobs"
+    base.mkdir(mode=0o700)
+    before = _accepted(conns.bastion)
+    with record_connects() as addresses:
+        doctor = main(["doctor", "--conn-id", "behind", "--base-dir", str(base), "--fan-out", "50"])
+        shown = capsys.readouterr().out
+        status = main(["status", "--conn-id", "aliased", "--base-dir", str(base), "--json"])
+        listing = json.loads(capsys.readouterr().out)
+        reap = main(["reap", "--conn-id", "behind", "--base-dir", str(base), "--older-than", "7d"])
+    assert (doctor, status, reap) == (0, 0, 0), shown
+    # The doctor talked to the target (its address in the server row), through the bastion.
+    assert f"@{conns.net.targets[0]}:{conns.target.port}" in shown, shown
+    assert f"tcp connect via {conns.bastion.user}@{conns.net.bastion_outer}:{conns.bastion.port}" in shown
+    assert listing["jobs"] == []
+    # The doctor's two timed connections, then one each for status and reap: all through the bastion.
+    assert _accepted(conns.bastion) - before == 4
     _never_direct(conns, addresses)
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from ssh_jobs_provider.exceptions import SSHAuthenticationError, SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
+from ssh_jobs_provider.job_spec import JobSpec
+from ssh_jobs_provider.operators import ssh_remote_job as operator_module
 from ssh_jobs_provider.operators.remote_steps import submit_job
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
@@ -175,18 +177,18 @@ def cleanup_error(logs: list[dict[str, object]]) -> str:
 def test_cleanup_log_counts_the_attempts_really_made(
     refusing: RefusingListener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    make_hook = SSHRemoteJobOperator._hook
+    make_hook = operator_module.job_hook
 
-    def fast_hook(self: SSHRemoteJobOperator, attempts: int) -> SSHHook:
-        hook = make_hook(self, attempts)
+    def fast_hook(spec: JobSpec, attempts: int) -> SSHHook:
+        hook = make_hook(spec, attempts)
         hook.backoff = FAST
         return hook
 
-    monkeypatch.setattr(SSHRemoteJobOperator, "_hook", fast_hook)
+    monkeypatch.setattr(operator_module, "job_hook", fast_hook)
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id=CONN_ID, command="true", cleanup_retries=3)
     op._token = new_job_token()  # a cleanup always carries the job's token
     with capture_logs() as logs:
-        op._finish_remote(PATHS, kill=False, remove=True)
+        op._finish_remote(op.job_spec(), PATHS, kill=False, remove=True)
     assert "cleanup failed after 3 attempt(s)" in cleanup_error(logs)
     assert refusing.accepted == 3
 
@@ -203,7 +205,7 @@ def test_cleanup_stopped_by_a_credential_error_says_one_attempt(monkeypatch: pyt
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_denied", command="true", cleanup_retries=3)
     op._token = new_job_token()
     with capture_logs() as logs:
-        op._finish_remote(PATHS, kill=True, remove=True)
+        op._finish_remote(op.job_spec(), PATHS, kill=True, remove=True)
     message = cleanup_error(logs)
     assert "kill and cleanup failed after 1 attempt(s)" in message
     assert "SSHAuthenticationError" in message
@@ -217,7 +219,7 @@ def test_a_kill_or_cleanup_without_the_job_token_touches_nothing(monkeypatch: py
     monkeypatch.setenv("AIRFLOW_CONN_SSH_NO_TOKEN", json.dumps({"conn_type": "ssh", "host": "h"}))
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_no_token", command="true")
     with capture_logs() as logs:
-        op._finish_remote(PATHS, kill=True, remove=True)
+        op._finish_remote(op.job_spec(), PATHS, kill=True, remove=True)
     message = cleanup_error(logs)
     assert "REMOTE JOB NOT KILLED" in message and "does not know the submit token" in message
     assert PATHS.job_dir in message

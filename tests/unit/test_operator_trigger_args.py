@@ -147,7 +147,7 @@ def test_operator_builds_the_trigger_from_the_job_paths() -> None:
     )
     paths = RemoteJobPaths(job_id="job1", base_dir="/srv/jobs")
 
-    trigger = op._trigger(paths, log_offset=17)
+    trigger = SSHRemoteJobTrigger.from_spec(op.job_spec().watch_spec(paths, "", log_offset=17))
 
     _, kwargs = trigger.serialize()
     assert kwargs == {

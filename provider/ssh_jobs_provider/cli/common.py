@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.identity import validate_base_dir
+
+if TYPE_CHECKING:
+    from ssh_jobs_provider.hooks.ssh import SSHHook
 
 
 class CommandError(Exception):
@@ -34,18 +36,21 @@ def checked_base_dir(base_dir: str) -> str:
         raise CommandError(f"--base-dir: {error}", 2) from None
 
 
-def resolve_settings(conn_id: str, host: str | None = None) -> SSHConnectionSettings:
+def connection_hook(conn_id: str, host: str | None = None, attempts: int = 2) -> SSHHook:
     """
-    The connection ``conn_id`` as the hooks read it (Airflow's lookup: ``AIRFLOW_CONN_*``
-    variables, secrets backends, the metadata database), ``host`` replacing its host.
+    The worker's hook for connection ``conn_id`` (``host`` replacing its host), its settings
+    resolved as the operator's are: Airflow's lookup (``AIRFLOW_CONN_*`` variables, secrets
+    backends, the metadata database), the jump hosts, the SSH config and the host-key policy.
 
     :raises CommandError: (status 2) an unknown connection or invalid settings
     """
-    from ssh_jobs_provider._compat import BaseHook
+    from ssh_jobs_provider.hooks.ssh import SSHHook
 
-    connection: Any
+    hook = SSHHook(ssh_conn_id=conn_id, remote_host=host or "", conn_retry_attempts=attempts)
     try:
-        connection = BaseHook.get_connection(conn_id)
+        hook.settings  # noqa: B018  (read and checked here, before anything connects)
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"Connection {conn_id!r}: {error}", 2) from None
     except Exception as error:
         if type(error).__name__ not in ("AirflowNotFoundException", "AirflowNotFound"):
             raise CommandError(f"Could not read connection {conn_id!r}: {error}", 2) from error
@@ -56,10 +61,7 @@ def resolve_settings(conn_id: str, host: str | None = None) -> SSHConnectionSett
             "where this command runs.",
             2,
         ) from None
-    try:
-        return SSHConnectionSettings.from_connection(connection, host=host)
-    except (TypeError, ValueError) as error:
-        raise CommandError(f"Connection {conn_id!r}: {error}", 2) from None
+    return hook
 
 
 class Remote:
@@ -72,9 +74,7 @@ class Remote:
     """
 
     def __init__(self, conn_id: str, host: str | None = None) -> None:
-        from ssh_jobs_provider.hooks.ssh import SSHHook
-
-        self.hook = SSHHook(ssh_conn_id=conn_id, remote_host=host or "", conn_retry_attempts=2)
+        self.hook = connection_hook(conn_id, host)
         try:
             self.client = self.hook.get_conn()
         except Exception as error:

@@ -15,24 +15,25 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO
 
 import paramiko
 
 from ssh_jobs_provider.cli import advice
-from ssh_jobs_provider.cli.common import CommandError, checked_base_dir, human_bytes, resolve_settings, table
-from ssh_jobs_provider.hooks import _paramiko
-from ssh_jobs_provider.hooks._errors import translated_connect_errors
+from ssh_jobs_provider.cli.common import CommandError, checked_base_dir, connection_hook, human_bytes, table
+from ssh_jobs_provider.hooks._paramiko import ConnectTiming
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.answers import header_fields
 from ssh_jobs_provider.protocol.batch import build_probe_script
 from ssh_jobs_provider.protocol.scripts import (
     PROTOCOL_TAG,
-    REMOTE_SHELL,
     as_whole,
     script_prelude,
     shell_source,
 )
+
+if TYPE_CHECKING:
+    from ssh_jobs_provider.hooks.ssh import SSHHook
 
 #: Channels opened at most when measuring MaxSessions.
 MAX_CHANNELS = 32
@@ -61,17 +62,6 @@ class Report:
         self.failed = self.failed or status == "FAIL"
 
 
-class _TimedTransport(paramiko.Transport):
-    """A transport that remembers how long its first key exchange took."""
-
-    kex_seconds = 0.0
-
-    def start_client(self, event: Any = None, timeout: float | None = None) -> None:
-        started = time.perf_counter()
-        super().start_client(event, timeout)
-        self.kex_seconds = time.perf_counter() - started
-
-
 @dataclass
 class Connected:
     """One connection and what its connect took, in seconds."""
@@ -88,32 +78,16 @@ class Connected:
         return transport
 
 
-def timed_connect(settings: SSHConnectionSettings, log: Any) -> Connected:
+def timed_connect(hook: SSHHook, settings: SSHConnectionSettings) -> Connected:
     """
-    ONE connect, as :func:`ssh_jobs_provider.hooks._paramiko.connect` makes it, timed in parts.
+    ONE connect through ``hook``, as the operator's are made (jump hosts, proxy command, host-key
+    policy), timed in parts.
 
     :raises SSHAuthenticationError: credentials refused (and host-key and connect errors, as the hooks raise them)
     """
-    import socket
-
-    with translated_connect_errors(settings):
-        client = paramiko.SSHClient()
-        _paramiko.set_host_key_policy(client, settings, log)
-        started = time.perf_counter()
-        sock = socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout)
-        tcp = time.perf_counter() - started
-        try:
-            client.connect(
-                **_paramiko._connect_kwargs(settings, sock), transport_factory=cast(Any, _TimedTransport)
-            )
-        except BaseException:
-            client.close()
-            sock.close()
-            raise
-        total = time.perf_counter() - started
-    transport = client.get_transport()
-    kex = transport.kex_seconds if isinstance(transport, _TimedTransport) else 0.0
-    return Connected(client, tcp, kex, max(0.0, total - tcp - kex))
+    timing = ConnectTiming()
+    client = hook.connect_with(settings, timing)
+    return Connected(client, timing.stream, timing.kex, timing.auth)
 
 
 def probe_script(base_dir: str) -> str:
@@ -186,7 +160,9 @@ def host_key_status(
     return "ok", "host key", f"{shown}, {how}", ""
 
 
-def check_connection(report: Report, first: Connected, second: Connected | None) -> float:
+def check_connection(
+    report: Report, first: Connected, second: Connected | None, settings: SSHConnectionSettings
+) -> float:
     """Rows for the connect times, the re-keys and the round trips; returns the handshake p50."""
     transport = first.transport
     round_trips = [
@@ -196,9 +172,17 @@ def check_connection(report: Report, first: Connected, second: Connected | None)
     kex = advice.median([first.kex, *rekeys])
     connects = [first] + ([second] if second else [])
     handshake = advice.median([c.kex + c.auth for c in connects])
+    # Through a jump host the stream is ready only after the jump host's own login.
+    via = (
+        f" via {settings.proxy_jump.address}"
+        if settings.proxy_jump
+        else " via proxy command"
+        if settings.proxy_command
+        else ""
+    )
     report.add(
         "ok",
-        "tcp connect",
+        "tcp connect" + via,
         " / ".join(f"{c.tcp * 1000:.1f} ms" for c in connects)
         + f"; round trip p50 of {SAMPLES}: {advice.median(round_trips) * 1000:.1f} ms",
     )
@@ -272,11 +256,11 @@ def check_host(report: Report, probe: dict[str, Any], base_dir: str) -> None:
         report.add("warn", "free space", "unknown (df gave no answer)")
 
 
-def clock_offset(transport_client: paramiko.SSHClient) -> tuple[float, float]:
+def clock_offset(hook: SSHHook, client: paramiko.SSHClient) -> tuple[float, float]:
     """``(offset, uncertainty)`` in seconds of the host's clock against this machine's."""
     script = "{\nd=$(date +%s.%N 2>/dev/null); case $d in *N*|'') d=$(date +%s) ;; esac; echo \"$d\"\n}\n"
     before = time.time()
-    _, stdout, _ = _paramiko.run_on(transport_client, REMOTE_SHELL, script.encode(), STEP_TIMEOUT)
+    _, stdout, _ = hook.run_script(client, script, STEP_TIMEOUT)
     after = time.time()
     remote = float(stdout.decode().strip().splitlines()[-1])
     resolution = 0.0 if "." in stdout.decode() else 0.5
@@ -298,13 +282,11 @@ def run(
     """
     out = out or sys.stdout
     progress = progress or sys.stderr
-    import logging
-
     if fan_out is not None and fan_out < 1:
         raise CommandError("--fan-out must be a number of jobs, at least 1", 2)
     base = checked_base_dir(base_dir)
-    settings = resolve_settings(conn_id, host)
-    log = logging.getLogger("airflow-ssh-jobs")
+    hook = connection_hook(conn_id, host)
+    settings = hook.settings
     report = Report()
 
     def step(text: str) -> None:
@@ -313,7 +295,7 @@ def run(
 
     step("connecting")
     try:
-        first = timed_connect(settings, log)
+        first = timed_connect(hook, settings)
     except Exception as error:
         progress.write("\n")
         report.add(
@@ -329,15 +311,15 @@ def run(
         report.add("ok", "authentication", f"{auth} as {settings.username}")
         report.add(*host_key_status(settings, transport))
         step("looking at the host")
-        _, stdout, _ = _paramiko.run_on(first.client, REMOTE_SHELL, probe_script(base).encode(), STEP_TIMEOUT)
+        _, stdout, _ = hook.run_script(first.client, probe_script(base), STEP_TIMEOUT)
         probe = parse_probe(stdout)
         step("clock")
-        offset, uncertainty = clock_offset(first.client)
+        offset, uncertainty = clock_offset(hook, first.client)
         step("second connection: MaxSessions")
-        second = timed_connect(settings, log)
+        second = timed_connect(hook, settings)
         sessions = count_sessions(second.transport)
         step(f"re-keys and round trips ({SAMPLES} each)")
-        handshake = check_connection(report, first, second)
+        handshake = check_connection(report, first, second, settings)
         check_host(report, probe, base)
         shown = f">= {MAX_CHANNELS} (stopped there)" if sessions >= MAX_CHANNELS else str(sessions)
         report.add(

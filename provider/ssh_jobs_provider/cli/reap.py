@@ -11,7 +11,6 @@ from ssh_jobs_provider.cli.common import (
     checked_base_dir,
     human_age,
     human_bytes,
-    resolve_settings,
     table,
 )
 from ssh_jobs_provider.cli.status import list_jobs
@@ -68,7 +67,6 @@ def run(
     except ValueError as error:
         raise CommandError(f"--older-than: {error}", 2) from None
     base = checked_base_dir(base_dir)
-    resolve_settings(conn_id, host)
     with Remote(conn_id, host) as remote:
         listing = list_jobs(remote, base)
         chosen = select_reapable(listing.directories, listing.now, age)

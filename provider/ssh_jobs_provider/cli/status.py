@@ -12,7 +12,6 @@ from ssh_jobs_provider.cli.common import (
     checked_base_dir,
     human_age,
     human_bytes,
-    resolve_settings,
     table,
 )
 from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError
@@ -84,7 +83,6 @@ def run(conn_id: str, base_dir: str, as_json: bool, host: str | None = None) -> 
     :param host: the host instead of the connection's
     """
     base = checked_base_dir(base_dir)
-    resolve_settings(conn_id, host)
     with Remote(conn_id, host) as remote:
         listing = list_jobs(remote, base)
     render(listing, base, as_json)

@@ -15,6 +15,7 @@ import selectors
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import paramiko
@@ -45,6 +46,27 @@ class _AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
         # BadHostKeyException before we get here); the file may have changed since it was read.
         if not known_hosts.accept_new(self.path, self.name, key.get_name(), key.get_base64()):
             raise paramiko.BadHostKeyException(hostname, key, key)
+
+
+@dataclass
+class ConnectTiming:
+    """What one connect took, in seconds: the byte stream (TCP, or through the jump host or the
+    proxy command), the first key exchange, and the rest (authentication)."""
+
+    stream: float = 0.0
+    kex: float = 0.0
+    auth: float = 0.0
+
+
+class _TimedTransport(paramiko.Transport):
+    """A transport that remembers how long its first key exchange took."""
+
+    kex_seconds = 0.0
+
+    def start_client(self, event: Any = None, timeout: float | None = None) -> None:
+        started = time.perf_counter()
+        super().start_client(event, timeout)
+        self.kex_seconds = time.perf_counter() - started
 
 
 class _JumpedClient(paramiko.SSHClient):
@@ -173,22 +195,33 @@ def _open_sock(settings: SSHConnectionSettings, log: Any) -> tuple[Any, paramiko
     return socket.create_connection((settings.host, settings.port), timeout=settings.conn_timeout), None
 
 
-def connect(settings: SSHConnectionSettings, log: Any) -> paramiko.SSHClient:
+def connect(
+    settings: SSHConnectionSettings, log: Any, timing: ConnectTiming | None = None
+) -> paramiko.SSHClient:
     """
     ONE connect attempt; paramiko's errors are raised as they are (a jump host's translated).
 
     :param settings: where and how to connect
     :param log: where the insecure host-key warning goes
+    :param timing: filled in with what the connect took, in parts (``doctor`` reports them)
     """
     client = _JumpedClient()
     set_host_key_policy(client, settings, log)
+    started = time.perf_counter()
     sock, client.jump = _open_sock(settings, log)
+    opened = time.perf_counter()
+    extra: dict[str, Any] = {} if timing is None else {"transport_factory": _TimedTransport}
     try:
-        client.connect(**_connect_kwargs(settings, sock))
+        client.connect(**_connect_kwargs(settings, sock), **extra)
     except BaseException:
         client.close()
         sock.close()
         raise
+    if timing is not None:
+        transport = client.get_transport()
+        timing.stream = opened - started
+        timing.kex = transport.kex_seconds if isinstance(transport, _TimedTransport) else 0.0
+        timing.auth = max(0.0, time.perf_counter() - opened - timing.kex)
     transport = client.get_transport()
     if transport is not None and settings.keepalive_interval:
         transport.set_keepalive(int(max(1, settings.keepalive_interval)))

@@ -19,6 +19,7 @@ from ssh_jobs_provider.hooks import _asyncssh, _paramiko
 from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNECTION_CACHE_SECONDS
 from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T, ajump_connections, jump_connections
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
+from ssh_jobs_provider.hooks._paramiko import ConnectTiming
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
@@ -110,11 +111,13 @@ class SSHHook(SSHHookBase):
         """
         return self.call_with_retries(partial(self.connect_with, self.settings), "SSH connect")
 
-    def connect_with(self, settings: SSHConnectionSettings) -> paramiko.SSHClient:
-        """Open ONE connection with resolved ``settings``: a refused attempt raises a non-final
-        :class:`~ssh_jobs_provider.exceptions.SSHConnectError`, for the caller's retry loop."""
+    def connect_with(
+        self, settings: SSHConnectionSettings, timing: ConnectTiming | None = None
+    ) -> paramiko.SSHClient:
+        """Open ONE connection with resolved ``settings`` (``timing``: filled in with what it took): a refused
+        attempt raises a non-final :class:`~ssh_jobs_provider.exceptions.SSHConnectError`, for the caller's retry loop."""
         with translated_connect_errors(settings):
-            return _paramiko.connect(settings, self.log)
+            return _paramiko.connect(settings, self.log, timing)
 
     def call_with_retries(
         self, attempt: Callable[[], T], what: str, log: Any = None, retry: RetryPolicy | None = None
@@ -251,8 +254,7 @@ class SSHHookAsync(SSHHookBase):
         return _asyncssh.connect_options(settings, self.log)
 
     async def get_conn(self) -> asyncssh.SSHClientConnection:
-        """Open a new connection, retrying pre-authentication refusals; the caller owns it (raises like
-        :meth:`SSHHook.get_conn`)."""
+        """Open a new connection, retrying pre-authentication refusals (raises like :meth:`SSHHook.get_conn`)."""
         settings = await self.get_settings()
         return await self.call_with_retries(partial(self.connect_with, settings), "SSH connect")
 
@@ -295,5 +297,4 @@ class SSHHookAsync(SSHHookBase):
 
     async def run_command_output(self, command: str, timeout: float | None = None) -> str:
         """Like :meth:`run_command`, returning only stdout."""
-        _, stdout, _ = await self.run_command(command, timeout)
-        return stdout
+        return (await self.run_command(command, timeout))[1]

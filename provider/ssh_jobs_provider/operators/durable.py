@@ -17,9 +17,9 @@ from collections.abc import Container
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ssh_jobs_provider._compat import AirflowSkipException
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.job_spec import JobSpec
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, parse_batch_output
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, make_job_id, validate_token
 from ssh_jobs_provider.protocol.reattach import (
@@ -68,11 +68,11 @@ def own_job_ids(ti: Any) -> set[str]:
     return {job_id_of(ti, n) for n in range(1, ti.try_number + 1)}
 
 
-def event_paths(op: Any, event: dict[str, Any], context: Any) -> RemoteJobPaths:
-    """The job a trigger event of operator ``op`` speaks of: this task instance's own (of any try so far)."""
-    paths = RemoteJobPaths.from_job_dir(str(event["job_dir"]), op._base_dir())
+def event_paths(event: dict[str, Any], context: Any, base_dir: str) -> RemoteJobPaths:
+    """The job a trigger event speaks of: this task instance's own (of any try so far)."""
+    paths = RemoteJobPaths.from_job_dir(str(event["job_dir"]), base_dir)
     if paths.job_id not in own_job_ids(context["ti"]) or event["job_id"] != paths.job_id:
-        expected = job_paths(context["ti"], op._base_dir())
+        expected = job_paths(context["ti"], base_dir)
         raise RemoteJobError(
             f"Refusing a trigger event for job {event['job_id']!r} in {event['job_dir']!r}: this task "
             f"instance's job is {expected.job_id!r} in {expected.job_dir!r}. Nothing was killed or removed."
@@ -227,75 +227,61 @@ def _report_unproven(job: EarlierJob, why: str, log: Any) -> None:
     )
 
 
-def take_over_or_remember(op: Any, context: Any, paths: RemoteJobPaths, token: str) -> bool:
+def take_over_or_remember(
+    spec: JobSpec, context: Any, paths: RemoteJobPaths, token: str, hook: SSHHook, log: Any
+) -> EarlierJob | None:
     """
-    With ``op.durable``, take over an earlier try's job (``True``); else record this try's job
-    ``paths`` and ``token`` before it is submitted (``False``), durable or not: a worker that dies
-    before ``defer()`` then leaves it for the next try, and one that resumes this try (a deferral
-    timeout) finds its token.
+    With ``spec.durable``, the earlier try's job this try takes over (re-attaches to, or ends
+    like: :attr:`EarlierJob.resume`); else ``None``, after recording this try's job ``paths`` and
+    ``token`` before it is submitted, durable or not: a worker that dies before ``defer()`` then
+    leaves it for the next try, and one that resumes this try (a deferral timeout) finds its token.
+    ``hook`` asks the host, only when an earlier try's job needs asking about.
     """
     ti = context["ti"]
     # The first try of a cycle has no earlier try whose record it must keep or look at.
-    first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), op.retries or 0)
-    stored = read_records(context, op.log) if ti.try_number > first else {}
-    if op.durable and take_over_earlier_job(op, context, stored):
-        return True
-    own = JobRecord(paths.job_id, paths.base_dir, token, ti.try_number)
-    remember(context, stored, own, op.retries or 0, op.log)
-    return False
-
-
-def take_over_earlier_job(op: Any, context: Any, stored: dict[int, JobRecord] | None) -> bool:
-    """
-    Re-attach operator ``op`` to (or end it like) an earlier try's job; ``False``: this try
-    needs a job of its own.
-    """
-    found = find_earlier_job(
-        context,
-        op._base_dir(),
-        op.retries or 0,
-        op.skip_on_exit_code,
-        op._hook(op.conn_retry_attempts),
-        op.command_timeout,
-        op.log,
-        stored,
-    )
-    if found is None:
-        return False
-    record, status = found.record, found.status
-    if found.resume is Resume.DONE:
-        code = record.exit_code if status is None else status.exit_code
-        skipped = record.outcome == "skipped" or code in op.skip_on_exit_code
-        if op.do_xcom_push:
-            op._push_job(context, record.paths, op.remote_host, None)
-        op.log.info(
-            "Remote job %s of try %d already %s (exit code %s): not running it again. Its output is in the "
-            "log of try %d.",
-            record.job_id,
-            record.try_number,
-            "ended with a skip code" if skipped else "succeeded",
-            code,
-            record.try_number,
+    first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), spec.retries)
+    stored = read_records(context, log) if ti.try_number > first else {}
+    if spec.durable:
+        found = find_earlier_job(
+            context,
+            spec.base_dir,
+            spec.retries,
+            spec.skip_on_exit_code,
+            hook,
+            spec.command_timeout,
+            log,
+            stored,
         )
-        if skipped:
-            raise AirflowSkipException(f"Remote job {record.job_id} exited with skip code {code}")
-        return True
+        if found is not None:
+            if found.resume is Resume.REATTACH:
+                # This try now watches that job: a worker that resumes this try kills it with its token.
+                remember(context, stored, found.record, spec.retries, log)
+            return found
+    remember(
+        context, stored, JobRecord(paths.job_id, paths.base_dir, token, ti.try_number), spec.retries, log
+    )
+    return None
+
+
+def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str, bool]:
+    """What the log says of a take-over, and whether the earlier job ended with a skip code."""
+    record, status = job.record, job.status
+    code = record.exit_code if status is None else status.exit_code
+    skipped = record.outcome == "skipped" or code in skip_codes
+    if job.resume is Resume.DONE:
+        what = "ended with a skip code" if skipped else "succeeded"
+        return (
+            f"Remote job {record.job_id} of try {record.try_number} already {what} (exit code {code}): not "
+            f"running it again. Its output is in the log of try {record.try_number}.",
+            skipped,
+        )
     assert status is not None
     if status.state is JobState.EXITED:
-        ended = "ended with a skip code" if status.exit_code in op.skip_on_exit_code else "succeeded"
+        ended = "ended with a skip code" if skipped else "succeeded"
         what = f"already {ended} (exit code {status.exit_code}): not running it again"
     else:
         what = f"is still {status.state.value}: re-attaching to it instead of starting another"
-    op.log.info(
-        "Remote job %s of try %d %s; its whole output follows.", record.job_id, record.try_number, what
-    )
-    op._paths, op._token = record.paths, record.token
-    # This try now watches that job: a worker that resumes this try kills it with its token.
-    remember(context, stored, record, op.retries or 0, op.log)
-    if op.do_xcom_push:
-        op._push_job(context, record.paths, op.remote_host, status.pid)
-    op._defer(context, op._trigger(record.paths, log_offset=0, from_start=True), pid=status.pid)
-    return True
+    return f"Remote job {record.job_id} of try {record.try_number} {what}; its whole output follows.", skipped
 
 
 def remember(
@@ -328,42 +314,44 @@ def watched_record(context: Any, log: Any) -> JobRecord | None:
     return record
 
 
-def watched_job(op: Any, context: Any) -> tuple[RemoteJobPaths, str]:
+def watched_job(context: Any, base_dir: str, log: Any) -> tuple[RemoteJobPaths, str]:
     """
-    The job this try of operator ``op`` watched (its own, or the one it took over) and its token,
-    for a worker that resumes the try without an event (a deferral timeout): as the task state
-    store has them; else this try's own job, with no token (nothing is then killed or removed).
+    The job this try watched (its own, or the one it took over) and its token, for a worker that
+    resumes the try without an event (a deferral timeout): as the task state store has them; else
+    this try's own job, with no token (nothing is then killed or removed).
     """
-    record = watched_record(context, op.log)
+    record = watched_record(context, log)
     if record is None:
-        return job_paths(context["ti"], op._base_dir()), ""
+        return job_paths(context["ti"], base_dir), ""
     return record.paths, record.token
 
 
-def left_for_the_next_try(op: Any, context: Any, paths: RemoteJobPaths) -> bool:
+def left_for_the_next_try(spec: JobSpec, context: Any, paths: RemoteJobPaths, log: Any) -> bool:
     """
-    Whether job ``paths``, whose watch was lost, is left running for the next try of operator
-    ``op`` to re-attach to: with ``durable``, when a retry follows and can prove the job its
-    task instance's (the task state store keeps it, with its token, for this try).
+    Whether job ``paths``, whose watch was lost, is left running for the next try to re-attach
+    to: with ``spec.durable``, when a retry follows and can prove the job its task instance's
+    (the task state store keeps it, with its token, for this try).
     """
-    if not (op.durable and retry_follows(context, op.retries)):
+    if not (spec.durable and retry_follows(context, spec.retries)):
         return False
-    record = watched_record(context, op.log)
+    record = watched_record(context, log)
     return record is not None and record.job_id == paths.job_id
 
 
-def token_of(op: Any, paths: RemoteJobPaths, job_token: str, context: Any) -> str:
+def token_of(
+    context: Any, paths: RemoteJobPaths, deferred_token: str, submitted: tuple[RemoteJobPaths, str], log: Any
+) -> str:
     """
     The submit token of job ``paths`` in a worker that resumes a try: the one the try deferred
-    with, else the one operator ``op`` knows (this process submitted the job), else the task state
-    store's; ``""`` when none is known, and then nothing is killed or removed.
+    with, else the one of the job this process ``submitted`` (or took over) when it is that job,
+    else the task state store's; ``""`` when none is known, and then nothing is killed or removed.
     """
-    if job_token:
-        return validate_token(job_token)
-    # This process deferred: for the job it submitted (a triggerer's submit: this try's own) or took over.
-    if op._token and (op._paths or job_paths(context["ti"], op._base_dir())) == paths:
-        return str(op._token)
-    record = watched_record(context, op.log)
+    if deferred_token:
+        return validate_token(deferred_token)
+    submitted_paths, submitted_token = submitted
+    if submitted_token and submitted_paths == paths:
+        return submitted_token
+    record = watched_record(context, log)
     return record.token if record is not None and record.job_id == paths.job_id else ""
 
 

@@ -5,8 +5,6 @@ and cleanup. Kept apart from the operator class so that each reads on its own.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Container
 from typing import Any
 
 from ssh_jobs_provider import metrics
@@ -17,6 +15,7 @@ from ssh_jobs_provider.exceptions import (
     SSHHostKeyError,
 )
 from ssh_jobs_provider.hooks.ssh import SSHHook
+from ssh_jobs_provider.job_spec import JobSpec
 from ssh_jobs_provider.protocol.answers import (
     JobStatus,
     RemoteJobProtocolError,
@@ -29,59 +28,12 @@ from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
 from ssh_jobs_provider.retry import RetryPolicy
-from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
-# --------------------------------------------------------------------------- arguments
-
-
-def exit_codes(value: int | Container[int] | None) -> Container[int]:
-    """``skip_on_exit_code`` as a collection, or ``ValueError`` naming the argument."""
-    if value is None:
-        return ()
-    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, Container)):
-        raise ValueError(f"skip_on_exit_code must be an int or a collection of ints, got {value!r}.")
-    return (value,) if isinstance(value, int) else value
+# --------------------------------------------------------------------------- hooks
 
 
-def require_positive(name: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is a number above ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}.")
-    if (strict and value <= minimum) or (not strict and value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}.")
-
-
-#: Most bytes of command and environment together, as JSON, that a trigger may carry to the
-#: triggerer: they are stored in the trigger's row of the metadata database, as JSON, or
-#: Fernet-encrypted and base64-encoded (4/3 larger), where a MySQL TEXT holds 64 KiB.
-MAX_TRIGGER_SUBMIT_BYTES = 40_000
-
-
-def check_trigger_submit_size(command: str, environment: dict[str, str]) -> None:
-    """Raise ``ValueError`` naming the alternatives when a submit is too large for a trigger."""
-    size = len(json.dumps({"command": command, "environment": environment}).encode())
-    if size > MAX_TRIGGER_SUBMIT_BYTES:
-        raise ValueError(
-            f"SSHRemoteJobOperator: command and environment hold {size} bytes as stored, more than the "
-            f"{MAX_TRIGGER_SUBMIT_BYTES} that submit_from='triggerer' can carry (they are stored with the "
-            "trigger in the metadata database). Put the long part in a script file on the host and run "
-            "that, or use submit_from='worker'."
-        )
-
-
-def triggerer_submit(
-    op: Any, paths: RemoteJobPaths, environment: dict[str, str], working_dir: str | None
-) -> dict[str, Any]:
-    """The trigger's ``submit`` for operator ``op``'s job ``paths``, when the triggerer submits it."""
-    check_trigger_submit_size(op.command, environment)
-    op.log.info(
-        "Remote job %s will be submitted by the triggerer over its shared connection "
-        "(submit_from='triggerer'); job directory: %s",
-        paths.job_id,
-        paths.job_dir,
-    )
-    return {"command": op.command, "environment": environment, "working_dir": working_dir}
+#: The XCom that holds the job (:func:`job_xcom`).
+XCOM_KEY = "ssh_remote_job"
 
 
 def job_xcom(
@@ -89,8 +41,8 @@ def job_xcom(
 ) -> dict[str, Any]:
     """
     The operator's XCom ``ssh_remote_job``: the job's ``job_id``, ``job_dir``, ``log_file``,
-    ``exit_code_file``, ``remote_host`` and ``pid`` once it is submitted, and its ``exit_code``
-    too once it has ended.
+    ``exit_code_file``, ``pid_file``, ``remote_os``, ``remote_host`` and ``pid`` once it is
+    submitted, and its ``exit_code`` too once it has ended.
     """
     job: dict[str, Any] = {**paths.as_dict(), "remote_host": host, "pid": pid}
     if exit_code is not None:
@@ -98,30 +50,19 @@ def job_xcom(
     return job
 
 
-def make_trigger(
-    op: Any, paths: RemoteJobPaths, log_offset: int, *, submit: dict[str, Any] | None, from_start: bool
-) -> SSHRemoteJobTrigger:
-    """The trigger operator ``op`` defers to, watching (and with ``submit``, submitting) ``paths``."""
-    return SSHRemoteJobTrigger(
-        ssh_conn_id=op.ssh_conn_id,
-        remote_host=op.remote_host,
-        job_id=paths.job_id,
-        job_dir=paths.job_dir,
-        log_file=paths.log_file,
-        exit_code_file=paths.exit_code_file,
-        remote_os="posix",
-        poll_interval=op.poll_interval,
-        log_chunk_size=op.log_chunk_size,
-        log_offset=log_offset,
-        command_timeout=op.command_timeout,
-        max_reconnect_attempts=op.max_reconnect_attempts,
-        cleanup_policy=op.cleanup,
-        cleanup_retries=op.cleanup_retries,
-        job_token=op._token,
-        remote_base_dir=paths.base_dir,
-        submit=submit,
-        from_start=from_start,
-        return_last_lines=op.return_last_lines,
+def push_job(context: Any, paths: RemoteJobPaths, host: Any, pid: Any, exit_code: Any = None) -> None:
+    """Push :func:`job_xcom` as XCom :data:`XCOM_KEY` of the task instance in ``context``."""
+    context["ti"].xcom_push(key=XCOM_KEY, value=job_xcom(paths, host, pid, exit_code))
+
+
+def job_hook(spec: JobSpec, attempts: int) -> SSHHook:
+    """The worker's hook for ``spec``'s host, with ``attempts`` connect attempts."""
+    return SSHHook(
+        ssh_conn_id=spec.ssh_conn_id,
+        remote_host=spec.remote_host or "",
+        conn_timeout=spec.conn_timeout,
+        banner_timeout=spec.banner_timeout,
+        conn_retry_attempts=attempts,
     )
 
 

@@ -16,25 +16,20 @@ from typing import TYPE_CHECKING, Any
 from ssh_jobs_provider._compat import AirflowException, AirflowSkipException, BaseOperator
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
-from ssh_jobs_provider.operators import durable
-from ssh_jobs_provider.operators.remote_steps import (
+from ssh_jobs_provider.job_spec import (
+    CleanupPolicy,
+    JobSpec,
+    SubmitFrom,
+    TriggerSubmit,
+    check_remote_os,
     exit_codes,
-    finish_remote,
-    job_xcom,
-    make_trigger,
     require_positive,
-    submit_job,
-    triggerer_submit,
 )
-from ssh_jobs_provider.protocol.environment import normalise_environment
-from ssh_jobs_provider.protocol.identity import (
-    DEFAULT_BASE_DIR,
-    RemoteJobPaths,
-    new_job_token,
-    validate_base_dir,
-    validate_working_dir,
-)
+from ssh_jobs_provider.operators import durable
+from ssh_jobs_provider.operators.remote_steps import XCOM_KEY, finish_remote, job_hook, push_job, submit_job
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.last_lines import validate_line_count
+from ssh_jobs_provider.protocol.reattach import Resume
 from ssh_jobs_provider.protocol.scripts import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
@@ -42,9 +37,7 @@ from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-CLEANUP_CHOICES = ("never", "on_success", "always")
-SUBMIT_FROM_CHOICES = ("worker", "triggerer")
-XCOM_KEY = "ssh_remote_job"
+__all__ = ["XCOM_KEY", "SSHRemoteJobOperator"]
 TRIGGER_FAIL_METHOD = "__fail__"
 #: Longest wait for one submit reply, however often it was doubled after timeouts.
 MAX_SUBMIT_TIMEOUT = 600.0
@@ -112,14 +105,9 @@ class SSHRemoteJobOperator(BaseOperator):
         (default ``True``, as KubernetesPodOperator's): a running job is re-attached (the new
         try's log shows its whole output), a job that succeeded is not run again, a failed one
         is replaced by a fresh job; a cleared task always starts a fresh job. Only a job whose
-        submit token Airflow's task state store (>= 3.3) kept for this task is taken over: on
-        older releases every try starts its own job, and a retry warns when an earlier try's job of
-        the same name still runs. ``False``: every try starts its own job.
-    :param return_last_lines: the task's return value (XCom ``return_value``) is the last this
-        many lines of the job's output, joined by newlines (default 0: no return value). At most
-        1000 lines and 64 KiB: older lines are dropped first. They are the lines the trigger
-        delivered, so after a triggerer restart only those read since. (With ``do_xcom_push``,
-        XCom ``ssh_remote_job`` holds the job and its ``exit_code``: :func:`.remote_steps.job_xcom`.)
+        token the task state store (Airflow >= 3.3) kept is taken over. ``False``: none is.
+    :param return_last_lines: the task's return value: the job's last this many output lines
+        (default 0: none; at most 1000 lines and 64 KiB, the oldest dropped first)
     """
 
     template_fields: Sequence[str] = (
@@ -161,20 +149,9 @@ class SSHRemoteJobOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if submit_from not in SUBMIT_FROM_CHOICES:
-            raise ValueError(
-                f"submit_from must be 'worker' or 'triggerer', got {submit_from!r}: 'worker' submits over a "
-                "connection of the worker's own, 'triggerer' over the triggerer's shared connection."
-            )
-        if remote_os == "windows":
-            raise ValueError(
-                "remote_os='windows' is not supported by SSHRemoteJobOperator of ssh_jobs_provider: "
-                "only POSIX hosts are. Use remote_os='posix' or 'auto' with a POSIX host."
-            )
-        if remote_os not in ("auto", "posix"):
-            raise ValueError(f"remote_os must be 'auto' or 'posix', got {remote_os!r}.")
-        if cleanup not in CLEANUP_CHOICES:
-            raise ValueError(f"cleanup must be one of {CLEANUP_CHOICES}, got {cleanup!r}.")
+        SubmitFrom.parse(submit_from)
+        check_remote_os(remote_os)
+        CleanupPolicy.parse(cleanup)
         require_positive("poll_interval", poll_interval)
         require_positive("command_timeout", command_timeout)
         require_positive("banner_timeout", banner_timeout)
@@ -210,48 +187,61 @@ class SSHRemoteJobOperator(BaseOperator):
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
-        self._deferred_token = ""  # what a resumed worker got back from the deferral
-        self._deferred_pid: int | None = None
+        self._deferred_token, self._deferred_pid = "", None  # what a resumed worker got back
 
-    # ------------------------------------------------------------------ hooks
-
-    def _hook(self, attempts: int) -> SSHHook:
-        return SSHHook(
+    def job_spec(self) -> JobSpec:
+        """This task's job, from the rendered arguments (``ValueError`` naming one to fix)."""
+        return JobSpec.render(
+            command=self.command,
+            environment=self.environment,
+            remote_base_dir=self.remote_base_dir,
+            remote_working_dir=self.remote_working_dir,
             ssh_conn_id=self.ssh_conn_id,
-            remote_host=self.remote_host or "",
+            remote_host=self.remote_host,
+            poll_interval=self.poll_interval,
+            log_chunk_size=self.log_chunk_size,
+            timeout=self.timeout,
+            cleanup=CleanupPolicy.parse(self.cleanup),
+            skip_on_exit_code=self.skip_on_exit_code,
             conn_timeout=self.conn_timeout,
             banner_timeout=self.banner_timeout,
-            conn_retry_attempts=attempts,
+            conn_retry_attempts=self.conn_retry_attempts,
+            cleanup_retries=self.cleanup_retries,
+            command_timeout=self.command_timeout,
+            max_reconnect_attempts=self.max_reconnect_attempts,
+            submit_from=SubmitFrom.parse(self.submit_from),
+            durable=self.durable,
+            retries=self.retries or 0,
+            return_last_lines=self.return_last_lines,
         )
 
     @cached_property
     def ssh_hook(self) -> SSHHook:
         """The hook used to submit (connect attempts: ``conn_retry_attempts``)."""
-        return self._hook(self.conn_retry_attempts)
+        return job_hook(self.job_spec(), self.conn_retry_attempts)
 
     # ------------------------------------------------------------------ submit
 
-    def _job_paths(self, context: Context) -> RemoteJobPaths:
-        return durable.job_paths(context["ti"], self._base_dir())
-
-    def _base_dir(self) -> str:
-        return validate_base_dir(DEFAULT_BASE_DIR if self.remote_base_dir is None else self.remote_base_dir)
-
     def execute(self, context: Context) -> None:
         """Validate, submit the job (here, or from the triggerer) and defer to the trigger."""
-        if not isinstance(self.command, str) or not self.command.strip():
-            raise ValueError("SSHRemoteJobOperator: command is empty; give the shell text to run remotely.")
-        environment = normalise_environment(self.environment)
-        working_dir = validate_working_dir(self.remote_working_dir)
-        paths = self._job_paths(context)
+        spec = self.job_spec()
+        paths = durable.job_paths(context["ti"], spec.base_dir)
         token = new_job_token()
-        script = build_submit_script(paths, self.command, environment, token, working_dir or None)
-        if durable.take_over_or_remember(self, context, paths, token):
-            return  # the task goes on with (or ends like) an earlier try's job
-        if self.submit_from == "triggerer":
-            self._token = token  # the trigger submits over the triggerer's shared connection
-            submit = triggerer_submit(self, paths, environment, working_dir or None)
-            self._defer(context, self._trigger(paths, log_offset=0, submit=submit))
+        script = build_submit_script(paths, spec.command, dict(spec.environment), token, spec.working_dir)
+        submit = spec.trigger_submit() if spec.submit_from is SubmitFrom.TRIGGERER else None
+        earlier = durable.take_over_or_remember(spec, context, paths, token, self.ssh_hook, self.log)
+        if earlier is not None:
+            self._go_on_with(context, spec, earlier)  # an earlier try's job, running or ended
+            return
+        if submit is not None:
+            self.log.info(
+                "Remote job %s will be submitted by the triggerer over its shared connection "
+                "(submit_from='triggerer'); job directory: %s",
+                paths.job_id,
+                paths.job_dir,
+            )
+            self._token = token
+            self._defer(context, spec, paths, token, submit=submit)
             return
         # Known from here on, so that on_kill during the submit finds the job.
         self._paths, self._token = paths, token
@@ -260,7 +250,7 @@ class SSHRemoteJobOperator(BaseOperator):
             self.ssh_hook,
             paths,
             script,
-            command_timeout=self.command_timeout,
+            command_timeout=spec.command_timeout,
             max_timeout=MAX_SUBMIT_TIMEOUT,
             log=self.log,
         )
@@ -274,35 +264,50 @@ class SSHRemoteJobOperator(BaseOperator):
         self.log.info("Remote job %s on %s: %s (pid %s)", paths.job_id, host, status.state.value, status.pid)
         self.log.info("Job directory: %s", paths.job_dir)
         if self.do_xcom_push:
-            self._push_job(context, paths, host, status.pid)
-        self._defer(context, self._trigger(paths, log_offset=0), pid=status.pid)
+            push_job(context, paths, host, status.pid)
+        self._defer(context, spec, paths, token, pid=status.pid)
 
-    def _defer(self, context: Context, trigger: SSHRemoteJobTrigger, pid: int | None = None) -> None:
+    def _go_on_with(self, context: Context, spec: JobSpec, earlier: durable.EarlierJob) -> None:
+        """Re-attach to an earlier try's job, or end like it (it succeeded, or ended with a skip code)."""
+        record = earlier.record
+        message, skipped = durable.describe_take_over(earlier, spec.skip_on_exit_code)
+        self.log.info("%s", message)
+        pid = earlier.status.pid if earlier.status else None
+        if self.do_xcom_push:
+            push_job(context, record.paths, spec.remote_host, pid)
+        if earlier.resume is Resume.DONE:
+            if skipped:
+                raise AirflowSkipException(
+                    f"Remote job {record.job_id} exited with skip code {record.exit_code}"
+                )
+            return
+        self._paths, self._token = record.paths, record.token
+        self._defer(context, spec, record.paths, record.token, from_start=True, pid=pid)
+
+    def _defer(
+        self,
+        context: Context,
+        spec: JobSpec,
+        paths: RemoteJobPaths,
+        token: str,
+        *,
+        log_offset: int = 0,
+        submit: TriggerSubmit | None = None,
+        from_start: bool = False,
+        pid: int | None = None,
+    ) -> None:
+        """Defer to the trigger that watches job ``paths`` (with ``submit``: submits it first)."""
+        watch = spec.watch_spec(paths, token, log_offset=log_offset, submit=submit, from_start=from_start)
         # Which try is deferred, for the on_kill of an earlier try's trigger (a try's XComs are
         # cleared when the next one starts).
         context["ti"].xcom_push(key=TRY_XCOM_KEY, value=context["ti"].try_number)
-        # The token reaches the resumed worker in next_kwargs, not in the event (the triggerer logs it);
-        # the pid too, for the XCom that adds the exit code.
+        # Token and pid reach the resumed worker in next_kwargs, not in the event (the triggerer logs it).
         self.defer(
-            trigger=trigger,
+            trigger=SSHRemoteJobTrigger.from_spec(watch),
             method_name="execute_complete",
-            kwargs={"job_token": self._token, "job_pid": pid},
-            timeout=timedelta(seconds=self.timeout) if self.timeout else None,
+            kwargs={"job_token": token, "job_pid": pid},
+            timeout=timedelta(seconds=spec.timeout) if spec.timeout else None,
         )
-
-    def _push_job(
-        self, context: Context, paths: RemoteJobPaths, host: Any, pid: Any, exit_code: Any = None
-    ) -> None:
-        context["ti"].xcom_push(key=XCOM_KEY, value=job_xcom(paths, host, pid, exit_code))
-
-    def _trigger(
-        self,
-        paths: RemoteJobPaths,
-        log_offset: int,
-        submit: dict[str, Any] | None = None,
-        from_start: bool = False,
-    ) -> SSHRemoteJobTrigger:
-        return make_trigger(self, paths, log_offset, submit=submit, from_start=from_start)
 
     # ------------------------------------------------------------------ completion
 
@@ -312,22 +317,23 @@ class SSHRemoteJobOperator(BaseOperator):
         """Called when the trigger fires (with the watched job's token): clean up, set the outcome."""
         if not event or any(key not in event for key in _EVENT_KEYS):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
-        paths = durable.event_paths(self, event, context)
-        self._token = durable.token_of(self, paths, job_token or self._deferred_token, context)
+        spec = self.job_spec()
+        paths = durable.event_paths(event, context, spec.base_dir)
+        submitted = (self._paths or durable.job_paths(context["ti"], spec.base_dir), self._token)
+        self._token = durable.token_of(context, paths, job_token or self._deferred_token, submitted, self.log)
         self._paths = paths
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
-            self._defer(context, self._trigger(paths, log_offset=int(event.get("log_offset", 0))))
+            self._defer(context, spec, paths, self._token, log_offset=int(event.get("log_offset", 0)))
             return None
         for line in str(event.get("log_chunk") or "").splitlines():
             self.log.info("%s", line)
         exit_code = event.get("exit_code")
         message = str(event.get("message", ""))
         self.log.info("%s", message)
-        # Submitted by the trigger: its pid is known only now.
-        pid = event.get("pid") or job_pid or self._deferred_pid
-        if self.do_xcom_push and (pid is not None or exit_code is not None):
-            self._push_job(context, paths, event.get("remote_host"), pid, exit_code)
+        if self.do_xcom_push:  # with the exit code, and the pid (of a trigger's submit: known only now)
+            pid = event.get("pid") or job_pid or self._deferred_pid
+            push_job(context, paths, event.get("remote_host"), pid, exit_code)
 
         if event.get("never_started"):
             # Refused or never sent: no job ran and nothing was left behind.
@@ -336,45 +342,41 @@ class SSHRemoteJobOperator(BaseOperator):
             # The directory is not this task instance's any more: touch nothing.
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
         if event["status"] == "error" or exit_code is None:
-            if event.get("watch_lost") and durable.left_for_the_next_try(self, context, paths):
+            if event.get("watch_lost") and durable.left_for_the_next_try(spec, context, paths, self.log):
                 # The next try re-attaches to it: killing it would throw its work away.
                 raise RemoteJobError(f"{message} It is left running: the next try re-attaches to it.")
             # We lost track of the job: make sure it is not left running unwatched.
-            self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
+            self._finish_remote(spec, paths, kill=True, remove=spec.cleanup.removes(succeeded=False))
             raise RemoteJobError(f"Remote job {paths.job_id} failed: {message}")
 
         succeeded = exit_code == 0
-        if self.durable:
-            outcome = (
-                "success" if succeeded else "skipped" if exit_code in self.skip_on_exit_code else "failed"
-            )
-            durable.remember_outcome(context, paths.job_id, outcome, exit_code, self.log)
-        wanted = self.cleanup == "always" or (self.cleanup == "on_success" and succeeded)
+        if spec.durable:
+            durable.remember_outcome(context, paths.job_id, spec.outcome_of(exit_code), exit_code, self.log)
         if event.get("cleaned_up"):
             self.log.info("Remote job directory %s was removed by the trigger", paths.job_dir)
         else:
             # The trigger could not clean up (or was not asked to): try from here.
-            self._finish_remote(paths, kill=False, remove=wanted)
-        if exit_code in self.skip_on_exit_code:
+            self._finish_remote(spec, paths, kill=False, remove=spec.cleanup.removes(succeeded))
+        if exit_code in spec.skip_on_exit_code:
             raise AirflowSkipException(f"Remote job {paths.job_id} exited with skip code {exit_code}")
         if not succeeded:
             raise AirflowException(f"Remote job {paths.job_id} failed with exit code {exit_code}")
         self.log.info("Remote job %s succeeded", paths.job_id)
-        return "\n".join(event.get("last_lines") or []) if self.return_last_lines else None
+        return "\n".join(event.get("last_lines") or []) if spec.return_last_lines else None
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """On a deferral timeout (or a crashed trigger), kill the remote job before failing."""
         # Taken here, so that a subclass's execute_complete(context, event) is called as before.
         kwargs = dict(next_kwargs or {})
         self._deferred_token = str(kwargs.pop("job_token", "") or "")
-        pid = kwargs.pop("job_pid", None)
-        self._deferred_pid = pid if isinstance(pid, int) else None
+        self._deferred_pid = kwargs.pop("job_pid", None)
         if next_method == TRIGGER_FAIL_METHOD:
             # The job this try watched, with its token (Airflow >= 3.3: else nothing is touched).
-            paths, self._token = durable.watched_job(self, context)
+            spec = self.job_spec()
+            paths, self._token = durable.watched_job(context, spec.base_dir, self.log)
             self._paths = paths
             self.log.error("Watching remote job %s ended abnormally; stopping the remote job", paths.job_id)
-            self._finish_remote(paths, kill=True, remove=self.cleanup == "always")
+            self._finish_remote(spec, paths, kill=True, remove=spec.cleanup.removes(succeeded=False))
         return super().resume_execution(next_method, kwargs, context)
 
     def on_kill(self) -> None:
@@ -382,19 +384,17 @@ class SSHRemoteJobOperator(BaseOperator):
         if self._paths is None:
             self.log.info("No remote job was submitted by this task instance; nothing to kill.")
             return
-        self._finish_remote(self._paths, kill=True, remove=False)
+        self._finish_remote(self.job_spec(), self._paths, kill=True, remove=False)
 
-    # ------------------------------------------------------------------ kill & cleanup
-
-    def _finish_remote(self, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
+    def _finish_remote(self, spec: JobSpec, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
         """Kill and/or remove the job (see :func:`~ssh_jobs_provider.operators.remote_steps.finish_remote`)."""
         finish_remote(
-            self._hook(attempts=1),
+            job_hook(spec, attempts=1),
             paths,
             self._token,
             kill=kill,
             remove=remove,
-            attempts=self.cleanup_retries,
-            command_timeout=self.command_timeout,
+            attempts=spec.cleanup_retries,
+            command_timeout=spec.command_timeout,
             log=self.log,
         )

@@ -12,6 +12,7 @@ what lets the transport change without touching the poll logic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus
 from ssh_jobs_provider.protocol.batch import PollEntry
@@ -35,12 +36,20 @@ PENDING_LIMIT_SECONDS = 120.0
 AFTER_EXIT_BYTES = 64 * 1024
 
 
+class OutcomeStatus(str, Enum):
+    """How watching one job ended: the job exited 0, exited otherwise, or was not seen to end."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """
     The final result of watching one job.
 
-    :param status: ``"success"``, ``"failed"`` or ``"error"``
+    :param status: :class:`OutcomeStatus` (``"error"``: the job was not seen to end)
     :param exit_code: the job's exit code (``None`` after an error)
     :param message: what happened, for the task log
     :param leave_remote: the job directory is not this task instance's: nothing may kill or remove it
@@ -49,7 +58,7 @@ class Outcome:
     :param watch_lost: the connection to the host was lost for good: the job may still be running
     """
 
-    status: str  # "success", "failed" or "error"
+    status: OutcomeStatus
     exit_code: int | None
     message: str
     #: The job directory is not this task instance's: nothing may kill or remove it.
@@ -264,13 +273,13 @@ class JobMonitor:
                     "try (or the trigger) that watched it; it was not run again"
                 )
             return Outcome(
-                "success" if code == 0 else "failed",
+                OutcomeStatus.SUCCESS if code == 0 else OutcomeStatus.FAILED,
                 code,
                 f"Remote job {self.paths.job_id} exited with code {code}{full}",
             )
         if status.state is JobState.FOREIGN:
             return Outcome(
-                "error",
+                OutcomeStatus.ERROR,
                 None,
                 f"Remote job directory {job_dir} no longer carries this task instance's token: it was "
                 "replaced by someone else. Not watching, killing or removing it.",
@@ -278,28 +287,28 @@ class JobMonitor:
             )
         if status.state is JobState.MISSING:
             return Outcome(
-                "error",
+                OutcomeStatus.ERROR,
                 None,
                 f"Remote job directory {job_dir} no longer exists: it was removed while the job was "
                 "watched (a reaper, a reboot clearing /tmp, or manual deletion).",
             )
         if status.state is JobState.PENDING:
             return Outcome(
-                "error",
+                OutcomeStatus.ERROR,
                 None,
                 f"Remote job {self.paths.job_id} never started: no process recorded in {job_dir} after "
                 f"{PENDING_LIMIT_SECONDS:.0f}s.",
             )
         if status.disk_full:
             return Outcome(
-                "error",
+                OutcomeStatus.ERROR,
                 None,
                 f"Remote job process {status.pid} is gone without an exit code, and the file system holding "
                 f"{job_dir} is full: the exit code could not be recorded. Free space on it; the job's output "
                 f"so far is in {self.paths.log_file}.",
             )
         return Outcome(
-            "error",
+            OutcomeStatus.ERROR,
             None,
             f"Remote job process {status.pid} is gone without writing an exit code (killed by the OOM "
             f"killer or SIGKILL, or the host rebooted). Its output so far is in {self.paths.log_file}.",

@@ -38,7 +38,7 @@ from ssh_jobs_provider.protocol.answers import (
     SubmitRefused,
 )
 from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SubmitEntry
-from ssh_jobs_provider.protocol.monitor import Outcome
+from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import refusal_message
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
 from ssh_jobs_provider.triggers.watch import (
@@ -226,14 +226,18 @@ class PollScheduler:
                 out.append(self._finish(watch, submit_failed(watch, error)))
             else:
                 out.append(
-                    self._finish(watch, Outcome("error", None, f"Watching remote job failed: {error}"))
+                    self._finish(
+                        watch, Outcome(OutcomeStatus.ERROR, None, f"Watching remote job failed: {error}")
+                    )
                 )
         return out
 
     def abandon(self, error: BaseException) -> Deliveries:
         """The session itself broke (a bug): end every job with an error instead of a hang."""
         return [
-            self._finish(w, Outcome("error", None, f"Internal error in the SSH host session: {error}"))
+            self._finish(
+                w, Outcome(OutcomeStatus.ERROR, None, f"Internal error in the SSH host session: {error}")
+            )
             for w in self.watches
         ]
 
@@ -245,7 +249,11 @@ class PollScheduler:
             message = refusal_message(watch.monitor.paths, result)
             # Refused at its first send: nothing ran. Refused when sent again, an earlier send
             # (whose answer was lost) may have started the job: it is then killed like a lost one.
-            return [self._finish(watch, Outcome("error", None, message, never_started=not sent_before))]
+            return [
+                self._finish(
+                    watch, Outcome(OutcomeStatus.ERROR, None, message, never_started=not sent_before)
+                )
+            ]
         if isinstance(result, RemoteJobProtocolError):
             watch.next_due = now + (SUBMIT_TICK if watch.submitting else watch.poll_interval)
             return self._count_failure(watch, result)
@@ -328,7 +336,7 @@ class PollScheduler:
                 self._finish(
                     watch,
                     Outcome(
-                        "error",
+                        OutcomeStatus.ERROR,
                         None,
                         f"{lost} The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
                         watch_lost=True,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import posixpath
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,35 +19,21 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
+from ssh_jobs_provider.job_spec import WatchSpec
 from ssh_jobs_provider.protocol.answers import JobStatus
-from ssh_jobs_provider.protocol.environment import normalise_environment
-from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.last_lines import LastLines
-from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
-from ssh_jobs_provider.protocol.scripts import job_files
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
 from ssh_jobs_provider.triggers.task_state import task_now
 
-CLEANUP_CHOICES = ("never", "on_success", "always")
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.
 OFFSET_RECORD_WAIT_SECONDS = 5.0
 #: Seconds ``on_kill`` waits for the server to acknowledge the close.
 KILL_CLOSE_WAIT_SECONDS = 5.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
 KILL_CONNECT_ATTEMPTS = 3
-
-
-def submit_files(submit: dict[str, Any] | None, token: str) -> tuple[tuple[str, str], ...] | None:
-    """The job files of a trigger's ``submit`` kwarg, validated (``None``: nothing to submit)."""
-    if submit is None:
-        return None
-    unknown = set(submit) - {"command", "environment", "working_dir"}
-    if unknown or not isinstance(submit.get("command"), str):
-        raise ValueError(f"Invalid submit for SSHRemoteJobTrigger: keys {sorted(submit)}.")
-    return job_files(
-        submit["command"], normalise_environment(submit.get("environment")), submit.get("working_dir"), token
-    )
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
@@ -123,70 +108,53 @@ class SSHRemoteJobTrigger(BaseTrigger):
         return_last_lines: int = 0,
     ) -> None:
         super().__init__()
-        if cleanup_policy not in CLEANUP_CHOICES:
-            raise ValueError(f"cleanup_policy must be one of {CLEANUP_CHOICES}, got {cleanup_policy!r}.")
-        validate_token(job_token, required=submit is not None)
-        self.submit = submit
-        self.from_start = from_start
-        # Built (and so validated) here, where the operator creates the trigger: bad input fails
-        # in execute(), before anything was sent.
-        self._submit_files = submit_files(submit, job_token)
+        # Validated here, where the operator creates the trigger: bad input fails in execute(),
+        # before anything was sent.
+        self.spec = WatchSpec.from_kwargs(
+            ssh_conn_id=ssh_conn_id,
+            remote_host=remote_host,
+            job_id=job_id,
+            job_dir=job_dir,
+            log_file=log_file,
+            exit_code_file=exit_code_file,
+            remote_os=remote_os,
+            poll_interval=poll_interval,
+            log_chunk_size=log_chunk_size,
+            log_offset=log_offset,
+            command_timeout=command_timeout,
+            max_reconnect_attempts=max_reconnect_attempts,
+            cleanup_policy=cleanup_policy,
+            cleanup_retries=cleanup_retries,
+            job_token=job_token,
+            remote_base_dir=remote_base_dir,
+            submit=submit,
+            from_start=from_start,
+            return_last_lines=return_last_lines,
+        )
+        self._paths = self.spec.paths
+        self._submit_files = None if self.spec.submit is None else self.spec.submit.files(job_token)
         #: The submit's answer, once this trigger submitted the job; the host, once known.
         self._submitted: JobStatus | None = None
         self._host = remote_host
-        self.job_token = job_token
-        self.remote_base_dir = remote_base_dir
-        # The trigger's own guard: whatever its kwargs say, it only ever touches a direct
-        # child of the base dir, and only the one named after its job.
-        paths = RemoteJobPaths.from_job_dir(
-            job_dir, remote_base_dir or posixpath.dirname(job_dir.rstrip("/"))
-        )
-        if paths.job_id != job_id:
-            raise ValueError(f"Refusing job directory {job_dir!r}: it is not named after job {job_id!r}.")
-        self._paths = paths
-        self.ssh_conn_id = ssh_conn_id
-        self.remote_host = remote_host
-        self.job_id = job_id
-        self.job_dir = job_dir
-        self.log_file = log_file
-        self.exit_code_file = exit_code_file
-        self.remote_os = remote_os
-        self.poll_interval = poll_interval
-        self.log_chunk_size = log_chunk_size
+        #: Log bytes delivered so far (the spec keeps where the watch started).
         self.log_offset = log_offset
-        self.command_timeout = command_timeout
-        self.max_reconnect_attempts = max_reconnect_attempts
-        # Not "cleanup": that name is BaseTrigger's teardown method.
-        self.cleanup_policy = cleanup_policy
-        self.cleanup_retries = cleanup_retries
-        self.return_last_lines = return_last_lines
         self._last_lines = LastLines(return_last_lines)
 
+    def __getattr__(self, name: str) -> Any:
+        # Each argument reads as an attribute of the trigger too (``trigger.job_id``), as Airflow's
+        # own triggers do; the spec holds the one copy.
+        spec = self.__dict__.get("spec")
+        if spec is not None and name in WatchSpec.__dataclass_fields__:
+            return getattr(spec, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def from_spec(cls, spec: WatchSpec) -> SSHRemoteJobTrigger:
+        """The trigger of ``spec`` (what the operator defers to)."""
+        return cls(**spec.as_kwargs())
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "ssh_conn_id": self.ssh_conn_id,
-                "remote_host": self.remote_host,
-                "job_id": self.job_id,
-                "job_dir": self.job_dir,
-                "log_file": self.log_file,
-                "exit_code_file": self.exit_code_file,
-                "remote_os": self.remote_os,
-                "poll_interval": self.poll_interval,
-                "log_chunk_size": self.log_chunk_size,
-                "log_offset": self.log_offset,
-                "command_timeout": self.command_timeout,
-                "max_reconnect_attempts": self.max_reconnect_attempts,
-                "cleanup_policy": self.cleanup_policy,
-                "cleanup_retries": self.cleanup_retries,
-                "job_token": self.job_token,
-                "remote_base_dir": self.remote_base_dir,
-                "submit": self.submit,
-                "from_start": self.from_start,
-                "return_last_lines": self.return_last_lines,
-            },
-        )
+        return (f"{type(self).__module__}.{type(self).__qualname__}", self.spec.as_kwargs())
 
     # ------------------------------------------------------------------ seams
 
@@ -196,7 +164,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     def _make_hook(self, attempts: int = 1) -> SSHHookAsync:
         # One connect attempt per call by default: the reconnect budget governs retries.
-        return SSHHookAsync(ssh_conn_id=self.ssh_conn_id, host=self.remote_host, conn_retry_attempts=attempts)
+        return SSHHookAsync(
+            ssh_conn_id=self.spec.ssh_conn_id, host=self.spec.remote_host, conn_retry_attempts=attempts
+        )
 
     def make_session(self, settings: SSHConnectionSettings, hook: SSHHookAsync) -> HostSession:
         """The shared session this trigger polls through."""
@@ -208,12 +178,12 @@ class SSHRemoteJobTrigger(BaseTrigger):
         submitted = self._submitted
         return TriggerEvent(
             {
-                "job_id": self.job_id,
-                "job_dir": self.job_dir,
-                "log_file": self.log_file,
-                "exit_code_file": self.exit_code_file,
-                "remote_os": self.remote_os,
-                "status": outcome.status,
+                "job_id": self.spec.job_id,
+                "job_dir": self.spec.job_dir,
+                "log_file": self.spec.log_file,
+                "exit_code_file": self.spec.exit_code_file,
+                "remote_os": self.spec.remote_os,
+                "status": OutcomeStatus(outcome.status).value,
                 "done": True,
                 "exit_code": outcome.exit_code,
                 "log_chunk": "",
@@ -227,7 +197,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "pid": submitted.pid if submitted else None,
                 "launched": submitted.launched if submitted else None,
                 "remote_host": self._host,
-                "last_lines": self._last_lines.lines if self.return_last_lines else None,
+                "last_lines": self._last_lines.lines if self.spec.return_last_lines else None,
             }
         )
 
@@ -246,14 +216,14 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self.log.warning(
                 "Remote job %s was already started by an earlier submit (a re-created trigger, or a "
                 "submit whose answer was lost): re-attaching to it instead of launching a second one.",
-                self.job_id,
+                self.spec.job_id,
             )
         if status.remote_os:
             self.log.info("Remote OS: %s", status.remote_os)
         self.log.info(
-            "Remote job %s on %s: %s (pid %s)", self.job_id, self._host, status.state.value, status.pid
+            "Remote job %s on %s: %s (pid %s)", self.spec.job_id, self._host, status.state.value, status.pid
         )
-        self.log.info("Job directory: %s", self.job_dir)
+        self.log.info("Job directory: %s", self.spec.job_dir)
 
     # ------------------------------------------------------------------ the loop
 
@@ -262,10 +232,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
         monitor = JobMonitor(
             self.paths,
             self.log_offset,
-            self.log_chunk_size,
+            self.spec.log_chunk_size,
             started_at=loop.time(),
-            token=self.job_token,
-            resume=not self.from_start,
+            token=self.spec.job_token,
+            resume=not self.spec.from_start,
         )
         hook = self._make_hook()
         try:
@@ -273,20 +243,22 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self._host = settings.host
             session = self.make_session(settings, hook)
         except Exception as error:  # the connection cannot even be read: one final event
-            self.log.exception("Cannot watch remote job %s", self.job_id)
-            verb = "submit" if self.submit is not None else "watch"
+            self.log.exception("Cannot watch remote job %s", self.spec.job_id)
+            verb = "submit" if self.spec.submit is not None else "watch"
             # Not "never started": a re-created trigger cannot know whether its submit was sent.
-            outcome = Outcome("error", None, f"Cannot {verb} remote job {self.job_id}: {error}")
+            outcome = Outcome(
+                OutcomeStatus.ERROR, None, f"Cannot {verb} remote job {self.spec.job_id}: {error}"
+            )
             yield self._event(outcome, self.log_offset, None)
             return
         watch = session.watch(
             JobWatch(
                 monitor=monitor,
-                poll_interval=self.poll_interval,
-                command_timeout=self.command_timeout,
-                max_reconnect_attempts=self.max_reconnect_attempts,
-                cleanup=self.cleanup_policy,
-                cleanup_retries=self.cleanup_retries,
+                poll_interval=self.spec.poll_interval,
+                command_timeout=self.spec.command_timeout,
+                max_reconnect_attempts=self.spec.max_reconnect_attempts,
+                cleanup=self.spec.cleanup_policy,
+                cleanup_retries=self.spec.cleanup_retries,
                 submit_files=self._submit_files,
             )
         )
@@ -319,7 +291,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
 
     async def _task_now(self) -> tuple[str | None, int | None]:
         """What Airflow says now of this trigger's task: its state, and the try that deferred."""
-        return await task_now(getattr(self, "task_instance", None), self.job_id, self.log)
+        return await task_now(getattr(self, "task_instance", None), self.spec.job_id, self.log)
 
     async def on_kill(self) -> None:
         """A user cleared or marked the deferred task: stop every process of the remote job."""
@@ -334,35 +306,35 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "Remote job %s: the task is still deferred (watched by another triggerer): not killing it."
             )
             if known:
-                self.log.info(spared, self.job_id)
+                self.log.info(spared, self.spec.job_id)
             else:
                 self.log.warning(
                     spared
                     + " The deferred try did not record its number (an earlier build of this provider): "
                     "if it is a later try (the task was cleared), kill this job on the host.",
-                    self.job_id,
+                    self.spec.job_id,
                 )
             return
         if state == "deferred":
             # A later try is deferred (the task was cleared, and ran again): this try was stopped.
             self.log.info(
                 "Remote job %s: the task is deferred in try %s, not in this trigger's try %s: killing the job.",
-                self.job_id,
+                self.spec.job_id,
                 deferred_try,
                 own_try,
             )
         hook = self._make_hook(attempts=KILL_CONNECT_ATTEMPTS)
         conn = await hook.get_conn()
         try:
-            script = build_kill_script(self.paths, self.job_token)
-            _, stdout, _ = await hook.run_script(conn, script, self.command_timeout)
+            script = build_kill_script(self.paths, self.spec.job_token)
+            _, stdout, _ = await hook.run_script(conn, script, self.spec.command_timeout)
             answer = parse_kill_answer(stdout)
             if answer.survivors:
                 self.log.error(
-                    "Remote job %s: processes %s survived SIGKILL", self.job_id, list(answer.survivors)
+                    "Remote job %s: processes %s survived SIGKILL", self.spec.job_id, list(answer.survivors)
                 )
             else:
-                self.log.info("Remote job %s: kill %s", self.job_id, answer.describe())
+                self.log.info("Remote job %s: kill %s", self.spec.job_id, answer.describe())
         finally:
             conn.close()
             with contextlib.suppress(Exception):

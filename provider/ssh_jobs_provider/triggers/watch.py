@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT
+from ssh_jobs_provider.job_spec import CleanupPolicy
 from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.batch import PollEntry
-from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
+from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
@@ -101,7 +102,7 @@ class Watch:
     :param poll_interval: seconds between polls while the job runs
     :param command_timeout: seconds a batch with this job may take
     :param max_reconnect_attempts: consecutive failed polls tolerated
-    :param cleanup: ``"never"``, ``"on_success"`` or ``"always"``
+    :param cleanup: when the job directory is removed (:class:`~ssh_jobs_provider.job_spec.CleanupPolicy`)
     :param cleanup_retries: attempts for the cleanup before leaving it to the operator
     :param failures: consecutive failed polls so far
     :param next_due: clock reading of the next poll
@@ -119,7 +120,7 @@ class Watch:
     poll_interval: float
     command_timeout: float
     max_reconnect_attempts: int
-    cleanup: str = "never"
+    cleanup: CleanupPolicy = CleanupPolicy.NEVER
     cleanup_retries: int = 3
     failures: int = 0
     next_due: float = 0.0
@@ -162,9 +163,9 @@ class Watch:
         self.delivered = max(self.delivered, offset)
 
     def wants_cleanup(self, outcome: Outcome) -> bool:
-        if outcome.status not in ("success", "failed"):
+        if outcome.status is OutcomeStatus.ERROR:
             return False  # the job may still be running: the operator kills before cleaning
-        return self.cleanup == "always" or (self.cleanup == "on_success" and outcome.status == "success")
+        return CleanupPolicy(self.cleanup).removes(outcome.status is OutcomeStatus.SUCCESS)
 
     def offset_record(self) -> PollEntry:
         """An entry that only records how far the log was delivered (for a trigger that leaves)."""
@@ -188,7 +189,7 @@ def submit_failed(watch: Watch, error: BaseException) -> Outcome:
         started = "No job was started."
     hint = POSIX_HINT if isinstance(error, RemoteJobProtocolError) else FAN_OUT_HINT
     return Outcome(
-        "error",
+        OutcomeStatus.ERROR,
         None,
         f"Could not submit remote job {job.job_id} ({watch.failures} failed attempt(s); "
         f"{type(error).__name__}: {error}). {started} {hint}",
