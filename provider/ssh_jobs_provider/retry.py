@@ -1,6 +1,12 @@
 """
 One retry policy, used by the hooks, the operator and the trigger.
 
+Two immutable objects say everything about retries. A :class:`RetryPolicy` drives a loop that
+runs to its end in one call (a connect, a submit, a worker's cleanup, through tenacity); a
+:class:`RetryBudget` is what a loop spread over time keeps between its turns (the trigger's
+polls of one job, its cleanups, the whole host session's reconnects): each failure returns a
+new budget with one more failure in its history, and :meth:`RetryBudget.is_exhausted` decides.
+
 A :class:`RetryPolicy` bundles how many attempts, which failures are tried again (one
 classifier, :func:`~ssh_jobs_provider.exceptions.is_retryable`) and the waits between them
 (a :class:`BackoffPolicy`). Every retry loop of the provider is built from one, and none of
@@ -101,6 +107,10 @@ class RetryPolicy:
         """The same policy with another number of attempts."""
         return replace(self, attempts=attempts)
 
+    def budget(self) -> RetryBudget:
+        """This policy as a budget kept between turns: ``attempts - 1`` failures tolerated."""
+        return RetryBudget(self.attempts - 1, self.backoff)
+
     def retrying(self, log: Any = None, what: str = "operation") -> Retrying:
         """
         A tenacity ``Retrying`` for blocking code (the worker side); call it with the attempt.
@@ -139,6 +149,49 @@ class RetryPolicy:
             "before_sleep": before_sleep,
             "reraise": True,
         }
+
+
+#: Failures a budget quotes in its message (the count goes on past them).
+HISTORY_KEPT = 5
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """
+    The retries of one thing, kept between its turns as an immutable value: how many failures in
+    a row it tolerates, the waits after each, and what failed (the last few, for the message).
+
+    :param tolerated: failures in a row tolerated; one more exhausts it (``math.inf``: never)
+    :param backoff: the waits after a failure
+    :param failures: failures in a row so far (a success resets them: :meth:`reset`)
+    :param history: the last :data:`HISTORY_KEPT` failures, described
+    """
+
+    tolerated: float
+    backoff: BackoffPolicy = DEFAULT_BACKOFF
+    failures: int = 0
+    history: tuple[str, ...] = ()
+
+    def increment(self, error: BaseException | str) -> RetryBudget:
+        """The budget after one more failure, ``error``."""
+        described = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return replace(self, failures=self.failures + 1, history=(*self.history, described)[-HISTORY_KEPT:])
+
+    def reset(self) -> RetryBudget:
+        """The budget after a success: no failure in a row."""
+        return replace(self, failures=0, history=()) if self.failures else self
+
+    def is_exhausted(self) -> bool:
+        """More failures in a row than tolerated: give up."""
+        return self.failures > self.tolerated
+
+    def delay(self, rng: random.Random | None = None) -> float:
+        """The jittered wait after the latest failure."""
+        return self.backoff.delay(max(1, self.failures), rng)
+
+    def describe(self) -> str:
+        """``"3/5"``: failures in a row against those tolerated."""
+        return f"{self.failures}/{self.tolerated:g}"
 
 
 def attempts_made(retrying: Retrying | AsyncRetrying) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 
 import asyncssh
 import paramiko
@@ -20,7 +21,15 @@ from ssh_jobs_provider.exceptions import (
 )
 from ssh_jobs_provider.hooks._errors import gave_up, translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, DEFAULT_RETRY, BackoffPolicy, RetryPolicy, attempts_made
+from ssh_jobs_provider.retry import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRY,
+    HISTORY_KEPT,
+    BackoffPolicy,
+    RetryBudget,
+    RetryPolicy,
+    attempts_made,
+)
 
 FAST = BackoffPolicy(initial=0.001, maximum=0.002)
 SETTINGS = SSHConnectionSettings(conn_id="ssh_x", host="gpu-box", port=22, username="airflow")
@@ -178,3 +187,27 @@ def test_giving_up_turns_a_refusal_into_the_final_error_with_the_real_count() ->
     assert "MaxStartups" in str(final)
     for other in (SSHAuthenticationError("denied"), TimeoutError("reply lost"), final):
         assert gave_up(SETTINGS, other, 4) is other
+
+
+# --------------------------------------------------------------------------- RetryBudget
+
+
+@given(st.integers(min_value=0, max_value=20), st.integers(min_value=0, max_value=40))
+def test_a_budget_is_exhausted_exactly_past_what_it_tolerates(tolerated: int, failures: int) -> None:
+    budget = RetryPolicy(attempts=tolerated + 1).budget()
+    for n in range(failures):
+        budget = budget.increment(OSError(f"refused {n}"))
+    assert budget.failures == failures
+    assert budget.is_exhausted() is (failures > tolerated)
+    assert budget.describe() == f"{failures}/{tolerated}"
+    # Only the last few failures are quoted, the newest last; the count goes on.
+    assert budget.history == tuple(f"OSError: refused {n}" for n in range(failures))[-HISTORY_KEPT:]
+
+
+def test_a_budget_is_a_value_a_success_resets() -> None:
+    fresh = RetryBudget(2, BackoffPolicy(initial=1.0, maximum=8.0))
+    failed = fresh.increment("lost").increment("lost again")
+    assert (fresh.failures, failed.failures) == (0, 2)  # increment returns a new budget
+    assert 1.0 <= failed.delay() <= 2.0  # the wait after the second failure
+    assert failed.reset() == fresh
+    assert RetryBudget(math.inf).increment("x").is_exhausted() is False

@@ -85,8 +85,8 @@ def timed_connect(hook: SSHHook, settings: SSHConnectionSettings) -> Connected:
 
     :raises SSHAuthenticationError: credentials refused (and host-key and connect errors, as the hooks raise them)
     """
-    timing = ConnectTiming()
-    client = hook.connect_with(settings, timing)
+    client = hook.connect_with(settings)
+    timing = getattr(client, "timing", None) or ConnectTiming()
     return Connected(client, timing.stream, timing.kex, timing.auth)
 
 

@@ -63,11 +63,15 @@ class SSHHookBase(BaseHook):
         self.backoff = backoff
         self._overrides = overrides
         self._settings: SSHConnectionSettings | None = None
+        self._retry = RetryPolicy(self.conn_retry_attempts, backoff)
 
     @property
     def retry(self) -> RetryPolicy:
         """The policy of this hook's retry loop: ``conn_retry_attempts`` attempts, ``backoff`` waits."""
-        return RetryPolicy(self.conn_retry_attempts, self.backoff)
+        # Made once; again only when a caller changed either after construction (tests do).
+        if (self._retry.attempts, self._retry.backoff) != (max(1, self.conn_retry_attempts), self.backoff):
+            self._retry = RetryPolicy(self.conn_retry_attempts, self.backoff)
+        return self._retry
 
     def _resolve(self, conn: Any, jump_connections: Mapping[str, Any] | None = None) -> SSHConnectionSettings:
         """

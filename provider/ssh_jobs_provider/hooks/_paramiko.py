@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import paramiko
 
@@ -70,9 +70,11 @@ class _TimedTransport(paramiko.Transport):
 
 
 class _JumpedClient(paramiko.SSHClient):
-    """A client reached through a jump host: closing it closes the jump host's connection too."""
+    """A client reached through a jump host: closing it closes the jump host's connection too.
+    It also keeps what its connect took (``doctor`` reports it)."""
 
     jump: paramiko.SSHClient | None = None
+    timing: ConnectTiming | None = None
 
     def close(self) -> None:
         try:
@@ -210,19 +212,15 @@ def connect(
     started = time.perf_counter()
     sock, client.jump = _open_sock(settings, log)
     opened = time.perf_counter()
-    extra: dict[str, Any] = {} if timing is None else {"transport_factory": _TimedTransport}
     try:
-        client.connect(**_connect_kwargs(settings, sock), **extra)
+        client.connect(**_connect_kwargs(settings, sock), transport_factory=cast(Any, _TimedTransport))
     except BaseException:
         client.close()
         sock.close()
         raise
-    if timing is not None:
-        transport = client.get_transport()
-        timing.stream = opened - started
-        timing.kex = transport.kex_seconds if isinstance(transport, _TimedTransport) else 0.0
-        timing.auth = max(0.0, time.perf_counter() - opened - timing.kex)
     transport = client.get_transport()
+    kex = transport.kex_seconds if isinstance(transport, _TimedTransport) else 0.0
+    client.timing = ConnectTiming(opened - started, kex, max(0.0, time.perf_counter() - opened - kex))
     if transport is not None and settings.keepalive_interval:
         transport.set_keepalive(int(max(1, settings.keepalive_interval)))
     return client

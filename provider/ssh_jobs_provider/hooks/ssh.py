@@ -19,7 +19,6 @@ from ssh_jobs_provider.hooks import _asyncssh, _paramiko
 from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNECTION_CACHE_SECONDS
 from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T, ajump_connections, jump_connections
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
-from ssh_jobs_provider.hooks._paramiko import ConnectTiming
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
@@ -111,13 +110,11 @@ class SSHHook(SSHHookBase):
         """
         return self.call_with_retries(partial(self.connect_with, self.settings), "SSH connect")
 
-    def connect_with(
-        self, settings: SSHConnectionSettings, timing: ConnectTiming | None = None
-    ) -> paramiko.SSHClient:
-        """Open ONE connection with resolved ``settings`` (``timing``: filled in with what it took): a refused
-        attempt raises a non-final :class:`~ssh_jobs_provider.exceptions.SSHConnectError`, for the caller's retry loop."""
+    def connect_with(self, settings: SSHConnectionSettings) -> paramiko.SSHClient:
+        """Open ONE connection with resolved ``settings``: a refused attempt raises a non-final
+        :class:`~ssh_jobs_provider.exceptions.SSHConnectError`, for the caller's retry loop."""
         with translated_connect_errors(settings):
-            return _paramiko.connect(settings, self.log, timing)
+            return _paramiko.connect(settings, self.log)
 
     def call_with_retries(
         self, attempt: Callable[[], T], what: str, log: Any = None, retry: RetryPolicy | None = None

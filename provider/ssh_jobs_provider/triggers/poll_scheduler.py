@@ -40,7 +40,7 @@ from ssh_jobs_provider.protocol.answers import (
 from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SubmitEntry
 from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import refusal_message
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
 from ssh_jobs_provider.triggers.watch import (
     SUBMIT_TICK,
     Delivery,
@@ -83,8 +83,15 @@ class PollScheduler:
         self.retry_on = retry_on
         # A dict for its order and its O(1) removal: thousands of jobs may end in one tick.
         self._watches: dict[Watch, None] = {}
-        self.failures = 0
+        #: The session's failed batches in a row: never exhausted (each job has its own budget),
+        #: only its waits count.
+        self.reconnects = RetryBudget(math.inf, backoff)
         self.backoff_until = 0.0
+
+    @property
+    def failures(self) -> int:
+        """Batches failed in a row."""
+        return self.reconnects.failures
 
     # ------------------------------------------------------------------ membership
 
@@ -107,6 +114,7 @@ class PollScheduler:
         """Register a job; its first poll (or its submit) comes at its next grid tick."""
         interval = min(SUBMIT_TICK, watch.poll_interval) if watch.submitting else watch.poll_interval
         watch.next_due = next_tick(now, interval)
+        watch.budget_with(self.backoff)
         self._watches[watch] = None
 
     def remove(self, watch: Watch) -> None:
@@ -170,7 +178,7 @@ class PollScheduler:
 
     def apply(self, due: list[Watch], results: dict[int, EntryResult], now: float) -> Deliveries:
         """The batch was answered: feed each watch its own result."""
-        self.failures = 0
+        self.reconnects = self.reconnects.reset()
         out: Deliveries = []
         for key, watch in enumerate(due):
             if watch.active:
@@ -207,8 +215,8 @@ class PollScheduler:
         Returns the backoff delay and the deliveries (warnings, or final errors for the jobs whose
         budget is used up).
         """
-        self.failures += 1
-        delay = self.backoff.delay(self.failures)
+        self.reconnects = self.reconnects.increment(error)
+        delay = self.reconnects.delay()
         self.backoff_until = now + delay
         out: Deliveries = []
         for watch in due:
@@ -257,7 +265,7 @@ class PollScheduler:
         if isinstance(result, RemoteJobProtocolError):
             watch.next_due = now + (SUBMIT_TICK if watch.submitting else watch.poll_interval)
             return self._count_failure(watch, result)
-        watch.failures = 0
+        watch.polls = watch.polls.reset()
         if isinstance(result, CleanupResult):
             return self._after_cleanup(watch, result, now)
         assert isinstance(result, JobStatus)
@@ -289,7 +297,7 @@ class PollScheduler:
     def _after_cleanup(self, watch: Watch, result: CleanupResult, now: float) -> Deliveries:
         outcome = watch.final_outcome
         assert outcome is not None
-        watch.cleanup_attempts += 1
+        watch.cleanups = watch.cleanups.increment(f"cleanup {result.state}")
         if result.state in ("removed", "absent"):
             return [self._finish(watch, outcome, cleaned_up=True)]
         if result.state == "foreign":
@@ -304,22 +312,22 @@ class PollScheduler:
                 cleaned_up=False,
             )
             return [self._complete(watch, delivery)]
-        if watch.cleanup_attempts >= watch.cleanup_retries:
+        if watch.cleanups.is_exhausted():
             return [self._finish(watch, outcome, cleaned_up=False)]
-        watch.next_due = now + self.backoff.delay(watch.cleanup_attempts)
+        watch.next_due = now + watch.cleanups.delay()
         return []
 
     def _count_failure(self, watch: Watch, error: BaseException, delay: float | None = None) -> Deliveries:
-        watch.failures += 1
+        watch.polls = watch.polls.increment(error)
         if watch.cleaning and watch.final_outcome is not None:
             # The job's outcome is known and its log delivered: only the cleanup is left, and
             # only its budget counts. Once spent, report the real outcome and leave the cleanup
             # to the operator; a lost connection never turns a finished job into a lost one.
-            if watch.failures > watch.cleanup_retries or watch.failures > watch.max_reconnect_attempts:
+            if watch.polls.is_exhausted() or watch.polls.failures > watch.cleanup_retries:
                 return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
-        elif watch.failures > watch.max_reconnect_attempts and watch.submitting:
+        elif watch.polls.is_exhausted() and watch.submitting:
             return [self._finish(watch, submit_failed(watch, error))]
-        elif watch.failures > watch.max_reconnect_attempts:
+        elif watch.polls.is_exhausted():
             job = watch.monitor.paths
             if isinstance(error, BatchNotAnswered):
                 lost = (
@@ -346,7 +354,7 @@ class PollScheduler:
         retry = f"; retrying in {delay:.1f}s" if delay is not None else ""
         warning = (
             f"SSH poll of job {watch.monitor.paths.job_id} failed "
-            f"({watch.failures}/{watch.max_reconnect_attempts}): {type(error).__name__}: {error}{retry}"
+            f"({watch.polls.describe()}): {type(error).__name__}: {error}{retry}"
         )
         return [(watch, Delivery(warnings=[warning], log_offset=watch.monitor.log_offset))]
 

@@ -26,6 +26,7 @@ from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
@@ -104,11 +105,9 @@ class Watch:
     :param max_reconnect_attempts: consecutive failed polls tolerated
     :param cleanup: when the job directory is removed (:class:`~ssh_jobs_provider.job_spec.CleanupPolicy`)
     :param cleanup_retries: attempts for the cleanup before leaving it to the operator
-    :param failures: consecutive failed polls so far
     :param next_due: clock reading of the next poll
     :param delivered: log bytes the trigger has written to the task log
     :param final_outcome: the outcome, while the cleanup is pending (:attr:`Phase.CLEANING`)
-    :param cleanup_attempts: cleanups tried so far
     :param submit_files: the job's files while the triggerer still has to submit it
         (:func:`~ssh_jobs_provider.protocol.scripts.job_files`); ``None`` once submitted, or
         for a job the worker submitted
@@ -122,18 +121,21 @@ class Watch:
     max_reconnect_attempts: int
     cleanup: CleanupPolicy = CleanupPolicy.NEVER
     cleanup_retries: int = 3
-    failures: int = 0
     next_due: float = 0.0
     delivered: int = 0
     final_outcome: Outcome | None = None
-    cleanup_attempts: int = 0
     submit_files: tuple[tuple[str, str], ...] | None = None
     submit_sent: bool = False
     #: Where the job stands: set from ``submit_files`` when the watch is made, then changed by
     #: :meth:`advance` only.
     phase: Phase = field(init=False)
+    #: Polls (or submits) failed in a row, against ``max_reconnect_attempts``; a success resets it.
+    polls: RetryBudget = field(init=False)
+    #: Cleanups tried, against ``cleanup_retries`` attempts.
+    cleanups: RetryBudget = field(init=False)
 
     def __post_init__(self) -> None:
+        self.budget_with(DEFAULT_BACKOFF)
         self.delivered = self.monitor.log_offset
         self.phase = Phase.SUBMITTING if self.submit_files is not None else Phase.WATCHING
 
@@ -144,6 +146,16 @@ class Watch:
         except KeyError:
             raise WatchStateError(f"A watch in phase {self.phase.name} cannot take {event.name}") from None
         return self.phase
+
+    def budget_with(self, backoff: BackoffPolicy) -> None:
+        """Fresh budgets for the polls and the cleanups, waiting ``backoff`` after a failure."""
+        self.polls = RetryBudget(self.max_reconnect_attempts, backoff)
+        self.cleanups = RetryBudget(self.cleanup_retries - 1, backoff)
+
+    @property
+    def failures(self) -> int:
+        """Polls (or submits) failed in a row."""
+        return self.polls.failures
 
     @property
     def active(self) -> bool:
