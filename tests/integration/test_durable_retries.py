@@ -399,7 +399,9 @@ def test_try_3_re_attaches_to_an_earlier_try_s_job_with_the_token_the_store_kept
     trigger = deferred.trigger
     assert trigger.job_id == records[taken].job_id
     assert trigger.job_token == records[taken].token  # proven, and carried to every kill and cleanup
-    assert deferred.kwargs == {"job_token": records[taken].token}
+    # The token (and the pid the host reported, for the final XCom) travel back to execute_complete.
+    assert deferred.kwargs is not None and deferred.kwargs["job_token"] == records[taken].token
+    assert isinstance(deferred.kwargs["job_pid"], int)
     _, payload = asyncio.run(run_to_its_event(rebuilt(trigger)))
     assert payload["status"] == "success" and payload["exit_code"] == 0
     assert runs(launches) == 2
