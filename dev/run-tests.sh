@@ -96,18 +96,57 @@ fi
 
 # The older Airflow releases. A module that never imports Airflow (the remote protocol, the
 # test servers) gives the same result on every release and ran above; the others run again.
+# Their virtualenvs are built (or found up to date) first, all at once; then the runs go
+# AIRFLOW_RELEASE_JOBS at a time (default 2: the tests spend much of their time waiting on
+# sshd, jobs and polls, so two runs share two cores well), each into a log of its own that is
+# printed when it ends.
 if [ $# -gt 0 ]; then
   echo "== older Airflow releases: left out (extra arguments); run one alone:"
   echo "   AIRFLOW_VERSION=${OLDER_AIRFLOW_RELEASES[0]} bash dev/run-tests.sh"
 else
   matrix_start=$(date +%s)
+  matrix_logs=$(mktemp -d)
+  echo "== virtualenvs of Airflow ${OLDER_AIRFLOW_RELEASES[*]}"
+  build_pids=()
   for release in "${OLDER_AIRFLOW_RELEASES[@]}"; do
-    echo "== pytest against Airflow $release (the tests that import Airflow)"
-    release_pytest "$release" tests/unit tests/integration --only-airflow-dependent || status=$?
+    bash dev/airflow-venv.sh "$release" >"$matrix_logs/venv-$release.log" 2>&1 &
+    build_pids+=($!)
   done
-  oldest=${OLDER_AIRFLOW_RELEASES[0]}
-  echo "== end-to-end fan-out against Airflow $oldest"
-  release_pytest "$oldest" "${OLDEST_AIRFLOW_E2E[@]}" || status=$?
+  for index in "${!build_pids[@]}"; do
+    if ! wait "${build_pids[$index]}"; then
+      echo "== virtualenv of Airflow ${OLDER_AIRFLOW_RELEASES[$index]} failed:"
+      grep -v "is ignored: it is neither" "$matrix_logs/venv-${OLDER_AIRFLOW_RELEASES[$index]}.log" | tail -n 40
+      status=1
+    fi
+  done
+  echo "== virtualenvs ready in $(( $(date +%s) - matrix_start ))s"
+  # One run per release (the tests that import Airflow), then the oldest's end-to-end fan-out.
+  runs=()
+  for release in "${OLDER_AIRFLOW_RELEASES[@]}"; do
+    runs+=("$release|tests/unit tests/integration --only-airflow-dependent")
+  done
+  runs+=("${OLDER_AIRFLOW_RELEASES[0]}|${OLDEST_AIRFLOW_E2E[*]}")
+  parallel=${AIRFLOW_RELEASE_JOBS:-2}
+  declare -A run_of_pid=()
+  finish_one() {
+    local pid run_status=0
+    wait -n -p pid "${!run_of_pid[@]}" || run_status=$?
+    echo "== Airflow ${run_of_pid[$pid]} (exit status $run_status):"
+    cat "$matrix_logs/run-$pid.log"
+    unset "run_of_pid[$pid]"
+    [ "$run_status" -eq 0 ] || status=1
+  }
+  for run in "${runs[@]}"; do
+    while [ "${#run_of_pid[@]}" -ge "$parallel" ]; do finish_one; done
+    release=${run%%|*}
+    read -r -a run_args <<<"${run#*|}"
+    log=$(mktemp "$matrix_logs/run-XXXXXX")
+    release_pytest "$release" "${run_args[@]}" >"$log" 2>&1 &
+    mv "$log" "$matrix_logs/run-$!.log"
+    run_of_pid[$!]="$release: pytest ${run#*|}"
+  done
+  while [ "${#run_of_pid[@]}" -gt 0 ]; do finish_one; done
+  rm -rf "$matrix_logs"
   echo "== older Airflow releases wall time: $(( $(date +%s) - matrix_start ))s"
 fi
 exit $status
