@@ -508,8 +508,10 @@ def test_cleared_task_runs_a_fresh_job(durable: DurableResult) -> None:
     assert (before.state, before.ti.state) == ("success", "success"), before.ti
     launched = durable.launches[CLEARED_DAG]
     report(f"e2e durable, a cleared task: {launched} remote jobs launched (one before, one after the clear)")
-    assert launched == 2, f"{launched} jobs{race_note(durable, CLEARED_DAG)}"
     ti = run.ti
+    # Every try's log, when it fails: which try launched, re-attached or lost what.
+    tries = "\n".join(run.shown(ti, n) for n in range(1, ti.try_number + 1))
+    assert launched == 2, f"{launched} jobs{race_note(durable, CLEARED_DAG)}\n{tries}"
     assert (run.state, ti.state) == ("success", "success"), ti
     assert ti.try_number > before.ti.try_number, (before.ti, ti)
     # The fresh job's output is in a try after the clear (the scheduler race can lose the first

@@ -34,3 +34,24 @@ def test_the_migration_page_says_upstream_verifies_host_keys_since_7_0_0() -> No
     bullet = page.split("**Host keys are verified by default.**")[1].split("* **")[0]
     assert "since its 7.0.0" in bullet
     assert "Upstream's hook accepts unknown host keys" not in page
+
+
+def test_every_module_the_code_path_names_exists_and_every_module_is_on_it() -> None:
+    """The "How it works" walk names real files, and misses no module of the job's path."""
+    page = (ROOT / "docs" / "how-it-works.rst").read_text()
+    walk = (
+        page.split("The same path through the code")[1].split("How the watch decides")[0].replace("\\n", " ")
+    )
+    package = ROOT / "provider" / "ssh_jobs_provider"
+    named = set(re.findall(r"\b((?:[a-z_]+/)*[a-z_]+\.py)\b", walk))
+    for name in named:
+        found = list(package.glob(name)) + list(package.glob(f"*/{name}"))
+        assert found, f"{name} is named in the walk but is not in the package"
+    on_the_path = {
+        "operators/ssh_remote_job.py", "job_spec.py", "operators/durable.py", "protocol/reattach.py",
+        "protocol/identity.py", "protocol/scripts.py", "operators/remote_steps.py", "hooks/ssh.py",
+        "protocol/answers.py", "triggers/ssh_remote_job.py", "triggers/host_session.py",
+        "triggers/poll_scheduler.py", "triggers/watch.py", "protocol/batch.py", "protocol/monitor.py",
+        "protocol/kill.py",
+    }  # fmt: skip
+    assert on_the_path <= named, on_the_path - named

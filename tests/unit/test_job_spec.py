@@ -121,3 +121,18 @@ def test_a_triggerer_submit_is_refused_exactly_above_the_stored_size(size: int) 
             TriggerSubmit(command)
     else:
         assert TriggerSubmit(command).to_value()["command"] == command
+
+
+def test_the_trigger_takes_exactly_the_spec_fields_with_the_same_defaults() -> None:
+    import dataclasses
+    import inspect
+
+    from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+
+    parameters = dict(inspect.signature(SSHRemoteJobTrigger.__init__).parameters)
+    parameters.pop("self")
+    fields = {field.name: field for field in dataclasses.fields(WatchSpec)}
+    assert list(parameters) == list(fields)
+    for name, parameter in parameters.items():
+        if fields[name].default is not dataclasses.MISSING:
+            assert parameter.default == fields[name].default, name

@@ -10,7 +10,6 @@ is a row of one table; a failed one says what to change, and makes the exit stat
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -23,14 +22,7 @@ from ssh_jobs_provider.cli import advice
 from ssh_jobs_provider.cli.common import CommandError, checked_base_dir, connection_hook, human_bytes, table
 from ssh_jobs_provider.hooks._paramiko import ConnectTiming
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.protocol.answers import header_fields
-from ssh_jobs_provider.protocol.batch import build_probe_script
-from ssh_jobs_provider.protocol.scripts import (
-    PROTOCOL_TAG,
-    as_whole,
-    script_prelude,
-    shell_source,
-)
+from ssh_jobs_provider.protocol.doctor import CLOCK_SCRIPT, build_host_probe, parse_clock, parse_host_probe
 
 if TYPE_CHECKING:
     from ssh_jobs_provider.hooks.ssh import SSHHook
@@ -88,42 +80,6 @@ def timed_connect(hook: SSHHook, settings: SSHConnectionSettings) -> Connected:
     client = hook.connect_with(settings)
     timing = getattr(client, "timing", None) or ConnectTiming()
     return Connected(client, timing.stream, timing.kex, timing.auth)
-
-
-def probe_script(base_dir: str) -> str:
-    """The one look at the host: tools, base dir, processors; then the poll interpreter probe."""
-    names = sorted({*advice.REQUIRED_TOOLS, *advice.OPTIONAL_TOOLS})
-    body = (
-        script_prelude()
-        + shell_source("submit.sh")
-        + shell_source("doctor.sh")
-        + f"tools {' '.join(names)}\nbase {shlex.quote(base_dir)}\nfacts\n"
-    )
-    return as_whole(body) + build_probe_script()
-
-
-def parse_probe(output: bytes) -> dict[str, Any]:
-    """The answer of :func:`probe_script`: ``tools``, ``base`` (with ``dir`` and ``why``), ``facts``, ``poll``."""
-    found: dict[str, bool] = {}
-    result: dict[str, Any] = {"tools": found, "base": {}, "facts": {}, "poll": "sh"}
-    marker = f"{PROTOCOL_TAG} "
-    current: dict[str, str] | None = None
-    for line in output.decode("utf-8", errors="replace").splitlines():
-        if line.startswith(marker):
-            verb, _, rest = line[len(marker) :].partition(" ")
-            fields = header_fields(rest)
-            current = None
-            if verb == "tool":
-                found[fields.get("name", "")] = fields.get("found") == "1"
-            elif verb == "base":
-                current = result["base"] = fields
-            elif verb == "facts":
-                result["facts"] = fields
-            elif verb == "probe":
-                result["poll"] = fields.get("state", "sh")
-        elif current is not None and line[:4] in ("dir ", "why "):
-            current[line[:3]] = line[4:]
-    return result
 
 
 def count_sessions(transport: paramiko.Transport, limit: int = MAX_CHANNELS) -> int:
@@ -258,12 +214,10 @@ def check_host(report: Report, probe: dict[str, Any], base_dir: str) -> None:
 
 def clock_offset(hook: SSHHook, client: paramiko.SSHClient) -> tuple[float, float]:
     """``(offset, uncertainty)`` in seconds of the host's clock against this machine's."""
-    script = "{\nd=$(date +%s.%N 2>/dev/null); case $d in *N*|'') d=$(date +%s) ;; esac; echo \"$d\"\n}\n"
     before = time.time()
-    _, stdout, _ = hook.run_script(client, script, STEP_TIMEOUT)
+    _, stdout, _ = hook.run_script(client, CLOCK_SCRIPT, STEP_TIMEOUT)
     after = time.time()
-    remote = float(stdout.decode().strip().splitlines()[-1])
-    resolution = 0.0 if "." in stdout.decode() else 0.5
+    remote, resolution = parse_clock(stdout)
     return remote - (before + after) / 2, (after - before) / 2 + resolution
 
 
@@ -311,8 +265,12 @@ def run(
         report.add("ok", "authentication", f"{auth} as {settings.username}")
         report.add(*host_key_status(settings, transport))
         step("looking at the host")
-        _, stdout, _ = hook.run_script(first.client, probe_script(base), STEP_TIMEOUT)
-        probe = parse_probe(stdout)
+        _, stdout, _ = hook.run_script(
+            first.client,
+            build_host_probe(base, [*advice.REQUIRED_TOOLS, *advice.OPTIONAL_TOOLS]),
+            STEP_TIMEOUT,
+        )
+        probe = parse_host_probe(stdout)
         step("clock")
         offset, uncertainty = clock_offset(hook, first.client)
         step("second connection: MaxSessions")

@@ -92,8 +92,7 @@ class SSHHook(SSHHookBase):
         self.remote_host = remote_host
         self.cmd_timeout = cmd_timeout
 
-    @property
-    def settings(self) -> SSHConnectionSettings:
+    def get_settings(self) -> SSHConnectionSettings:
         """The resolved connection settings (read from Airflow once, on first use)."""
         settings = self._settings
         if settings is None:
@@ -101,6 +100,8 @@ class SSHHook(SSHHookBase):
             settings = self._resolve(conn, jump_connections(conn, self.get_connection))
             self.remote_host = settings.host
         return settings
+
+    settings = property(get_settings, doc="The resolved connection settings, as :meth:`get_settings`.")
 
     def get_conn(self) -> paramiko.SSHClient:
         """
@@ -177,7 +178,7 @@ class SSHHookAsync(SSHHookBase):
     built lowers the ``asyncssh`` logger to WARNING unless the deployment set its level.
 
     :param ssh_conn_id: Airflow connection id of type ``ssh``
-    :param host: host instead of the connection's (``remote_host``)
+    :param host: host instead of the connection's (upstream's name for ``remote_host``)
     :param port: port instead of the connection's
     :param username: login instead of the connection's
     :param password: password instead of the connection's
@@ -195,6 +196,7 @@ class SSHHookAsync(SSHHookBase):
     :param no_host_key_check: accept unknown host keys (insecure)
     :param backoff: the backoff policy between attempts
     :param host_proxy_cmd: as for :class:`SSHHook`
+    :param remote_host: host instead of the connection's, as for :class:`SSHHook` (wins over ``host``)
     """
 
     hook_name = "SSH (remote jobs, async)"
@@ -218,10 +220,11 @@ class SSHHookAsync(SSHHookBase):
         no_host_key_check: bool | None = None,
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
         host_proxy_cmd: str | None = None,
+        remote_host: str = "",
     ) -> None:
         overrides: dict[str, Any] = {
             "proxy_command": host_proxy_cmd,
-            "host": host,
+            "host": remote_host or host,
             "port": port,
             "username": username,
             "password": password,
@@ -236,7 +239,7 @@ class SSHHookAsync(SSHHookBase):
             "no_host_key_check": no_host_key_check,
         }
         super().__init__(ssh_conn_id, conn_retry_attempts, backoff, overrides)
-        self.host = host
+        self.host, self.remote_host = remote_host or host, remote_host or host or ""
         _asyncssh.quiet_library_log()
 
     async def get_settings(self) -> SSHConnectionSettings:
@@ -293,5 +296,4 @@ class SSHHookAsync(SSHHookBase):
         return status, stdout.decode("utf-8", errors="replace"), stderr.decode("utf-8", errors="replace")
 
     async def run_command_output(self, command: str, timeout: float | None = None) -> str:
-        """Like :meth:`run_command`, returning only stdout."""
-        return (await self.run_command(command, timeout))[1]
+        return (await self.run_command(command, timeout))[1]  # as run_command: stdout only

@@ -110,26 +110,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
         super().__init__()
         # Validated here, where the operator creates the trigger: bad input fails in execute(),
         # before anything was sent.
+        arguments = locals()  # exactly this signature's parameters, by name
         self.spec = WatchSpec.from_kwargs(
-            ssh_conn_id=ssh_conn_id,
-            remote_host=remote_host,
-            job_id=job_id,
-            job_dir=job_dir,
-            log_file=log_file,
-            exit_code_file=exit_code_file,
-            remote_os=remote_os,
-            poll_interval=poll_interval,
-            log_chunk_size=log_chunk_size,
-            log_offset=log_offset,
-            command_timeout=command_timeout,
-            max_reconnect_attempts=max_reconnect_attempts,
-            cleanup_policy=cleanup_policy,
-            cleanup_retries=cleanup_retries,
-            job_token=job_token,
-            remote_base_dir=remote_base_dir,
-            submit=submit,
-            from_start=from_start,
-            return_last_lines=return_last_lines,
+            **{name: arguments[name] for name in WatchSpec.__dataclass_fields__}
         )
         self._paths = self.spec.paths
         self._submit_files = None if self.spec.submit is None else self.spec.submit.files(job_token)
@@ -165,7 +148,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
     def _make_hook(self, attempts: int = 1) -> SSHHookAsync:
         # One connect attempt per call by default: the reconnect budget governs retries.
         return SSHHookAsync(
-            ssh_conn_id=self.spec.ssh_conn_id, host=self.spec.remote_host, conn_retry_attempts=attempts
+            ssh_conn_id=self.spec.ssh_conn_id,
+            remote_host=self.spec.remote_host or "",
+            conn_retry_attempts=attempts,
         )
 
     def make_session(self, settings: SSHConnectionSettings, hook: SSHHookAsync) -> HostSession:

@@ -6,9 +6,9 @@
 
 # tools NAME...: one answer per tool, found=1 when `command -v` finds it.
 tools() {
-  for tl in "$@"; do
-    if command -v "$tl" >/dev/null 2>&1; then f=1; else f=0; fi
-    echo "$T tool name=$tl found=$f len=0"
+  for tool in "$@"; do
+    if command -v "$tool" >/dev/null 2>&1; then found=1; else found=0; fi
+    echo "$T tool name=$tool found=$found len=0"
   done
 }
 
@@ -16,32 +16,32 @@ tools() {
 # submit's checks, whether a directory can be created in it (and removed again), whether a
 # file in it can be executed (not on a noexec mount), its space.
 base() {
-  d=$1
-  while [ ! -e "$d" ] && [ ! -L "$d" ]; do
-    d=${d%/*}
-    [ -n "$d" ] || d=/
+  dir=$1
+  while [ ! -e "$dir" ] && [ ! -L "$dir" ]; do
+    dir=${dir%/*}
+    [ -n "$dir" ] || dir=/
   done
-  ex=0
-  [ "$d" = "$1" ] && ex=1
-  check_chain "$d"
-  tr=1
-  [ -z "$why" ] || tr=0
-  wr=0 left=0 exe=
-  probe="$d/.airflow-ssh-jobs-doctor.$$"
+  exists=0
+  [ "$dir" = "$1" ] && exists=1
+  check_chain "$dir"
+  trusted=1
+  [ -z "$why" ] || trusted=0
+  writable=0 left=0 executes=
+  probe="$dir/.airflow-ssh-jobs-doctor.$$"
   if mkdir -m 700 "$probe" 2>/dev/null; then
-    if printf 'x\n' > "$probe/f" 2>/dev/null && mv -f "$probe/f" "$probe/g" 2>/dev/null; then wr=1; fi
+    if printf 'x\n' > "$probe/f" 2>/dev/null && mv -f "$probe/f" "$probe/g" 2>/dev/null; then writable=1; fi
     # Executing a file is the one honest test: mount options, security modules and every
     # system's own way of reporting them all end in this answer.
-    if [ "$wr" = 1 ] && printf '#!/bin/sh\nexit 0\n' > "$probe/x" 2>/dev/null && chmod 700 "$probe/x" 2>/dev/null; then
-      exe=0
-      if "$probe/x" >/dev/null 2>&1; then exe=1; fi
+    if [ "$writable" = 1 ] && printf '#!/bin/sh\nexit 0\n' > "$probe/x" 2>/dev/null && chmod 700 "$probe/x" 2>/dev/null; then
+      executes=0
+      if "$probe/x" >/dev/null 2>&1; then executes=1; fi
     fi
     rm -rf -- "$probe" 2>/dev/null
     [ ! -e "$probe" ] || left=1
   fi
-  kib=$(df_available "$d")
-  echo "$T base exists=$ex trusted=$tr writable=$wr exec=$exe left=$left kib=${kib:-} len=0"
-  printf 'dir %s\n' "$d"
+  kib=$(df_available "$dir")
+  echo "$T base exists=$exists trusted=$trusted writable=$writable exec=$executes left=$left kib=${kib:-} len=0"
+  printf 'dir %s\n' "$dir"
   printf 'why %s\n' "$why"
 }
 

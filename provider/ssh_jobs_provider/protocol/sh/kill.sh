@@ -21,28 +21,28 @@
 #    (without /proc and setsid, e.g. on macOS, nothing else would find it), yet it must get the
 #    SIGKILL, and the kill must not report "killed" while it lives.
 kill_job() {
-  d=$1 tok=$2 grace=$3 mk=$4
-  pid='' mode='' leader=0 seen='' kd=''
-  if cd "$d" 2>/dev/null; then
-    if ! owned_by_job "$d" "$tok"; then echo "$T kill state=foreign"; return 0; fi
-    kd=1
-    [ -z "$mk" ] && [ -f marker ] && read -r mk < marker
+  kill_dir=$1 kill_token=$2 grace=$3 job_marker=$4
+  pid='' mode='' leader=0 seen='' dir_found=''
+  if cd "$kill_dir" 2>/dev/null; then
+    if ! owned_by_job "$kill_dir" "$kill_token"; then echo "$T kill state=foreign"; return 0; fi
+    dir_found=1
+    [ -z "$job_marker" ] && [ -f marker ] && read -r job_marker < marker
     [ -f pid ] && read -r pid < pid
     case $pid in ''|*[!0-9]*) pid= ;; esac
     if [ -n "$pid" ] && [ "$pid" -le 1 ]; then pid=; fi
     [ -f launcher ] && read -r mode < launcher
     if [ -n "$pid" ] && is_wrapper "$pid"; then leader=1; fi
-  elif [ -n "$mk" ] && { [ -e "$d" ] || [ -L "$d" ]; }; then
+  elif [ -n "$job_marker" ] && { [ -e "$kill_dir" ] || [ -L "$kill_dir" ]; }; then
     # There, but not a directory we can enter: not this job's.
     echo "$T kill state=foreign"
     return 0
-  elif [ -z "$mk" ]; then
+  elif [ -z "$job_marker" ]; then
     echo "$T kill state=missing"
     return 0
   fi
   found=$(members)
   if [ -z "$found" ]; then
-    if [ -z "$kd" ]; then echo "$T kill state=missing"
+    if [ -z "$dir_found" ]; then echo "$T kill state=missing"
     elif [ -z "$pid" ]; then echo "$T kill state=not-started"
     else echo "$T kill state=not-running"
     fi
@@ -51,26 +51,26 @@ kill_job() {
   # shellcheck disable=SC2086 # pids, one word each
   seen=$(stamped $found | tr '\n' ' ')
   signal TERM "$found"
-  i=0
-  while running && [ "$i" -lt $((grace * 10)) ]; do
+  tenths=0
+  while running && [ "$tenths" -lt $((grace * 10)) ]; do
     sleep 0.1 2>/dev/null || sleep 1
-    i=$((i + 1))
+    tenths=$((tenths + 1))
   done
   found=$(members)
   if [ -n "$found" ]; then signal KILL "$found"; sleep 0.2 2>/dev/null || sleep 1; fi
   left=$(members | tr '\n' ',')
   gone=
-  [ -n "$kd" ] || gone=' dir=missing'
+  [ -n "$dir_found" ] || gone=' dir=missing'
   if [ -n "$left" ]; then echo "$T kill state=survived pids=${left%,}$gone"; else echo "$T kill state=killed$gone"; fi
 }
 
 # members: the job's live processes, one pid a line.
 members() {
   marked=
-  if [ -n "$mk" ] && [ -d /proc/self ]; then
+  if [ -n "$job_marker" ] && [ -d /proc/self ]; then
     # -z: one entry per NUL-ended variable (BusyBox's grep stops at the first NUL of a line
     # otherwise, and would only ever see a process's first variable); -x: the whole entry.
-    marked=$(grep -l -z -x -F "SSH_JOBS_JOB_MARKER=$mk" /proc/[0-9]*/environ 2>/dev/null |
+    marked=$(grep -l -z -x -F "SSH_JOBS_JOB_MARKER=$job_marker" /proc/[0-9]*/environ 2>/dev/null |
       sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' | tr '\n' ' ')
   fi
   same=
@@ -115,25 +115,25 @@ members() {
 # stamps are equal only for the same process, not for a later one given the same pid.
 stamped() {
   if [ -d /proc/self ]; then
-    for sp in "$@"; do
-      started_at "$sp"
-      [ -z "$st" ] || echo "$sp:$st"
+    for stamp_pid in "$@"; do
+      started_at "$stamp_pid"
+      [ -z "$start_ticks" ] || echo "$stamp_pid:$start_ticks"
     done
     return 0
   fi
   [ "$#" -gt 0 ] || return 0
-  sl=$*
-  ps -o pid= -o lstart= -p "$(echo "$sl" | tr ' ' ',')" 2>/dev/null |
+  pid_list=$*
+  ps -o pid= -o lstart= -p "$(echo "$pid_list" | tr ' ' ',')" 2>/dev/null |
     awk '{ p = $1; $1 = ""; s = $0; gsub(/[ \t]+/, "_", s); print p ":" s }'
 }
 
 # still_seen: the pids of the processes found at SIGTERM time ($seen) that are still those
 # processes, one a line.
 still_seen() {
-  sp=
-  for se in $seen; do sp="$sp ${se%%:*}"; done
+  stamp_pids=
+  for seen_entry in $seen; do stamp_pids="$stamp_pids ${seen_entry%%:*}"; done
   # shellcheck disable=SC2086 # pids, one word each
-  stamped $sp | awk -v seen="$seen" '
+  stamped $stamp_pids | awk -v seen="$seen" '
     BEGIN { n = split(seen, list, " "); for (i = 1; i <= n; i++) was[list[i]] = 1 }
     ($0 in was) { sub(/:.*/, ""); print }'
 }

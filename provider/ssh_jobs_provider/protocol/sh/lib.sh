@@ -2,7 +2,7 @@
 # probe and the cleanup. The scripts are fed to `/bin/sh -s` and must stay POSIX sh (dash,
 # busybox ash, bash). The caller defines T, the protocol tag every answer line starts with,
 # and puts process.sh before this file.
-# shellcheck disable=SC2154 # st, pst and boot_now come from process.sh, which precedes this file
+# shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
 
 # stat_of PATH: m = PATH's mode string and o = its owner's uid, as `ls -ldn` shows them.
 # Symbolic links are not followed; both are empty when PATH cannot be examined.
@@ -57,8 +57,8 @@ is_wrapper() {
   read -r rec < start
   case $rec in
     '') return 0 ;;
-    ps:*) ps_started "$1"; [ "ps:$pst" = "$rec" ] ;;
-    *) started_at "$1"; [ "$st" = "$rec" ] ;;
+    ps:*) ps_started "$1"; [ "ps:$ps_start" = "$rec" ] ;;
+    *) started_at "$1"; [ "$start_ticks" = "$rec" ] ;;
   esac
 }
 
@@ -139,30 +139,30 @@ read_job_state() {
 # IDs are plain names (letters, digits, _ . -), safe unquoted; a string, not "$@", gathers
 # them: appending to "$@" copies it each time.
 list_names() {
-  lf=$1 lx=$2 lp=$3
+  list_flags=$1 list_suffix=$2 list_pairs=$3
   set -f
-  ln=
-  for li in $lp; do li=${li#*:}; ln="$ln ${li%%:*}$lx"; done
+  list_files=
+  for list_item in $list_pairs; do list_item=${list_item#*:}; list_files="$list_files ${list_item%%:*}$list_suffix"; done
   # shellcheck disable=SC2086 # plain names
-  lo=$(LC_ALL=C ls -n"$lf" -- $ln 2>/dev/null)
-  lp="$lp "
+  list_output=$(LC_ALL=C ls -n"$list_flags" -- $list_files 2>/dev/null)
+  list_pairs="$list_pairs "
   # The lines are split by IFS, not read from a here-document: bash writes those to a
   # temporary file, which a full /tmp refuses (then no job of the batch would be answered).
   IFS='
 '
-  for ll in $lo; do
+  for list_line in $list_output; do
     IFS=' 	
 '
     # shellcheck disable=SC2086 # the fields are wanted as separate words
-    set -- $ll
+    set -- $list_line
     [ "$#" -ge 6 ] || continue
     case $1 in l*) continue ;; esac
-    eval "lname=\${$#}"
-    while [ -n "$lp" ]; do
-      li=${lp%% *} lp=${lp#* }
-      lkey=${li%%:*} li=${li#*:}
-      if [ "$lname" = "${li%%:*}$lx" ]; then
-        eval "listed_$lkey=\"\$1 \$3 \$5\""
+    for list_name do :; done  # the last field
+    while [ -n "$list_pairs" ]; do
+      list_item=${list_pairs%% *} list_pairs=${list_pairs#* }
+      list_key=${list_item%%:*} list_item=${list_item#*:}
+      if [ "$list_name" = "${list_item%%:*}$list_suffix" ]; then
+        eval "listed_$list_key=\"\$1 \$3 \$5\""
         break
       fi
     done
@@ -176,15 +176,16 @@ list_names() {
 # left without a size is measured on its own by `poll_answer`.
 poll_sizes() {
   cd "$1" 2>/dev/null || return 0
-  zp=$2
-  list_names lL /stdout.log "$zp"
+  sizes_pairs=$2
+  list_names lL /stdout.log "$sizes_pairs"
   set -f
-  for zi in $zp; do
-    zk=${zi%%:*}
-    eval "zl=\${listed_$zk:-}"
+  for sizes_item in $sizes_pairs; do
+    sizes_key=${sizes_item%%:*}
+    sizes_listed=
+    eval "sizes_listed=\${listed_$sizes_key:-}"
     # shellcheck disable=SC2086 # the fields are wanted as separate words
-    set -- $zl
-    case ${3:-} in ''|*[!0-9]*) ;; *) eval "job_log_size_$zk=\$3" ;; esac
+    set -- $sizes_listed
+    case ${3:-} in ''|*[!0-9]*) ;; *) eval "job_log_size_$sizes_key=\$3" ;; esac
   done
   set +f
   cd / || true

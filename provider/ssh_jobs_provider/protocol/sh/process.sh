@@ -1,30 +1,30 @@
 # Process and file-system facts, shared by the remote-job scripts (through lib.sh's prelude)
 # and by the detached wrapper (run.sh starts with this file): both sides must record and
 # compare them the same way.
-# shellcheck disable=SC2034 # st, pst, boot_now are read by the script this file precedes
+# shellcheck disable=SC2034 # start_ticks, ps_start, boot_now are read by the script this file precedes
 
-# started_at PID: st = PID's start time in clock ticks since boot (Linux), else nothing.
+# started_at PID: start_ticks = PID's start time in clock ticks since boot (Linux), else nothing.
 started_at() {
-  st=
+  start_ticks=
   [ -r "/proc/$1/stat" ] || return 0
-  read -r st < "/proc/$1/stat" || { st=; return 0; }
+  read -r start_ticks < "/proc/$1/stat" || { start_ticks=; return 0; }
   # The command name (field 2) may hold spaces: the fields after it follow the last ") ".
-  st=${st##*) }
+  start_ticks=${start_ticks##*) }
   set -f
   # shellcheck disable=SC2086
-  set -- $st
+  set -- $start_ticks
   set +f
-  st=${20:-}
+  start_ticks=${20:-}
 }
 
-# ps_started PID: pst = PID's start time as `ps -o lstart=` shows it (where there is no
+# ps_started PID: ps_start = PID's start time as `ps -o lstart=` shows it (where there is no
 # /proc), its words re-joined: ps pads its columns differently from run to run.
 ps_started() {
   set -f
   # shellcheck disable=SC2046
   set -- $(ps -o lstart= -p "$1" 2>/dev/null)
   set +f
-  pst="$*"
+  ps_start="$*"
 }
 
 # df_available DIR: the KiB available on DIR's file system. The column is found as the one
