@@ -255,15 +255,27 @@ class JobSpec:
         environment: Any,
         remote_base_dir: str | None,
         remote_working_dir: str | None,
+        for_submit: bool = True,
         **settings: Any,
     ) -> JobSpec:
-        """The spec of rendered operator arguments; ``ValueError`` naming the argument to fix."""
+        """
+        The spec of rendered operator arguments; ``ValueError`` naming the argument to fix.
+
+        :param for_submit: check what the submit sends (the command, its environment and working
+            dir); ``False`` for a worker that only completes, kills or cleans up a job submitted
+            earlier: a template rendered differently since then must not keep it from that.
+        """
+        base_dir = validate_base_dir(DEFAULT_BASE_DIR if remote_base_dir is None else remote_base_dir)
+        if not for_submit:
+            return cls(
+                command=str(command or ""), environment={}, base_dir=base_dir, working_dir=None, **settings
+            )
         if not isinstance(command, str) or not command.strip():
             raise ValueError("SSHRemoteJobOperator: command is empty; give the shell text to run remotely.")
         return cls(
             command=command,
             environment=normalise_environment(environment),
-            base_dir=validate_base_dir(DEFAULT_BASE_DIR if remote_base_dir is None else remote_base_dir),
+            base_dir=base_dir,
             working_dir=validate_working_dir(remote_working_dir) or None,
             **settings,
         )

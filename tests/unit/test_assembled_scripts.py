@@ -24,7 +24,7 @@ from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.ops import build_listing_script, build_reap_script
 from ssh_jobs_provider.protocol.reattach import JobRecord, build_lookup_script
-from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files
+from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files, wrapper_source
 
 pytestmark = pytest.mark.skipif(
     shutil.which("shellcheck") is None, reason="needs shellcheck (dev/setup-env.sh)"
@@ -51,6 +51,7 @@ VERBS: dict[str, Callable[[], str]] = {
     "lookup": lambda: build_lookup_script([JobRecord(PATHS.job_id, PATHS.base_dir, TOKEN, 1)]),
     "list": lambda: build_listing_script("/srv/jobs"),
     "reap": lambda: build_reap_script([CleanupEntry(PATHS, TOKEN)]),
+    "wrapper (run.sh)": wrapper_source,
     "doctor probe": lambda: build_host_probe("/srv/jobs", ["sh", "ls", "perl"]),
 }
 

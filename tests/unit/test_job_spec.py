@@ -136,3 +136,12 @@ def test_the_trigger_takes_exactly_the_spec_fields_with_the_same_defaults() -> N
     for name, parameter in parameters.items():
         if fields[name].default is not dataclasses.MISSING:
             assert parameter.default == fields[name].default, name
+
+
+def test_completing_a_job_does_not_check_what_only_the_submit_sends() -> None:
+    # A template rendered differently since the submit (an empty command, a bad variable name)
+    # must not keep the worker from killing or removing the job; the base dir is still checked.
+    spec = render(command="", environment={"1BAD": "x"}, for_submit=False)
+    assert spec.base_dir == "/tmp/airflow-ssh-jobs"
+    with pytest.raises(ValueError, match="remote_base_dir"):
+        render(command="", remote_base_dir="relative", for_submit=False)

@@ -56,9 +56,9 @@ def connection_hook(conn_id: str, host: str | None = None, attempts: int = 2) ->
             raise CommandError(f"Could not read connection {conn_id!r}: {error}", 2) from error
         variable = "AIRFLOW_CONN_" + conn_id.upper()
         raise CommandError(
-            f"Connection {conn_id!r} is not defined: create it with `airflow connections add {conn_id} "
-            f"--conn-type ssh --conn-host <host> --conn-login <user>` or set {variable}, "
-            "where this command runs.",
+            f"Connection {conn_id!r} or a jump host it names is not defined ({error}): create it with "
+            f"`airflow connections add <id> --conn-type ssh --conn-host <host> --conn-login <user>` or set "
+            f"{variable} (AIRFLOW_CONN_<ID> for a jump host), where this command runs.",
             2,
         ) from None
     return hook

@@ -101,7 +101,9 @@ class SSHHook(SSHHookBase):
             self.remote_host = settings.host
         return settings
 
-    settings = property(get_settings, doc="The resolved connection settings, as :meth:`get_settings`.")
+    @property
+    def settings(self) -> SSHConnectionSettings:
+        return self.get_settings()  # a property too, where the worker's code reads it
 
     def get_conn(self) -> paramiko.SSHClient:
         """
@@ -244,10 +246,12 @@ class SSHHookAsync(SSHHookBase):
 
     async def get_settings(self) -> SSHConnectionSettings:
         """The resolved connection settings (read from Airflow once, on first use)."""
-        if self._settings is None and self.ssh_conn_id:
-            conn = await _asyncssh.cached_connection(self.ssh_conn_id)
-            return self._resolve(conn, await ajump_connections(conn, _asyncssh.cached_connection))
-        return self._settings or self._resolve(None)
+        settings = self._settings
+        if settings is None:
+            conn = await _asyncssh.cached_connection(self.ssh_conn_id) if self.ssh_conn_id else None
+            settings = self._resolve(conn, await ajump_connections(conn, _asyncssh.cached_connection))
+            self.remote_host = settings.host
+        return settings
 
     def connect_options(self, settings: SSHConnectionSettings) -> dict[str, Any]:
         """The ``asyncssh.connect`` keyword arguments these settings mean."""

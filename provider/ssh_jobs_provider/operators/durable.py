@@ -263,8 +263,9 @@ def take_over_or_remember(
     return None
 
 
-def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str, bool]:
-    """What the log says of a take-over, and whether the earlier job ended with a skip code."""
+def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str, bool, int | None]:
+    """What the log says of a take-over, whether the earlier job ended with a skip code, and its
+    exit code (the host's when it answered, else the store's)."""
     record, status = job.record, job.status
     code = record.exit_code if status is None else status.exit_code
     skipped = record.outcome == "skipped" or code in skip_codes
@@ -274,6 +275,7 @@ def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str
             f"Remote job {record.job_id} of try {record.try_number} already {what} (exit code {code}): not "
             f"running it again. Its output is in the log of try {record.try_number}.",
             skipped,
+            code,
         )
     assert status is not None
     if status.state is JobState.EXITED:
@@ -281,7 +283,11 @@ def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str
         what = f"already {ended} (exit code {status.exit_code}): not running it again"
     else:
         what = f"is still {status.state.value}: re-attaching to it instead of starting another"
-    return f"Remote job {record.job_id} of try {record.try_number} {what}; its whole output follows.", skipped
+    return (
+        f"Remote job {record.job_id} of try {record.try_number} {what}; its whole output follows.",
+        skipped,
+        code,
+    )
 
 
 def remember(

@@ -189,9 +189,11 @@ class SSHRemoteJobOperator(BaseOperator):
         self._token = ""
         self._deferred_token, self._deferred_pid = "", None  # what a resumed worker got back
 
-    def job_spec(self) -> JobSpec:
-        """This task's job, from the rendered arguments (``ValueError`` naming one to fix)."""
+    def job_spec(self, for_submit: bool = True) -> JobSpec:
+        """This task's job, from the rendered arguments (``ValueError`` naming one to fix; see
+        :meth:`JobSpec.render <ssh_jobs_provider.job_spec.JobSpec.render>` for ``for_submit``)."""
         return JobSpec.render(
+            for_submit=for_submit,
             command=self.command,
             environment=self.environment,
             remote_base_dir=self.remote_base_dir,
@@ -218,7 +220,7 @@ class SSHRemoteJobOperator(BaseOperator):
     @cached_property
     def ssh_hook(self) -> SSHHook:
         """The hook used to submit (connect attempts: ``conn_retry_attempts``)."""
-        return job_hook(self.job_spec(), self.conn_retry_attempts)
+        return job_hook(self.job_spec(for_submit=False), self.conn_retry_attempts)
 
     # ------------------------------------------------------------------ submit
 
@@ -269,17 +271,15 @@ class SSHRemoteJobOperator(BaseOperator):
 
     def _go_on_with(self, context: Context, spec: JobSpec, earlier: durable.EarlierJob) -> None:
         """Re-attach to an earlier try's job, or end like it (it succeeded, or ended with a skip code)."""
-        record = earlier.record
-        message, skipped = durable.describe_take_over(earlier, spec.skip_on_exit_code)
+        record, done = earlier.record, earlier.resume is Resume.DONE
+        message, skipped, code = durable.describe_take_over(earlier, spec.skip_on_exit_code)
         self.log.info("%s", message)
-        pid = earlier.status.pid if earlier.status else None
-        if self.do_xcom_push:
-            push_job(context, record.paths, spec.remote_host, pid)
-        if earlier.resume is Resume.DONE:
+        pid = None if done or earlier.status is None else earlier.status.pid  # only of a job that may run
+        if self.do_xcom_push:  # a job that ended: with its exit code
+            push_job(context, record.paths, spec.remote_host, pid, code if done else None)
+        if done:
             if skipped:
-                raise AirflowSkipException(
-                    f"Remote job {record.job_id} exited with skip code {record.exit_code}"
-                )
+                raise AirflowSkipException(f"Remote job {record.job_id} exited with skip code {code}")
             return
         self._paths, self._token = record.paths, record.token
         self._defer(context, spec, record.paths, record.token, from_start=True, pid=pid)
@@ -317,7 +317,7 @@ class SSHRemoteJobOperator(BaseOperator):
         """Called when the trigger fires (with the watched job's token): clean up, set the outcome."""
         if not event or any(key not in event for key in _EVENT_KEYS):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
-        spec = self.job_spec()
+        spec = self.job_spec(for_submit=False)
         paths = durable.event_paths(event, context, spec.base_dir)
         submitted = (self._paths or durable.job_paths(context["ti"], spec.base_dir), self._token)
         self._token = durable.token_of(context, paths, job_token or self._deferred_token, submitted, self.log)
@@ -372,7 +372,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self._deferred_pid = kwargs.pop("job_pid", None)
         if next_method == TRIGGER_FAIL_METHOD:
             # The job this try watched, with its token (Airflow >= 3.3: else nothing is touched).
-            spec = self.job_spec()
+            spec = self.job_spec(for_submit=False)
             paths, self._token = durable.watched_job(context, spec.base_dir, self.log)
             self._paths = paths
             self.log.error("Watching remote job %s ended abnormally; stopping the remote job", paths.job_id)
@@ -384,7 +384,7 @@ class SSHRemoteJobOperator(BaseOperator):
         if self._paths is None:
             self.log.info("No remote job was submitted by this task instance; nothing to kill.")
             return
-        self._finish_remote(self.job_spec(), self._paths, kill=True, remove=False)
+        self._finish_remote(self.job_spec(for_submit=False), self._paths, kill=True, remove=False)
 
     def _finish_remote(self, spec: JobSpec, paths: RemoteJobPaths, kill: bool, remove: bool) -> None:
         """Kill and/or remove the job (see :func:`~ssh_jobs_provider.operators.remote_steps.finish_remote`)."""

@@ -68,6 +68,9 @@ class Outcome:
     #: The connection to the host was lost for good: the job may still be running.
     watch_lost: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", OutcomeStatus(self.status))  # "error" -> OutcomeStatus.ERROR
+
 
 @dataclass
 class MonitorUpdate:

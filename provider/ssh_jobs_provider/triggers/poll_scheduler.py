@@ -297,7 +297,6 @@ class PollScheduler:
     def _after_cleanup(self, watch: Watch, result: CleanupResult, now: float) -> Deliveries:
         outcome = watch.final_outcome
         assert outcome is not None
-        watch.cleanups = watch.cleanups.increment(f"cleanup {result.state}")
         if result.state in ("removed", "absent"):
             return [self._finish(watch, outcome, cleaned_up=True)]
         if result.state == "foreign":
@@ -312,6 +311,7 @@ class PollScheduler:
                 cleaned_up=False,
             )
             return [self._complete(watch, delivery)]
+        watch.cleanups = watch.cleanups.increment(f"cleanup {result.state}")
         if watch.cleanups.is_exhausted():
             return [self._finish(watch, outcome, cleaned_up=False)]
         watch.next_due = now + watch.cleanups.delay()

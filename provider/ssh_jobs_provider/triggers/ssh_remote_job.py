@@ -128,7 +128,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         # own triggers do; the spec holds the one copy.
         spec = self.__dict__.get("spec")
         if spec is not None and name in WatchSpec.__dataclass_fields__:
-            return getattr(spec, name)
+            return spec.as_kwargs()[name]  # plain values, as serialized
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
@@ -137,7 +137,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
         return cls(**spec.as_kwargs())
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}", self.spec.as_kwargs())
+        # With the log delivered so far: a trigger serialized again resumes there.
+        kwargs = {**self.spec.as_kwargs(), "log_offset": self.log_offset}
+        return (f"{type(self).__module__}.{type(self).__qualname__}", kwargs)
 
     # ------------------------------------------------------------------ seams
 

@@ -26,7 +26,7 @@ from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget, RetryPolicy
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
@@ -150,7 +150,7 @@ class Watch:
     def budget_with(self, backoff: BackoffPolicy) -> None:
         """Fresh budgets for the polls and the cleanups, waiting ``backoff`` after a failure."""
         self.polls = RetryBudget(self.max_reconnect_attempts, backoff)
-        self.cleanups = RetryBudget(self.cleanup_retries - 1, backoff)
+        self.cleanups = RetryPolicy(self.cleanup_retries, backoff).budget()
 
     @property
     def failures(self) -> int:
@@ -175,7 +175,7 @@ class Watch:
         self.delivered = max(self.delivered, offset)
 
     def wants_cleanup(self, outcome: Outcome) -> bool:
-        if outcome.status is OutcomeStatus.ERROR:
+        if outcome.status not in (OutcomeStatus.SUCCESS, OutcomeStatus.FAILED):
             return False  # the job may still be running: the operator kills before cleaning
         return CleanupPolicy(self.cleanup).removes(outcome.status is OutcomeStatus.SUCCESS)
 

@@ -4,11 +4,11 @@
 # before this file.
 # shellcheck disable=SC2154 # why comes from submit.sh
 
-# tools NAME...: one answer per tool, found=1 when `command -v` finds it.
+# tools NAME...: one answer per tool, tool_found=1 when `command -v` finds it.
 tools() {
-  for tool in "$@"; do
-    if command -v "$tool" >/dev/null 2>&1; then found=1; else found=0; fi
-    echo "$T tool name=$tool found=$found len=0"
+  for tool_name in "$@"; do
+    if command -v "$tool_name" >/dev/null 2>&1; then tool_found=1; else tool_found=0; fi
+    echo "$T tool name=$tool_name found=$tool_found len=0"
   done
 }
 
@@ -16,32 +16,32 @@ tools() {
 # submit's checks, whether a directory can be created in it (and removed again), whether a
 # file in it can be executed (not on a noexec mount), its space.
 base() {
-  dir=$1
-  while [ ! -e "$dir" ] && [ ! -L "$dir" ]; do
-    dir=${dir%/*}
-    [ -n "$dir" ] || dir=/
+  base_probe_dir=$1
+  while [ ! -e "$base_probe_dir" ] && [ ! -L "$base_probe_dir" ]; do
+    base_probe_dir=${base_probe_dir%/*}
+    [ -n "$base_probe_dir" ] || base_probe_dir=/
   done
-  exists=0
-  [ "$dir" = "$1" ] && exists=1
-  check_chain "$dir"
-  trusted=1
-  [ -z "$why" ] || trusted=0
-  writable=0 left=0 executes=
-  probe="$dir/.airflow-ssh-jobs-doctor.$$"
-  if mkdir -m 700 "$probe" 2>/dev/null; then
-    if printf 'x\n' > "$probe/f" 2>/dev/null && mv -f "$probe/f" "$probe/g" 2>/dev/null; then writable=1; fi
+  base_exists=0
+  [ "$base_probe_dir" = "$1" ] && base_exists=1
+  check_chain "$base_probe_dir"
+  base_trusted=1
+  [ -z "$why" ] || base_trusted=0
+  base_writable=0 base_left=0 base_executes=
+  base_probe="$base_probe_dir/.airflow-ssh-jobs-doctor.$$"
+  if mkdir -m 700 "$base_probe" 2>/dev/null; then
+    if printf 'x\n' > "$base_probe/f" 2>/dev/null && mv -f "$base_probe/f" "$base_probe/g" 2>/dev/null; then base_writable=1; fi
     # Executing a file is the one honest test: mount options, security modules and every
     # system's own way of reporting them all end in this answer.
-    if [ "$writable" = 1 ] && printf '#!/bin/sh\nexit 0\n' > "$probe/x" 2>/dev/null && chmod 700 "$probe/x" 2>/dev/null; then
-      executes=0
-      if "$probe/x" >/dev/null 2>&1; then executes=1; fi
+    if [ "$base_writable" = 1 ] && printf '#!/bin/sh\nexit 0\n' > "$base_probe/x" 2>/dev/null && chmod 700 "$base_probe/x" 2>/dev/null; then
+      base_executes=0
+      if "$base_probe/x" >/dev/null 2>&1; then base_executes=1; fi
     fi
-    rm -rf -- "$probe" 2>/dev/null
-    [ ! -e "$probe" ] || left=1
+    rm -rf -- "$base_probe" 2>/dev/null
+    [ ! -e "$base_probe" ] || base_left=1
   fi
-  kib=$(df_available "$dir")
-  echo "$T base exists=$exists trusted=$trusted writable=$writable exec=$executes left=$left kib=${kib:-} len=0"
-  printf 'dir %s\n' "$dir"
+  base_kib=$(df_available "$base_probe_dir")
+  echo "$T base exists=$base_exists trusted=$base_trusted writable=$base_writable exec=$base_executes left=$base_left kib=${base_kib:-} len=0"
+  printf 'dir %s\n' "$base_probe_dir"
   printf 'why %s\n' "$why"
 }
 

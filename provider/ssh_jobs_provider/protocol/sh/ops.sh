@@ -12,35 +12,35 @@ mtime_of() {
 
 # newest_of PATH...: mtime = the latest modification time of the PATHs that exist.
 newest_of() {
-  newest=
-  for path in "$@"; do
-    if [ -e "$path" ]; then
-      mtime_of "$path"
-      if [ -n "$mtime" ] && { [ -z "$newest" ] || [ "$mtime" -gt "$newest" ]; }; then newest=$mtime; fi
+  newest_mtime=
+  for newest_path in "$@"; do
+    if [ -e "$newest_path" ]; then
+      mtime_of "$newest_path"
+      if [ -n "$mtime" ] && { [ -z "$newest_mtime" ] || [ "$mtime" -gt "$newest_mtime" ]; }; then newest_mtime=$mtime; fi
     fi
   done
-  mtime=$newest
+  mtime=$newest_mtime
 }
 
 # list_jobs BASE: one "entry" line per direct child of BASE named af_* (a job id: no other
 # characters than the protocol's), then its poll answer; the clock of the host first.
 list_jobs() {
   echo "$T now at=$(date +%s) len=0"
-  key=0
-  for job_dir in "$1"/af_*; do
-    name=${job_dir##*/}
-    case $name in *[!A-Za-z0-9_.-]*) continue ;; esac
-    if [ ! -d "$job_dir" ] || [ -L "$job_dir" ]; then continue; fi
-    mtime_of "$job_dir/token"
-    [ -n "$mtime" ] || mtime_of "$job_dir"
-    created=$mtime
-    newest_of "$job_dir" "$job_dir/stdout.log" "$job_dir/exit_code"
-    token=
-    [ -f "$job_dir/token" ] && read -r token < "$job_dir/token" 2>/dev/null
-    case $token in *[!0-9a-f]*) token= ;; esac
-    echo "$T entry key=$key name=$name created=$created active=$mtime token=$token len=0"
-    poll_job "$key" "$job_dir" 0 0 0 ""
-    key=$((key + 1))
+  entry_key=0
+  for entry_dir in "$1"/af_*; do
+    entry_name=${entry_dir##*/}
+    case $entry_name in *[!A-Za-z0-9_.-]*) continue ;; esac
+    if [ ! -d "$entry_dir" ] || [ -L "$entry_dir" ]; then continue; fi
+    mtime_of "$entry_dir/token"
+    [ -n "$mtime" ] || mtime_of "$entry_dir"
+    entry_created=$mtime
+    newest_of "$entry_dir" "$entry_dir/stdout.log" "$entry_dir/exit_code"
+    entry_token=
+    [ -f "$entry_dir/token" ] && read -r entry_token < "$entry_dir/token" 2>/dev/null
+    case $entry_token in *[!0-9a-f]*) entry_token= ;; esac
+    echo "$T entry key=$entry_key name=$entry_name created=$entry_created active=$mtime token=$entry_token len=0"
+    poll_job "$entry_key" "$entry_dir" 0 0 0 ""
+    entry_key=$((entry_key + 1))
   done
 }
 

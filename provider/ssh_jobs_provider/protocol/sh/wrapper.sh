@@ -3,8 +3,8 @@
 # `/bin/sh <job_dir>/run.sh <job_dir>` under setsid (or nohup), so its pid leads the job's
 # process group.
 # shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
-job_dir=$1
-cd "$job_dir" || exit 1
+wrapper_job_dir=$1
+cd "$wrapper_job_dir" || exit 1
 # The one wrapper that creates "claimed" owns the job; any later one leaves at once.
 mkdir claimed 2>/dev/null || exit 0
 # The start time and boot id come before the pid: whoever sees the pid can verify it (the
@@ -23,23 +23,23 @@ first=
 IFS= read -r first < command.sh
 shell=/bin/sh
 bash_path=$(command -v bash 2>/dev/null) && [ -n "$bash_path" ] && shell=$bash_path
-work_dir=
-[ -f workdir ] && IFS= read -r work_dir < workdir
+wrapper_work_dir=
+[ -f workdir ] && IFS= read -r wrapper_work_dir < workdir
 # shellcheck disable=SC2088 # a literal "~" from the operator's remote_working_dir
-case $work_dir in
-  ''|'~') work_dir=${HOME:-/} ;;
-  '~/'*) work_dir=${HOME:-}/${work_dir#??} ;;
+case $wrapper_work_dir in
+  ''|'~') wrapper_work_dir=${HOME:-/} ;;
+  '~/'*) wrapper_work_dir=${HOME:-}/${wrapper_work_dir#??} ;;
 esac
 marker=
 read -r marker < marker
 (
-  if ! cd "$work_dir" 2>/dev/null; then
-    echo "ssh-jobs: cannot enter the working directory $work_dir" >&2
+  if ! cd "$wrapper_work_dir" 2>/dev/null; then
+    echo "ssh-jobs: cannot enter the working directory $wrapper_work_dir" >&2
     exit 126
   fi
-  SSH_JOBS_JOB_ID=${job_dir##*/}
-  SSH_JOBS_JOB_DIR=$job_dir
-  SSH_JOBS_LOG_FILE=$job_dir/stdout.log
+  SSH_JOBS_JOB_ID=${wrapper_job_dir##*/}
+  SSH_JOBS_JOB_DIR=$wrapper_job_dir
+  SSH_JOBS_LOG_FILE=$wrapper_job_dir/stdout.log
   SSH_JOBS_JOB_MARKER=$marker
   export SSH_JOBS_JOB_ID SSH_JOBS_JOB_DIR SSH_JOBS_LOG_FILE SSH_JOBS_JOB_MARKER
   # The command line is settled before env.sh runs: it may set any name, the wrapper's own
@@ -48,16 +48,16 @@ read -r marker < marker
   case $first in
     '#!'*)
       shebang_of "$first" || exit 126
-      set -- "$sb_interp" "$sb_arg" "$job_dir/command.sh"
+      set -- "$sb_interp" "$sb_arg" "$wrapper_job_dir/command.sh"
       [ -n "$sb_arg" ] || set -- "$1" "$3"
       ;;
-    *) set -- "$shell" "$job_dir/command.sh" ;;
+    *) set -- "$shell" "$wrapper_job_dir/command.sh" ;;
   esac
   # shellcheck disable=SC1091 # written by the submit
-  . "$job_dir/env.sh"
+  . "$wrapper_job_dir/env.sh"
   exec "$@"
-) </dev/null >>"$job_dir/stdout.log" 2>&1
-exit_status=$?
+) </dev/null >>"$wrapper_job_dir/stdout.log" 2>&1
+wrapper_status=$?
 # The log's size as the job ended: a watcher reads the log up to here, and no further than a
 # bound past it, however long processes the job left behind go on writing.
 # Only a plain file is measured: the job may have put a FIFO or a device in its place.
@@ -71,10 +71,10 @@ note=
 # second); df is asked too when the job failed, as a network file system may accept a write
 # it cannot store.
 if ! { printf x >> fs_probe; } 2>/dev/null; then note=nospace
-elif [ "$exit_status" != 0 ] && fs_full .; then note=nospace
+elif [ "$wrapper_status" != 0 ] && fs_full .; then note=nospace
 fi
 # exit_code.new was filled at submit: rewriting it in place needs no free block, so the
 # exit code is recorded even on a full file system. The clean copy follows where there is room.
-printf '%s log=%s%s\n' "$exit_status" "$log_end" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
-{ printf '%s log=%s%s\n' "$exit_status" "$log_end" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null ||
+printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
+{ printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null ||
   rm -f exit_code.tmp
