@@ -98,6 +98,11 @@ def one_mode(bench: Any, server: Any, mode: str, n: int, kill: Callable[[str], i
         # The ticks the triggers ran for: submits go out on a 1 s grid.
         row["ticks"] = math.ceil(result.get("triggers_seconds", 0.0))
         row["executes_seconds"] = round(result.get("executes_seconds", 0.0), 3)
+        # From the moment the triggers run (the first tick is within SUBMIT_TICK of it).
+        triggers = result.get("triggers_started_wall")
+        row["triggers_to_last_start_seconds"] = (
+            round(last_start - triggers, 2) if triggers and last_start else None
+        )
     errors = [t.get("error") or t.get("message") for t in result.get("tasks", []) if not t.get("ok")]
     row["errors"] = dict(Counter(str(e)[:120] for e in errors).most_common(5))
     kill(str(base))
@@ -121,6 +126,11 @@ def run(bench: Any, log: Callable[[str], None], kill: Callable[[str], int]) -> l
                 f"   failures {row['failures']}, handshakes {row['handshakes']}, drops {row['drops']}, "
                 f"channel opens {row['channel_opens']}, started once {row['jobs_started_once']}/{n}, "
                 f"first execute -> last start {row['first_execute_to_last_start_seconds']}s"
+                + (
+                    f", triggers started -> last start {row['triggers_to_last_start_seconds']}s"
+                    if row.get("triggers_to_last_start_seconds") is not None
+                    else ""
+                )
             )
             rows.append(row)
         bench.stop_server()

@@ -15,11 +15,12 @@ HEADER = [
     "MaxStartups drops",
     "channel opens",
     "server CPU, s",
+    "server CPU per job, ms",
     "client CPU, s",
     "first execute() to last job started, s",
     "jobs started once",
 ]
-WIDTHS = "6 16 8 10 10 10 8 8 12 10"
+WIDTHS = "6 16 8 10 10 10 8 8 8 12 10"
 COLORS = {"upstream": "#d62728", "ours": "#ff7f0e", "ours-triggerer": "#1f77b4"}
 
 
@@ -49,6 +50,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                 _cell(row["drops"]),
                 opens,
                 _cell(row["server_cpu_seconds"]),
+                _cell(round(1000 * row["server_cpu_seconds"] / row["n"], 1)),
                 _cell(row["client_cpu_seconds"]),
                 _cell(row["first_execute_to_last_start_seconds"]),
                 started,
@@ -65,6 +67,8 @@ def notes(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
         "(more tasks take turns), all released together; their handshakes are the submits only (the watch "
         "would add one per triggerer). Triggerer mode: every `execute()` (no network) one after the other, "
         "then every trigger in ONE triggerer process, submitting and watching; its figures cover both.",
+        "Server CPU: sshd and every process it reaped (handshakes, sessions, the submits' tools); a job's "
+        "detached wrapper (and the job) counts only when it ended before the session that started it. "
         "Jobs started once: counted on the host, from the line each job writes when it starts. "
         "Client CPU: the worker processes' summed, or the triggerer process's (its executes included).",
     ]

@@ -108,6 +108,7 @@ def main() -> None:
         "cpu_executes_seconds": cpu_executes,
         "client_cpu_seconds": common.cpu_seconds() - cpu0,
         "triggers_seconds": summary["wall_seconds"],
+        "triggers_started_wall": summary["started_wall"],
         "timed_out": summary["timed_out"],
         "max_loop_lag_seconds": summary["max_loop_lag_seconds"],
         "ok": sum(t["ok"] for t in tasks),

@@ -24,7 +24,8 @@ from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.ops import build_listing_script, build_reap_script
 from ssh_jobs_provider.protocol.reattach import JobRecord, build_lookup_script
-from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files, wrapper_source
+from ssh_jobs_provider.protocol.scripts import job_files, wrapper_source
+from ssh_jobs_provider.protocol.submit import build_submit_script
 
 pytestmark = pytest.mark.skipif(
     shutil.which("shellcheck") is None, reason="needs shellcheck (dev/setup-env.sh)"
@@ -36,6 +37,9 @@ OTHER = RemoteJobPaths(job_id="af_dag_task_run_2", base_dir="/srv/jobs")
 
 VERBS: dict[str, Callable[[], str]] = {
     "submit": lambda: build_submit_script(PATHS, "echo hi", {"NAME": "value"}, TOKEN, "~/work"),
+    # The sh form as it runs where there is no perl (in "auto" it is one quoted word for eval).
+    "submit (sh)": lambda: build_submit_script(PATHS, "echo hi", {"NAME": "value"}, TOKEN, "~/work", "sh"),
+    "submit (perl)": lambda: build_submit_script(PATHS, "echo hi", {}, TOKEN, "~/work", "perl"),
     "poll (sh)": lambda: build_batch_script(
         [PollEntry(PATHS, 0, 4096, token=TOKEN), PollEntry(OTHER, 7, 4096)]
     ),
@@ -45,6 +49,10 @@ VERBS: dict[str, Callable[[], str]] = {
             SubmitEntry(PATHS, 0, 4096, token=TOKEN, files=job_files("echo hi", {}, "~/work", TOKEN)),
             CleanupEntry(OTHER, TOKEN),
         ]
+    ),
+    "triggerer submit (perl)": lambda: build_batch_script(
+        [SubmitEntry(PATHS, 0, 4096, token=TOKEN, files=job_files("echo hi", {}, "~/work", TOKEN))],
+        interpreter="perl",
     ),
     "cleanup": lambda: build_cleanup_script(PATHS, TOKEN),
     "kill": lambda: build_kill_script(PATHS, TOKEN),

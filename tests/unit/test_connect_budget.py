@@ -23,7 +23,7 @@ from ssh_jobs_provider.operators import ssh_remote_job as operator_module
 from ssh_jobs_provider.operators.remote_steps import submit_job
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
-from ssh_jobs_provider.protocol.scripts import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy
 from support.logs import capture_logs
 

@@ -10,7 +10,7 @@ from ssh_jobs_provider.exceptions import SSHAuthenticationError
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor
-from ssh_jobs_provider.protocol.scripts import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy
 from ssh_jobs_provider.triggers.host_session import HostSession, JobWatch
 from support.protocol import run_sh

@@ -97,6 +97,16 @@ def test_running_job_emits_whole_lines_and_keeps_the_partial_one() -> None:
     assert not monitor.finishing
 
 
+def test_the_wrapper_pid_is_kept_from_the_first_answer_that_carries_it() -> None:
+    # A batch's submit answers before the wrapper has recorded its pid (pending, no pid).
+    monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
+    feed(monitor, answer(pid="", alive=0, claimed=0), now=1.0)
+    assert monitor.wrapper_pid is None
+    feed(monitor, answer(pid=4242), now=2.0)
+    feed(monitor, answer(pid="", alive=0, exit=0), now=3.0)
+    assert monitor.wrapper_pid == 4242
+
+
 def test_running_job_with_log_ahead_asks_for_more_now() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=4, started_at=0.0)
 

@@ -19,7 +19,7 @@ from ssh_jobs_provider.protocol.answers import (
 from ssh_jobs_provider.protocol.batch import CleanupEntry, PollEntry, build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor
-from ssh_jobs_provider.protocol.scripts import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import (
     COALESCE_SECONDS,

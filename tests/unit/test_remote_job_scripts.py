@@ -33,7 +33,8 @@ from ssh_jobs_provider.protocol.batch import PollEntry, build_cleanup_script
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, job_marker
 from ssh_jobs_provider.protocol.kill import build_kill_script
-from ssh_jobs_provider.protocol.scripts import build_submit_script, job_files
+from ssh_jobs_provider.protocol.scripts import job_files
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from support.jobs import wait_until
 from support.protocol import poll_once as poll
 from support.protocol import run_sh
@@ -58,9 +59,13 @@ def submit(paths: RemoteJobPaths, command: str, environment: dict[str, str] | No
 
 
 def wait_for_exit(paths: RemoteJobPaths) -> int:
-    """Wait (bounded) for the detached wrapper to record the exit code; return it."""
+    """Wait (bounded) for the detached wrapper to record the exit code and end; return the code."""
     exit_file = Path(paths.exit_code_file)
     wait_until(exit_file.exists, what=f"{exit_file}")
+    # The wrapper still writes the clean copy of the record after the first one appeared; a
+    # submit as fast as the perl one would otherwise find it alive.
+    pid = int(Path(paths.pid_file).read_text())
+    wait_until(lambda: not group_exists(pid), what=f"the end of wrapper {pid}")
     return int(exit_file.read_text().split()[0])
 
 

@@ -22,8 +22,10 @@ from ssh_jobs_provider.protocol.monitor import JobMonitor
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.retry import BackoffPolicy
-from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_TICK, PollScheduler, Watch
+from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_BATCH_BYTES, SUBMIT_TICK, PollScheduler, Watch
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH as PER_BATCH
+from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_PERL_BATCH as PER_PERL_BATCH
+from support.jobs import wait_until
 from support.protocol import run_sh
 
 BACKOFF = BackoffPolicy(initial=2.0, maximum=8.0)
@@ -65,6 +67,30 @@ def test_submits_beyond_one_batch_wait_for_the_next_one_at_once() -> None:
     assert len(first) == PER_BATCH
     scheduler.apply(first, {key: running() for key in range(len(first))}, 1.0)
     assert scheduler.due(1.0) == watches[PER_BATCH:]
+
+
+def test_a_host_that_submits_in_perl_takes_a_fan_out_in_one_batch_as_far_as_its_bytes_allow() -> None:
+    scheduler = PollScheduler(BACKOFF)
+    scheduler.submits_per_batch = PER_PERL_BATCH
+    fan_out = [submit_watch(f"j{i}") for i in range(1000)]
+    # Commands as long as a trigger may carry (40 000 bytes): the bytes decide, not the count.
+    large = [submit_watch(f"big{i}", command="x" * 40_000) for i in range(300)]
+    for watch in fan_out + large:
+        scheduler.add(watch, 0.0)
+
+    first = scheduler.due(1.0)
+    assert first[:1000] == fan_out
+    carried = sum(len(content) for w in first for _, content in w.submit_files or ())
+    assert len(first) < 1300 and SUBMIT_BATCH_BYTES - 41_000 < carried <= SUBMIT_BATCH_BYTES
+    scheduler.apply(first, {key: running() for key in range(len(first))}, 1.0)
+    assert scheduler.due(1.0) == large[len(first) - 1000 :]
+
+
+def test_one_submit_larger_than_the_byte_budget_still_goes_alone() -> None:
+    scheduler = PollScheduler(BACKOFF)
+    huge = submit_watch("huge", command="x" * (SUBMIT_BATCH_BYTES + 1))
+    scheduler.add(huge, 0.0)
+    assert scheduler.due(1.0) == [huge]
 
 
 def test_the_answer_ends_the_submit_and_the_job_is_polled_from_then_on() -> None:
@@ -179,11 +205,15 @@ def test_a_batch_of_submits_starts_each_job_once_and_a_resend_re_attaches(
     ]
 
     first = run(entries, poll_interpreter)
+    # A batch answers without waiting for the wrappers' pids (the next batch is not held back):
+    # they come with the next poll.
+    assert all(isinstance(r, JobStatus) and r.launched is True for r in first.values()), first
+    pid_files = [Path(e.paths.pid_file) for e in entries]
+    wait_until(lambda: all(p.is_file() and p.read_text().strip() for p in pid_files), what="every pid")
     again = run(entries, poll_interpreter)
 
-    assert all(isinstance(r, JobStatus) and r.launched is True and r.pid for r in first.values()), first
     assert all(isinstance(r, JobStatus) and r.launched is False for r in again.values()), again
-    assert [r.pid for r in again.values()] == [r.pid for r in first.values()]
+    assert [r.pid for r in again.values()] == [int(p.read_text()) for p in pid_files]
     assert all(r.remote_os for r in first.values())
     assert sorted(launches(base)) == sorted(f"job{i}" for i in range(12))
     assert oct(os.stat(base).st_mode & 0o777) == "0o700"

@@ -9,6 +9,7 @@ left as paramiko raises them; the hook translates them (see :mod:`._errors`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import selectors
@@ -23,6 +24,7 @@ import paramiko
 from ssh_jobs_provider.hooks import known_hosts
 from ssh_jobs_provider.hooks._errors import INSECURE_WARNING, translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.handshake_turns import handshake_turn
 from ssh_jobs_provider.hooks.proxy import proxy_command_line
 from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
 
@@ -209,15 +211,25 @@ def connect(
     """
     client = _JumpedClient()
     set_host_key_policy(client, settings, log)
-    started = time.perf_counter()
-    sock, client.jump = _open_sock(settings, log)
-    opened = time.perf_counter()
-    try:
-        client.connect(**_connect_kwargs(settings, sock), transport_factory=cast(Any, _TimedTransport))
-    except BaseException:
-        client.close()
-        sock.close()
-        raise
+    with contextlib.ExitStack() as turn:
+        # A turn among this machine's workers (handshake_turns) from the TCP connect, which
+        # sshd already counts against MaxStartups, to the login; through a jump host, from
+        # the channel on, the jump host's own login having taken a turn of its own. The wait
+        # for a turn is not part of the connect's timing (it counts to the channel's opening
+        # through a jump host).
+        if settings.proxy_jump is None:
+            turn.enter_context(handshake_turn(settings.host, settings.port, settings.handshake_slots))
+        started = time.perf_counter()
+        sock, client.jump = _open_sock(settings, log)
+        if settings.proxy_jump is not None:
+            turn.enter_context(handshake_turn(settings.host, settings.port, settings.handshake_slots))
+        opened = time.perf_counter()
+        try:
+            client.connect(**_connect_kwargs(settings, sock), transport_factory=cast(Any, _TimedTransport))
+        except BaseException:
+            client.close()
+            sock.close()
+            raise
     transport = client.get_transport()
     kex = transport.kex_seconds if isinstance(transport, _TimedTransport) else 0.0
     client.timing = ConnectTiming(opened - started, kex, max(0.0, time.perf_counter() - opened - kex))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from ssh_jobs_provider.hooks import ssh_config
+from ssh_jobs_provider.hooks.handshake_turns import DEFAULT_HANDSHAKE_SLOTS
 from ssh_jobs_provider.hooks.host_keys import normalise_host_key
 from ssh_jobs_provider.hooks.proxy import MAX_JUMP_HOPS, apply_ssh_config
 from ssh_jobs_provider.protocol.batch import POLL_INTERPRETERS
@@ -105,6 +106,8 @@ class SSHConnectionSettings:
     :param compress: enable SSH compression
     :param poll_interpreter: what runs the triggerer's batched polls on the host: ``"auto"``
         (perl when the host has it, else POSIX sh), ``"perl"`` or ``"sh"``
+    :param handshake_slots: most handshakes with this host that the worker processes of one
+        machine run at once (``0``: no turns; see :mod:`~ssh_jobs_provider.hooks.handshake_turns`)
     :param host_key_policy: ``"strict"`` (only known or pinned keys), ``"accept-new"`` (add an
         unknown host's key to the known_hosts file, refuse a changed one) or ``"off"``
         (``no_host_key_check``)
@@ -136,6 +139,7 @@ class SSHConnectionSettings:
     ciphers: tuple[str, ...] | None = None
     compress: bool = True
     poll_interpreter: str = "auto"
+    handshake_slots: int = DEFAULT_HANDSHAKE_SLOTS
     host_key_policy: str = "strict"
     proxy_jump: SSHConnectionSettings | None = None
     proxy_command: str | None = None
@@ -150,6 +154,15 @@ class SSHConnectionSettings:
             )
         if not self.host:
             raise ValueError(f"{name} has no host: set the connection's host or pass remote_host.")
+        if (
+            isinstance(self.handshake_slots, bool)
+            or not isinstance(self.handshake_slots, int)
+            or self.handshake_slots < 0
+        ):
+            raise ValueError(
+                f"{name}: extra 'handshake_slots' must be a whole number >= 0 (0: no turns), "
+                f"got {self.handshake_slots!r}."
+            )
         if self.host_key_policy not in HOST_KEY_POLICIES:
             raise ValueError(
                 f"{name}: extra 'host_key_policy' must be one of "
@@ -281,6 +294,9 @@ class SSHConnectionSettings:
                     values[name] = number
         if extra.get("keepalive_count_max") not in (None, ""):
             values["keepalive_count_max"] = int(extra["keepalive_count_max"])
+        if extra.get("handshake_slots") not in (None, ""):
+            slots = extra["handshake_slots"]
+            values["handshake_slots"] = int(slots) if str(slots).strip().isdigit() else slots
         no_check = extra.get("no_host_key_check", extra.get("ignore_hostkey_verification"))
         if no_check is not None:
             values["no_host_key_check"] = _as_bool(no_check, "no_host_key_check")

@@ -30,7 +30,7 @@ from ssh_jobs_provider.operators.remote_steps import XCOM_KEY, finish_remote, jo
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.last_lines import validate_line_count
 from ssh_jobs_provider.protocol.reattach import Resume
-from ssh_jobs_provider.protocol.scripts import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
 

@@ -7,6 +7,8 @@ Its layers, each a module (in the manner of a sans-I/O protocol library):
 - :mod:`~ssh_jobs_provider.protocol.environment`: the job's ``environment``, validated;
 - :mod:`~ssh_jobs_provider.protocol.scripts`: the remote ``sh`` programs (``sh/*.sh``,
   checked by ShellCheck) assembled with one call's arguments;
+- :mod:`~ssh_jobs_provider.protocol.submit`: the submit, in ONE ``perl`` process
+  (``perl/submit.pl``) where the host has perl, else in POSIX ``sh``;
 - :mod:`~ssh_jobs_provider.protocol.batch`: the batch of one poll tick, its polls run by one
   ``perl`` process (``perl/poll.pl``) or by POSIX ``sh`` alone;
 - :mod:`~ssh_jobs_provider.protocol.answers`: what the scripts answer, parsed;
@@ -56,7 +58,8 @@ from ssh_jobs_provider.protocol.kill import (
     parse_kill_output,
 )
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, REMOTE_SHELL, build_submit_script
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, REMOTE_SHELL
+from ssh_jobs_provider.protocol.submit import build_submit_script
 
 __all__ = [
     "DEFAULT_BASE_DIR",

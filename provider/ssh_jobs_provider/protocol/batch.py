@@ -9,8 +9,9 @@ A batch is the shared prelude (``sh/process.sh``, ``sh/lib.sh``), a call per ent
   delivered (so a re-created trigger resumes at the right byte), and carries up to
   ``max_bytes`` log bytes from ``offset``;
 - a :class:`SubmitEntry` is a poll entry that first submits its job (idempotently, as the
-  worker's submit does: ``sh/submit.sh``), so the triggerer can start jobs over its one
-  connection; it answers with a ``submit`` header, then its poll;
+  worker's submit does: :mod:`~ssh_jobs_provider.protocol.submit`), so the triggerer can start
+  jobs over its one connection; it answers with a ``submit`` header, then its poll. A perl
+  batch runs its submits and its polls in the same one perl process;
 - a :class:`CleanupEntry` removes one finished job's directory, if it is the SSH user's and
   carries the entry's token (``cleanup_jobs`` in ``sh/lib.sh``: one ``ls`` and two ``rm`` for up to
   :data:`CLEANUPS_PER_CALL` directories; ``cleanup_job`` for one directory at a time).
@@ -34,18 +35,12 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib.resources import files
 from itertools import groupby
 
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
-from ssh_jobs_provider.protocol.scripts import (
-    PROTOCOL_TAG,
-    as_whole,
-    script_prelude,
-    shell_source,
-    wrapper_source,
-)
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, perl_source, script_prelude
+from ssh_jobs_provider.protocol.submit import SubmitCall, perl_call, submit_calls
+from ssh_jobs_provider.protocol.submit import perl_program as submit_program
 
 #: How the polls of a batch run: ``"auto"`` (perl when the host has a working one, else sh),
 #: ``"perl"`` or ``"sh"``.
@@ -122,12 +117,9 @@ class SubmitEntry(PollEntry):
 Entry = PollEntry | CleanupEntry
 
 
-@cache
 def perl_program() -> str:
     """The text of ``perl/poll.pl`` shipped with the package."""
-    return (
-        files("ssh_jobs_provider.protocol").joinpath("perl").joinpath("poll.pl").read_text(encoding="utf-8")
-    )
+    return perl_source("poll.pl")
 
 
 def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interpreter: str = "sh") -> str:
@@ -147,10 +139,10 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
     submits = [(key, e) for key, e in polls if isinstance(e, SubmitEntry)]
     # Cleanups first (they free space), then the submits, then the polls of every job, the
     # new ones included: their first log bytes come in the same answer.
-    calls = (
-        _cleanups(cleanups)
-        + _submits(submits)
-        + (_perl_polls(polls) if interpreter == "perl" else _sh_polls(polls))
+    calls = _cleanups(cleanups) + submit_calls(
+        [SubmitCall(key, e.paths, e.token, e.files) for key, e in submits],
+        interpreter,
+        _perl_polls(polls) if interpreter == "perl" else _sh_polls(polls),
     )
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
@@ -176,13 +168,13 @@ def build_probe_script() -> str:
     Script that tells whether the host runs the perl polls: answers ``probe state=perl`` or
     ``state=sh`` (parse with :func:`~ssh_jobs_provider.protocol.answers.parse_simple_state`).
 
-    It runs the real program on no entries, so a perl too old or too broken to compile it
-    counts as no perl at all.
+    It runs the real programs (the submits' and the polls') on no entries, so a perl too old or
+    too broken to compile them counts as no perl at all.
     """
     return as_whole(
         f"T={PROTOCOL_TAG}\n"
         "if command -v perl >/dev/null 2>&1 && "
-        + _perl_call('"$T" "" >/dev/null 2>&1', "")
+        + perl_call('"$T" "" >/dev/null 2>&1', "polls\n", submit_program())
         + 'then echo "$T probe state=perl"; else echo "$T probe state=sh"; fi\n'
     )
 
@@ -210,43 +202,11 @@ def _cleanups(cleanups: list[tuple[int, CleanupEntry]]) -> str:
     return "".join(calls)
 
 
-def _submits(submits: list[tuple[int, SubmitEntry]]) -> str:
-    if not submits:
-        return ""
-    # The submit functions and the wrapper's text once; each submit in a subshell of its own
-    # (a refusal ends only that one; see sh/submit.sh).
-    head = shell_source("submit.sh") + f"RUN_SH={_q(wrapper_source())}\nwhoami_uid\n"
-    bases = "".join(
-        f"check_base_once {_q(base)}\n" for base in sorted({e.paths.base_dir for _, e in submits})
-    )
-    calls = []
-    for key, e in submits:
-        writes = "".join(f"put {name} {_q(content)}\n" for name, content in e.files)
-        calls.append(
-            f"(\numask 077\nK={key}\nbegin {_q(e.paths.base_dir)} {_q(e.paths.job_id)} {_q(e.token)}\n"
-            'if [ "$claimed" = 0 ]; then\n'
-            f'{writes}put run.sh "$RUN_SH"\nlaunch\nfi\nsubmitted\n)\n'
-            f"submit_ended $? {key} {_q(e.paths.job_dir)}\n"
-        )
-    return head + bases + "".join(calls) + "wait_for_launches\nanswer_submits\n"
-
-
 def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
-    if not polls:
-        return ""
     # Tab-separated, the directory last: a base dir may hold tabs or spaces, never a newline.
-    lines = "".join(
+    return "".join(
         f"{key}\t{e.offset}\t{e.max_bytes}\t{e.delivered}\t{e.token}\t{e.paths.job_dir}\n" for key, e in polls
     )
-    return _perl_call('"$T" "$boot_now"', lines)
-
-
-def _perl_call(arguments: str, entries: str) -> str:
-    # The program and its entries through a pipe from the shell's own printf: perl reads the
-    # program up to __END__, and the entries after it from its DATA handle. Not a
-    # here-document: bash writes those to a temporary file, and a full /tmp would then stop
-    # every poll of the host.
-    return f"printf '%s' {_q(perl_program() + '__END__' + chr(10) + entries)} | perl - {arguments}\n"
 
 
 def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:

@@ -126,6 +126,9 @@ class JobMonitor:
         self._drain_end: int | None = None
         self._unreadable_said = False
         self.last_status: JobStatus | None = None
+        #: The wrapper's pid, once an answer carried it (a batch's submit answers before the
+        #: wrapper has recorded it: a later poll brings it).
+        self.wrapper_pid: int | None = None
         #: The last answer that found the job directory (its log size counts).
         self._last_found: JobStatus | None = None
 
@@ -168,6 +171,8 @@ class JobMonitor:
             self.last_status = self._last_found = status
             return MonitorUpdate(more_now=True)
         self.last_status = status
+        if status.pid:
+            self.wrapper_pid = status.pid
         if found:
             self._last_found = status
             self._missing_seen = 0

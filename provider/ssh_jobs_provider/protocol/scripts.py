@@ -10,7 +10,8 @@ answers with header lines starting with :data:`PROTOCOL_TAG`, parsed by
 :mod:`ssh_jobs_provider.protocol.answers`.
 
 The batch of one poll tick (polls and cleanups of many jobs) is built by
-:mod:`~ssh_jobs_provider.protocol.batch`.
+:mod:`~ssh_jobs_provider.protocol.batch`, the submit (in ``sh``, or in one ``perl`` process
+where the host has perl) by :mod:`~ssh_jobs_provider.protocol.submit`.
 
 The job directory is private to the SSH user (mode 700), and the base dir and every directory
 above it must be trusted (see the Security page of the docs).
@@ -46,7 +47,6 @@ from importlib.resources import files
 
 from ssh_jobs_provider.protocol.environment import render_env_file
 from ssh_jobs_provider.protocol.identity import (
-    RemoteJobPaths,
     job_marker,
     require_utf8,
     validate_working_dir,
@@ -68,6 +68,12 @@ EXIT_RECORD_RESERVE = 64
 def shell_source(name: str) -> str:
     """The text of ``sh/<name>`` shipped with the package."""
     return files("ssh_jobs_provider.protocol").joinpath("sh").joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def perl_source(name: str) -> str:
+    """The text of ``perl/<name>`` shipped with the package."""
+    return files("ssh_jobs_provider.protocol").joinpath("perl").joinpath(name).read_text(encoding="utf-8")
 
 
 def script_prelude(tag: str = PROTOCOL_TAG) -> str:
@@ -132,46 +138,3 @@ def job_files(
 def wrapper_source() -> str:
     """The text of ``run.sh``, the wrapper that runs the job detached and records its end."""
     return shell_source("process.sh") + shell_source("shebang.sh") + shell_source("wrapper.sh")
-
-
-def build_submit_script(
-    paths: RemoteJobPaths,
-    command: str,
-    environment: Mapping[str, str],
-    token: str,
-    working_dir: str | None = None,
-) -> str:
-    """
-    Script that creates the job directory and launches the job detached, idempotently.
-
-    Before anything is written, every directory on the way to the base dir is checked the
-    way sshd's ``StrictModes`` checks a home directory, and a job directory that exists
-    already is only re-used when it is the SSH user's, private, and carries ``token`` (this
-    submit's own, from a try whose reply was lost). Anything else is refused with a reason.
-    Running it twice for the same job never starts two jobs: the wrapper claims the job with
-    an atomic ``mkdir``, and files are only written while no wrapper has claimed it. Space
-    for the exit record is reserved here; if the disk is full, what this submit created is
-    removed again. (The triggerer sends the same steps in its batches: see
-    :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry`.)
-
-    :param paths: the job's paths
-    :param command: the shell text to run
-    :param environment: validated by :func:`normalise_environment`
-    :param token: this submit's :func:`new_job_token`
-    :param working_dir: where the command runs (see :func:`validate_working_dir`)
-    """
-    files = job_files(command, environment, working_dir, token)
-    writes = "".join(
-        f"  put {name} {_q(content)}\n" for name, content in (*files, ("run.sh", wrapper_source()))
-    )
-    return as_whole(
-        "umask 077\n"
-        + script_prelude()
-        + shell_source("submit.sh")
-        + f"begin {_q(paths.base_dir)} {_q(paths.job_id)} {_q(token)}\n"
-        + 'if [ "$claimed" = 0 ]; then\n'
-        + writes
-        + "  launch\n"
-        + "fi\n"
-        + "finish\n"
-    )

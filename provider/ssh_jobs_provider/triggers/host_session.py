@@ -40,7 +40,14 @@ from ssh_jobs_provider.protocol.answers import (
 from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script, build_probe_script
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, batch_tag
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
-from ssh_jobs_provider.triggers.poll_scheduler import Deliveries, Delivery, PollScheduler, Watch
+from ssh_jobs_provider.triggers.poll_scheduler import (
+    SUBMITS_PER_BATCH,
+    SUBMITS_PER_PERL_BATCH,
+    Deliveries,
+    Delivery,
+    PollScheduler,
+    Watch,
+)
 
 __all__ = ["Delivery", "HostSession", "JobWatch"]
 
@@ -294,6 +301,9 @@ class HostSession:
             self.connects += 1
         if self.interpreter is None:
             self.interpreter = await self._probe_interpreter(self._conn)
+            # One perl process submits a whole fan-out in well under a second; sh takes turns.
+            perl = self.interpreter == "perl"
+            self.scheduler.submits_per_batch = SUBMITS_PER_PERL_BATCH if perl else SUBMITS_PER_BATCH
         return self._conn
 
     async def _probe_interpreter(self, conn: Any) -> str:

@@ -18,8 +18,10 @@ to the watching triggers: log lines, warnings, and at the end the one final outc
 - A finished job whose cleanup is wanted stays registered, and its next entry is the cleanup.
 - A job the triggerer submits (``submit_files``) is due at the next :data:`SUBMIT_TICK`; its
   entry is a :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry` until the host answered
-  it, re-sent after a failure (the submit is idempotent). At most :data:`SUBMITS_PER_BATCH`
-  submits go in one batch; the others are due at once, in the next.
+  it, re-sent after a failure (the submit is idempotent). At most ``submits_per_batch``
+  submits (:data:`SUBMITS_PER_BATCH`; :data:`SUBMITS_PER_PERL_BATCH` once the host is known to
+  run them in perl) carrying at most :data:`SUBMIT_BATCH_BYTES` of job files go in one batch;
+  the others are due at once, in the next.
 """
 
 from __future__ import annotations
@@ -51,16 +53,30 @@ from ssh_jobs_provider.triggers.watch import (
     submit_failed,
 )
 
-__all__ = ["SUBMIT_TICK", "Deliveries", "Delivery", "PollScheduler", "Watch", "next_tick"]
+__all__ = [
+    "SUBMITS_PER_PERL_BATCH",
+    "SUBMIT_TICK",
+    "Deliveries",
+    "Delivery",
+    "PollScheduler",
+    "Watch",
+    "next_tick",
+]
 
 #: Jobs due within this many seconds of each other share a batch.
 COALESCE_SECONDS = 0.05
 #: Log bytes one batch may carry in all; every job still gets at least MIN_WINDOW.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MIN_WINDOW = 4096
-#: Most submits in one batch: each starts a few processes on the host (~10-20 ms in all), so
-#: a batch of this many stays well inside any command_timeout.
+#: Most submits in one batch run in sh: each starts a few dozen processes on the host (~20-50
+#: ms in all), so a batch of this many stays well inside any command_timeout.
 SUBMITS_PER_BATCH = 100
+#: Most submits in one batch run by one perl process: each costs it well under a millisecond
+#: and the one fork of its wrapper, so a whole fan-out starts in one exec.
+SUBMITS_PER_PERL_BATCH = 2000
+#: Most bytes of job files (commands, environments) one batch carries: the script travels on
+#: the session's standard input and is parsed whole by the remote shell before it runs.
+SUBMIT_BATCH_BYTES = 8 * 1024 * 1024
 
 
 Deliveries = list[tuple[Watch, Delivery]]
@@ -87,6 +103,8 @@ class PollScheduler:
         #: only its waits count.
         self.reconnects = RetryBudget(math.inf, backoff)
         self.backoff_until = 0.0
+        #: Most submits in one batch: the session raises it once its host runs them in perl.
+        self.submits_per_batch = SUBMITS_PER_BATCH
 
     @property
     def failures(self) -> int:
@@ -129,13 +147,14 @@ class PollScheduler:
         """The watches to poll now: none while the session backs off after a failure."""
         if now < self.backoff_until:
             return []
-        due, submits = [], 0
+        due, submits, carried = [], 0, 0
         for w in self._watches:
             if w.next_due <= now + COALESCE_SECONDS:
                 if w.submitting:
-                    submits += 1
-                    if submits > SUBMITS_PER_BATCH:
+                    size = sum(len(content) for _, content in w.submit_files or ())
+                    if submits and (submits >= self.submits_per_batch or carried + size > SUBMIT_BATCH_BYTES):
                         continue  # still due: in the next batch, at once
+                    submits, carried = submits + 1, carried + size
                 due.append(w)
         return due
 

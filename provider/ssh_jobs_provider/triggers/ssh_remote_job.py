@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -265,6 +266,9 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 # Leaving early (cancelled): record where the log stands so that a
                 # re-created trigger resumes at that byte; cleanup() waits for it.
                 self._offset_recorded = session.record_offset(watch)
+        if self._submitted is not None and self._submitted.pid is None and monitor.wrapper_pid:
+            # The submit answered before the wrapper recorded its pid; a poll brought it.
+            self._submitted = dataclasses.replace(self._submitted, pid=monitor.wrapper_pid)
         yield self._event(delivery.outcome, delivery.log_offset, delivery.cleaned_up)
 
     async def cleanup(self) -> None:

@@ -5,13 +5,16 @@
 # standard input (never as a here-document: no temporary file, so a full /tmp cannot stop it);
 # the entries follow __END__, one per line:
 #   KEY <tab> OFFSET <tab> MAX <tab> DELIVERED <tab> TOKEN <tab> DIR
-# Arguments: the answers' tag and the kernel boot id (process.sh's $boot_now, may be empty).
+# Arguments: the answers' tag and the kernel boot id (process.sh's $boot_now, may be empty;
+# read here when not given).
 my ($tag, $boot_now) = @ARGV;
-$boot_now = '' unless defined $boot_now;
+$boot_now = -r '/proc/sys/kernel/random/boot_id' ? first_line('/proc/sys/kernel/random/boot_id') : ''
+  unless defined $boot_now;
 binmode STDOUT;
 my $out = '';
 
-# What `read -r v < FILE` gives: the first line, surrounding blanks removed ('' if unreadable).
+# What `read -r v < FILE` gives: the first line, surrounding blanks (spaces and tabs, the
+# shell's IFS; never a carriage return) removed ('' if unreadable).
 sub first_line {
     my ($path) = @_;
     open(my $fh, '<', $path) or return '';
@@ -20,8 +23,8 @@ sub first_line {
     read $fh, $line, 4096;
     close $fh;
     $line =~ s/\n.*//s;
-    $line =~ s/\A\s+//;
-    $line =~ s/\s+\z//;
+    $line =~ s/\A[ \t]+//;
+    $line =~ s/[ \t]+\z//;
     return $line;
 }
 

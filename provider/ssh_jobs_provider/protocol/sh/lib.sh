@@ -13,6 +13,8 @@ stat_of() {
   set -- $(ls -ldn "$1" 2>/dev/null)
   set +f
   m=${1:-} o=${3:-}
+  # The type and the permissions only: ls may append "+" (an ACL) or "." (an SELinux context).
+  case $m in ???????????*) m=${m%"${m#??????????}"} ;; esac
 }
 
 # whoami_uid: me = the SSH user's uid (asked once per script).
@@ -34,9 +36,9 @@ owned_by_job() {
   case $m in d*) ;; *) return 1 ;; esac
   [ "$o" = "$me" ] || return 1
   [ -z "$2" ] && return 0
-  t=
-  [ -f "$1/token" ] && read -r t < "$1/token"
-  [ "$t" = "$2" ]
+  dir_token=
+  [ -f "$1/token" ] && read -r dir_token < "$1/token"
+  [ "$dir_token" = "$2" ]
 }
 
 # is_wrapper PID: success when PID is alive and is the process that recorded its start time
@@ -49,16 +51,16 @@ is_wrapper() {
   [ "${#1}" -le 10 ] && [ "$1" -le 2147483647 ] || return 1
   kill -0 "$1" 2>/dev/null || return 1
   if [ -n "$boot_now" ] && [ -f boot_id ]; then
-    read -r b < boot_id
-    [ "$b" = "$boot_now" ] || return 1
+    read -r recorded_boot < boot_id
+    [ "$recorded_boot" = "$boot_now" ] || return 1
   fi
   [ -f start ] || return 0
-  rec=
-  read -r rec < start
-  case $rec in
+  recorded_start=
+  read -r recorded_start < start
+  case $recorded_start in
     '') return 0 ;;
-    ps:*) ps_started "$1"; [ "ps:$ps_start" = "$rec" ] ;;
-    *) started_at "$1"; [ "$start_ticks" = "$rec" ] ;;
+    ps:*) ps_started "$1"; [ "ps:$ps_start" = "$recorded_start" ] ;;
+    *) started_at "$1"; [ "$start_ticks" = "$recorded_start" ] ;;
   esac
 }
 
@@ -75,22 +77,22 @@ is_wrapper() {
 # up in the records of removed jobs (ended_of) before it counts as missing: a job whose
 # directory was removed after it ended keeps its exit code.
 poll_state() {
-  k=$1 tok=$3 h=missing e=0
+  state_key=$1 state_token=$3 job_header=missing job_has_log=0
   if cd "$2" 2>/dev/null; then
-    h=foreign
-    if [ -n "$tok" ]; then
-      t=
-      [ -f token ] && read -r t < token
-      [ "$t" = "$tok" ] && h=
+    job_header=foreign
+    if [ -n "$state_token" ]; then
+      dir_token=
+      [ -f token ] && read -r dir_token < token
+      [ "$dir_token" = "$state_token" ] && job_header=
     elif owned_by_job "$2" ""; then
-      h=
+      job_header=
     fi
-    [ -z "$h" ] && read_job_state
+    [ -z "$job_header" ] && read_job_state
     cd / || true
-  elif ended_of "$2" "$tok"; then
-    h="ended exit=$ended"
+  elif ended_of "$2" "$state_token"; then
+    job_header="ended exit=$ended"
   fi
-  eval "job_header_$k=\$h job_has_log_$k=\$e"
+  eval "job_header_$state_key=\$job_header job_has_log_$state_key=\$job_has_log"
 }
 
 # exit_record FILE: code, note and log_end from the exit record FILE, which the wrapper writes
@@ -118,17 +120,17 @@ read_job_state() {
   alive=0
   if [ -n "$pid" ] && is_wrapper "$pid"; then alive=1; fi
   exit_record exit_code
-  [ -f stdout.log ] && e=1
+  [ -f stdout.log ] && job_has_log=1
   boot=unknown
   if [ -n "$boot_now" ] && [ -f boot_id ]; then
-    read -r b < boot_id
-    if [ "$b" = "$boot_now" ]; then boot=same; else boot=changed; fi
+    read -r recorded_boot < boot_id
+    if [ "$recorded_boot" = "$boot_now" ]; then boot=same; else boot=changed; fi
   fi
   claimed=0
   [ -d claimed ] && claimed=1
   full=0
   if [ "$alive" = 0 ] && [ -n "$pid" ] && [ -z "$code" ] && fs_full .; then full=1; fi
-  h="pid=$pid alive=$alive exit=$code note=$note logend=$log_end boot=$boot claimed=$claimed full=$full"
+  job_header="pid=$pid alive=$alive exit=$code note=$note logend=$log_end boot=$boot claimed=$claimed full=$full"
 }
 
 # list_names FLAGS SUFFIX "KEY:ID[:...] ...": ONE `LC_ALL=C ls -n<FLAGS>` of the names ID<SUFFIX> in
@@ -196,27 +198,27 @@ poll_sizes() {
 # watcher that resumes. A log that exists but cannot be read is said (unreadable=1), with no
 # bytes: nothing a job does to its log may change the framing of the answers after its own.
 poll_answer() {
-  k=$1 off=$3 max=$4 dl=$5
-  eval "h=\${job_header_$k:-missing} e=\${job_has_log_$k:-0} size=\${job_log_size_$k:-}"
-  case $h in missing|foreign|ended*) echo "$T poll key=$k state=$h len=0"; return 0 ;; esac
-  if ! cd "$2" 2>/dev/null; then echo "$T poll key=$k state=missing len=0"; return 0; fi
-  if [ -z "$size" ]; then
-    size=0
-    [ "$e" = 1 ] && [ -f stdout.log ] && size=$(wc -c < stdout.log)
-    size=$((size + 0))
+  answer_key=$1 answer_offset=$3 answer_max=$4 answer_delivered=$5
+  eval "job_header=\${job_header_$answer_key:-missing} job_has_log=\${job_has_log_$answer_key:-0} log_size=\${job_log_size_$answer_key:-}"
+  case $job_header in missing|foreign|ended*) echo "$T poll key=$answer_key state=$job_header len=0"; return 0 ;; esac
+  if ! cd "$2" 2>/dev/null; then echo "$T poll key=$answer_key state=missing len=0"; return 0; fi
+  if [ -z "$log_size" ]; then
+    log_size=0
+    [ "$job_has_log" = 1 ] && [ -f stdout.log ] && log_size=$(wc -c < stdout.log)
+    log_size=$((log_size + 0))
   fi
-  old=0
-  [ -f delivered ] && read -r old < delivered
-  case $old in ''|*[!0-9]*) old=0 ;; esac
+  delivered_before=0
+  [ -f delivered ] && read -r delivered_before < delivered
+  case $delivered_before in ''|*[!0-9]*) delivered_before=0 ;; esac
   # Only a plain file (or none) is written: opening a FIFO the job left there would block.
-  if [ "$dl" -gt "$old" ] && { [ -f delivered ] || [ ! -e delivered ]; }; then
-    printf '%s\n' "$dl" 2>/dev/null > delivered
+  if [ "$answer_delivered" -gt "$delivered_before" ] && { [ -f delivered ] || [ ! -e delivered ]; }; then
+    printf '%s\n' "$answer_delivered" 2>/dev/null > delivered
   fi
-  n=0 unreadable=
-  if [ "$size" -gt "$off" ]; then n=$((size - off)); if [ "$n" -gt "$max" ]; then n=$max; fi; fi
-  if [ "$n" -gt 0 ] && [ ! -r stdout.log ]; then n=0 unreadable=' unreadable=1'; fi
-  echo "$T poll key=$k $h size=$size delivered=$old$unreadable len=$n"
-  if [ "$n" -gt 0 ]; then log_window "$k" "$off" "$n"; fi
+  window=0 unreadable=
+  if [ "$log_size" -gt "$answer_offset" ]; then window=$((log_size - answer_offset)); if [ "$window" -gt "$answer_max" ]; then window=$answer_max; fi; fi
+  if [ "$window" -gt 0 ] && [ ! -r stdout.log ]; then window=0 unreadable=' unreadable=1'; fi
+  echo "$T poll key=$answer_key $job_header size=$log_size delivered=$delivered_before$unreadable len=$window"
+  if [ "$window" -gt 0 ]; then log_window "$answer_key" "$answer_offset" "$window"; fi
   cd / || true
 }
 
@@ -228,19 +230,19 @@ poll_answer() {
 # are believed whole only when the log still holds them after the read, else none are (got=0:
 # the window is simply read again).
 log_window() {
-  { report=$( { {
+  { dd_report=$( { {
     tail -c +$(($2 + 1)) stdout.log 2>/dev/null | head -c "$3" | LC_ALL=C dd bs=65536 2>&3
     printf "%$3s" ''
   } | head -c "$3" >&4; } 3>&1); } 4>&1
-  case $report in
+  case $dd_report in
     *' byte'*)
-      got=${report%% byte*}
-      got=${got##*[!0-9]}
+      window_got=${dd_report%% byte*}
+      window_got=${window_got##*[!0-9]}
       ;;
-    *) got=0; [ -r stdout.log ] && [ "$(($(wc -c < stdout.log) + 0))" -ge $(($2 + $3)) ] && got=$3 ;;
+    *) window_got=0; [ -r stdout.log ] && [ "$(($(wc -c < stdout.log) + 0))" -ge $(($2 + $3)) ] && window_got=$3 ;;
   esac
-  case $got in ''|*[!0-9]*) got=0 ;; esac
-  if [ "$got" -lt "$3" ]; then echo "$T short key=$1 got=$got len=0"; fi
+  case $window_got in ''|*[!0-9]*) window_got=0 ;; esac
+  if [ "$window_got" -lt "$3" ]; then echo "$T short key=$1 got=$window_got len=0"; fi
 }
 
 # poll_job KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `poll_answer`).
@@ -254,13 +256,13 @@ poll_job() {
 # own, which nobody else can write to: in a shared (sticky) base dir another user could plant
 # a link or a file under a record's name, to redirect our write or to forge an outcome.
 ended_dir() {
-  ed=$1/.ssh-jobs-ended
-  [ "${eok:-}" = "$ed" ] && return 0
-  [ -e "$ed" ] || [ -L "$ed" ] || mkdir -m 700 "$ed" 2>/dev/null
-  stat_of "$ed"
+  ended_records=$1/.ssh-jobs-ended
+  [ "${ended_records_ok:-}" = "$ended_records" ] && return 0
+  [ -e "$ended_records" ] || [ -L "$ended_records" ] || mkdir -m 700 "$ended_records" 2>/dev/null
+  stat_of "$ended_records"
   whoami_uid
   case $m in d???------*) [ "$o" = "$me" ] || return 1 ;; *) return 1 ;; esac
-  eok=$ed
+  ended_records_ok=$ended_records
 }
 
 # ended_record DIR: record "<token> <exit code>" for DIR in its base dir's .ssh-jobs-ended/<ID>,
@@ -273,12 +275,12 @@ ended_record() {
   # The reaper (ops.sh) removes directories whose tries are long over: no record for those.
   [ -n "${NO_ENDED:-}" ] && return 0
   ended_dir "${1%/*}" || return 1
-  et='' ec=''
-  [ -f "$1/token" ] && read -r et < "$1/token"
-  [ -f "$1/exit_code" ] && read -r ec _ < "$1/exit_code"
-  case $ec in *[!0-9]*) ec= ;; esac
-  [ -n "$et" ] || return 0
-  printf '%s %s\n' "$et" "$ec" 2>/dev/null > "$ed/${1##*/}"
+  record_token='' record_code=''
+  [ -f "$1/token" ] && read -r record_token < "$1/token"
+  [ -f "$1/exit_code" ] && read -r record_code _ < "$1/exit_code"
+  case $record_code in *[!0-9]*) record_code= ;; esac
+  [ -n "$record_token" ] || return 0
+  printf '%s %s\n' "$record_token" "$record_code" 2>/dev/null > "$ended_records/${1##*/}"
 }
 
 # ended_of DIR TOKEN: ended = the exit code recorded for DIR ("" when it has none) and success,
@@ -292,13 +294,13 @@ ended_of() {
   stat_of "$3"
   whoami_uid
   case $m in d???------*) [ "$o" = "$me" ] || return 1 ;; *) return 1 ;; esac
-  et='' ec=''
-  read -r et ec < "$3/${1##*/}"
-  [ -n "$et" ] || return 1
-  [ -z "$2" ] || [ "$et" = "$2" ] || return 1
-  case $ec in *[!0-9]*) ec= ;; esac
+  record_token='' record_code=''
+  read -r record_token record_code < "$3/${1##*/}"
+  [ -n "$record_token" ] || return 1
+  [ -z "$2" ] || [ "$record_token" = "$2" ] || return 1
+  case $record_code in *[!0-9]*) record_code= ;; esac
   # shellcheck disable=SC2034 # read by the callers
-  ended=$ec
+  ended=$record_code
 }
 
 # lookup_job KEY DIR TOKEN: what became of the job of an earlier try: its state as a poll answers it,
@@ -315,19 +317,19 @@ lookup_job() {
 # The token goes last: after a removal that failed half-way (a busy mount, a file another
 # process holds), it is still there to prove the directory is this job's to the next attempt.
 cleanup_job() {
-  if [ ! -e "$2" ] && [ ! -L "$2" ]; then s=absent
-  elif ! owned_by_job "$2" "$3"; then s=foreign
-  elif ! ended_record "$2"; then s=failed
+  if [ ! -e "$2" ] && [ ! -L "$2" ]; then cleanup_state=absent
+  elif ! owned_by_job "$2" "$3"; then cleanup_state=foreign
+  elif ! ended_record "$2"; then cleanup_state=failed
   else
-    kept=
-    for f in "$2"/* "$2"/.[!.]* "$2"/..?*; do
-      if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
-      [ "$f" = "$2/token" ] || rm -rf -- "$f" 2>/dev/null || kept=1
+    cleanup_kept=
+    for cleanup_path in "$2"/* "$2"/.[!.]* "$2"/..?*; do
+      if [ ! -e "$cleanup_path" ] && [ ! -L "$cleanup_path" ]; then continue; fi
+      [ "$cleanup_path" = "$2/token" ] || rm -rf -- "$cleanup_path" 2>/dev/null || cleanup_kept=1
     done
-    [ -n "$kept" ] || rm -rf -- "$2"
-    if [ -e "$2" ]; then s=failed; else s=removed; fi
+    [ -n "$cleanup_kept" ] || rm -rf -- "$2"
+    if [ -e "$2" ]; then cleanup_state=failed; else cleanup_state=removed; fi
   fi
-  echo "$T cleanup key=$1 state=$s len=0"
+  echo "$T cleanup key=$1 state=$cleanup_state len=0"
 }
 
 # cleanup_jobs BASE "KEY:ID:TOKEN ...": what cleanup_job does, for many jobs under BASE with a few processes in all:
@@ -336,84 +338,84 @@ cleanup_job() {
 # The triples come sorted as `LC_ALL=C ls` sorts the IDs (see list_names); a job ls does not show
 # under its name (a symbolic link) is left to c, one at a time. The tokens go last, as in c.
 cleanup_jobs() {
-  cb=$1 cp=$2
-  if ! cd "$cb" 2>/dev/null; then
-    for ci in $cp; do
-      ck=${ci%%:*} ci=${ci#*:}
-      cleanup_job "$ck" "$cb/${ci%%:*}" "${ci#*:}"
+  cleanup_base=$1 cleanup_triples=$2
+  if ! cd "$cleanup_base" 2>/dev/null; then
+    for cleanup_item in $cleanup_triples; do
+      cleanup_key=${cleanup_item%%:*} cleanup_item=${cleanup_item#*:}
+      cleanup_job "$cleanup_key" "$cleanup_base/${cleanup_item%%:*}" "${cleanup_item#*:}"
     done
     return 0
   fi
   whoami_uid
   # Whose each directory is, with one `ls` (list_names); owned_<KEY>: 1 the SSH user's directory, no not.
-  list_names ld "" "$cp"
+  list_names ld "" "$cleanup_triples"
   set -f
-  for ci in $cp; do
-    ck=${ci%%:*}
-    eval "cl=\${listed_$ck:-}"
-    [ -n "$cl" ] || continue
+  for cleanup_item in $cleanup_triples; do
+    cleanup_key=${cleanup_item%%:*}
+    eval "cleanup_listed=\${listed_$cleanup_key:-}"
+    [ -n "$cleanup_listed" ] || continue
     # shellcheck disable=SC2086 # the fields are wanted as separate words
-    set -- $cl
-    cv=no
-    case $1 in d*) [ "$2" = "$me" ] && cv=1 ;; esac
-    eval "owned_$ck=$cv"
+    set -- $cleanup_listed
+    cleanup_owned=no
+    case $1 in d*) [ "$2" = "$me" ] && cleanup_owned=1 ;; esac
+    eval "owned_$cleanup_key=$cleanup_owned"
   done
   set +f
   # The contents of every directory that is this job's, but its token, in one rm: the patterns
   # match every name but "token" (IDs are plain names, safe unquoted; a pattern that matches
   # nothing stays as it is, and rm -f ignores it). Strings, not "$@": appending to "$@" copies
   # it each time.
-  cr=
-  for ci in $cp; do
-    ck=${ci%%:*} ci=${ci#*:}
-    cd_=${ci%%:*} ct=${ci#*:}
-    eval "co_=\${owned_$ck:-}"
-    if [ "$co_" = no ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
-    if [ -z "$co_" ]; then
-      if [ ! -e "$cd_" ] && [ ! -L "$cd_" ]; then echo "$T cleanup key=$ck state=absent len=0"
-      else cleanup_job "$ck" "$cb/$cd_" "$ct"
+  cleanup_patterns=
+  for cleanup_item in $cleanup_triples; do
+    cleanup_key=${cleanup_item%%:*} cleanup_item=${cleanup_item#*:}
+    cleanup_dir=${cleanup_item%%:*} cleanup_token=${cleanup_item#*:}
+    eval "cleanup_owner=\${owned_$cleanup_key:-}"
+    if [ "$cleanup_owner" = no ]; then echo "$T cleanup key=$cleanup_key state=foreign len=0"; continue; fi
+    if [ -z "$cleanup_owner" ]; then
+      if [ ! -e "$cleanup_dir" ] && [ ! -L "$cleanup_dir" ]; then echo "$T cleanup key=$cleanup_key state=absent len=0"
+      else cleanup_job "$cleanup_key" "$cleanup_base/$cleanup_dir" "$cleanup_token"
       fi
       continue
     fi
-    if [ -n "$ct" ]; then
-      t=
-      [ -f "$cd_/token" ] && read -r t < "$cd_/token"
-      if [ "$t" != "$ct" ]; then echo "$T cleanup key=$ck state=foreign len=0"; continue; fi
+    if [ -n "$cleanup_token" ]; then
+      dir_token=
+      [ -f "$cleanup_dir/token" ] && read -r dir_token < "$cleanup_dir/token"
+      if [ "$dir_token" != "$cleanup_token" ]; then echo "$T cleanup key=$cleanup_key state=foreign len=0"; continue; fi
     fi
-    if ! ended_record "$cb/$cd_"; then echo "$T cleanup key=$ck state=failed len=0"; continue; fi
-    eval "removing_$ck=1"
-    cr="$cr $cd_/[!t]* $cd_/t[!o]* $cd_/to[!k]* $cd_/tok[!e]* $cd_/toke[!n]* $cd_/token?*"
-    cr="$cr $cd_/t $cd_/to $cd_/tok $cd_/toke $cd_/.[!.]* $cd_/..?*"
+    if ! ended_record "$cleanup_base/$cleanup_dir"; then echo "$T cleanup key=$cleanup_key state=failed len=0"; continue; fi
+    eval "removing_$cleanup_key=1"
+    cleanup_patterns="$cleanup_patterns $cleanup_dir/[!t]* $cleanup_dir/t[!o]* $cleanup_dir/to[!k]* $cleanup_dir/tok[!e]* $cleanup_dir/toke[!n]* $cleanup_dir/token?*"
+    cleanup_patterns="$cleanup_patterns $cleanup_dir/t $cleanup_dir/to $cleanup_dir/tok $cleanup_dir/toke $cleanup_dir/.[!.]* $cleanup_dir/..?*"
   done
   # shellcheck disable=SC2086 # the patterns are wanted as globs
-  [ -z "$cr" ] || rm -rf -- $cr 2>/dev/null
+  [ -z "$cleanup_patterns" ] || rm -rf -- $cleanup_patterns 2>/dev/null
   # Then the directories left with nothing but their token, in one rm.
-  cr=
-  for ci in $cp; do
-    ck=${ci%%:*} ci=${ci#*:}
-    cd_=${ci%%:*}
-    eval "cg=\${removing_$ck:-}"
-    [ -n "$cg" ] || continue
-    for f in "$cd_"/* "$cd_"/.[!.]* "$cd_"/..?*; do
-      if [ ! -e "$f" ] && [ ! -L "$f" ]; then continue; fi
-      [ "$f" = "$cd_/token" ] || { eval "removing_$ck=kept"; break; }
+  cleanup_patterns=
+  for cleanup_item in $cleanup_triples; do
+    cleanup_key=${cleanup_item%%:*} cleanup_item=${cleanup_item#*:}
+    cleanup_dir=${cleanup_item%%:*}
+    eval "cleanup_mark=\${removing_$cleanup_key:-}"
+    [ -n "$cleanup_mark" ] || continue
+    for cleanup_path in "$cleanup_dir"/* "$cleanup_dir"/.[!.]* "$cleanup_dir"/..?*; do
+      if [ ! -e "$cleanup_path" ] && [ ! -L "$cleanup_path" ]; then continue; fi
+      [ "$cleanup_path" = "$cleanup_dir/token" ] || { eval "removing_$cleanup_key=kept"; break; }
     done
-    eval "cg=\${removing_$ck}"
-    [ "$cg" = kept ] || cr="$cr $cd_"
+    eval "cleanup_mark=\${removing_$cleanup_key}"
+    [ "$cleanup_mark" = kept ] || cleanup_patterns="$cleanup_patterns $cleanup_dir"
   done
   # shellcheck disable=SC2086 # plain names
-  [ -z "$cr" ] || rm -rf -- $cr 2>/dev/null
-  for ci in $cp; do
-    ck=${ci%%:*} ci=${ci#*:}
-    cd_=${ci%%:*}
-    eval "cg=\${removing_$ck:-}"
-    [ -n "$cg" ] || continue
-    if [ -e "$cd_" ]; then s=failed; else s=removed; fi
-    echo "$T cleanup key=$ck state=$s len=0"
+  [ -z "$cleanup_patterns" ] || rm -rf -- $cleanup_patterns 2>/dev/null
+  for cleanup_item in $cleanup_triples; do
+    cleanup_key=${cleanup_item%%:*} cleanup_item=${cleanup_item#*:}
+    cleanup_dir=${cleanup_item%%:*}
+    eval "cleanup_mark=\${removing_$cleanup_key:-}"
+    [ -n "$cleanup_mark" ] || continue
+    if [ -e "$cleanup_dir" ]; then cleanup_state=failed; else cleanup_state=removed; fi
+    echo "$T cleanup key=$cleanup_key state=$cleanup_state len=0"
   done
   # The records of jobs removed more than ENDED_DAYS days ago go (one find for the base dir).
-  if ended_dir "$cb"; then
-    find "$ed" -type f -mtime +"${ENDED_DAYS:-7}" -exec rm -f {} + 2>/dev/null
+  if ended_dir "$cleanup_base"; then
+    find "$ended_records" -type f -mtime +"${ENDED_DAYS:-7}" -exec rm -f {} + 2>/dev/null
   fi
   cd / || true
 }

@@ -164,10 +164,13 @@ begin() {
 }
 
 # put NAME CONTENT: write a file of the job directory atomically (tmp + rename), byte for byte.
+# A directory of that name is refused, not written into (mv would move the file into it).
 put() {
+  [ ! -d "$jd/$1" ] || abort "writing $1"
   { printf '%s' "$2" > "$jd/$1.tmp.$$" && mv -f "$jd/$1.tmp.$$" "$jd/$1"; } 2>/dev/null || abort "writing $1"
 }
 
+# launch: the wrapper, detached (setsid, else nohup). The one step that starts the job.
 launch() {
   chmod 700 "$jd/command.sh" 2>/dev/null || abort "making command.sh executable"
   { : >> "$jd/stdout.log"; } 2>/dev/null || abort "creating stdout.log"
@@ -206,8 +209,9 @@ framed() {
 # that a refusal ends that submit only:
 #   check_base_once BASE                (once per base dir)
 #   ( K=KEY; begin ...; [put ...; launch]; submitted ); submit_ended $? KEY DIR    (per submit)
-#   wait_for_launches; answer_submits   (once: wait for the pids, then answer)
-# The state of each job is then answered by the batch's polls.
+#   answer_submits                      (once, without waiting for the pids)
+# The state of each job is then answered by the batch's polls (the pid comes as soon as the
+# wrapper recorded it: a batch never waits for its jobs, so the next one is not held back).
 
 # check_base_once BASE: check BASE (creating what is missing) once for all the batch's submits into it.
 # If it fails, each submit checks again and answers why.
@@ -225,7 +229,7 @@ submitted() {
 submit_ended() {
   case $1 in
     3|4)
-      eval "launched_$2=$((4 - $1)) job_dir_$2=\$3"
+      eval "launched_$2=$((4 - $1))"
       sk="${sk:-} $2"
       ;;
     8|9) ;;
@@ -233,20 +237,6 @@ submit_ended() {
       framed "$T submit key=$2 error=io" "the submit of $3 stopped unexpectedly (status $1)"
       ;;
   esac
-}
-
-# wait_for_launches: wait (bounded, ~5 s for all of them together) until every job this batch launched has
-# recorded its pid, so the answers say whether the jobs really started.
-wait_for_launches() {
-  i=0
-  for k in ${sk:-}; do
-    eval "s=\$launched_$k d=\$job_dir_$k"
-    [ "$s" = 1 ] || continue
-    while [ ! -s "$d/pid" ] && [ ! -f "$d/exit_code" ] && [ "$i" -lt 50 ]; do
-      sleep 0.1 2>/dev/null || sleep 1
-      i=$((i + 1))
-    done
-  done
 }
 
 # answer_submits: the submit header of every submit that was not refused; its poll follows.

@@ -1,0 +1,197 @@
+"""
+The submit verb, in its two forms: POSIX ``sh`` (``sh/submit.sh``) and ONE ``perl`` process
+(``perl/submit.pl``, followed by ``perl/poll.pl``). Pure code.
+
+Both take the same steps in the same order and answer byte for byte alike (one conformance
+suite feeds both the same fixtures): check the path to the base dir the way sshd's
+``StrictModes`` checks a home directory, create what is missing, create (or verify) the job
+directory and its token, write the job's files, and launch the wrapper detached. The sh form
+starts a tool for most steps (``ls`` per path component, ``mkdir``, ``mv`` per file, ...); the
+perl form starts nothing but the wrapper, which is what a submit costs the host at the least.
+
+- The worker's submit (:func:`build_submit_script`) runs the perl form where the host has a
+  perl that runs it, and the sh form otherwise (``interpreter="auto"``), in one exec. A perl
+  that cannot run the program answers nothing and leaves the job to the sh form, which
+  re-attaches to whatever the perl form got to launch (the submit is idempotent).
+- The triggerer's batches (:func:`submit_calls`) run the form its host session probed once.
+
+Launching the wrapper is one step of its own in each form (``launch`` in ``sh/submit.sh``,
+``launch_wrapper`` in ``perl/submit.pl``): the one that starts the job.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.scripts import (
+    PROTOCOL_TAG,
+    as_whole,
+    job_files,
+    perl_source,
+    script_prelude,
+    shell_source,
+    wrapper_source,
+)
+
+#: What runs a worker's submit: ``"auto"`` (perl where it runs, else sh), ``"perl"`` or ``"sh"``.
+SUBMIT_INTERPRETERS = ("auto", "perl", "sh")
+
+
+@dataclass(frozen=True)
+class SubmitCall:
+    """
+    One submit, as either form receives it.
+
+    :param key: the batch key it answers with (``None``: the worker's single submit)
+    :param paths: the job's paths
+    :param token: the submit's token
+    :param files: the job's files besides ``run.sh`` (:func:`~ssh_jobs_provider.protocol.scripts.job_files`)
+    :param wait: wait (bounded, ~5 s) for the wrapper's pid before answering
+    """
+
+    key: int | None
+    paths: RemoteJobPaths
+    token: str
+    files: tuple[tuple[str, str], ...]
+    wait: bool = False
+
+
+def _q(value: str | int) -> str:
+    return shlex.quote(str(value))
+
+
+def perl_call(arguments: str, records: str, program: str) -> str:
+    """
+    ``program`` run by ONE ``perl``, its ``records`` after ``__END__`` (read from its DATA handle).
+
+    The program and its records come through a pipe from the shell's own printf, not a
+    here-document: bash writes those to a temporary file, and a full /tmp would then stop
+    every submit and poll of the host.
+    """
+    return f"printf '%s' {_q(program + '__END__' + chr(10) + records)} | perl - {arguments}\n"
+
+
+def perl_records(calls: Sequence[SubmitCall]) -> str:
+    """The records of ``perl/submit.pl`` for ``calls`` (their end included)."""
+    wrapper = wrapper_source()
+    out = [f"wrapper {len(wrapper.encode())}\n{wrapper}"]
+    for call in calls:
+        key = "-" if call.key is None else str(call.key)
+        # Tab-separated, the base dir last: it may hold blanks, never a newline.
+        out.append(
+            f"submit\t{key}\t{int(call.wait)}\t{call.token}\t{call.paths.job_id}\t{call.paths.base_dir}\n"
+        )
+        out.extend(f"file {name} {len(content.encode())}\n{content}" for name, content in call.files)
+    out.append("polls\n")
+    return "".join(out)
+
+
+def perl_program() -> str:
+    """The submits' program: ``perl/submit.pl``, then ``perl/poll.pl`` for the polls after them."""
+    return perl_source("submit.pl") + perl_source("poll.pl")
+
+
+def perl_submits(calls: Sequence[SubmitCall], polls: str) -> str:
+    """The shell line that runs ``calls`` and then the poll lines ``polls`` in ONE perl process."""
+    return perl_call('"$T" "$boot_now"', perl_records(calls) + polls, perl_program())
+
+
+def sh_submit(call: SubmitCall) -> str:
+    """The sh form of the worker's single submit (the functions of ``sh/submit.sh`` precede it)."""
+    writes = "".join(
+        f"  put {name} {_q(content)}\n" for name, content in (*call.files, ("run.sh", wrapper_source()))
+    )
+    return (
+        f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
+        'if [ "$claimed" = 0 ]; then\n' + writes + "  launch\nfi\nfinish\n"
+    )
+
+
+def sh_batch_submits(calls: Sequence[SubmitCall]) -> str:
+    """The sh form of a batch's submits: each in a subshell of its own (a refusal ends only that one)."""
+    if not calls:
+        return ""
+    head = shell_source("submit.sh") + f"RUN_SH={_q(wrapper_source())}\nwhoami_uid\n"
+    bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
+    parts = []
+    for call in calls:
+        writes = "".join(f"put {name} {_q(content)}\n" for name, content in call.files)
+        parts.append(
+            f"(\numask 077\nK={call.key}\nbegin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
+            'if [ "$claimed" = 0 ]; then\n'
+            f'{writes}put run.sh "$RUN_SH"\nlaunch\nfi\nsubmitted\n)\n'
+            f"submit_ended $? {call.key} {_q(call.paths.job_dir)}\n"
+        )
+    # The answers come without waiting for the wrappers' pids: the batch's own polls (and the
+    # next tick's) see them, and the next batch is not held back.
+    return head + bases + "".join(parts) + "answer_submits\n"
+
+
+def build_submit_script(
+    paths: RemoteJobPaths,
+    command: str,
+    environment: Mapping[str, str],
+    token: str,
+    working_dir: str | None = None,
+    interpreter: str = "auto",
+) -> str:
+    """
+    Script that creates the job directory and launches the job detached, idempotently.
+
+    Before anything is written, every directory on the way to the base dir is checked the
+    way sshd's ``StrictModes`` checks a home directory, and a job directory that exists
+    already is only re-used when it is the SSH user's, private, and carries ``token`` (this
+    submit's own, from a try whose reply was lost). Anything else is refused with a reason.
+    Running it twice for the same job never starts two jobs: the wrapper claims the job with
+    an atomic ``mkdir``, and files are only written while no wrapper has claimed it. Space
+    for the exit record is reserved here; if the disk is full, what this submit created is
+    removed again. (The triggerer sends the same steps in its batches: see :func:`submit_calls`.)
+
+    :param paths: the job's paths
+    :param command: the shell text to run
+    :param environment: validated by :func:`normalise_environment`
+    :param token: this submit's :func:`new_job_token`
+    :param working_dir: where the command runs (see :func:`validate_working_dir`)
+    :param interpreter: ``"auto"`` (perl where it runs, else sh), ``"perl"`` or ``"sh"`` only
+    """
+    if interpreter not in SUBMIT_INTERPRETERS:
+        raise ValueError(f"A submit runs in one of {SUBMIT_INTERPRETERS}, not {interpreter!r}.")
+    validate_token(token)
+    call = SubmitCall(None, paths, token, job_files(command, environment, working_dir, token), wait=True)
+    # The submit's poll of its job, answered after the submit header (key 0). The perl form
+    # reads the boot id itself: it needs none of the sh functions.
+    poll = f"0\t0\t0\t0\t{token}\t{paths.job_dir}\n"
+    perl = perl_call('"$T"', perl_records([call]) + poll, perl_program())
+    sh = script_prelude(PROTOCOL_TAG) + shell_source("submit.sh") + sh_submit(call)
+    if interpreter == "perl":
+        body = f"T={PROTOCOL_TAG}\n" + perl
+    elif interpreter == "sh":
+        body = sh
+    else:
+        # `command -v` is a builtin: a host without perl pays nothing for trying. The sh form
+        # is one quoted word until it is needed: a host with perl does not even parse it.
+        body = (
+            f"T={PROTOCOL_TAG}\n"
+            f"if command -v perl >/dev/null 2>&1 && {perl.rstrip()}; then exit 0; fi\n"
+            f"eval {_q(sh)}\n"
+        )
+    return as_whole("umask 077\n" + body)
+
+
+def submit_calls(submits: Sequence[SubmitCall], interpreter: str, polls: str) -> str:
+    """
+    A batch's submits and then its polls: ``polls`` is the perl poll lines (``interpreter="perl"``,
+    one perl process for both) or the sh poll calls.
+    """
+    if interpreter == "perl":
+        return (
+            perl_submits(submits, polls)
+            if submits
+            else perl_call('"$T" "$boot_now"', polls, perl_source("poll.pl"))
+            if polls
+            else ""
+        )
+    return sh_batch_submits(submits) + polls
