@@ -80,7 +80,7 @@ def script_prelude(tag: str = PROTOCOL_TAG) -> str:
     """The start of every script: the answers' tag and the shared functions."""
     # Variables the scripts read as settings start out unset, whatever the login shell set.
     return (
-        f"T={tag}\nunset K base_ok NO_ENDED eok me\nENDED_DAYS={ENDED_DAYS}\n"
+        f"T={tag}\nunset batch_key base_ok NO_ENDED ended_records_ok ssh_uid\nENDED_DAYS={ENDED_DAYS}\n"
         + shell_source("process.sh")
         + shell_source("lib.sh")
     )

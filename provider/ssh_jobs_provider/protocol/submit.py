@@ -120,7 +120,7 @@ def sh_batch_submits(calls: Sequence[SubmitCall]) -> str:
     for call in calls:
         writes = "".join(f"put {name} {_q(content)}\n" for name, content in call.files)
         parts.append(
-            f"(\numask 077\nK={call.key}\nbegin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
+            f"(\numask 077\nbatch_key={call.key}\nbegin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
             'if [ "$claimed" = 0 ]; then\n'
             f'{writes}put run.sh "$RUN_SH"\nlaunch\nfi\nsubmitted\n)\n'
             f"submit_ended $? {call.key} {_q(call.paths.job_dir)}\n"

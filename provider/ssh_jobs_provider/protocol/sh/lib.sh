@@ -4,28 +4,28 @@
 # and puts process.sh before this file.
 # shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
 
-# stat_of PATH: m = PATH's mode string and o = its owner's uid, as `ls -ldn` shows them.
+# stat_of PATH: path_mode = PATH's mode string and path_owner = its owner's uid, as `ls -ldn` shows them.
 # Symbolic links are not followed; both are empty when PATH cannot be examined.
 stat_of() {
-  m='' o=''
+  path_mode='' path_owner=''
   set -f
   # shellcheck disable=SC2046 # the fields are wanted as separate words
   set -- $(ls -ldn "$1" 2>/dev/null)
   set +f
-  m=${1:-} o=${3:-}
+  path_mode=${1:-} path_owner=${3:-}
   # The type and the permissions only: ls may append "+" (an ACL) or "." (an SELinux context).
-  case $m in ???????????*) m=${m%"${m#??????????}"} ;; esac
+  case $path_mode in ???????????*) path_mode=${path_mode%"${path_mode#??????????}"} ;; esac
 }
 
-# whoami_uid: me = the SSH user's uid (asked once per script).
+# whoami_uid: ssh_uid = the SSH user's uid (asked once per script).
 whoami_uid() {
-  [ -n "${me:-}" ] || me=$(id -u)
+  [ -n "${ssh_uid:-}" ] || ssh_uid=$(id -u)
 }
 
-# trusted_owner: success when $o (from stat_of) is the SSH user or root.
+# trusted_owner: success when $path_owner (from stat_of) is the SSH user or root.
 trusted_owner() {
   whoami_uid
-  [ "$o" = "$me" ] || [ "$o" = 0 ]
+  [ "$path_owner" = "$ssh_uid" ] || [ "$path_owner" = 0 ]
 }
 
 # owned_by_job DIR TOKEN: success when DIR is a directory of the SSH user's and, when TOKEN
@@ -33,8 +33,8 @@ trusted_owner() {
 owned_by_job() {
   whoami_uid
   stat_of "$1"
-  case $m in d*) ;; *) return 1 ;; esac
-  [ "$o" = "$me" ] || return 1
+  case $path_mode in d*) ;; *) return 1 ;; esac
+  [ "$path_owner" = "$ssh_uid" ] || return 1
   [ -z "$2" ] && return 0
   dir_token=
   [ -f "$1/token" ] && read -r dir_token < "$1/token"
@@ -261,7 +261,7 @@ ended_dir() {
   [ -e "$ended_records" ] || [ -L "$ended_records" ] || mkdir -m 700 "$ended_records" 2>/dev/null
   stat_of "$ended_records"
   whoami_uid
-  case $m in d???------*) [ "$o" = "$me" ] || return 1 ;; *) return 1 ;; esac
+  case $path_mode in d???------*) [ "$path_owner" = "$ssh_uid" ] || return 1 ;; *) return 1 ;; esac
   ended_records_ok=$ended_records
 }
 
@@ -293,7 +293,7 @@ ended_of() {
   [ -f "$3/${1##*/}" ] || return 1
   stat_of "$3"
   whoami_uid
-  case $m in d???------*) [ "$o" = "$me" ] || return 1 ;; *) return 1 ;; esac
+  case $path_mode in d???------*) [ "$path_owner" = "$ssh_uid" ] || return 1 ;; *) return 1 ;; esac
   record_token='' record_code=''
   read -r record_token record_code < "$3/${1##*/}"
   [ -n "$record_token" ] || return 1
@@ -357,7 +357,7 @@ cleanup_jobs() {
     # shellcheck disable=SC2086 # the fields are wanted as separate words
     set -- $cleanup_listed
     cleanup_owned=no
-    case $1 in d*) [ "$2" = "$me" ] && cleanup_owned=1 ;; esac
+    case $1 in d*) [ "$2" = "$ssh_uid" ] && cleanup_owned=1 ;; esac
     eval "owned_$cleanup_key=$cleanup_owned"
   done
   set +f
