@@ -18,8 +18,16 @@ esac
 PYTHON="${PYTHON:-python3}"
 venv=".venv-airflow-$version"
 
-# Libraries released after an Airflow release that break it (none found yet for 3.1+).
+# Libraries released after an Airflow release that break it.
 pins=()
+case "$version" in
+  2.* | 3.[01].*)
+    # cryptography 51 made MultiFernet a compiled class whose attributes cannot be set;
+    # Airflow before 3.2 sets one on it as soon as a Fernet key is configured (every real
+    # deployment: `airflow db migrate` writes one), and then fails to read any connection.
+    pins+=("cryptography<51")
+    ;;
+esac
 
 # The `dependencies` and `test` lists of pyproject.toml, one quoted requirement a line.
 dependency_lists() {

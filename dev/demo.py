@@ -3,7 +3,8 @@ The main job, end to end: a fan-out of remote jobs through a real Airflow agains
 
 Starts OpenSSH's sshd on 127.0.0.1 as the remote host (``MaxStartups 10:30:100``, the
 default that large fan-outs run into), a throwaway Airflow deployment (api-server,
-scheduler, dag-processor, triggerer; LocalExecutor on SQLite), runs the example fan-out DAG
+scheduler, dag-processor, triggerer; on Airflow 2.11 webserver, scheduler, triggerer;
+LocalExecutor on SQLite), runs the example fan-out DAG
 with ``--tasks`` mapped tasks, and prints a summary. ``--production`` runs the same fan-out on
 a production-shaped Airflow instead: PostgreSQL, Redis, CeleryExecutor with two Celery
 workers and two triggerers (:mod:`harness.production`). With ``--scheduler slurm``
@@ -348,10 +349,7 @@ def start_airflow(deployment: AirflowDeployment, result: DemoResult) -> None:
             f"{len(deployment.celery_workers)} Celery workers ({deployment.concurrency} slots each)"
         )
     else:
-        say(
-            f"- Airflow {version('apache-airflow')}: db migrate, then api-server, scheduler, dag-processor, "
-            "triggerer"
-        )
+        say(f"- Airflow {version('apache-airflow')}: db migrate, then {', '.join(deployment.components)}")
     with timed(result.timings, "Airflow start"):
         deployment.start()
         deployment.wait_for_dags([DAG_ID])

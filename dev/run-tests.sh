@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
 # The project's test command: set up what is missing, lint, type-check, build the docs
-# (warnings are errors), run every test, then run part of the suite again against OpenSSH 10
-# in a container (dev/docker-env.sh, dev/sshd-image/build.sh).
+# (warnings are errors), run every test against the newest Airflow (.venv), run part of the
+# suite again against OpenSSH 10 in a container (dev/docker-env.sh, dev/sshd-image/build.sh),
+# then against each older Airflow release in its own virtualenv (dev/airflow-venv.sh): the
+# tests that can depend on the release (tests/support/airflow_reach.py), and on the oldest
+# also the end-to-end fan-out through a real scheduler and triggerer.
 # Extra arguments go to pytest (e.g. `bash dev/run-tests.sh -k trigger`); with any, the
-# container pass is left out (run it alone as shown at its step).
+# container pass and the older releases are left out (run them alone as shown at their steps).
 # AIRFLOW_VERSION=3.1.8 runs the unit and integration tests (not the end-to-end ones) against
-# that Airflow release alone, in its own virtualenv (dev/airflow-venv.sh), and nothing else.
+# that Airflow release alone, in its own virtualenv, and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The Airflow releases tested besides the newest (the one in pyproject's test environment),
+# oldest first: the newest patch release of each supported minor release.
+OLDER_AIRFLOW_RELEASES=(2.11.2 3.0.6 3.1.8 3.2.2)
+# The end-to-end tests run on the oldest release as well: the fan-out, both submit modes.
+OLDEST_AIRFLOW_E2E=(tests/e2e/test_airflow_deployment.py)
+# The container server's own tests need the Docker engine that only the full run starts;
+# they test the test set-up, which does not depend on Airflow.
+CONTAINER_SERVER_TESTS=(
+  --deselect tests/integration/test_sshd_fixture.py::test_container_server_runs_a_command
+  --deselect tests/integration/test_sshd_fixture.py::test_container_server_restart_keeps_detached_processes_and_close_ends_them
+)
+
+# Run pytest "$@" in the virtualenv of Airflow release $1 (built or reused first); prints
+# the wall time of both steps. Returns pytest's status.
+release_pytest() {
+  local release=$1 venv start
+  shift
+  start=$(date +%s)
+  venv=$(bash dev/airflow-venv.sh "$release" | tail -n 1)
+  echo "== Airflow $release: $venv ready in $(( $(date +%s) - start ))s"
+  start=$(date +%s)
+  local leg_status=0
+  "$venv/bin/pytest" "$@" || leg_status=$?
+  echo "== Airflow $release: test wall time $(( $(date +%s) - start ))s"
+  return $leg_status
+}
+
 if [ -n "${AIRFLOW_VERSION:-}" ]; then
   bash dev/setup-env.sh --system-only
-  start=$(date +%s)
-  venv=$(bash dev/airflow-venv.sh "$AIRFLOW_VERSION" | tail -n 1)
-  echo "== Airflow $AIRFLOW_VERSION: $venv ready in $(( $(date +%s) - start ))s"
   echo "== pytest (unit and integration) against Airflow $AIRFLOW_VERSION"
-  start=$(date +%s)
   status=0
-  # The container server's own tests need the Docker engine that only the full run starts;
-  # they test the test set-up, which does not depend on Airflow.
-  "$venv/bin/pytest" --ignore=tests/e2e \
-    --deselect tests/integration/test_sshd_fixture.py::test_container_server_runs_a_command \
-    --deselect tests/integration/test_sshd_fixture.py::test_container_server_restart_keeps_detached_processes_and_close_ends_them \
-    "$@" || status=$?
-  echo "== Airflow $AIRFLOW_VERSION: test suite wall time $(( $(date +%s) - start ))s"
+  release_pytest "$AIRFLOW_VERSION" --ignore=tests/e2e "${CONTAINER_SERVER_TESTS[@]}" "$@" || status=$?
   exit $status
 fi
 bash dev/setup-env.sh
@@ -71,5 +92,61 @@ else
   SSH_JOBS_TEST_SSHD=docker SSH_JOBS_TEST_IMAGE="$container_image" \
     .venv/bin/pytest "${CONTAINER_TESTS[@]}" || status=$?
   echo "== container pass wall time: $(( $(date +%s) - start ))s"
+fi
+
+# The older Airflow releases. A module that never imports Airflow (the remote protocol, the
+# test servers) gives the same result on every release and ran above; the others run again.
+# Their virtualenvs are built (or found up to date) first, all at once; then the runs go
+# AIRFLOW_RELEASE_JOBS at a time (default 2: the tests spend much of their time waiting on
+# sshd, jobs and polls, so two runs share two cores well), each into a log of its own that is
+# printed when it ends.
+if [ $# -gt 0 ]; then
+  echo "== older Airflow releases: left out (extra arguments); run one alone:"
+  echo "   AIRFLOW_VERSION=${OLDER_AIRFLOW_RELEASES[0]} bash dev/run-tests.sh"
+else
+  matrix_start=$(date +%s)
+  matrix_logs=$(mktemp -d)
+  echo "== virtualenvs of Airflow ${OLDER_AIRFLOW_RELEASES[*]}"
+  build_pids=()
+  for release in "${OLDER_AIRFLOW_RELEASES[@]}"; do
+    bash dev/airflow-venv.sh "$release" >"$matrix_logs/venv-$release.log" 2>&1 &
+    build_pids+=($!)
+  done
+  for index in "${!build_pids[@]}"; do
+    if ! wait "${build_pids[$index]}"; then
+      echo "== virtualenv of Airflow ${OLDER_AIRFLOW_RELEASES[$index]} failed:"
+      grep -v "is ignored: it is neither" "$matrix_logs/venv-${OLDER_AIRFLOW_RELEASES[$index]}.log" | tail -n 40
+      status=1
+    fi
+  done
+  echo "== virtualenvs ready in $(( $(date +%s) - matrix_start ))s"
+  # One run per release (the tests that import Airflow), then the oldest's end-to-end fan-out.
+  runs=()
+  for release in "${OLDER_AIRFLOW_RELEASES[@]}"; do
+    runs+=("$release|tests/unit tests/integration --only-airflow-dependent")
+  done
+  runs+=("${OLDER_AIRFLOW_RELEASES[0]}|${OLDEST_AIRFLOW_E2E[*]}")
+  parallel=${AIRFLOW_RELEASE_JOBS:-2}
+  declare -A run_of_pid=()
+  finish_one() {
+    local pid run_status=0
+    wait -n -p pid "${!run_of_pid[@]}" || run_status=$?
+    echo "== Airflow ${run_of_pid[$pid]} (exit status $run_status):"
+    cat "$matrix_logs/run-$pid.log"
+    unset "run_of_pid[$pid]"
+    [ "$run_status" -eq 0 ] || status=1
+  }
+  for run in "${runs[@]}"; do
+    while [ "${#run_of_pid[@]}" -ge "$parallel" ]; do finish_one; done
+    release=${run%%|*}
+    read -r -a run_args <<<"${run#*|}"
+    log=$(mktemp "$matrix_logs/run-XXXXXX")
+    release_pytest "$release" "${run_args[@]}" >"$log" 2>&1 &
+    mv "$log" "$matrix_logs/run-$!.log"
+    run_of_pid[$!]="$release: pytest ${run#*|}"
+  done
+  while [ "${#run_of_pid[@]}" -gt 0 ]; do finish_one; done
+  rm -rf "$matrix_logs"
+  echo "== older Airflow releases wall time: $(( $(date +%s) - matrix_start ))s"
 fi
 exit $status

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import support.protocol
+from support.airflow_reach import reaches_airflow
 from support.faultproxy import FaultProxy
 from support.sshd import SSHD_BINARY, BaseSSHServer, SSHServer, use_connection
 
@@ -21,6 +22,15 @@ SSHD_MODE_ENV = "SSH_JOBS_TEST_SSHD"
 SSHD_FIXTURES = frozenset({"sshd", "sshd_factory", "ssh_conn", "slurm_sshd"})
 
 SSHServerFactory = Callable[..., BaseSSHServer]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--only-airflow-dependent",
+        action="store_true",
+        help="run only the test modules that import Airflow, directly or through this repository's "
+        "modules (tests/support/airflow_reach.py): the ones worth running again on another Airflow release",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,6 +42,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "slurm_cluster" in set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slurm)
             item.add_marker(pytest.mark.integration)
+    if config.getoption("--only-airflow-dependent"):
+        independent = [item for item in items if not reaches_airflow(Path(str(item.path)).resolve())]
+        if independent:
+            config.hook.pytest_deselected(items=independent)
+            items[:] = [item for item in items if item not in independent]
 
 
 def _server_class() -> Callable[..., BaseSSHServer]:

@@ -1,8 +1,9 @@
 """
-A throwaway Airflow 3 deployment on 127.0.0.1, started and stopped by this process.
+A throwaway Airflow deployment on 127.0.0.1, started and stopped by this process.
 
 ``airflow db migrate`` in a temp ``AIRFLOW_HOME``, then api-server, scheduler, dag-processor
-and triggerer as separate processes (``LocalExecutor``, SQLite), each in its own session so
+and triggerer (Airflow 2.11: webserver, scheduler and triggerer; :mod:`harness.airflow_release`)
+as separate processes (``LocalExecutor``, SQLite), each in its own session so
 that :meth:`AirflowDeployment.stop` can end it with everything it forked. The REST API is
 used to wait for health, trigger runs and read their state; task logs are read from the
 files the worker and the triggerer write under ``AIRFLOW_HOME/logs``.
@@ -34,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness.airflow_release import Release, installed_airflow, parse_text_line
 from harness.processes import (
     descendants,
     kill_tree,
@@ -44,7 +46,8 @@ from harness.processes import (
 )
 from harness.sshd import LOOPBACK, free_loopback_port
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The components of an Airflow 3 deployment (:attr:`AirflowDeployment.components`: this one's).
+COMPONENTS = Release(3).components
 MIGRATE_TIMEOUT = 180.0
 HEALTH_TIMEOUT = 120.0
 DAG_PARSE_TIMEOUT = 120.0
@@ -143,10 +146,13 @@ def airflow_command() -> list[str]:
 
 
 def parse_log_line(source: str, line: str) -> LogRecord:
-    """Task logs are JSON lines; anything else is kept verbatim."""
+    """Task logs are JSON lines (Airflow 2.11: text lines); anything else is kept verbatim."""
     try:
         entry = json.loads(line)
     except ValueError:
+        text = parse_text_line(line)
+        if text is not None:
+            return LogRecord(source, text[0], text[1], line)
         return LogRecord(source, "", line, line)
     if not isinstance(entry, dict):
         return LogRecord(source, "", line, line)
@@ -193,6 +199,9 @@ class AirflowDeployment:
         self.api_port = free_loopback_port()
         self._secrets = (secrets.token_urlsafe(32), secrets.token_urlsafe(32))
         self.triggerers = triggerers
+        #: The Airflow release whose ``airflow`` command this deployment runs.
+        self.release = Release(installed_airflow()[0])
+        self.components = self.release.components
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         #: triggerer component -> its id in the ``job`` table (filled only with several triggerers)
         self.triggerer_job_ids: dict[str, int] = {}
@@ -257,6 +266,7 @@ class AirflowDeployment:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LOOPBACK,
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_loopback_port()),
+            **self.release.environment(LOOPBACK, self.api_port, session_secret),
         }
         return {**_without_ambient_airflow_settings(os.environ), **settings, **self.extra_env}
 
@@ -279,7 +289,7 @@ class AirflowDeployment:
         try:
             self.prepare()
             self.migrate()
-            for component in COMPONENTS:
+            for component in self.components:
                 if component == "triggerer" and self.triggerers > 1:
                     self._start_triggerers(timeout)
                 else:
@@ -294,6 +304,7 @@ class AirflowDeployment:
         """Create ``AIRFLOW_HOME`` and fill its DAGs folder."""
         for folder in (self.dags_folder, self.logs_folder, self.output_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self.release.prepare_home(self.home)
         for source in self.dag_files:
             target = self.dags_folder / source.name
             if source.is_dir():
@@ -428,9 +439,8 @@ class AirflowDeployment:
 
     def start_component(self, component: str) -> None:
         # "triggerer-2", ... are more processes of the "triggerer" command.
-        args = ["triggerer" if component in self.triggerer_components else component]
-        if args[0] in ("scheduler", "triggerer"):
-            args.append("--skip-serve-logs")
+        command = "triggerer" if component in self.triggerer_components else component
+        args = self.release.component_args(command, self.api_port, LOOPBACK)
         output = self.output_dir / f"{component}.out"
         self._processes[component] = spawn_in_new_session(
             [*airflow_command(), *args], output=output, env=self.environment(), cwd=self.home
@@ -438,7 +448,7 @@ class AirflowDeployment:
 
     def stop(self) -> None:
         """Stop every component and all it forked (task processes too). Safe to call again."""
-        names = [*COMPONENTS, *(name for name in self._processes if name not in COMPONENTS)]
+        names = [*self.components, *(name for name in self._processes if name not in self.components)]
         processes = [self._processes.pop(name) for name in names if name in self._processes]
         stop_gracefully(processes, grace=STOP_GRACE, timeout=STOP_GRACE)
 
@@ -487,7 +497,7 @@ class AirflowDeployment:
 
     def health(self) -> dict[str, str]:
         """Status of each part the API reports on (``metadatabase``, ``scheduler``, ...)."""
-        answer = self.api("GET", "/api/v2/monitor/health")
+        answer = self.api("GET", self.release.health_path)
         return {part: str((info or {}).get("status")) for part, info in answer.items()}
 
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT) -> float:
@@ -502,8 +512,7 @@ class AirflowDeployment:
                 last = str(error)
             else:
                 last = str(status)
-                expected = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-                if all(status.get(part) == "healthy" for part in expected):
+                if all(status.get(part) == "healthy" for part in self.release.healthy_parts):
                     return time.monotonic() - started
             if time.monotonic() - started >= timeout:
                 break
@@ -519,7 +528,9 @@ class AirflowDeployment:
             with _unless_permanent():
                 for dag_id in sorted(pending):
                     if self._dag_is_stored(dag_id):
-                        self.api("PATCH", f"/api/v2/dags/{_quote(dag_id)}", {"is_paused": False})
+                        self.api(
+                            "PATCH", f"{self.release.api_prefix}/dags/{_quote(dag_id)}", {"is_paused": False}
+                        )
                         pending.discard(dag_id)
             if not pending or time.monotonic() >= deadline:
                 break
@@ -532,7 +543,7 @@ class AirflowDeployment:
 
     def _dag_is_stored(self, dag_id: str) -> bool:
         try:
-            self.api("GET", f"/api/v2/dags/{_quote(dag_id)}/details")
+            self.api("GET", f"{self.release.api_prefix}/dags/{_quote(dag_id)}/details")
         except APIError as error:
             if error.status == 404:
                 return False
@@ -540,7 +551,7 @@ class AirflowDeployment:
         return True
 
     def _import_errors(self) -> list[str]:
-        answer = self.api("GET", "/api/v2/importErrors")
+        answer = self.api("GET", f"{self.release.api_prefix}/importErrors")
         return [
             f"{item.get('filename')}: {item.get('stack_trace')}" for item in answer.get("import_errors", [])
         ]
@@ -548,10 +559,10 @@ class AirflowDeployment:
     def trigger(self, dag_id: str, run_id: str | None = None, conf: Mapping[str, Any] | None = None) -> str:
         """Start a manual run of ``dag_id``; return its run id."""
         run_id = run_id or f"manual__{dag_id}__{time.time_ns()}"
-        body = {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf or {})}
+        body = self.release.run_body(run_id, dict(conf or {}))
         for attempt in range(1, TRIGGER_ATTEMPTS + 1):
             try:
-                self.api("POST", f"/api/v2/dags/{_quote(dag_id)}/dagRuns", body)
+                self.api("POST", f"{self.release.api_prefix}/dags/{_quote(dag_id)}/dagRuns", body)
             except APIError as error:
                 # An attempt whose answer was lost may have created the run already.
                 if attempt > 1 and error.status == 409:
@@ -576,7 +587,7 @@ class AirflowDeployment:
         # The clear writes many rows, and SQLite makes it wait for every other writer: it gets
         # time, and is sent again only after a database error (its transaction was rolled back;
         # after a timeout, a second clear could run the tasks once more).
-        path = f"/api/v2/dags/{_quote(dag_id)}/clearTaskInstances"
+        path = f"{self.release.api_prefix}/dags/{_quote(dag_id)}/clearTaskInstances"
         for attempt in range(1, CLEAR_ATTEMPTS + 1):
             try:
                 answer = self.api("POST", path, body, timeout=CLEAR_TIMEOUT)
@@ -588,13 +599,13 @@ class AirflowDeployment:
         raise AssertionError("unreachable")
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        answer = self.api("GET", f"/api/v2/dags/{_quote(dag_id)}/dagRuns/{_quote(run_id)}")
+        answer = self.api("GET", f"{self.release.api_prefix}/dags/{_quote(dag_id)}/dagRuns/{_quote(run_id)}")
         return str(answer["state"])
 
     def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         """Every task instance of the run (mapped ones expanded), ordered by task and map index."""
         found: list[TaskInstance] = []
-        path = f"/api/v2/dags/{_quote(dag_id)}/dagRuns/{_quote(run_id)}/taskInstances"
+        path = f"{self.release.api_prefix}/dags/{_quote(dag_id)}/dagRuns/{_quote(run_id)}/taskInstances"
         # The API pages its answers; 10 000 pages is far beyond any run this harness drives.
         for page in range(10_000):
             answer = self.api("GET", f"{path}?limit={PAGE_SIZE}&offset={page * PAGE_SIZE}")

@@ -1,15 +1,20 @@
 """
-Everything this provider uses that differs between the Airflow releases it supports (3.1, 3.2
-and 3.3), in one place: the rest of the package imports it from here.
+Everything this provider uses that differs between the Airflow releases it supports (2.11, 3.0,
+3.1, 3.2 and 3.3), in one place: the rest of the package imports it from here.
 
 What a release lacks degrades as the docs' "Airflow versions" table says; none of it is an
 import error:
 
-- the task exceptions moved to ``airflow.sdk.exceptions`` in 3.2 (3.1: ``airflow.exceptions``);
+- ``BaseOperator`` is the task SDK's from 3.0 on (2.11: ``airflow.models.baseoperator``), and
+  ``BaseHook`` from 3.1 on (2.11 and 3.0: ``airflow.hooks.base``);
+- the task exceptions moved to ``airflow.sdk.exceptions`` in 3.2 (before: ``airflow.exceptions``);
+  2.11 has no ``TaskDeferralTimeout``: its deferral timeout raises ``TaskDeferralError``, exported
+  here under the later name;
 - the metrics singleton moved to a shared package in 3.2 (:func:`airflow_stats`);
 - reading a connection and its extras on an event loop without a blocking call to the
   supervisor is possible from 3.3.2 on (:func:`aget_connection`, :func:`aextra_dejson`); before,
-  the blocking read runs in a worker thread;
+  the blocking read runs in a worker thread (2.11 has no task SDK at all: its triggerer reads
+  the metadata database itself);
 - the task state store (3.3) and the trigger's ``on_kill`` (3.3) are looked up where they are
   used (``operators/durable.py``, ``triggers/ssh_remote_job.py``).
 """
@@ -26,18 +31,33 @@ try:  # Airflow >= 3.2: the task SDK owns the exceptions a task raises
         TaskDeferralTimeout,
         TaskDeferred,
     )
-except ImportError:  # Airflow 3.1
+except ImportError:  # Airflow 2.11, 3.0, 3.1
     from airflow.exceptions import (  # type: ignore[no-redef,attr-defined,unused-ignore]
         AirflowException,
         AirflowSkipException,
-        TaskDeferralTimeout,
         TaskDeferred,
     )
-from airflow.sdk import BaseHook
+
+    try:  # Airflow 3.0, 3.1
+        from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined,unused-ignore]
+    except ImportError:  # Airflow 2.11: a deferral timeout fails the resumed task with this error
+        from airflow.exceptions import (  # type: ignore[no-redef,attr-defined,unused-ignore]
+            TaskDeferralError as TaskDeferralTimeout,
+        )
+try:  # Airflow >= 3.1
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 2.11, 3.0
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
+try:  # Airflow >= 3.0
+    from airflow.sdk import BaseOperator
+except ImportError:  # Airflow 2.11
+    from airflow.models.baseoperator import BaseOperator  # type: ignore[no-redef,attr-defined,unused-ignore]
 
 __all__ = [
     "AirflowException",
     "AirflowSkipException",
+    "BaseHook",
+    "BaseOperator",
     "TaskDeferralTimeout",
     "TaskDeferred",
     "aextra_dejson",
@@ -58,7 +78,7 @@ def airflow_stats() -> Any:
     The ``Stats`` this process's Airflow component initialised; if none was (a command-line
     tool, a plain script), the task SDK's, initialised from ``[metrics]`` like a worker does.
 
-    Airflow 3.3's is a module of functions, 3.2's a ``Stats`` class in that module; 3.1 has
+    Airflow 3.3's is a module of functions, 3.2's a ``Stats`` class in that module; 2.11 to 3.1 have
     one ``Stats`` that initialises itself.
     """
     modules = []
@@ -84,7 +104,7 @@ def airflow_stats() -> Any:
             return module
         module.Stats.initialize(factory=stats_utils.get_stats_factory(module.Stats))  # type: ignore[call-arg,unused-ignore]
         return module.Stats
-    from airflow.stats import Stats  # Airflow 3.1
+    from airflow.stats import Stats  # Airflow 2.11, 3.0, 3.1
 
     return Stats
 
@@ -109,8 +129,10 @@ def _masks_asynchronously() -> bool:
     Airflow 3.3 raises ``DeadlockImminentError`` and 3.2 blocks the loop for good; Airflow 3.1's
     triggerer drops the registration.
     """
-    from airflow.sdk.definitions.connection import Connection
-
+    try:
+        from airflow.sdk.definitions.connection import Connection
+    except ImportError:  # Airflow 2.11: no task SDK
+        return False
     return hasattr(Connection, "aextra_dejson")
 
 

@@ -25,6 +25,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_token,
     validate_working_dir,
 )
+from ssh_jobs_provider.protocol.last_lines import validate_line_count
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.protocol.slurm import SlurmSpec, validate_scheduler
 
@@ -196,11 +197,13 @@ class WatchSpec:
     from_start: bool = False
     scheduler: str | None = None
     scheduler_options: Mapping[str, Any] | None = None
+    return_last_lines: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cleanup_policy", CleanupPolicy.parse(self.cleanup_policy, "cleanup_policy"))
         # Validated here too, where the trigger is made: bad sbatch options never reach a batch.
         slurm_spec(self.scheduler, self.scheduler_options)
+        validate_line_count(self.return_last_lines)
         validate_token(self.job_token, required=self.submit is not None)
         # The trigger's own guard: whatever its arguments say, it only ever touches a direct
         # child of the base dir, and only the one named after its job.
@@ -277,6 +280,8 @@ class JobSpec:
     scheduler_options: Mapping[str, Any] | None = None
     #: The validated sbatch options (``None`` unless :attr:`scheduler` is ``"slurm"``).
     slurm: SlurmSpec | None = None
+    #: How many of the job's last output lines the task returns (0: none).
+    return_last_lines: int = 0
 
     @classmethod
     def render(
@@ -365,4 +370,5 @@ class JobSpec:
             from_start=from_start,
             scheduler=self.scheduler,
             scheduler_options=self.scheduler_options,
+            return_last_lines=self.return_last_lines,
         )

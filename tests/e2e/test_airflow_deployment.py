@@ -63,7 +63,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG
+try:
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 

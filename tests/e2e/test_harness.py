@@ -15,6 +15,7 @@ import pytest
 
 import demo
 from harness.airflow_deploy import RunProgress, parse_log_line
+from harness.airflow_release import Release
 from harness.processes import (
     is_same_live_process,
     process_id,
@@ -98,6 +99,28 @@ def test_log_lines_are_parsed_as_json_or_kept_verbatim() -> None:
     record = parse_log_line("trigger", '{"event": "shard 1 done", "level": "info"}')
     assert (record.source, record.level, record.event) == ("trigger", "info", "shard 1 done")
     assert parse_log_line("worker", "not json").event == "not json"
+
+
+def test_airflow_2_text_log_lines_are_parsed_too() -> None:
+    line = "[2026-12-06T13:10:00.123+0000] {ssh_remote_job.py:212} INFO - Remote job j on h: running (pid 7)"
+    record = parse_log_line("worker", line)
+    assert (record.level, record.event, record.raw) == ("info", "Remote job j on h: running (pid 7)", line)
+    # A traceback's continuation line is kept as it is.
+    assert parse_log_line("worker", "  File 'x.py', line 3").event == "  File 'x.py', line 3"
+
+
+@pytest.mark.parametrize(
+    ("major", "web", "health"),
+    [(2, "webserver", "/api/v1/health"), (3, "api-server", "/api/v2/monitor/health")],
+)
+def test_each_release_has_its_components_and_api(major: int, web: str, health: str) -> None:
+    release = Release(major)
+    assert release.web_component == web and release.health_path == health
+    assert release.components[1:] == (
+        ("scheduler", "dag-processor", "triggerer") if major >= 3 else ("scheduler", "triggerer")
+    )
+    # Airflow 2.11 may not be given a null logical date.
+    assert ("logical_date" in release.run_body("r", {})) is (major >= 3)
 
 
 @pytest.mark.parametrize(

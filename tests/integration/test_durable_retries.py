@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog.testing
 
 from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferralTimeout
 from ssh_jobs_provider.operators.durable import job_paths
@@ -28,6 +27,7 @@ from ssh_jobs_provider.protocol.reattach import STATE_KEY, records_of
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator, wait_until
+from support.logs import capture_logs
 from support.runner import (
     StandInStateStore,
     StandInTaskInstance,
@@ -311,7 +311,7 @@ def test_without_a_store_a_retry_leaves_a_running_earlier_job_alone_and_says_why
     # This deployment's try 1 was refused (the directory is not its), and its retry comes.
     ours = first_try(store=False).next_try()
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         retry = run_operator(
             make_operator(ssh_conn, base, job(launches), retries=RETRIES, cleanup="always"), ours
         )
@@ -336,7 +336,7 @@ def test_a_retry_does_not_adopt_a_same_named_job_whose_token_the_store_does_not_
     theirs = foreign_job(ssh_conn, base, job(launches, lines=30, pause=0.2), try_number=2)
     third = ti.next_try().next_try()
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         retry = run_operator(
             make_operator(ssh_conn, base, job(launches), retries=RETRIES, cleanup="always"), third
         )
@@ -363,7 +363,7 @@ def test_a_recorded_job_whose_directory_now_carries_another_token_is_not_adopted
     subprocess.run(["rm", "-rf", mine.job_dir], check=True)
     theirs = foreign_job(ssh_conn, base, job(launches, lines=30, pause=0.2), try_number=1)
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         retry = run_operator(make_operator(ssh_conn, base, job(launches), retries=RETRIES), ti.next_try())
 
     assert retry.outcome == "success", retry.error
@@ -399,7 +399,9 @@ def test_try_3_re_attaches_to_an_earlier_try_s_job_with_the_token_the_store_kept
     trigger = deferred.trigger
     assert trigger.job_id == records[taken].job_id
     assert trigger.job_token == records[taken].token  # proven, and carried to every kill and cleanup
-    assert deferred.kwargs == {"job_token": records[taken].token}
+    # The token (and the pid the host reported, for the final XCom) travel back to execute_complete.
+    assert deferred.kwargs is not None and deferred.kwargs["job_token"] == records[taken].token
+    assert isinstance(deferred.kwargs["job_pid"], int)
     _, payload = asyncio.run(run_to_its_event(rebuilt(trigger)))
     assert payload["status"] == "success" and payload["exit_code"] == 0
     assert runs(launches) == 2
@@ -457,7 +459,7 @@ def test_a_resumed_worker_kills_with_the_token_and_leaves_a_replaced_directory_a
     # A worker that resumes the try: a fresh operator, the event and the deferral's kwargs.
     fresh = make_operator(ssh_conn, base, "true", cleanup="always")
     kwargs = deferred.kwargs if source == "deferral" else {}
-    with structlog.testing.capture_logs() as logs, pytest.raises(Exception, match="Lost the SSH connection"):
+    with capture_logs() as logs, pytest.raises(Exception, match="Lost the SSH connection"):
         fresh.execute_complete(context_for(ti), event=event, **kwargs)  # type: ignore[arg-type]
 
     assert "is not this task instance's" in messages(logs, "error")
@@ -474,7 +476,7 @@ def test_without_a_store_a_timeout_touches_nothing_it_cannot_prove(
     pid = pid_of(deferred.trigger.job_dir)
 
     fresh = make_operator(ssh_conn, base, "true", timeout=1)
-    with structlog.testing.capture_logs() as logs, pytest.raises(TaskDeferralTimeout):
+    with capture_logs() as logs, pytest.raises(TaskDeferralTimeout):
         fresh.resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(ti))
 
     error = messages(logs, "error")

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import job_marker
 from support.jobs import make_operator, wait_until
+from support.logs import capture_logs
 from support.runner import StandInTaskInstance, submit
 from support.sshd import use_connection
 
@@ -117,7 +117,7 @@ def started() -> Iterator[StartedProcesses]:
 
 def kill_logged(op: SSHRemoteJobOperator, deferred: Any, killer: str) -> list[str]:
     """Kill the job as the worker (operator) or the triggerer (trigger) does; what they logged."""
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         if killer == "worker":
             op.on_kill()
         else:

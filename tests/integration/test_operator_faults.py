@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog.testing
 
 from ssh_jobs_provider._compat import TaskDeferralTimeout
 from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy
 from support.jobs import make_operator, wait_until
+from support.logs import capture_logs
 from support.runner import StandInStateStore, StandInTaskInstance, context_for, submit, watch
 from support.sshd import use_connection
 
@@ -56,7 +56,7 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
         conn_retry_attempts=4,
     )
     ti = StandInTaskInstance()
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         submit(op, ti)
 
     job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
@@ -89,7 +89,7 @@ def test_worker_cleanup_succeeds_on_a_later_attempt_when_the_first_connection_is
     assert job_dir.is_dir()
 
     proxy.refuse_new(1)  # the first cleanup connection is dropped before the banner
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         op.execute_complete(context_for(ti), event=payload)
 
     assert proxy.refused_total == 1
@@ -105,7 +105,7 @@ def test_cleanup_that_never_succeeds_says_so_loudly_and_keeps_the_outcome(
     op, ti, payload, job_dir = run_leaving_cleanup_to_the_worker(remote_base_dir, cleanup_retries=2)
 
     proxy.refuse_all(True)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         op.execute_complete(context_for(ti), event=payload)  # no exception: the job succeeded
 
     errors = [entry for entry in logs if entry.get("log_level") == "error"]
@@ -272,7 +272,7 @@ def test_trigger_cleanup_that_fails_falls_back_to_the_worker_which_retries(
 
         unmount = threading.Timer(1.5, lambda: subprocess.run(["umount", str(busy)], check=True))
         unmount.start()
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             op.execute_complete(context_for(ti), event=event)
         unmount.join()
     finally:

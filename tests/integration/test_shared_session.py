@@ -16,12 +16,12 @@ from typing import Any
 
 import psutil
 import pytest
-import structlog.testing
 
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import submit_jobs, trigger_for
+from support.logs import capture_logs
 from support.report import report
 from support.runner import collect_events, remote_lines, run_triggers, watch_async, while_running
 from support.sshd import use_connection
@@ -199,7 +199,7 @@ def test_recreated_trigger_resumes_the_log_at_the_right_byte(
     _, kwargs = first.serialize()
 
     async def first_half() -> list[str]:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             task = asyncio.create_task(collect_events(first, []))
             await asyncio.sleep(1.2)
             task.cancel()

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import structlog.testing
-
 from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferred
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
+from support.logs import capture_logs
 
 T = TypeVar("T")
 
@@ -73,6 +72,8 @@ class RunResult:
     trigger_lines: list[str]
     trigger_logs: list[dict[str, Any]]
     ti: StandInTaskInstance
+    #: What ``execute_complete`` returned (Airflow pushes it as XCom ``return_value``).
+    value: Any = None
 
     @property
     def remote_output(self) -> str:
@@ -106,7 +107,7 @@ async def run_trigger(
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Run a trigger to completion; return its captured log entries and every event it yielded."""
     events: list[Any] = []
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         await asyncio.wait_for(collect_events(trigger, events), timeout)
     return logs, events
 
@@ -167,12 +168,12 @@ def run_operator(
     method = getattr(op, deferred.method_name)
     try:
         # As Airflow resumes the task: the deferral's kwargs, and the event.
-        method(context_for(ti), **(deferred.kwargs or {}), event=payload)
+        value = method(context_for(ti), **(deferred.kwargs or {}), event=payload)
     except AirflowSkipException as error:
         return RunResult("skipped", error, payload, remote_lines(logs), logs, ti)
     except Exception as error:
         return RunResult("failed", error, payload, remote_lines(logs), logs, ti)
-    return RunResult("success", None, payload, remote_lines(logs), logs, ti)
+    return RunResult("success", None, payload, remote_lines(logs), logs, ti, value)
 
 
 def while_running(background: Callable[[], None], work: Callable[[], T]) -> T:

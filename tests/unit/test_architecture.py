@@ -44,6 +44,9 @@ def imports_of(path: Path) -> set[str]:
             found.add(base)
             # `from pkg import submodule` imports the submodule as well.
             found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
+            if base.startswith("airflow."):
+                # What is taken from Airflow, by name: some names moved between releases.
+                found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -113,6 +116,11 @@ AIRFLOW_MODULES_THAT_DIFFER = (
     "airflow.sdk.configuration",
     "airflow.sdk._shared",
     "airflow._shared",
+    # The bases of operators and hooks: the task SDK's from 3.0 / 3.1 on, airflow's own before.
+    "airflow.sdk.BaseOperator",
+    "airflow.sdk.BaseHook",
+    "airflow.models",
+    "airflow.hooks",
 )
 
 

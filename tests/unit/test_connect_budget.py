@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import structlog.testing
 
 from ssh_jobs_provider.exceptions import SSHAuthenticationError, SSHConnectError
 from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
@@ -26,6 +25,7 @@ from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy
+from support.logs import capture_logs
 
 FAST = BackoffPolicy(initial=0.001, maximum=0.002)
 CONN_ID = "ssh_refusing"
@@ -187,7 +187,7 @@ def test_cleanup_log_counts_the_attempts_really_made(
     monkeypatch.setattr(operator_module, "job_hook", fast_hook)
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id=CONN_ID, command="true", cleanup_retries=3)
     op._token = new_job_token()  # a cleanup always carries the job's token
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         op._finish_remote(op.job_spec(), PATHS, kill=False, remove=True)
     assert "cleanup failed after 3 attempt(s)" in cleanup_error(logs)
     assert refusing.accepted == 3
@@ -204,7 +204,7 @@ def test_cleanup_stopped_by_a_credential_error_says_one_attempt(monkeypatch: pyt
     monkeypatch.setenv("AIRFLOW_CONN_SSH_DENIED", json.dumps({"conn_type": "ssh", "host": "h"}))
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_denied", command="true", cleanup_retries=3)
     op._token = new_job_token()
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         op._finish_remote(op.job_spec(), PATHS, kill=True, remove=True)
     message = cleanup_error(logs)
     assert "kill and cleanup failed after 1 attempt(s)" in message
@@ -218,7 +218,7 @@ def test_a_kill_or_cleanup_without_the_job_token_touches_nothing(monkeypatch: py
     monkeypatch.setattr(SSHHook, "connect_with", lambda self, settings: calls.append(1))
     monkeypatch.setenv("AIRFLOW_CONN_SSH_NO_TOKEN", json.dumps({"conn_type": "ssh", "host": "h"}))
     op = SSHRemoteJobOperator(task_id="job", ssh_conn_id="ssh_no_token", command="true")
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         op._finish_remote(op.job_spec(), PATHS, kill=True, remove=True)
     message = cleanup_error(logs)
     assert "REMOTE JOB NOT KILLED" in message and "does not know the submit token" in message

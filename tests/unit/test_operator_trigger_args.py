@@ -170,6 +170,7 @@ def test_operator_builds_the_trigger_from_the_job_paths() -> None:
         "remote_base_dir": "/srv/jobs",
         "submit": None,
         "from_start": False,
+        "return_last_lines": 0,
     }
     assert trigger.paths == paths
 
@@ -207,6 +208,7 @@ def trigger_kwargs(draw: st.DrawFn) -> dict[str, Any]:
         # A trigger that submits needs the submit's token.
         "submit": draw(st.none() | submits) if token else None,
         "from_start": draw(st.booleans()),
+        "return_last_lines": draw(st.integers(0, 1000)),
         # Serialized only for a Slurm job: a detached job's trigger row is as it always was.
         **draw(st.just({}) | slurm_kwargs),
     }
@@ -309,7 +311,8 @@ def test_the_deferred_try_is_the_one_its_xcom_names(
 ) -> None:
     from types import SimpleNamespace
 
-    from airflow.sdk.execution_time import task_runner
+    # Airflow 2.11 has no supervisor to ask (nor a trigger on_kill that would ask it).
+    task_runner = pytest.importorskip("airflow.sdk.execution_time.task_runner")
 
     from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY, deferred_try
 
@@ -330,7 +333,8 @@ def test_every_deferral_records_its_try_for_an_earlier_try_s_trigger() -> None:
     with pytest.raises(TaskDeferred) as deferred:
         make_operator(submit_from="triggerer").execute(context_for(ti))  # type: ignore[arg-type]
     assert ti.xcom[TRY_XCOM_KEY] == 3
-    assert set(deferred.value.kwargs or {}) == {"job_token"}  # the token travels back to execute_complete
+    # The token (and the pid, once known) travel back to execute_complete.
+    assert set(deferred.value.kwargs or {}) == {"job_token", "job_pid"}
 
 
 class _KnownTaskTrigger(SSHRemoteJobTrigger):

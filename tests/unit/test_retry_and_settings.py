@@ -13,7 +13,11 @@ from typing import Any
 import asyncssh
 import paramiko
 import pytest
-from airflow.sdk.definitions.connection import Connection
+
+try:
+    from airflow.sdk.definitions.connection import Connection
+except ImportError:  # Airflow 2.11: no task SDK
+    from airflow.models.connection import Connection  # type: ignore[no-redef]
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -44,6 +44,28 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def keep_stdout_for_the_report() -> None:
+    """
+    Move the log handlers that write to standard output over to standard error, once Airflow
+    has set up its logging: the commands print their report on standard output, and programs
+    read it (``status --json``). Airflow 2.11's console handler writes to standard output;
+    Airflow 3 logs to standard error already. Level, format and filters (the secrets masker)
+    are kept.
+    """
+    import ssh_jobs_provider._compat  # noqa: F401  (importing Airflow sets up its logging)
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            replacement = logging.StreamHandler(sys.stderr)
+            replacement.setLevel(handler.level)
+            replacement.setFormatter(handler.formatter)
+            for log_filter in handler.filters:
+                replacement.addFilter(log_filter)
+            root.removeHandler(handler)
+            root.addHandler(replacement)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """
     Run the command; its exit status (2 for bad input, before anything ran remotely).
@@ -54,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The commands report what matters themselves; the libraries' chatter would only bury it
     # (a refused channel is what the MaxSessions check looks for).
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    keep_stdout_for_the_report()
     try:
         if args.command == "doctor":
             from ssh_jobs_provider.cli import doctor

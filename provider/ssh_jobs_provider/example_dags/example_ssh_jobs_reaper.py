@@ -12,7 +12,12 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, task
+
+try:
+    from airflow.sdk import DAG, task
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
+    from airflow.decorators import task  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 CONN_ID = "ssh_default"
 BASE_DIR = os.environ.get("SSH_JOBS_EXAMPLE_BASE_DIR", "/tmp/airflow-ssh-jobs")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import DAG
+try:
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2.11
+    from airflow import DAG
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 

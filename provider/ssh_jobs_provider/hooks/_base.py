@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
-from airflow.sdk import BaseHook
 from tenacity import AsyncRetrying, Retrying
 
+from ssh_jobs_provider._compat import BaseHook
 from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks._errors import gave_up
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings

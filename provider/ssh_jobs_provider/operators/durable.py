@@ -5,7 +5,7 @@ the task state store up to date. The decisions are :mod:`ssh_jobs_provider.proto
 The store is Airflow's task state store (``context["task_state_store"]``, Airflow >= 3.3). Every
 try of the cycle keeps there the job it watches, with its submit token, durable or not: a later
 try proves its earlier tries' jobs with those tokens, and a worker that resumes the same try
-(a deferral timeout) kills its job with it. Without the store (Airflow 3.1/3.2), or for a try
+(a deferral timeout) kills its job with it. Without the store (Airflow 2.11 to 3.2), or for a try
 whose record is missing, the earlier jobs are found by name only: they are reported when they
 run, never taken over. Store failures never fail a task: they are logged, and the try goes on
 as a non-durable one would.

@@ -40,6 +40,29 @@ from ssh_jobs_provider.retry import RetryPolicy
 # --------------------------------------------------------------------------- hooks
 
 
+#: The XCom that holds the job (:func:`job_xcom`).
+XCOM_KEY = "ssh_remote_job"
+
+
+def job_xcom(
+    paths: RemoteJobPaths, host: str | None, pid: int | None, exit_code: int | None = None
+) -> dict[str, Any]:
+    """
+    The operator's XCom ``ssh_remote_job``: the job's ``job_id``, ``job_dir``, ``log_file``,
+    ``exit_code_file``, ``pid_file``, ``remote_os``, ``remote_host`` and ``pid`` once it is
+    submitted, and its ``exit_code`` too once it has ended.
+    """
+    job: dict[str, Any] = {**paths.as_dict(), "remote_host": host, "pid": pid}
+    if exit_code is not None:
+        job["exit_code"] = exit_code
+    return job
+
+
+def push_job(context: Any, paths: RemoteJobPaths, host: Any, pid: Any, exit_code: Any = None) -> None:
+    """Push :func:`job_xcom` as XCom :data:`XCOM_KEY` of the task instance in ``context``."""
+    context["ti"].xcom_push(key=XCOM_KEY, value=job_xcom(paths, host, pid, exit_code))
+
+
 def job_hook(spec: JobSpec, attempts: int) -> SSHHook:
     """The worker's hook for ``spec``'s host, with ``attempts`` connect attempts."""
     return SSHHook(

@@ -13,9 +13,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from ssh_jobs_provider._compat import AirflowException, AirflowSkipException
+from ssh_jobs_provider._compat import AirflowException, AirflowSkipException, BaseOperator
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.job_spec import (
@@ -29,8 +27,9 @@ from ssh_jobs_provider.job_spec import (
     require_positive,
 )
 from ssh_jobs_provider.operators import durable, remote_steps
-from ssh_jobs_provider.operators.remote_steps import finish_remote, job_hook, submit_job
+from ssh_jobs_provider.operators.remote_steps import XCOM_KEY, finish_remote, job_hook, push_job, submit_job
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
+from ssh_jobs_provider.protocol.last_lines import validate_line_count
 from ssh_jobs_provider.protocol.reattach import Resume
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
@@ -38,7 +37,7 @@ from ssh_jobs_provider.triggers.task_state import TRY_XCOM_KEY
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-XCOM_KEY = "ssh_remote_job"
+__all__ = ["XCOM_KEY", "SSHRemoteJobOperator"]
 TRIGGER_FAIL_METHOD = "__fail__"
 #: Longest wait for one submit reply, however often it was doubled after timeouts.
 MAX_SUBMIT_TIMEOUT = 600.0
@@ -106,13 +105,13 @@ class SSHRemoteJobOperator(BaseOperator):
         (default ``True``, as KubernetesPodOperator's): a running job is re-attached (the new
         try's log shows its whole output), a job that succeeded is not run again, a failed one
         is replaced by a fresh job; a cleared task always starts a fresh job. Only a job whose
-        submit token Airflow's task state store (>= 3.3) kept for this task is taken over: on
-        3.1/3.2 every try starts its own job, and a retry warns when an earlier try's job of
-        the same name still runs. ``False``: every try starts its own job.
+        token the task state store (Airflow >= 3.3) kept is taken over. ``False``: none is.
     :param scheduler: ``None`` (default): run detached on the host; ``"slurm"``: queue the command
         with ``sbatch`` from a cluster's login node, its outcome Slurm's record (HPC clusters page)
     :param scheduler_options: sbatch options (templated), e.g. ``{"partition": "gpu"}``: each
         entry becomes ``--name=value`` (``True``: ``--name``)
+    :param return_last_lines: the task's return value: the job's last this many output lines
+        (default 0: none; at most 1000 lines and 64 KiB, the oldest dropped first)
     """
 
     template_fields: Sequence[str] = (
@@ -153,6 +152,7 @@ class SSHRemoteJobOperator(BaseOperator):
         durable: bool = True,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
+        return_last_lines: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -192,10 +192,11 @@ class SSHRemoteJobOperator(BaseOperator):
         self.submit_from = submit_from
         self.durable = bool(durable)
         self.scheduler, self.scheduler_options = scheduler, scheduler_options
+        self.return_last_lines = validate_line_count(return_last_lines)
         self._paths: RemoteJobPaths | None = None
         #: This try's submit token, known in the worker process that submitted.
         self._token = ""
-        self._deferred_token = ""  # what a resumed worker got back from the deferral
+        self._deferred_token, self._deferred_pid = "", None  # what a resumed worker got back
 
     def job_spec(self, for_submit: bool = True) -> JobSpec:
         """This task's job, from the rendered arguments (``ValueError`` naming one to fix; see
@@ -224,6 +225,7 @@ class SSHRemoteJobOperator(BaseOperator):
             retries=self.retries or 0,
             scheduler=self.scheduler,
             scheduler_options=self.scheduler_options,
+            return_last_lines=self.return_last_lines,
         )
 
     @cached_property
@@ -264,23 +266,23 @@ class SSHRemoteJobOperator(BaseOperator):
         host = self.ssh_hook.remote_host
         remote_steps.report_submit(paths, host, status, self.log)
         if self.do_xcom_push:
-            self._push_job(context, paths, host, status.pid)
-        self._defer(context, spec, paths, token)
+            push_job(context, paths, host, status.pid)
+        self._defer(context, spec, paths, token, pid=status.pid)
 
     def _go_on_with(self, context: Context, spec: JobSpec, earlier: durable.EarlierJob) -> None:
         """Re-attach to an earlier try's job, or end like it (it succeeded, or ended with a skip code)."""
         record, done = earlier.record, earlier.resume is Resume.DONE
         message, skipped, code = durable.describe_take_over(earlier, spec.skip_on_exit_code)
         self.log.info("%s", message)
-        if self.do_xcom_push:  # the pid only of a job that may still run
-            pid = None if done or earlier.status is None else earlier.status.pid
-            self._push_job(context, record.paths, spec.remote_host, pid)
+        pid = None if done or earlier.status is None else earlier.status.pid  # only of a job that may run
+        if self.do_xcom_push:  # a job that ended: with its exit code
+            push_job(context, record.paths, spec.remote_host, pid, code if done else None)
         if done:
             if skipped:
                 raise AirflowSkipException(f"Remote job {record.job_id} exited with skip code {code}")
             return
         self._paths, self._token = record.paths, record.token
-        self._defer(context, spec, record.paths, record.token, from_start=True)
+        self._defer(context, spec, record.paths, record.token, from_start=True, pid=pid)
 
     def _defer(
         self,
@@ -292,28 +294,26 @@ class SSHRemoteJobOperator(BaseOperator):
         log_offset: int = 0,
         submit: TriggerSubmit | None = None,
         from_start: bool = False,
+        pid: int | None = None,
     ) -> None:
         """Defer to the trigger that watches job ``paths`` (with ``submit``: submits it first)."""
         watch = spec.watch_spec(paths, token, log_offset=log_offset, submit=submit, from_start=from_start)
         # Which try is deferred, for the on_kill of an earlier try's trigger (a try's XComs are
         # cleared when the next one starts).
         context["ti"].xcom_push(key=TRY_XCOM_KEY, value=context["ti"].try_number)
-        # The token reaches the resumed worker in next_kwargs, not in the event (the triggerer logs it).
+        # Token and pid reach the resumed worker in next_kwargs, not in the event (the triggerer logs it).
         self.defer(
             trigger=SSHRemoteJobTrigger.from_spec(watch),
             method_name="execute_complete",
-            kwargs={"job_token": token},
+            kwargs={"job_token": token, "job_pid": pid},
             timeout=timedelta(seconds=spec.timeout) if spec.timeout else None,
         )
-
-    def _push_job(self, context: Context, paths: RemoteJobPaths, host: str | None, pid: int | None) -> None:
-        context["ti"].xcom_push(key=XCOM_KEY, value={**paths.as_dict(), "remote_host": host, "pid": pid})
 
     # ------------------------------------------------------------------ completion
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, job_token: str = ""
-    ) -> None:
+        self, context: Context, event: dict[str, Any] | None = None, job_token: str = "", job_pid: Any = None
+    ) -> str | None:
         """Called when the trigger fires (with the watched job's token): clean up, set the outcome."""
         if not event or any(key not in event for key in _EVENT_KEYS):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
@@ -325,15 +325,15 @@ class SSHRemoteJobOperator(BaseOperator):
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
             self._defer(context, spec, paths, self._token, log_offset=int(event.get("log_offset", 0)))
-            return
+            return None
         for line in str(event.get("log_chunk") or "").splitlines():
             self.log.info("%s", line)
         exit_code = event.get("exit_code")
         message = str(event.get("message", ""))
         self.log.info("%s", message)
-        if event.get("pid") is not None and self.do_xcom_push:
-            # Submitted by the trigger: its pid is known only now.
-            self._push_job(context, paths, event.get("remote_host"), int(event["pid"]))
+        if self.do_xcom_push:  # with the exit code, and the pid (of a trigger's submit: known only now)
+            pid = event.get("pid") or job_pid or self._deferred_pid
+            push_job(context, paths, event.get("remote_host"), pid, exit_code)
 
         if event.get("never_started"):
             # Refused or never sent: no job ran and nothing was left behind.
@@ -362,12 +362,14 @@ class SSHRemoteJobOperator(BaseOperator):
         if not succeeded:
             raise AirflowException(f"Remote job {paths.job_id} failed with exit code {exit_code}")
         self.log.info("Remote job %s succeeded", paths.job_id)
+        return "\n".join(event.get("last_lines") or []) if spec.return_last_lines else None
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """On a deferral timeout (or a crashed trigger), kill the remote job before failing."""
         # Taken here, so that a subclass's execute_complete(context, event) is called as before.
         kwargs = dict(next_kwargs or {})
         self._deferred_token = str(kwargs.pop("job_token", "") or "")
+        self._deferred_pid = kwargs.pop("job_pid", None)
         if next_method == TRIGGER_FAIL_METHOD:
             # The job this try watched, with its token (Airflow >= 3.3: else nothing is touched).
             spec = self.job_spec(for_submit=False)

@@ -24,6 +24,7 @@ from ssh_jobs_provider.job_spec import WatchSpec
 from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
+from ssh_jobs_provider.protocol.last_lines import LastLines
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.slurm import build_slurm_cancel_script
 from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor
@@ -87,6 +88,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
         trigger submits it, its end read from Slurm's record, cancelled with ``scancel``);
         ``None`` (default): a detached process
     :param scheduler_options: the operator's ``scheduler_options`` (sbatch options)
+    :param return_last_lines: how many of the last output lines this trigger delivered its final
+        event carries (``last_lines``; bounded, see :mod:`ssh_jobs_provider.protocol.last_lines`)
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         from_start: bool = False,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
+        return_last_lines: int = 0,
     ) -> None:
         super().__init__()
         # Validated here, where the operator creates the trigger: bad input fails in execute(),
@@ -127,6 +131,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         self._host = remote_host
         #: Log bytes delivered so far (the spec keeps where the watch started).
         self.log_offset = log_offset
+        self._last_lines = LastLines(return_last_lines)
 
     def __getattr__(self, name: str) -> Any:
         # Each argument reads as an attribute of the trigger too (``trigger.job_id``), as Airflow's
@@ -189,6 +194,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "pid": submitted.pid if submitted else None,
                 "launched": submitted.launched if submitted else None,
                 "remote_host": self._host,
+                "last_lines": self._last_lines.lines if self.spec.return_last_lines else None,
             }
         )
 
@@ -197,6 +203,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self._report_submit(delivery.submitted)
         for line in delivery.lines:
             self.log.info("%s", line)
+        self._last_lines.add(delivery.lines)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
         for news in delivery.progress:
