@@ -233,8 +233,6 @@ class SSHRemoteJobOperator(BaseOperator):
         """The hook used to submit (connect attempts: ``conn_retry_attempts``)."""
         return job_hook(self.job_spec(for_submit=False), self.conn_retry_attempts)
 
-    # ------------------------------------------------------------------ submit
-
     def execute(self, context: Context) -> None:
         """Validate, submit the job (here, or from the triggerer) and defer to the trigger."""
         spec = self.job_spec()
