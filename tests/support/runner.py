@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferred
+from ssh_jobs_provider.operators.remote_steps import handed_over_lines
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.logs import capture_logs
@@ -122,9 +123,12 @@ async def run_to_its_event(
 
 
 async def watch_async(trigger: SSHRemoteJobTrigger, timeout: float = 120) -> tuple[list[str], dict[str, Any]]:
-    """Run a trigger that must yield exactly one event: the remote lines it logged, and its payload."""
+    """
+    Run a trigger that must yield exactly one event: the job's lines as the task log gets them
+    (those the trigger logged, then the last ones its event hands to the worker), and its payload.
+    """
     logs, payload = await run_to_its_event(trigger, timeout)
-    return remote_lines(logs), payload
+    return remote_lines(logs) + handed_over_lines(payload), payload
 
 
 def watch(trigger: SSHRemoteJobTrigger, timeout: float = 120) -> tuple[list[str], dict[str, Any]]:

@@ -170,6 +170,12 @@ def report_submit(paths: RemoteJobPaths, host: str | None, status: JobStatus, lo
     log.info("Job directory: %s", paths.job_dir)
 
 
+def handed_over_lines(event: dict[str, Any]) -> list[str]:
+    """The job's last lines a trigger event carries (``log_chunk``), split only at newlines."""
+    chunk = str(event.get("log_chunk") or "")
+    return chunk.removesuffix("\n").split("\n") if chunk else []
+
+
 def announce_triggerer_submit(paths: RemoteJobPaths, log: Any) -> None:
     """Say that the triggerer submits the job (``submit_from="triggerer"``)."""
     log.info(

@@ -324,7 +324,7 @@ class SSHRemoteJobOperator(BaseOperator):
             # Only an older trigger would send an intermediate event; keep watching.
             self._defer(context, spec, paths, self._token, log_offset=int(event.get("log_offset", 0)))
             return None
-        for line in str(event.get("log_chunk") or "").splitlines():
+        for line in remote_steps.handed_over_lines(event):
             self.log.info("%s", line)
         exit_code = event.get("exit_code")
         message = str(event.get("message", ""))

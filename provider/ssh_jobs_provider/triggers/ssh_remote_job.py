@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +38,23 @@ OFFSET_RECORD_WAIT_SECONDS = 5.0
 KILL_CLOSE_WAIT_SECONDS = 5.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
 KILL_CONNECT_ATTEMPTS = 3
+
+
+#: Seconds between the last line this trigger logged and its event: Airflow's triggerer writes
+#: a trigger's log in another process, a moment later.
+FINAL_LOG_SETTLE_SECONDS = 2.0
+#: Most bytes of a job's last lines that the final event carries to the worker (the rest of the
+#: final delivery is logged here): the event is stored in the metadata database.
+FINAL_LINES_IN_EVENT_BYTES = 16 * 1024
+
+
+def split_final_lines(lines: list[str]) -> tuple[list[str], list[str]]:
+    """``lines`` as (logged by the trigger, handed over in the event): the newest that fit."""
+    size, cut = 0, len(lines)
+    while cut > 0 and size + len(lines[cut - 1].encode()) + 1 <= FINAL_LINES_IN_EVENT_BYTES:
+        cut -= 1
+        size += len(lines[cut].encode()) + 1
+    return list(lines[:cut]), list(lines[cut:])
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
@@ -183,7 +201,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "status": OutcomeStatus(outcome.status).value,
                 "done": True,
                 "exit_code": outcome.exit_code,
-                "log_chunk": "",
+                "log_chunk": "".join(f"{line}\n" for line in getattr(self, "_handed_over", [])),
                 "log_offset": log_offset,
                 "message": outcome.message,
                 "cleaned_up": cleaned_up,
@@ -201,8 +219,16 @@ class SSHRemoteJobTrigger(BaseTrigger):
     def _emit(self, delivery: Delivery) -> None:
         if delivery.submitted is not None:
             self._report_submit(delivery.submitted)
-        for line in delivery.lines:
+        lines = delivery.lines
+        if delivery.outcome is not None:
+            # The last lines travel in the event and the worker writes them to the task log:
+            # Airflow's triggerer can close a trigger's log file before it has written what the
+            # trigger logged just before its event (seen losing a job's final lines under load).
+            lines, self._handed_over = split_final_lines(lines)
+        for line in lines:
             self.log.info("%s", line)
+        if lines:
+            self._last_line_at = asyncio.get_running_loop().time()
         self._last_lines.add(delivery.lines)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
@@ -290,6 +316,11 @@ class SSHRemoteJobTrigger(BaseTrigger):
         if self._submitted is not None and self._submitted.pid is None and monitor.wrapper_pid:
             # The submit answered before the wrapper recorded its pid; a poll brought it.
             self._submitted = dataclasses.replace(self._submitted, pid=monitor.wrapper_pid)
+        # Lines logged just before the event may not reach the task log yet (see _emit): they get
+        # a moment to be written before the trigger ends.
+        settle = getattr(self, "_last_line_at", -math.inf) + FINAL_LOG_SETTLE_SECONDS - loop.time()
+        if settle > 0:
+            await asyncio.sleep(settle)
         yield self._event(delivery.outcome, delivery.log_offset, delivery.cleaned_up)
 
     async def cleanup(self) -> None:
