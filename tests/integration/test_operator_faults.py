@@ -62,8 +62,10 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
     job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
     wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
     assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
+    # Whether a cut-off attempt got to start the job (the answered one then re-attaches) depends
+    # on how far its script ran; what must hold either way: the job ran once, after retries.
     messages = " ".join(str(entry["event"]) for entry in logs)
-    assert "re-attaching" in messages, messages
+    assert "failed (attempt 1/4)" in messages, messages
     assert server.counts()["accepted"] >= 2
 
 
