@@ -67,6 +67,15 @@ class LastLines:
         return list(self._lines)
 
 
+def split_newest(lines: list[str], max_bytes: int) -> tuple[list[str], list[str]]:
+    """``lines`` as (the older ones, the newest that fit in ``max_bytes`` together), in order."""
+    size, cut = 0, len(lines)
+    while cut > 0 and size + _size(lines[cut - 1]) <= max_bytes:
+        cut -= 1
+        size += _size(lines[cut])
+    return list(lines[:cut]), list(lines[cut:])
+
+
 def _size(line: str) -> int:
     # The newline that joins it to the next line counts too.
     return len(line.encode("utf-8", errors="replace")) + 1

@@ -25,7 +25,7 @@ from ssh_jobs_provider.job_spec import WatchSpec
 from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
-from ssh_jobs_provider.protocol.last_lines import LastLines
+from ssh_jobs_provider.protocol.last_lines import LastLines, split_newest
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.slurm import build_slurm_cancel_script
 from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor
@@ -50,11 +50,7 @@ FINAL_LINES_IN_EVENT_BYTES = 16 * 1024
 
 def split_final_lines(lines: list[str]) -> tuple[list[str], list[str]]:
     """``lines`` as (logged by the trigger, handed over in the event): the newest that fit."""
-    size, cut = 0, len(lines)
-    while cut > 0 and size + len(lines[cut - 1].encode()) + 1 <= FINAL_LINES_IN_EVENT_BYTES:
-        cut -= 1
-        size += len(lines[cut].encode()) + 1
-    return list(lines[:cut]), list(lines[cut:])
+    return split_newest(lines, FINAL_LINES_IN_EVENT_BYTES)
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
