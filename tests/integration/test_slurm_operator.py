@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog.testing
 
 from harness.remote_jobs import job_dirs
 from ssh_jobs_provider._compat import TaskDeferralTimeout
 from ssh_jobs_provider.exceptions import RemoteJobError
+from ssh_jobs_provider.operators.remote_steps import handed_over_lines
 from ssh_jobs_provider.protocol.slurm import SlurmOptionError
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator, wait_until
+from support.logs import capture_logs
 from support.report import report
 from support.runner import (
     StandInStateStore,
@@ -228,7 +229,7 @@ def test_a_fan_out_from_the_triggerer_is_one_login_and_one_squeue_per_tick(
     ]
     before = slurm_sshd.counts()
     started = time.monotonic()
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         payloads = asyncio.run(run_triggers(triggers, timeout=300))
     seconds = time.monotonic() - started
     after = slurm_sshd.counts()
@@ -244,7 +245,8 @@ def test_a_fan_out_from_the_triggerer_is_one_login_and_one_squeue_per_tick(
     assert [p["exit_code"] for p in payloads] == [index % 3 for index in range(fan_out)]
     assert [p["status"] for p in payloads] == ["success" if i % 3 == 0 else "failed" for i in range(fan_out)]
     # Every job's two lines reached the task logs, once each.
-    lines = sorted(e["event"] for e in logs if str(e.get("event", "")).startswith("shard "))
+    logged = [e["event"] for e in logs if str(e.get("event", "")).startswith("shard ")]
+    lines = sorted(logged + [line for payload in payloads for line in handed_over_lines(payload)])
     assert lines == sorted(f"shard {i} {word}" for i in range(fan_out) for word in ("starting", "done"))
     states = sorted(slurm_jobs(slurm_cluster, remote_base_dir).values())
     assert states.count("COMPLETED") == len(range(0, fan_out, 3))

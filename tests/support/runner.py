@@ -169,15 +169,17 @@ def run_operator(
     module_name, _, class_name = classpath.rpartition(".")
     trigger = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     logs, payload = asyncio.run(run_to_its_event(trigger, timeout))
+    # What the task log gets: the lines the trigger logged, then those its event hands over.
+    lines = remote_lines(logs) + handed_over_lines(payload)
     method = getattr(op, deferred.method_name)
     try:
         # As Airflow resumes the task: the deferral's kwargs, and the event.
         value = method(context_for(ti), **(deferred.kwargs or {}), event=payload)
     except AirflowSkipException as error:
-        return RunResult("skipped", error, payload, remote_lines(logs), logs, ti)
+        return RunResult("skipped", error, payload, lines, logs, ti)
     except Exception as error:
-        return RunResult("failed", error, payload, remote_lines(logs), logs, ti)
-    return RunResult("success", None, payload, remote_lines(logs), logs, ti, value)
+        return RunResult("failed", error, payload, lines, logs, ti)
+    return RunResult("success", None, payload, lines, logs, ti, value)
 
 
 def while_running(background: Callable[[], None], work: Callable[[], T]) -> T:
