@@ -116,6 +116,7 @@ def assert_healthy_jobs_untouched(triggers: list[RecordingTrigger], events: list
         assert getattr(trigger, "warned", []) == [], (index, trigger.warned)
 
 
+@pytest.mark.load
 @pytest.mark.parametrize("careless", list(CARELESS_JOBS))
 def test_one_careless_job_costs_the_other_49_nothing(
     poll_conn: str, remote_base_dir: str, careless: str

@@ -26,7 +26,7 @@ from ssh_jobs_provider.operators.durable import job_paths
 from ssh_jobs_provider.protocol.reattach import STATE_KEY, records_of
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from support.jobs import make_operator, wait_until
+from support.jobs import make_operator
 from support.logs import capture_logs
 from support.runner import (
     StandInStateStore,
@@ -36,6 +36,7 @@ from support.runner import (
     run_to_its_event,
     submit,
 )
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,9 +17,10 @@ import pytest
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.protocol.answers import CleanupResult, parse_batch_output
 from ssh_jobs_provider.protocol.batch import CleanupEntry, build_batch_script
-from support.jobs import TOKEN, make_operator, start_job, trigger_for, wait_until
+from support.jobs import TOKEN, make_operator, start_job, trigger_for
 from support.runner import run_operator, watch
 from support.sshd import use_connection
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration]
 

@@ -39,6 +39,7 @@ def _submit_one(index: int, base_dir: str, started_file: str, barrier: Any, resu
         results.put((index, "ok", "", time.monotonic() - began))
 
 
+@pytest.mark.load
 def test_120_way_simultaneous_submit_against_default_max_startups(
     sshd_factory, monkeypatch, tmp_path: Path
 ) -> None:

@@ -24,10 +24,11 @@ import pytest
 
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.protocol.identity import job_marker
-from support.jobs import make_operator, wait_until
+from support.jobs import make_operator
 from support.logs import capture_logs
 from support.runner import StandInTaskInstance, submit
 from support.sshd import use_connection
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import ssh_jobs_provider
-from support.jobs import wait_until
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,11 @@ from ssh_jobs_provider._compat import TaskDeferralTimeout
 from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy
-from support.jobs import make_operator, wait_until
+from support.jobs import make_operator
 from support.logs import capture_logs
 from support.runner import StandInStateStore, StandInTaskInstance, context_for, submit, watch
 from support.sshd import use_connection
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ssh_jobs_provider.cli.main import main
 from ssh_jobs_provider.protocol.identity import make_job_id
-from support.jobs import start_job, wait_until
+from support.jobs import start_job
 from support.sshd import use_connection
+from support.waiting import wait_until
 
 OLD = time.time() - 10 * 86400
 

@@ -22,8 +22,9 @@ import pytest
 
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.protocol.identity import make_job_id
-from support.jobs import make_operator, wait_until
+from support.jobs import make_operator
 from support.runner import StandInTaskInstance, context_for, run_operator, submit, watch
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -77,6 +77,7 @@ def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(HostSession, "linger", 0.2)
 
 
+@pytest.mark.load
 def test_fifty_triggers_share_one_connection_and_one_exec_per_tick(
     sshd, ssh_conn: str, remote_base_dir: str
 ) -> None:
@@ -127,6 +128,7 @@ def test_every_trigger_gets_exactly_its_own_lines(sshd, ssh_conn: str, remote_ba
         assert trigger.emitted == [f"job{index} line {i}" for i in range(1, 6)]
 
 
+@pytest.mark.load
 def test_sshd_restart_with_fifty_triggers_reconnects_once_for_all(
     sshd, ssh_conn: str, remote_base_dir: str
 ) -> None:

@@ -21,7 +21,7 @@ from ssh_jobs_provider.operators.remote_steps import handed_over_lines
 from ssh_jobs_provider.protocol.slurm import SlurmOptionError
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from support.jobs import make_operator, wait_until
+from support.jobs import make_operator
 from support.logs import capture_logs
 from support.report import report
 from support.runner import (
@@ -35,6 +35,7 @@ from support.runner import (
 )
 from support.slurm import SlurmCallLog, SlurmCluster
 from support.sshd import BaseSSHServer, use_connection
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -201,7 +202,7 @@ def test_durable_retry_reattaches_to_the_running_slurm_job(
     assert list(slurm_jobs(slurm_cluster, remote_base_dir).values()) == ["COMPLETED"]
 
 
-@pytest.mark.parametrize("fan_out", [20, pytest.param(200, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("fan_out", [20, pytest.param(200, marks=[pytest.mark.slow, pytest.mark.load])])
 def test_a_fan_out_from_the_triggerer_is_one_login_and_one_squeue_per_tick(
     slurm_conn: str,
     slurm_sshd: BaseSSHServer,

@@ -33,6 +33,7 @@ def test_trigger_holds_one_connection_for_the_whole_watch(sshd, poll_conn: str, 
     assert after["sessions"] - before["sessions"] >= 5, "it really polled many times over that connection"
 
 
+@pytest.mark.load
 def test_several_megabytes_written_just_before_exit_arrive_exactly(
     poll_conn: str, remote_base_dir: str
 ) -> None:

@@ -24,10 +24,11 @@ from ssh_jobs_provider.exceptions import FAN_OUT_HINT, RemoteJobError
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
-from support.jobs import make_operator, wait_until
+from support.jobs import make_operator
 from support.report import report
 from support.runner import StandInTaskInstance, context_for, run_operator, submit
 from support.sshd import use_connection
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

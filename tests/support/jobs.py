@@ -7,8 +7,7 @@ keyword of the same name, which goes to the operator or trigger unchanged.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ssh_jobs_provider.hooks.ssh import SSHHook
@@ -81,23 +80,3 @@ def start_job(conn_id: str, base_dir: str, command: str, job_id: str = "job") ->
     """Start one job (see :func:`submit_jobs`)."""
     (paths,) = submit_jobs(conn_id, base_dir, [command], [job_id])
     return paths
-
-
-def wait_until(
-    predicate: Callable[[], object],
-    timeout: float = 10.0,
-    what: str | Callable[[], object] = "the condition",
-    interval: float = 0.05,
-) -> None:
-    """
-    Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds.
-
-    :param what: what was awaited, for the failure message; a callable is called at the
-        failure, to show the state that was never reached (e.g. the processes still alive)
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
-        time.sleep(interval)

@@ -35,9 +35,9 @@ from ssh_jobs_provider.protocol.identity import RemoteJobPaths, job_marker
 from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.protocol.submit import build_submit_script
-from support.jobs import wait_until
 from support.protocol import poll_once as poll
 from support.protocol import run_sh
+from support.waiting import wait_until
 
 #: Every poll here runs in POSIX sh and in perl, which must answer alike.
 pytestmark = pytest.mark.usefixtures("poll_interpreter")

@@ -25,8 +25,8 @@ from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_BATCH_BYTES, SUBMIT_TICK, PollScheduler, Watch
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH as PER_BATCH
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_PERL_BATCH as PER_PERL_BATCH
-from support.jobs import wait_until
 from support.protocol import run_sh
+from support.waiting import wait_until
 
 BACKOFF = BackoffPolicy(initial=2.0, maximum=8.0)
 

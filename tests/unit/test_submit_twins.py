@@ -25,8 +25,8 @@ from ssh_jobs_provider.protocol.batch import SubmitEntry, build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.protocol.submit import build_submit_script
-from support.jobs import wait_until
 from support.protocol import run_sh
+from support.waiting import wait_until
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 OTHER_TOKEN = "f" * 32
