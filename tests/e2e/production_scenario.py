@@ -34,7 +34,6 @@ more than one per triggerer, one for each triggerer that holds triggers of the h
 
 from __future__ import annotations
 
-import itertools
 import re
 import statistics
 import time
@@ -54,6 +53,7 @@ from harness.production import (
 )
 from harness.remote_jobs import kill_running_jobs
 from harness.sshd import SSHServer
+from ssh_jobs_provider.triggers.watch import LOG_WRITE_SECONDS
 
 CONN_ID = "ssh_production"
 DAG_ID = "production_fanout"
@@ -79,6 +79,10 @@ SAME_POLL_SECONDS = 0.4
 #: A graceful stop was measured to repeat up to 3.5 s of output (see the xfail test): the bound
 #: the strict test holds it to, so that a worse regression still fails.
 GRACEFUL_REPEAT_SECONDS = 5.0
+#: The seconds of a SIGKILLed triggerer's output that may come again: what it handed to its logger
+#: in the last LOG_WRITE_SECONDS before its last poll was not yet recorded on the host as
+#: delivered, and nor was that poll's own output (polls a second apart).
+KILL_REPEAT_SECONDS = LOG_WRITE_SECONDS + 1 + SAME_POLL_SECONDS
 SHARD_LINE = re.compile(r"^shard (\d+) line (\d+)$")
 PRINTED_LINE = re.compile(r"^shard (\d+) printed (\d+) lines$")
 
@@ -411,21 +415,6 @@ def output_tries(run: ProductionRun, shard: int) -> list[Stream]:
                 )
             )
     return found
-
-
-def last_tick(stream: Stream, job_id: int) -> int:
-    """
-    How many lines the triggerer ``job_id`` wrote in its last poll of this task: the last burst,
-    lines less than SAME_POLL_SECONDS apart (a catch-up burst of many lines takes a while to log
-    on a busy machine, but polls are a second or more apart).
-    """
-    mine = [line.timestamp for line in stream.lines if writer(line) == job_id]
-    count = 1 if mine else 0
-    for later, earlier in itertools.pairwise(reversed(mine)):
-        if (later - earlier).total_seconds() > SAME_POLL_SECONDS:
-            break
-        count += 1
-    return count
 
 
 def recent_lines(stream: Stream, job_id: int, seconds: float) -> int:

@@ -15,10 +15,10 @@ from e2e_support import submitted_job_ids
 from production_scenario import (
     FAN_OUT,
     GRACEFUL_REPEAT_SECONDS,
+    KILL_REPEAT_SECONDS,
     MODES,
     ProductionRun,
     exit_code,
-    last_tick,
     mode_of,
     output_tries,
     recent_lines,
@@ -147,13 +147,14 @@ def gaps_at_the_kill(production: ProductionRun, shard: int) -> list[tuple[int, i
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_lines_are_lost_or_repeated_only_where_a_triggerer_left_and_at_most_its_last_tick(
+def test_lines_are_lost_or_repeated_only_where_a_triggerer_left_and_at_most_its_last_seconds(
     production: ProductionRun, mode: str
 ) -> None:
     """
     Away from the two triggerers that left, the log is exact. Where the SIGKILLed one left, its
-    last tick may come again (the provider's promise after a crash); where the gracefully stopped
-    one left, at most its last GRACEFUL_REPEAT_SECONDS (the promise is none: see the xfail tests).
+    last KILL_REPEAT_SECONDS may come again (the provider's promise after a crash: what the host
+    had not yet recorded as delivered); where the gracefully stopped one left, at most its last
+    GRACEFUL_REPEAT_SECONDS (the promise is none: see the xfail test).
     """
     killed, restarted = production.faults["triggerer"].job_id, production.faults["restart"].job_id
     assert killed is not None and restarted is not None
@@ -173,17 +174,17 @@ def test_lines_are_lost_or_repeated_only_where_a_triggerer_left_and_at_most_its_
                 continue
             left = stream.writers[k - 1]
             # Only where a triggerer left, once, from the next writer: after the SIGKILL at most its
-            # last tick; after the graceful stop at most its last few seconds (the xfail test below).
+            # last seconds; after the graceful stop at most its last few (the xfail test below).
             assert current <= previous and left in (killed, restarted) and stream.writers[k] != left, where
             bound = (
-                last_tick(stream, killed)
+                recent_lines(stream, killed, KILL_REPEAT_SECONDS)
                 if left == killed
                 else recent_lines(stream, restarted, GRACEFUL_REPEAT_SECONDS)
             )
             assert previous - current + 1 <= bound, where
     report(
         f"e2e production shape, submit_from={mode!r}: lines repeated per task at most {most_repeated}, only "
-        "where a triggerer left (SIGKILL: at most its last tick; graceful stop: at most its last "
+        f"where a triggerer left (SIGKILL: at most its last {KILL_REPEAT_SECONDS:.1f}s; graceful stop: at most its last "
         f"{GRACEFUL_REPEAT_SECONDS:.0f}s); none lost or repeated anywhere else"
     )
 

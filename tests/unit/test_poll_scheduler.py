@@ -99,7 +99,7 @@ def test_entries_share_the_batch_byte_budget_but_every_job_gets_a_minimum_window
     small = make_watch("small", chunk=1024)
     scheduler = scheduler_with(*big, small)
 
-    first, second, third = scheduler.entries([*big, small])
+    first, second, third = scheduler.entries([*big, small], 0.0)
 
     assert isinstance(first, PollEntry) and first.max_bytes == MAX_BATCH_BYTES
     assert isinstance(second, PollEntry) and second.max_bytes == MIN_WINDOW
@@ -114,7 +114,7 @@ def test_a_finished_job_awaiting_cleanup_gets_a_cleanup_entry_with_its_token() -
     scheduler = scheduler_with(watch)
     scheduler.apply([watch], {0: exited(0)}, now=1.0)
 
-    (entry,) = scheduler.entries([watch])
+    (entry,) = scheduler.entries([watch], 1.0)
 
     assert entry == CleanupEntry(watch.monitor.paths, token=token)
     assert watch.offset_record().token == token
@@ -313,7 +313,7 @@ def test_scheduler_drains_real_jobs_through_the_real_batch_script(tmp_path: Path
         due = scheduler.due(now)
         if not due:
             continue
-        entries = scheduler.entries(due)
+        entries = scheduler.entries(due, now)
         for watch, delivery in scheduler.apply(
             due, parse_batch_output(run_sh(build_batch_script(entries)).stdout, entries), now
         ):

@@ -52,7 +52,7 @@ def test_a_submit_is_due_at_the_next_submit_tick_not_at_the_poll_grid() -> None:
     scheduler.add(watch, 0.3)
 
     assert watch.next_due == SUBMIT_TICK
-    (entry,) = scheduler.entries(scheduler.due(SUBMIT_TICK))
+    (entry,) = scheduler.entries(scheduler.due(SUBMIT_TICK), SUBMIT_TICK)
     assert isinstance(entry, SubmitEntry)
     assert entry.token == watch.monitor.token and entry.files == watch.submit_files
 
@@ -102,7 +102,7 @@ def test_the_answer_ends_the_submit_and_the_job_is_polled_from_then_on() -> None
 
     assert delivery.submitted is not None and delivery.submitted.pid == 42
     assert watch.submit_files is None
-    (entry,) = scheduler.entries([watch])
+    (entry,) = scheduler.entries([watch], 1.0)
     assert type(entry) is PollEntry
 
 

@@ -1,8 +1,13 @@
-"""The phases of one watched job (``triggers/watch.py``): its transitions, and only those."""
+"""
+The phases of one watched job (``triggers/watch.py``): its transitions, and only those; and the
+log offset it records on the host as delivered.
+"""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ssh_jobs_provider.protocol.answers import CleanupResult, JobState, JobStatus
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
@@ -10,7 +15,14 @@ from ssh_jobs_provider.protocol.monitor import JobMonitor
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import PollScheduler
-from ssh_jobs_provider.triggers.watch import TRANSITIONS, Event, Phase, Watch, WatchStateError
+from ssh_jobs_provider.triggers.watch import (
+    LOG_WRITE_SECONDS,
+    TRANSITIONS,
+    Event,
+    Phase,
+    Watch,
+    WatchStateError,
+)
 
 BACKOFF = BackoffPolicy(initial=2.0, maximum=8.0)
 
@@ -84,3 +96,47 @@ def test_removing_a_watch_twice_is_harmless() -> None:
     scheduler.remove(watch)
     scheduler.remove(watch)
     assert watch.phase is Phase.DONE
+
+
+# --------------------------------------------------------------------------- the recorded offset
+
+
+def test_an_offset_is_recorded_as_delivered_only_once_its_lines_had_time_to_reach_the_task_log() -> None:
+    watch = make_watch()
+    scheduler = PollScheduler(BACKOFF)
+    scheduler.add(watch, 0.0)
+    watch.record_delivered(100, now=10.0)
+    watch.record_delivered(250, now=11.0)
+
+    def recorded(now: float) -> int:
+        (entry,) = scheduler.entries([watch], now)
+        return entry.delivered  # type: ignore[union-attr]
+
+    assert recorded(10.0 + LOG_WRITE_SECONDS - 0.01) == 0
+    assert recorded(10.0 + LOG_WRITE_SECONDS) == 100
+    assert recorded(11.0 + LOG_WRITE_SECONDS) == 250
+    assert watch.handed_over == 250
+
+
+def test_a_trigger_leaving_while_its_triggerer_lives_records_all_it_handed_over() -> None:
+    watch = make_watch()
+    watch.record_delivered(100, now=10.0)
+    assert watch.settled(10.5) == 0
+    assert watch.offset_record().delivered == 100
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(0, 10**6)), max_size=20), st.floats(0, 200))
+def test_the_recorded_offset_never_passes_what_was_handed_over_long_enough_ago(
+    hand_overs: list[tuple[float, int]], asked_at: float
+) -> None:
+    watch = make_watch()
+    now = 0.0
+    handed: list[tuple[float, int]] = []
+    for gap, offset in hand_overs:
+        now += gap
+        watch.record_delivered(offset, now)
+        handed.append((now, offset))
+    settled_by = [offset for at, offset in handed if at + LOG_WRITE_SECONDS <= now + asked_at]
+    assert watch.settled(now + asked_at) == max(settled_by, default=0)
+    assert watch.settled(now + asked_at) <= watch.handed_over

@@ -250,7 +250,7 @@ class HostSession:
 
     async def _poll(self, due: list[Watch]) -> None:
         loop = asyncio.get_running_loop()
-        entries = self.scheduler.entries(due)
+        entries = self.scheduler.entries(due, loop.time())
         tag = batch_tag()
         sent = False
         # The Slurm jobs of the tick: ONE squeue for all of them, in the same exec, after the polls.

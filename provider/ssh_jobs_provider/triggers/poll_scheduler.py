@@ -168,8 +168,11 @@ class PollScheduler:
 
     # ------------------------------------------------------------------ one batch
 
-    def entries(self, due: list[Watch]) -> list[Entry]:
-        """The batch for ``due``: a cleanup for finished jobs, a log window for the others."""
+    def entries(self, due: list[Watch], now: float) -> list[Entry]:
+        """
+        The batch for ``due`` at clock reading ``now``: a cleanup for finished jobs, a log window
+        for the others (recording the log offset each has settled as delivered).
+        """
         entries: list[Entry] = []
         budget = MAX_BATCH_BYTES
         for watch in due:
@@ -179,7 +182,7 @@ class PollScheduler:
                 continue
             window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
-            entry = monitor.poll_entry(max_bytes=window, delivered=watch.delivered)
+            entry = monitor.poll_entry(max_bytes=window, delivered=watch.settled(now))
             if watch.submitting and watch.submit_files is not None:
                 fields = (entry.paths, entry.offset, entry.max_bytes, entry.delivered, entry.token)
                 slurm = watch.slurm  # a Slurm job is queued with sbatch, not started detached

@@ -31,6 +31,7 @@ from ssh_jobs_provider.protocol.slurm import build_slurm_cancel_script
 from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
 from ssh_jobs_provider.triggers.task_state import task_now
+from ssh_jobs_provider.triggers.watch import LOG_WRITE_SECONDS
 
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early.
 OFFSET_RECORD_WAIT_SECONDS = 5.0
@@ -40,9 +41,6 @@ KILL_CLOSE_WAIT_SECONDS = 5.0
 KILL_CONNECT_ATTEMPTS = 3
 
 
-#: Seconds between the last line this trigger logged and its event: Airflow's triggerer writes
-#: a trigger's log in another process, a moment later.
-FINAL_LOG_SETTLE_SECONDS = 2.0
 #: Most bytes of a job's last lines that the final event carries to the worker (the rest of the
 #: final delivery is logged here): the event is stored in the metadata database.
 FINAL_LINES_IN_EVENT_BYTES = 16 * 1024
@@ -298,7 +296,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             while True:
                 delivery = await watch.next_delivery()
                 self._emit(delivery)
-                watch.record_delivered(delivery.log_offset)
+                watch.record_delivered(delivery.log_offset, loop.time())
                 self.log_offset = delivery.log_offset
                 if delivery.outcome is not None:
                     finished = True
@@ -314,7 +312,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self._submitted = dataclasses.replace(self._submitted, pid=monitor.wrapper_pid)
         # Lines logged just before the event may not reach the task log yet (see _emit): they get
         # a moment to be written before the trigger ends.
-        settle = getattr(self, "_last_line_at", -math.inf) + FINAL_LOG_SETTLE_SECONDS - loop.time()
+        settle = getattr(self, "_last_line_at", -math.inf) + LOG_WRITE_SECONDS - loop.time()
         if settle > 0:
             await asyncio.sleep(settle)
         yield self._event(delivery.outcome, delivery.log_offset, delivery.cleaned_up)

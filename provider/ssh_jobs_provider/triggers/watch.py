@@ -17,6 +17,7 @@ other)::
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -32,6 +33,12 @@ from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget,
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
 SUBMIT_TICK = 1.0
+#: Seconds a line handed to the trigger's logger may take to reach the task log. Airflow 3's
+#: triggerer writes a trigger's log in its parent process, after a trip over a socket: a
+#: triggerer killed outright loses what is still on the way. So the host records a log offset
+#: as delivered (where a re-created trigger resumes) only this long after it was handed over:
+#: after such a kill, the last seconds' lines may come twice, and none is lost.
+LOG_WRITE_SECONDS = 2.0
 
 
 class Phase(Enum):
@@ -110,7 +117,8 @@ class Watch:
     :param cleanup: when the job directory is removed (:class:`~ssh_jobs_provider.job_spec.CleanupPolicy`)
     :param cleanup_retries: attempts for the cleanup before leaving it to the operator
     :param next_due: clock reading of the next poll
-    :param delivered: log bytes the trigger has written to the task log
+    :param delivered: log bytes recorded on the host as delivered: handed to the trigger's
+        logger at least :data:`LOG_WRITE_SECONDS` ago (see :meth:`record_delivered`)
     :param final_outcome: the outcome, while the cleanup is pending (:attr:`Phase.CLEANING`)
     :param submit_files: the job's files while the triggerer still has to submit it
         (:func:`~ssh_jobs_provider.protocol.scripts.job_files`); ``None`` once submitted, or
@@ -140,10 +148,14 @@ class Watch:
     polls: RetryBudget = field(init=False)
     #: Cleanups tried, against ``cleanup_retries`` attempts.
     cleanups: RetryBudget = field(init=False)
+    #: Log bytes handed to the trigger's logger, perhaps not yet in the task log.
+    handed_over: int = field(init=False)
+    #: (clock reading, offset) of the hand-overs not yet old enough to count as delivered.
+    _unsettled: deque[tuple[float, int]] = field(init=False, default_factory=deque)
 
     def __post_init__(self) -> None:
         self.budget_with(DEFAULT_BACKOFF)
-        self.delivered = self.monitor.log_offset
+        self.delivered = self.handed_over = self.monitor.log_offset
         self.phase = Phase.SUBMITTING if self.submit_files is not None else Phase.WATCHING
 
     def advance(self, event: Event) -> Phase:
@@ -177,9 +189,17 @@ class Watch:
     def cleaning(self) -> bool:
         return self.phase is Phase.CLEANING
 
-    def record_delivered(self, offset: int) -> None:
-        """The trigger has written the log up to ``offset`` to the task log."""
-        self.delivered = max(self.delivered, offset)
+    def record_delivered(self, offset: int, now: float) -> None:
+        """The trigger has handed the log up to ``offset`` to its logger (at clock reading ``now``)."""
+        if offset > self.handed_over:
+            self.handed_over = offset
+            self._unsettled.append((now, offset))
+
+    def settled(self, now: float) -> int:
+        """The log bytes to record as delivered at ``now``: those handed over long enough ago."""
+        while self._unsettled and self._unsettled[0][0] + LOG_WRITE_SECONDS <= now:
+            self.delivered = max(self.delivered, self._unsettled.popleft()[1])
+        return self.delivered
 
     def wants_cleanup(self, outcome: Outcome) -> bool:
         if outcome.status not in (OutcomeStatus.SUCCESS, OutcomeStatus.FAILED):
@@ -187,8 +207,11 @@ class Watch:
         return CleanupPolicy(self.cleanup).removes(outcome.status is OutcomeStatus.SUCCESS)
 
     def offset_record(self) -> PollEntry:
-        """An entry that only records how far the log was delivered (for a trigger that leaves)."""
-        return PollEntry(self.monitor.paths, 0, 0, delivered=self.delivered, token=self.monitor.token)
+        """
+        An entry that only records how far the log was delivered, for a trigger that leaves while
+        its triggerer lives on (a graceful stop, a trigger moved): all it handed over counts.
+        """
+        return PollEntry(self.monitor.paths, 0, 0, delivered=self.handed_over, token=self.monitor.token)
 
 
 def next_tick(now: float, interval: float) -> float:
