@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from ssh_jobs_provider.operators.remote_steps import handed_over_lines
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
@@ -216,3 +217,46 @@ def test_recreated_trigger_resumes_the_log_at_the_right_byte(
     assert 0 < len(before_restart) < 20
     assert before_restart + after_restart == expected, "no line repeated or lost across the restart"
     assert event["status"] == "success"
+
+
+async def run_like_the_triggerer(trigger: SSHRemoteJobTrigger) -> None:
+    """One trigger as Airflow's triggerer runs it: to its end or cancellation, then ``cleanup()``."""
+    try:
+        await collect_events(trigger, [])
+    finally:
+        await trigger.cleanup()
+
+
+def test_a_triggerer_shutting_down_records_every_triggers_offset_and_each_resumes_exactly(
+    sshd, ssh_conn: str, remote_base_dir: str
+) -> None:
+    """
+    A graceful triggerer stop ends its event loop: ``asyncio.run`` cancels every task at once,
+    the shared session's among them, while each leaving trigger still has its offset to record.
+    """
+    jobs = submit_jobs(ssh_conn, remote_base_dir, [ticking_job(i, 30, 0.1) for i in range(5)])
+    first = [shared_trigger(ssh_conn, paths, poll_interval=0.3) for paths in jobs]
+    kwargs = [trigger.serialize()[1] for trigger in first]
+
+    async def until_the_loop_ends() -> None:
+        for trigger in first:
+            asyncio.create_task(run_like_the_triggerer(trigger))  # noqa: RUF006 (cancelled by asyncio.run)
+        await asyncio.sleep(1.5)
+        # Returning ends asyncio.run: it cancels the triggers and the session in one pass.
+
+    with capture_logs() as logs:
+        asyncio.run(until_the_loop_ends())
+    before = lines_of_each(remote_lines(logs), 5)
+    with capture_logs() as logs:
+        payloads = asyncio.run(run_triggers([SSHRemoteJobTrigger(**k) for k in kwargs]))
+    after = lines_of_each(remote_lines(logs) + [line for p in payloads for line in handed_over_lines(p)], 5)
+
+    for index in range(5):
+        expected = [f"job{index} line {n}" for n in range(1, 31)]
+        assert 0 < len(before[index]) < 30, before[index]
+        assert before[index] + after[index] == expected, f"job{index}: repeated or lost across the stop"
+
+
+def lines_of_each(lines: list[str], jobs: int) -> list[list[str]]:
+    """The lines of ``job0`` to ``job<jobs-1>``, each job's in the order given."""
+    return [[line for line in lines if line.startswith(f"job{index} ")] for index in range(jobs)]

@@ -17,6 +17,7 @@ from support.jobs import start_job, trigger_for
 from support.report import report
 from support.runner import watch, while_running
 from support.sshd import use_connection
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,7 @@ def test_vanished_process_ends_with_a_clear_error_within_a_few_polls(
     poll_conn: str, remote_base_dir: str
 ) -> None:
     paths = start_job(poll_conn, remote_base_dir, "echo started\nsleep 300\n")
+    wait_until(lambda: Path(paths.log_file).read_text() == "started\n", what="the job's first line")
     pid = int(Path(paths.pid_file).read_text())
     os.killpg(pid, signal.SIGKILL)  # like the OOM killer: no chance to write an exit code
 

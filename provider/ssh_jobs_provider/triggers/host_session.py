@@ -62,6 +62,10 @@ ScriptRunner = Callable[[Any, str, float], Awaitable[tuple[int, bytes, bytes]]]
 RECORD_TIMEOUT_SECONDS = 30.0
 #: Seconds allowed for asking the host, once per session, what can run its polls.
 PROBE_TIMEOUT_SECONDS = 30.0
+#: When the event loop shuts down: seconds to let the triggers leaving with it ask for their
+#: offset records, then seconds for the one batch that records them.
+SHUTDOWN_GATHER_SECONDS = 0.2
+SHUTDOWN_RECORD_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -203,8 +207,11 @@ class HostSession:
                     continue
                 await self._poll(due)
         except asyncio.CancelledError:
-            # The event loop is shutting down (triggerer stop, or `dags test` ending): close
-            # without waiting for the server's goodbye, whose reader task is cancelled too.
+            # The event loop is shutting down (triggerer stop, or `dags test` ending): asyncio
+            # cancels the triggers with this task, and each one leaving asks for its offset
+            # record. Record them in one last batch, else the next triggerer repeats their lines.
+            await self._record_on_shutdown()
+            # Then close without waiting for the server's goodbye, whose reader task is cancelled.
             self._abort_connection()
             raise
         except Exception as error:  # a bug here must not leave triggers waiting forever
@@ -230,6 +237,18 @@ class HostSession:
         return bool(done)
 
     # ------------------------------------------------------------------ one batch
+
+    async def _record_on_shutdown(self) -> None:
+        """The last offset records, in a bounded time: the event loop is going away."""
+        if self._conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_RECORD_SECONDS
+        # The triggers cancelled in the same pass run their `finally` after this task's turn.
+        await asyncio.sleep(SHUTDOWN_GATHER_SECONDS)
+        while self._records and self._conn is not None and loop.time() < deadline:
+            with contextlib.suppress(Exception):  # TimeoutError too: best effort, as ever
+                await asyncio.wait_for(self._flush_records(), deadline - loop.time())
 
     async def _flush_records(self) -> None:
         records, self._records = self._records, []
