@@ -8,11 +8,14 @@ from typing import Any
 
 from ssh_jobs_provider.exceptions import SSHAuthenticationError
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.protocol.batch import build_probe_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor
+from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy
 from ssh_jobs_provider.triggers.host_session import HostSession, JobWatch
+from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH
 from support.protocol import run_sh
 
 SETTINGS = SSHConnectionSettings.from_connection(None, host="remote.example", username="u")
@@ -95,3 +98,40 @@ def test_a_dropped_connection_is_reopened_once_and_the_log_arrives_whole(tmp_pat
     assert (outcome.status, outcome.exit_code, lines) == ("success", 0, ["one", "two"])
     assert len(connects) == 2 and opened == 1
     assert len(warnings) == 1 and "connection reset" in warnings[0]
+
+
+def test_the_first_batch_on_a_perl_host_carries_a_whole_fan_outs_submits(tmp_path: Path) -> None:
+    """The probe that finds perl comes before the first batch is cut: no sh-sized first batch."""
+    fan_out = SUBMITS_PER_BATCH + 150
+    scripts: list[str] = []
+
+    async def recording_shell(conn: Any, script: str, timeout: float) -> tuple[int, bytes, bytes]:
+        scripts.append(script)
+        return await local_shell(conn, script, timeout)
+
+    async def connect(settings: SSHConnectionSettings) -> Any:
+        return FakeConnection()
+
+    watches = []
+    for index in range(fan_out):
+        token = new_job_token()
+        paths = RemoteJobPaths(f"fan{index:04d}x", str(tmp_path / "jobs"))
+        monitor = JobMonitor(paths, 0, 4096, started_at=0.0, token=token)
+        files = job_files("true\n", {}, None, token)
+        watches.append(JobWatch(monitor, 0.5, 60.0, 3, submit_files=files))
+
+    async def scenario() -> None:
+        session = HostSession(SETTINGS, connect, recording_shell, FAST)
+        for watch in watches:
+            session.watch(watch)
+        for watch in watches:
+            while (await asyncio.wait_for(watch.next_delivery(), 60)).submitted is None:
+                pass
+        for watch in watches:
+            session.unwatch(watch)
+
+    asyncio.run(scenario())
+
+    probe, first_batch = scripts[0], scripts[1]
+    assert probe == build_probe_script()
+    assert sum(f"fan{index:04d}x" in first_batch for index in range(fan_out)) == fan_out

@@ -269,6 +269,18 @@ class HostSession:
 
     async def _poll(self, due: list[Watch]) -> None:
         loop = asyncio.get_running_loop()
+        first_on_host = self.interpreter is None
+        try:
+            conn = await self._connection()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._batch_failed(due, error, sent=False)
+            return
+        if first_on_host:
+            # The probe has just set how many submits a batch carries (twenty times more in
+            # perl): the first tick of a fan-out takes them all, not the sh-sized share.
+            due = self.scheduler.due(loop.time()) or due
         entries = self.scheduler.entries(due, loop.time())
         tag = batch_tag()
         sent = False
@@ -279,7 +291,6 @@ class HostSession:
             if isinstance(watch.monitor, SlurmMonitor) and not watch.cleaning
         ]
         try:
-            conn = await self._connection()
             script = self._batch_script(entries, tag) + slurm_section(slurm_jobs)
             started = loop.time()
             # From here on the script may reach the host, and its submits start their jobs,
@@ -292,25 +303,7 @@ class HostSession:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            metrics.batch_failed(self.settings.host, self.scheduler.watched)
-            delay, deliveries = self.scheduler.batch_error(due, error, loop.time(), sent=sent)
-            if isinstance(error, BatchNotAnswered):
-                # The connection is as good as it was; what runs the polls may not be (a perl
-                # that broke since it was probed): asked again before the next batch.
-                self.interpreter = None
-            elif delay is not None:
-                await self._drop_connection()
-            if delay is not None:
-                log.warning(
-                    "SSH batch poll of %d job(s) on %s failed (%s: %s); %s in %.1fs",
-                    len(due),
-                    self.settings.address,
-                    type(error).__name__,
-                    error,
-                    "asking again" if isinstance(error, BatchNotAnswered) else "reconnecting",
-                    delay,
-                )
-            self._deliver(deliveries)
+            await self._batch_failed(due, error, sent)
             return
         self.batches += 1
         if slurm_jobs:
@@ -319,6 +312,29 @@ class HostSession:
                 cast(SlurmMonitor, due[key].monitor).feed_slurm(records.get(key))
         metrics.batch_polled(self.settings.host, (loop.time() - started) * 1000, self.scheduler.watched)
         self._deliver(self.scheduler.apply(due, results, loop.time()))
+
+    async def _batch_failed(self, due: list[Watch], error: Exception, sent: bool) -> None:
+        """A batch that was not answered: back off (or give up) as the scheduler decides."""
+        metrics.batch_failed(self.settings.host, self.scheduler.watched)
+        loop = asyncio.get_running_loop()
+        delay, deliveries = self.scheduler.batch_error(due, error, loop.time(), sent=sent)
+        if isinstance(error, BatchNotAnswered):
+            # The connection is as good as it was; what runs the polls may not be (a perl
+            # that broke since it was probed): asked again before the next batch.
+            self.interpreter = None
+        elif delay is not None:
+            await self._drop_connection()
+        if delay is not None:
+            log.warning(
+                "SSH batch poll of %d job(s) on %s failed (%s: %s); %s in %.1fs",
+                len(due),
+                self.settings.address,
+                type(error).__name__,
+                error,
+                "asking again" if isinstance(error, BatchNotAnswered) else "reconnecting",
+                delay,
+            )
+        self._deliver(deliveries)
 
     def _batch_script(self, entries: list[Entry], tag: str = PROTOCOL_TAG) -> str:
         assert self.interpreter is not None  # resolved by _connection()
