@@ -94,8 +94,8 @@ GATE_POLLS = 1500
 SAME_POLL_SECONDS = 0.3
 #: The seconds of a SIGKILLed triggerer's output that may come again: what it handed to its
 #: logger in the last LOG_WRITE_SECONDS before its last poll was not yet recorded on the host,
-#: and nor was that poll's own output (polls a second apart here).
-REPEAT_WINDOW_SECONDS = LOG_WRITE_SECONDS + 1 + SAME_POLL_SECONDS
+#: and nor was that poll's own output (polls a second apart here, answered up to 2 s late).
+REPEAT_WINDOW_SECONDS = LOG_WRITE_SECONDS + 3.0
 #: Lines each fan-out task must have logged before the triggerer is killed.
 LINES_BEFORE_KILL = 3
 #: Longest tolerated time from the kill to the moved tasks' next output line.

@@ -169,17 +169,22 @@ def run_operator(
     module_name, _, class_name = classpath.rpartition(".")
     trigger = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     logs, payload = asyncio.run(run_to_its_event(trigger, timeout))
-    # What the task log gets: the lines the trigger logged, then those its event hands over.
-    lines = remote_lines(logs) + handed_over_lines(payload)
     method = getattr(op, deferred.method_name)
-    try:
-        # As Airflow resumes the task: the deferral's kwargs, and the event.
-        value = method(context_for(ti), **(deferred.kwargs or {}), event=payload)
-    except AirflowSkipException as error:
-        return RunResult("skipped", error, payload, lines, logs, ti)
-    except Exception as error:
-        return RunResult("failed", error, payload, lines, logs, ti)
-    return RunResult("success", None, payload, lines, logs, ti, value)
+    outcome, error, value = "success", None, None
+    with capture_logs() as worker_logs:
+        try:
+            # As Airflow resumes the task: the deferral's kwargs, and the event.
+            value = method(context_for(ti), **(deferred.kwargs or {}), event=payload)
+        except AirflowSkipException as skipped:
+            outcome, error = "skipped", skipped
+        except Exception as failure:
+            outcome, error = "failed", failure
+    # What the task log gets: the lines the trigger logged, then the last ones its event handed
+    # over, which the worker writes first thing on resuming.
+    handed = handed_over_lines(payload)
+    written = remote_lines(worker_logs)[: len(handed)]
+    assert written == handed, f"the worker must write the lines the event handed over: {written} != {handed}"
+    return RunResult(outcome, error, payload, remote_lines(logs) + written, logs, ti, value)
 
 
 def while_running(background: Callable[[], None], work: Callable[[], T]) -> T:

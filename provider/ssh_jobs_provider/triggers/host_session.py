@@ -63,9 +63,10 @@ RECORD_TIMEOUT_SECONDS = 30.0
 #: Seconds allowed for asking the host, once per session, what can run its polls.
 PROBE_TIMEOUT_SECONDS = 30.0
 #: When the event loop shuts down: seconds to let the triggers leaving with it ask for their
-#: offset records, then seconds for the one batch that records them.
+#: offset records, then seconds for the batch that records them (a busy host answers late;
+#: Airflow's triggerer escalates a stop to SIGKILL after 10 s).
 SHUTDOWN_GATHER_SECONDS = 0.2
-SHUTDOWN_RECORD_SECONDS = 5.0
+SHUTDOWN_RECORD_SECONDS = 8.0
 
 
 @dataclass(eq=False)
@@ -164,6 +165,10 @@ class HostSession:
         recorded, ``False`` if the batch failed.
         """
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            # Ended (its loop shut down): restarted now, it would outlive the event loop.
+            future.set_result(False)
+            return future
         self._records.append((watch.offset_record(), future))
         self._changed.set()
         self._ensure_running()
@@ -210,9 +215,12 @@ class HostSession:
             # The event loop is shutting down (triggerer stop, or `dags test` ending): asyncio
             # cancels the triggers with this task, and each one leaving asks for its offset
             # record. Record them in one last batch, else the next triggerer repeats their lines.
-            await self._record_on_shutdown()
-            # Then close without waiting for the server's goodbye, whose reader task is cancelled.
-            self._abort_connection()
+            try:
+                await self._record_on_shutdown()
+            finally:
+                # Then close without waiting for the server's goodbye, whose reader task is
+                # cancelled too.
+                self._abort_connection()
             raise
         except Exception as error:  # a bug here must not leave triggers waiting forever
             log.exception("SSH host session for %s failed", self.settings.address)
@@ -258,6 +266,9 @@ class HostSession:
             await self._runner(conn, self._batch_script(entries), RECORD_TIMEOUT_SECONDS)
             ok = True
         except asyncio.CancelledError:
+            # Cut off (the loop shutting down, or the shutdown's own deadline): kept for a
+            # later batch. Sending one twice is harmless: the host keeps the largest offset.
+            self._records[:0] = records
             raise
         except Exception as error:  # best effort: a lost record only means repeated lines
             log.warning("Could not record delivered log offsets on %s: %s", self.settings.address, error)
