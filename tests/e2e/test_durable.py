@@ -130,10 +130,10 @@ class KilledBeforeDefer(SSHRemoteJobOperator):
         self.e2e_try_number = context["ti"].try_number
         return super().execute(context)
 
-    def _defer(self, context, trigger):
+    def _defer(self, context, *args, **kwargs):
         if getattr(self, "e2e_try_number", None) == 1:
             os.kill(os.getpid(), signal.SIGKILL)
-        super()._defer(context, trigger)
+        super()._defer(context, *args, **kwargs)
 
 
 class FailsAfterItsJobSucceeded(SSHRemoteJobOperator):
