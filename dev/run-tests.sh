@@ -99,8 +99,9 @@ fi
 # except the volume tests (marker `load`: many jobs, connections or megabytes at once), which
 # measure the SSH layer and the host, not the release, and only add minutes under two runs at once.
 # Their virtualenvs are built (or found up to date) first, all at once; then the runs go
-# AIRFLOW_RELEASE_JOBS at a time (default 3: the tests spend most of their time waiting on
-# sshd, jobs and polls, so three runs share two cores well; a run alone uses under half a core), each into a log of its own that is
+# AIRFLOW_RELEASE_JOBS at a time (default 4: the tests spend most of their time waiting on
+# sshd, jobs and polls; measured on 2 cores, three runs at once took 8.5 to 9 min each, as long
+# as one alone), each into a log of its own that is
 # printed when it ends.
 if [ $# -gt 0 ]; then
   echo "== older Airflow releases: left out (extra arguments); run one alone:"
@@ -128,7 +129,7 @@ else
     runs+=("$release|suite")
   done
   runs+=("${OLDER_AIRFLOW_RELEASES[0]}|e2e")
-  parallel=${AIRFLOW_RELEASE_JOBS:-3}
+  parallel=${AIRFLOW_RELEASE_JOBS:-4}
   declare -A run_of_pid=()
   finish_one() {
     local pid run_status=0
