@@ -76,9 +76,6 @@ FAILOVER_TIMEOUT = 90.0
 RUN_TIMEOUT = 420.0
 #: Lines of one batch poll reach the task log milliseconds apart; polls are >= 1 s apart.
 SAME_POLL_SECONDS = 0.4
-#: A graceful stop was measured to repeat up to 3.5 s of output (see the xfail test): the bound
-#: the strict test holds it to, so that a worse regression still fails.
-GRACEFUL_REPEAT_SECONDS = 5.0
 #: The seconds of a SIGKILLed triggerer's output that may come again: what it handed to its logger
 #: in the last LOG_WRITE_SECONDS before its last poll was not yet recorded on the host as
 #: delivered, and nor was that poll's own output (polls a second apart, answered up to 2 s late
