@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ssh_jobs_provider._compat import TaskDeferralTimeout
+from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.operators.ssh_remote_job import XCOM_KEY, SSHRemoteJobOperator
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.faultproxy import FaultProxy
@@ -143,6 +144,20 @@ def test_on_kill_kills_the_whole_remote_process_tree(ssh_conn: str, remote_base_
 
     wait_until_gone(pid)
     assert Path(ti.xcom[XCOM_KEY]["exit_code_file"]).read_text().split()[0] == "143"
+
+
+@pytest.mark.parametrize("submit_from", ["worker", "triggerer"])
+def test_a_task_killed_before_its_submit_submits_nothing(
+    ssh_conn: str, remote_base_dir: str, submit_from: str
+) -> None:
+    # As when Airflow's scheduler failed a resumed task and its worker process, told to stop, ran
+    # execute() once more: on_kill came first, and what follows must not start a job.
+    op = make_operator(ssh_conn, remote_base_dir, "echo never", submit_from=submit_from)
+    op.on_kill()
+
+    with pytest.raises(RemoteJobError, match="killed before it submitted"):
+        op.execute(context_for(StandInTaskInstance()))  # type: ignore[arg-type]
+    assert list(Path(remote_base_dir).glob("af_*")) == []
 
 
 def test_deferral_timeout_kills_the_remote_job_before_failing(ssh_conn: str, remote_base_dir: str) -> None:

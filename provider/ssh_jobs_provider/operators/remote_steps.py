@@ -176,6 +176,19 @@ def handed_over_lines(event: dict[str, Any]) -> list[str]:
     return chunk.removesuffix("\n").split("\n") if chunk else []
 
 
+def refuse_after_kill(killed: bool, paths: RemoteJobPaths) -> None:
+    """
+    Refuse to submit once the task was killed: Airflow can let ``execute()`` run on for a moment
+    after ``on_kill`` (seen when the scheduler failed a resumed task and its worker process ran
+    ``execute`` again), and a job submitted then would run with nobody watching it.
+    """
+    if killed:
+        raise RemoteJobError(
+            f"The task was killed before it submitted remote job {paths.job_id}: not submitting it. "
+            "A retry of the task submits (or takes over) its job."
+        )
+
+
 def announce_triggerer_submit(paths: RemoteJobPaths, log: Any) -> None:
     """Say that the triggerer submits the job (``submit_from="triggerer"``)."""
     log.info(

@@ -244,6 +244,7 @@ class SSHRemoteJobOperator(BaseOperator):
         if earlier is not None:
             self._go_on_with(context, spec, earlier)  # an earlier try's job, running or ended
             return
+        remote_steps.refuse_after_kill(getattr(self, "_killed", False), paths)
         if submit is not None:
             remote_steps.announce_triggerer_submit(paths, self.log)
             self._token = token
@@ -261,10 +262,9 @@ class SSHRemoteJobOperator(BaseOperator):
             log=self.log,
             slurm=spec.slurm,
         )
-        host = self.ssh_hook.remote_host
-        remote_steps.report_submit(paths, host, status, self.log)
+        remote_steps.report_submit(paths, self.ssh_hook.remote_host, status, self.log)
         if self.do_xcom_push:
-            push_job(context, paths, host, status.pid)
+            push_job(context, paths, self.ssh_hook.remote_host, status.pid)
         self._defer(context, spec, paths, token, pid=status.pid)
 
     def _go_on_with(self, context: Context, spec: JobSpec, earlier: durable.EarlierJob) -> None:
@@ -379,6 +379,7 @@ class SSHRemoteJobOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """The task was killed while in the worker: stop every process of the remote job."""
+        self._killed = True  # Airflow may let execute() go on for a moment: it must not submit then
         if self._paths is None:
             self.log.info("No remote job was submitted by this task instance; nothing to kill.")
             return
