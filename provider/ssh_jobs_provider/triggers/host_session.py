@@ -63,10 +63,11 @@ RECORD_TIMEOUT_SECONDS = 30.0
 #: Seconds allowed for asking the host, once per session, what can run its polls.
 PROBE_TIMEOUT_SECONDS = 30.0
 #: When the event loop shuts down: seconds to let the triggers leaving with it ask for their
-#: offset records, then seconds for the batch that records them (a busy host answers late;
-#: Airflow's triggerer escalates a stop to SIGKILL after 10 s).
+#: offset records, then seconds for the batch that records them. Short: Airflow's triggerer
+#: escalates a stop that takes over 10 s (SIGINT, then SIGKILL), and the whole shutdown must
+#: fit in that.
 SHUTDOWN_GATHER_SECONDS = 0.2
-SHUTDOWN_RECORD_SECONDS = 8.0
+SHUTDOWN_RECORD_SECONDS = 4.0
 
 
 @dataclass(eq=False)
@@ -252,8 +253,12 @@ class HostSession:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_RECORD_SECONDS
-        # The triggers cancelled in the same pass run their `finally` after this task's turn.
-        await asyncio.sleep(SHUTDOWN_GATHER_SECONDS)
+        # The triggers cancelled in the same pass run their `finally` after this task's turn, on
+        # a busy loop over some time: gather until no more come, to record them in one batch.
+        gathered = -1
+        while len(self._records) != gathered and loop.time() < deadline - 1:
+            gathered = len(self._records)
+            await asyncio.sleep(SHUTDOWN_GATHER_SECONDS)
         while self._records and self._conn is not None and loop.time() < deadline:
             with contextlib.suppress(Exception):  # TimeoutError too: best effort, as ever
                 await asyncio.wait_for(self._flush_records(), deadline - loop.time())

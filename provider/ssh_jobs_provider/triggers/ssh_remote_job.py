@@ -35,7 +35,7 @@ from ssh_jobs_provider.triggers.watch import LOG_WRITE_SECONDS
 
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early: as long
 #: as a session shutting down takes to record it (``host_session.SHUTDOWN_RECORD_SECONDS``).
-OFFSET_RECORD_WAIT_SECONDS = 9.0
+OFFSET_RECORD_WAIT_SECONDS = 5.0
 #: Seconds ``on_kill`` waits for the server to acknowledge the close.
 KILL_CLOSE_WAIT_SECONDS = 5.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
