@@ -350,14 +350,26 @@ def test_fanout_holds_one_connection_per_phase(e2e: E2EResult, dag_id: str) -> N
 # ---------------------------------------------------------------------------- failing and skipping jobs
 
 
+#: What Airflow logs in a resumed try that its scheduler failed before the try could run.
+STOPPED_BY_THE_SCHEDULER = "Server indicated the task shouldn't be running anymore"
+
+
+def shows_job_line(log: TaskLog, line: str) -> bool:
+    """
+    Whether a try's log shows the job's ``line``. The last lines travel in the trigger's event and
+    the resumed task writes them; a try the scheduler race stopped before it ran never does (a
+    known limit: the job's own log on the host keeps them).
+    """
+    return line in log.events() or STOPPED_BY_THE_SCHEDULER in log.text
+
+
 def test_failing_command_fails_the_task_with_its_exit_code(e2e: E2EResult) -> None:
     run = e2e.runs[FAILING_DAG]
     (ti,) = run.tis
     assert (run.state, ti.state) == ("failed", "failed")
     for try_number in range(1, ti.try_number + 1):
         log = run.log(ti, try_number)
-        # The job's last lines may be written by the trigger or, handed over in its event, by the task.
-        assert "e2e about to fail" in log.events(), log.text
+        assert shows_job_line(log, "e2e about to fail"), log.text
     # The last try says why (an earlier one may have been ended by the scheduler race before
     # it could: the module's docstring).
     assert f"failed with exit code {FAIL_CODE}" in run.log(ti).text, run.log(ti).text
@@ -375,7 +387,7 @@ def test_skip_code_skips_the_task(e2e: E2EResult) -> None:
     # The job ran in try 1. A retry (after the scheduler race failed the resumed try) ends like
     # it without running it again (durable=True), and says where its output is.
     first = run.log(ti, 1)
-    assert "e2e nothing to do" in first.events(), first.text
+    assert shows_job_line(first, "e2e nothing to do"), first.text
     for try_number in range(2, ti.try_number + 1):
         assert TAKEOVER_LINE.search(run.log(ti, try_number).text), run.log(ti, try_number).text
     assert f"exited with skip code {SKIP_CODE}" in run.log(ti).text, run.log(ti).text
