@@ -23,6 +23,9 @@ EXAMPLE_DAGS = REPO / "provider" / "ssh_jobs_provider" / "example_dags"
 SUBMIT_LINE = re.compile(r"^Remote job (\S+) on \S+: \w+ \(pid \S+\)$")
 #: What the operator logs when a repeated submit found the job already started.
 REATTACH_TEXT = "re-attaching to it instead of launching a second one"
+#: What Airflow logs in a resumed try that its scheduler failed before the try could run (the
+#: scheduler race): such a try never writes what the trigger's event carried.
+STOPPED_BY_THE_SCHEDULER = "Server indicated the task shouldn't be running anymore"
 
 
 def start_sshd(base_dir: Path, **options: object) -> SSHServer:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from e2e_support import REATTACH_TEXT, start_sshd, submitted_job_ids
+from e2e_support import REATTACH_TEXT, STOPPED_BY_THE_SCHEDULER, start_sshd, submitted_job_ids
 
 from harness.airflow_deploy import AirflowDeployment, TaskInstance, TaskLog
 from harness.remote_jobs import exit_code_of, job_dirs
@@ -348,10 +348,6 @@ def test_fanout_holds_one_connection_per_phase(e2e: E2EResult, dag_id: str) -> N
 
 
 # ---------------------------------------------------------------------------- failing and skipping jobs
-
-
-#: What Airflow logs in a resumed try that its scheduler failed before the try could run.
-STOPPED_BY_THE_SCHEDULER = "Server indicated the task shouldn't be running anymore"
 
 
 def shows_job_line(log: TaskLog, line: str) -> bool:

@@ -49,7 +49,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from e2e_support import HA_ENV, TimedLine, launch_counts, merged_by_time, start_sshd, wait_until
+from e2e_support import (
+    HA_ENV,
+    STOPPED_BY_THE_SCHEDULER,
+    TimedLine,
+    launch_counts,
+    merged_by_time,
+    start_sshd,
+    wait_until,
+)
 
 from harness.airflow_deploy import AirflowDeployment, TaskInstance
 from harness.remote_jobs import job_dirs, kill_running_jobs
@@ -461,7 +469,11 @@ def test_retry_of_a_task_whose_job_succeeded_runs_no_second_job(durable: Durable
     # The premise: try 1's job succeeded (its whole output streamed), then try 1 failed, by the
     # test's own exception or by the scheduler race, which is the case this test stands for.
     assert ti.try_number >= 2, f"try 1 was not retried: {ti}"
-    assert output_numbers(run.lines[(ti.map_index, 1)]) == [1, 2], run.shown(ti, 1)
+    numbers = output_numbers(run.lines[(ti.map_index, 1)])
+    # Whole, unless the scheduler race stopped the resumed try 1 before it wrote the last lines
+    # the trigger's event carried: then those the trigger logged itself.
+    stopped = STOPPED_BY_THE_SCHEDULER in run.text(ti, 1)
+    assert numbers == [1, 2] or (stopped and numbers == [1, 2][: len(numbers)]), run.shown(ti, 1)
     how = "the test's exception" if RETRY_FAILURE_TEXT in run.text(ti, 1) else "the scheduler race"
     assert how != "the scheduler race" or race_note(durable, SUCCEEDED_DAG), run.shown(ti, 1)
     launched = durable.launches[SUCCEEDED_DAG]
@@ -495,7 +507,9 @@ def test_retry_of_a_task_whose_job_succeeded_points_to_its_output(durable: Durab
 def test_retry_after_a_failed_job_runs_a_fresh_job(durable: DurableResult) -> None:
     run = durable.runs[FAILED_DAG]
     ti = run.ti
-    assert f"exited with code {FAIL_CODE}" in run.text(ti, 1), run.shown(ti, 1)
+    first = run.text(ti, 1)
+    # Said by the resumed try 1, unless the scheduler race stopped it before it ran.
+    assert f"exited with code {FAIL_CODE}" in first or STOPPED_BY_THE_SCHEDULER in first, run.shown(ti, 1)
     launched = durable.launches[FAILED_DAG]
     report(f"e2e durable, retry after a failed job: {launched} remote jobs launched ({ti.try_number} tries)")
     assert launched == 2, f"{launched} jobs{race_note(durable, FAILED_DAG)}"
