@@ -62,10 +62,8 @@ ScriptRunner = Callable[[Any, str, float], Awaitable[tuple[int, bytes, bytes]]]
 RECORD_TIMEOUT_SECONDS = 30.0
 #: Seconds allowed for asking the host, once per session, what can run its polls.
 PROBE_TIMEOUT_SECONDS = 30.0
-#: When the event loop shuts down: seconds to let the triggers leaving with it ask for their
-#: offset records, then seconds for the batch that records them. Short: Airflow's triggerer
-#: escalates a stop that takes over 10 s (SIGINT, then SIGKILL), and the whole shutdown must
-#: fit in that.
+#: When the event loop shuts down: seconds between looks for more leaving triggers' offset
+#: records, then for the batch that records them (Airflow's triggerer escalates a stop > 10 s).
 SHUTDOWN_GATHER_SECONDS = 0.2
 SHUTDOWN_RECORD_SECONDS = 4.0
 
@@ -218,9 +216,7 @@ class HostSession:
             # record. Record them in one last batch, else the next triggerer repeats their lines.
             try:
                 await self._record_on_shutdown()
-            finally:
-                # Then close without waiting for the server's goodbye, whose reader task is
-                # cancelled too.
+            finally:  # then close without waiting for the server's goodbye (its reader is cancelled)
                 self._abort_connection()
             raise
         except Exception as error:  # a bug here must not leave triggers waiting forever
