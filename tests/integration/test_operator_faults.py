@@ -71,6 +71,34 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
     assert server.counts()["accepted"] >= 2
 
 
+def test_an_empty_submit_answer_is_sent_again_and_the_job_runs_once(
+    sshd_factory, monkeypatch, tmp_path
+) -> None:
+    # The first session runs the submit but its answer never arrives (exit status 0, no output),
+    # as seen once under load; every later session runs normally.
+    first_done = tmp_path / "first-session-done"
+    force = tmp_path / "answer-lost-once.sh"
+    force.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e {first_done} ]; then : > {first_done}; eval "$SSH_ORIGINAL_COMMAND" >/dev/null 2>&1; exit 0; fi\n'
+        'eval "exec $SSH_ORIGINAL_COMMAND"\n'
+    )
+    force.chmod(0o755)
+    server = sshd_factory(extra_config=[f"ForceCommand {force}"])
+    use_connection(monkeypatch, server, "ssh_quiet")
+    counter = tmp_path / "launches.txt"
+    op = make_operator("ssh_quiet", str(tmp_path / "jobs"), f"echo launched >> {counter}\nsleep 1\n")
+    ti = StandInTaskInstance()
+    with capture_logs() as logs:
+        submit(op, ti)
+
+    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
+    assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
+    messages = " ".join(str(entry["event"]) for entry in logs)
+    assert "got no answer" in messages and "failed (attempt 1/" in messages, messages
+
+
 def run_leaving_cleanup_to_the_worker(
     base_dir: str, cleanup_retries: int
 ) -> tuple[SSHRemoteJobOperator, StandInTaskInstance, dict[str, Any], Path]:

@@ -135,6 +135,10 @@ def submit_job(
         # connection sees at most conn_retry_attempts of them from one submit.
         with hook.connect_with(hook.settings) as client:
             status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
+        if status == 0 and not stdout.strip() and not stderr.strip():
+            # No answer at all, yet success: a reply lost on the way (seen once under load).
+            # Sent again, the submit re-attaches if the job had started.
+            raise EOFError(f"the submit of remote job {paths.job_id} got no answer. {POSIX_HINT}")
         parsed = submit_answer(paths, status, stdout, stderr, slurm)
         if slurm is not None:
             queued = (
