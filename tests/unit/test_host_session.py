@@ -16,6 +16,7 @@ from ssh_jobs_provider.protocol.submit import build_submit_script
 from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy
 from ssh_jobs_provider.triggers.host_session import HostSession, JobWatch
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH
+from ssh_jobs_provider.triggers.watch import SUBMIT_TICK, next_tick
 from support.protocol import run_sh
 
 SETTINGS = SSHConnectionSettings.from_connection(None, host="remote.example", username="u")
@@ -122,6 +123,10 @@ def test_the_first_batch_on_a_perl_host_carries_a_whole_fan_outs_submits(tmp_pat
 
     async def scenario() -> None:
         session = HostSession(SETTINGS, connect, recording_shell, FAST)
+        # Submits are due at the next whole second: register them all just after one, so that a
+        # busy machine does not spread them over two ticks.
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(next_tick(loop.time(), SUBMIT_TICK) - loop.time() + 0.01)
         for watch in watches:
             session.watch(watch)
         for watch in watches:
