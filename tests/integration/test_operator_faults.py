@@ -44,6 +44,17 @@ def wait_until_gone(pgid: int) -> None:
     wait_until(lambda: group_processes(pgid) == [], what=lambda: f"the end of {group_processes(pgid)}")
 
 
+def submit_until_the_job_ended(op: SSHRemoteJobOperator, counter: Path) -> str:
+    """Submit ``op``'s job, wait for its exit record, check it ran once (by ``counter``); what was logged."""
+    ti = StandInTaskInstance()
+    with capture_logs() as logs:
+        submit(op, ti)
+    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
+    wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
+    assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
+    return " ".join(str(entry["event"]) for entry in logs)
+
+
 def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, monkeypatch, tmp_path) -> None:
     # The login shell takes 2.5 s; the first two submit replies (1 s, then 2 s allowed) are lost,
     # but the first submit's script still runs remotely and starts the job.
@@ -57,16 +68,9 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
         command_timeout=1.0,
         conn_retry_attempts=4,
     )
-    ti = StandInTaskInstance()
-    with capture_logs() as logs:
-        submit(op, ti)
-
-    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
-    wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
-    assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
     # Whether a cut-off attempt got to start the job (the answered one then re-attaches) depends
     # on how far its script ran; what must hold either way: the job ran once, after retries.
-    messages = " ".join(str(entry["event"]) for entry in logs)
+    messages = submit_until_the_job_ended(op, counter)
     assert "failed (attempt 1/4)" in messages, messages
     assert server.counts()["accepted"] >= 2
 
@@ -88,14 +92,7 @@ def test_an_empty_submit_answer_is_sent_again_and_the_job_runs_once(
     use_connection(monkeypatch, server, "ssh_quiet")
     counter = tmp_path / "launches.txt"
     op = make_operator("ssh_quiet", str(tmp_path / "jobs"), f"echo launched >> {counter}\nsleep 1\n")
-    ti = StandInTaskInstance()
-    with capture_logs() as logs:
-        submit(op, ti)
-
-    job_dir = Path(ti.xcom[XCOM_KEY]["job_dir"])
-    wait_until((job_dir / "exit_code").exists, 15, what="the job's exit record")
-    assert counter.read_text().splitlines() == ["launched"], "the job ran exactly once"
-    messages = " ".join(str(entry["event"]) for entry in logs)
+    messages = submit_until_the_job_ended(op, counter)
     assert "got no answer" in messages and "failed (attempt 1/" in messages, messages
 
 
