@@ -200,7 +200,11 @@ def test_kill_without_setsid_follows_a_child_reparented_after_sigterm(
     started.add_marker(job_marker(deferred.trigger.job_token))
     wrapper = int((job_dir / "pid").read_text())
     assert os.getsid(wrapper) != wrapper, "without setsid the wrapper leads no session of its own"
-    assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x003005\x00"
+    # The pid file is written just before the child's exec of sleep: wait for the exec.
+    wait_until(
+        lambda: Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x003005\x00",
+        what="the child to become the sleep",
+    )
     assert b"SSH_JOBS_JOB_MARKER=" not in Path(f"/proc/{pid}/environ").read_bytes()
 
     logged = kill_logged(op, deferred, "worker")
