@@ -256,11 +256,28 @@ def run_on(
     :param environment: variables sent with the exec request (the server must accept them)
     :param get_pty: request a pseudo-terminal
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    channel = open_channel(client, timeout)
+    return run_on_channel(channel, command, stdin_data, deadline, environment, get_pty)
+
+
+def open_channel(client: paramiko.SSHClient, timeout: float | None) -> paramiko.Channel:
+    """A session channel on an open client (nothing runs on the host yet)."""
     transport = client.get_transport()
     if transport is None or not transport.is_active():
         raise EOFError("SSH connection is not active")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    channel = _open_session(transport, timeout)
+    return _open_session(transport, timeout)
+
+
+def run_on_channel(
+    channel: paramiko.Channel,
+    command: str,
+    stdin_data: bytes | None,
+    deadline: float | None,
+    environment: Mapping[str, str] | None = None,
+    get_pty: bool = False,
+) -> tuple[int, bytes, bytes]:
+    """Run ``command`` on ``channel`` (see :func:`run_on`), closing the channel in the end."""
     try:
         if get_pty:
             channel.get_pty()

@@ -108,6 +108,8 @@ class SSHConnectionSettings:
         (perl when the host has it, else POSIX sh), ``"perl"`` or ``"sh"``
     :param handshake_slots: most handshakes with this host that the worker processes of one
         machine run at once (``0``: no turns; see :mod:`~ssh_jobs_provider.hooks.handshake_turns`)
+    :param share_login: let the worker processes of one machine run their scripts over one
+        login to the host (see :mod:`~ssh_jobs_provider.hooks.shared_login`)
     :param host_key_policy: ``"strict"`` (only known or pinned keys), ``"accept-new"`` (add an
         unknown host's key to the known_hosts file, refuse a changed one) or ``"off"``
         (``no_host_key_check``)
@@ -140,6 +142,7 @@ class SSHConnectionSettings:
     compress: bool = True
     poll_interpreter: str = "auto"
     handshake_slots: int = DEFAULT_HANDSHAKE_SLOTS
+    share_login: bool = True
     host_key_policy: str = "strict"
     proxy_jump: SSHConnectionSettings | None = None
     proxy_command: str | None = None
@@ -307,7 +310,7 @@ class SSHConnectionSettings:
                     "Connection extras 'no_host_key_check' and host_key_policy 'strict' contradict "
                     "each other: keep only one."
                 )
-        for name in ("allow_host_key_change", "look_for_keys", "compress"):
+        for name in ("allow_host_key_change", "look_for_keys", "compress", "share_login"):
             if name in extra:
                 values[name] = _as_bool(extra[name], name)
         if extra.get("host_key"):

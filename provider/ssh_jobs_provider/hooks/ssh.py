@@ -20,6 +20,7 @@ from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNEC
 from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T, ajump_connections, jump_connections
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.shared_login import ScriptSession
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
 
@@ -118,6 +119,11 @@ class SSHHook(SSHHookBase):
         :class:`~ssh_jobs_provider.exceptions.SSHConnectError`, for the caller's retry loop."""
         with translated_connect_errors(settings):
             return _paramiko.connect(settings, self.log)
+
+    def script_session(self) -> ScriptSession:
+        """Where one step runs its scripts: this machine's shared login to the host if one
+        answers, else ONE login of its own (see :mod:`~ssh_jobs_provider.hooks.shared_login`)."""
+        return ScriptSession(self.settings, self.connect_with, self.run_script)
 
     def call_with_retries(
         self, attempt: Callable[[], T], what: str, log: Any = None, retry: RetryPolicy | None = None

@@ -163,8 +163,8 @@ def ask_host(
     script = build_lookup_script(jobs)
     if slurm:
         script += slurm_section([(key, record.paths) for key, record in enumerate(jobs)])
-    with hook.connect_with(hook.settings) as client:
-        _, stdout, _ = hook.run_script(client, script, timeout=timeout)
+    with hook.script_session() as remote:
+        _, stdout, _ = remote.run(script, timeout=timeout)
     results = parse_batch_output(stdout, entries)
     queued = parse_slurm_states(stdout, PROTOCOL_TAG) if slurm else {}
     found = []

@@ -133,8 +133,8 @@ def submit_job(
             metrics.submit_retried(hook.remote_host)
         # ONE connect per attempt, retried by this loop only: a server refusing every
         # connection sees at most conn_retry_attempts of them from one submit.
-        with hook.connect_with(hook.settings) as client:
-            status, stdout, stderr = hook.run_script(client, script, timeout=next(timeouts))
+        with hook.script_session() as remote:
+            status, stdout, stderr = remote.run(script, timeout=next(timeouts))
         if status == 0 and not stdout.strip() and not stderr.strip():
             # No answer at all, yet success: a reply lost on the way (seen once under load).
             # Sent again, the submit re-attaches if the job had started.
@@ -267,10 +267,10 @@ def finish_remote(
     def attempt() -> None:
         nonlocal tries
         tries += 1
-        with hook.connect_with(hook.settings) as client:
+        with hook.script_session() as remote:
             while scripts:
                 verb, script = scripts[0]
-                status, stdout, stderr = hook.run_script(client, script, timeout=command_timeout)
+                status, stdout, stderr = remote.run(script, timeout=command_timeout)
                 try:
                     state = parse_simple_state(stdout, verb)
                 except RemoteJobProtocolError as error:

@@ -1,0 +1,160 @@
+"""
+The login broker: one SSH login that runs the scripts of a machine's worker processes.
+
+Started by :func:`~ssh_jobs_provider.hooks.shared_login.start_broker` as
+``python -m ssh_jobs_provider.hooks.login_broker <socket> <lock descriptor> <idle seconds>``, with the
+connection settings on stdin. It logs in once (taking its handshake turn like any worker), then
+listens on the socket and releases the starting lock. Each caller's script runs on a channel
+of its own (at most :data:`CHANNELS` at once, below ``sshd``'s default ``MaxSessions`` of 10),
+in a thread of its own. It ends, removing its socket, when no script has come for its idle
+time (:data:`~ssh_jobs_provider.hooks.shared_login.BROKER_IDLE_SECONDS`), or when its login
+is gone; a script it had taken when the login went is answered ``lost`` (the caller sends it
+again), one it had not yet started ``not_run`` (the caller runs it over a login of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from ssh_jobs_provider.hooks import _paramiko
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.shared_login import read_frame, send_frame
+from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
+
+#: Scripts run at once on the one login (sshd's MaxSessions is 10 by default).
+CHANNELS = 8
+#: How often the broker looks at its idle time and its login, in seconds.
+LOOK_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
+
+
+class LoginBroker:
+    """One login, serving the scripts of the callers that reach its socket."""
+
+    def __init__(self, client: paramiko.SSHClient, listener: socket.socket, idle_seconds: float) -> None:
+        self.client = client
+        self.idle_seconds = idle_seconds
+        self.listener = listener
+        self.channels = threading.BoundedSemaphore(CHANNELS)
+        self.guard = threading.Lock()
+        self.running = 0
+        self.last_activity = time.monotonic()
+
+    def login_alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def serve(self) -> None:
+        """Accept callers until idle for ``idle_seconds`` or the login is gone."""
+        self.listener.settimeout(LOOK_SECONDS)
+        while True:
+            with self.guard:
+                idle = self.running == 0 and time.monotonic() - self.last_activity > self.idle_seconds
+            if idle or not self.login_alive():
+                return
+            try:
+                caller, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with self.guard:
+                self.running += 1
+                self.last_activity = time.monotonic()
+            threading.Thread(target=self._serve_caller, args=(caller,), daemon=True).start()
+
+    def _serve_caller(self, caller: socket.socket) -> None:
+        try:
+            with caller, caller.makefile("rb") as reader:
+                if not _same_user(caller):
+                    return
+                caller.settimeout(10.0)
+                header, (script,) = read_frame(reader)
+                caller.settimeout(None)
+                send_frame(caller, *self._run(script, header.get("timeout")))
+        except (OSError, EOFError, ValueError):
+            pass  # the caller went away: its own retry decides what happens next
+        finally:
+            with self.guard:
+                self.running -= 1
+                self.last_activity = time.monotonic()
+
+    def _run(self, script: bytes, timeout: float | None) -> tuple[Any, ...]:
+        with self.channels:
+            if not self.login_alive():
+                return ({"outcome": "not_run", "reason": "the shared login has ended"},)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                channel = _paramiko.open_channel(self.client, timeout)
+            except Exception as error:  # nothing ran: the caller logs in by itself
+                return ({"outcome": "not_run", "reason": f"no channel on the shared login: {error}"},)
+            try:
+                status, stdout, stderr = _paramiko.run_on_channel(channel, REMOTE_SHELL, script, deadline)
+            except TimeoutError as error:
+                return ({"outcome": "timeout", "reason": str(error)},)
+            except Exception as error:  # whatever ended the channel: the caller cannot know more
+                return ({"outcome": "lost", "reason": f"{type(error).__name__}: {error}"},)
+            return {"outcome": "ran", "status": status}, stdout, stderr
+
+
+def _same_user(caller: socket.socket) -> bool:
+    """Whether the caller runs as this broker's user (``SO_PEERCRED``; Linux)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True  # the socket's private directory (mode 700) is the only guard there
+    credentials = caller.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid == os.geteuid()
+
+
+def _listen(address: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        address.unlink()
+    listener.bind(str(address))
+    os.chmod(address, 0o600)
+    listener.listen(512)  # a fan-out's burst of callers waits in the backlog, not refused
+    return listener
+
+
+def main(argv: list[str]) -> int:
+    address, lock, idle_seconds = Path(argv[1]), int(argv[2]), float(argv[3])
+    settings: SSHConnectionSettings = pickle.load(sys.stdin.buffer)
+    try:
+        client = _paramiko.connect(settings, log)
+    except Exception:
+        return 1  # the lock goes with this process: the next caller may start another
+    try:
+        listener = _listen(address)
+        inode = address.stat().st_ino
+    except OSError:
+        client.close()
+        return 1
+    os.close(lock)  # listening: callers may come
+    broker = LoginBroker(client, listener, idle_seconds)
+    try:
+        broker.serve()
+    finally:
+        with contextlib.suppress(OSError):
+            if address.stat().st_ino == inode:
+                address.unlink()  # new callers start a new broker; those accepted are answered
+        listener.close()
+        deadline = time.monotonic() + 60.0
+        while broker.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

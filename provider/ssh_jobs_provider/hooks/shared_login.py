@@ -1,0 +1,249 @@
+"""
+One SSH login per host, shared by the worker processes of one machine.
+
+A handshake costs ``sshd`` far more CPU than the submit it carries (some 30 ms against a few),
+and in a fan-out every worker-mode task used to make one. With ``share_login`` (the default),
+a worker process that has just run a script over a login of its own starts a *login broker*
+(:mod:`~ssh_jobs_provider.hooks.login_broker`) for that host in the background: a small
+process of the same user that logs in once and runs the scripts of every worker process of
+the machine on channels of that one login, until it has been idle for
+:data:`BROKER_IDLE_SECONDS`.
+
+The broker listens on a Unix socket in the user's private directory (the one of
+:mod:`~ssh_jobs_provider.hooks.handshake_turns`: mode 700, not used if not safely ours), named
+by a keyed hash of *every* connection setting, secrets included: two connections that differ
+in anything (user, key, jump host, host-key policy) never share a login, and the name tells
+nothing of the host or the credentials. The broker serves only processes of its own user
+(checked with ``SO_PEERCRED``).
+
+Sharing never makes a script less certain than a login of its own would, and never adds a
+connection attempt to a failing host: a broker is started only after a login of the caller's
+own succeeded; whatever goes wrong before a broker ran a script (none yet, one still starting,
+a dead one) sends the caller to its own login, exactly as without sharing; whatever goes wrong
+after (the login lost mid-script) is raised as the lost reply it is, and the caller's retry
+sends the script again, which the remote scripts make safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.handshake_turns import turns_dir
+
+#: What running a script gives: ``(exit_status, stdout, stderr)``.
+ScriptResult = tuple[int, bytes, bytes]
+#: Seconds allowed to reach a broker's socket and hand it a script.
+REACH_SECONDS = 5.0
+#: Extra seconds a caller waits for the broker's answer beyond the script's own timeout.
+ANSWER_MARGIN_SECONDS = 30.0
+#: Seconds without a script after which a broker logs out and ends: long enough to span the
+#: gaps of a fan-out's waves of tasks, short enough that an idle machine holds no login long.
+BROKER_IDLE_SECONDS = 30.0
+#: Longest header line of a message, in bytes.
+MAX_HEADER_BYTES = 65536
+
+
+class BrokerUnavailable(Exception):
+    """No broker ran the script (none reached, or it could not): the caller logs in itself."""
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+def send_frame(sock: socket.socket, header: dict[str, Any], *payloads: bytes) -> None:
+    """One message: a JSON header line naming the payloads' sizes, then the payloads."""
+    line = json.dumps({**header, "sizes": [len(payload) for payload in payloads]}).encode()
+    sock.sendall(line + b"\n" + b"".join(payloads))
+
+
+def read_frame(reader: Any) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one :func:`send_frame` message from a binary file object (``EOFError`` if cut short)."""
+    line = reader.readline(MAX_HEADER_BYTES)
+    if not line.endswith(b"\n"):
+        raise EOFError("the message ended before its header did")
+    header = json.loads(line)
+    payloads = []
+    for size in header.pop("sizes"):
+        payload = reader.read(size)
+        if len(payload) != size:
+            raise EOFError("the message ended before its payload did")
+        payloads.append(payload)
+    return header, payloads
+
+
+# --------------------------------------------------------------------------- where a broker listens
+
+
+def _name_key(directory: Path) -> bytes:
+    """The user's random key for broker names (created once, mode 600)."""
+    path = directory / "login-names.key"
+    with contextlib.suppress(FileExistsError):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(secrets.token_bytes(32))
+    with open(path, "rb") as file:
+        key = file.read()
+    if len(key) != 32:
+        raise OSError(f"{path} is not a key (being written, or damaged)")
+    return key
+
+
+def broker_address(settings: SSHConnectionSettings) -> Path | None:
+    """The socket of the broker for exactly these settings; ``None`` where no safe directory is."""
+    directory = turns_dir()
+    if directory is None:
+        return None
+    try:
+        key = _name_key(directory)
+    except OSError:
+        return None
+    described = json.dumps(asdict(settings), sort_keys=True, default=str).encode()
+    return directory / f"login-{hmac.new(key, described, hashlib.sha256).hexdigest()[:32]}.sock"
+
+
+# --------------------------------------------------------------------------- the caller's side
+
+
+def ask_broker(address: Path, script: bytes, timeout: float | None) -> ScriptResult:
+    """
+    Have the broker at ``address`` run ``script`` (``/bin/sh -s`` on the host).
+
+    :raises BrokerUnavailable: it ran nothing (not there, not answering, or its login is gone)
+    :raises EOFError: it took the script but no answer came: a lost reply
+    :raises TimeoutError: the script ran past ``timeout``
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(REACH_SECONDS)
+        try:
+            sock.connect(str(address))
+            send_frame(sock, {"timeout": timeout}, script)
+        except OSError as error:
+            raise BrokerUnavailable(f"no login broker answers: {error}") from None
+        sock.settimeout(None if timeout is None else timeout + ANSWER_MARGIN_SECONDS)
+        with sock.makefile("rb") as reader:
+            try:
+                header, payloads = read_frame(reader)
+            except (OSError, EOFError, ValueError):
+                # It had the script: whether it ran is not known, as after any lost reply.
+                raise EOFError("the login broker took the script but sent no answer") from None
+    outcome = header.get("outcome")
+    if outcome == "ran" and len(payloads) == 2:
+        return int(header["status"]), payloads[0], payloads[1]
+    reason = str(header.get("reason", outcome))
+    if outcome == "not_run":
+        raise BrokerUnavailable(reason)
+    if outcome == "timeout":
+        raise TimeoutError(reason)
+    raise EOFError(f"the shared login was lost while the script ran: {reason}")
+
+
+def start_broker(address: Path, settings: SSHConnectionSettings) -> bool:
+    """
+    Start a broker for ``settings`` in the background unless one is starting already; it
+    listens on ``address`` once logged in (or exits if it cannot). Returns whether it started one.
+    """
+    lock = os.open(f"{address}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # another process is starting one
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(REACH_SECONDS)
+            probe.connect(str(address))
+            return False  # one answers already
+        with contextlib.suppress(FileNotFoundError):
+            address.unlink()  # a dead broker's socket
+        # The broker inherits the lock (same open file) and holds it until it listens or gives
+        # up, so no second broker starts meanwhile; it is not in the task's process group and
+        # holds none of its files: it outlives the task without keeping anything of it open.
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ssh_jobs_provider.hooks.login_broker",
+                str(address),
+                str(lock),
+                str(BROKER_IDLE_SECONDS),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(lock,),
+            start_new_session=True,
+            cwd="/",
+        )
+        assert process.stdin is not None
+        with process.stdin:
+            # The settings, secrets included, go through the pipe, never the command line.
+            process.stdin.write(pickle.dumps(settings))
+        return True
+    finally:
+        os.close(lock)
+
+
+class ScriptSession:
+    """
+    Where one worker-side step (a submit, a cleanup, a lookup) runs its scripts: this machine's
+    shared login if one answers, else a login of its own, opened on first use.
+
+    :param settings: the connection's settings
+    :param connect: opens ONE login of this process's own (the hook's ``connect_with``)
+    :param run_on: runs a script on such a login (the hook's ``run_script``)
+    """
+
+    def __init__(
+        self,
+        settings: SSHConnectionSettings,
+        connect: Callable[[SSHConnectionSettings], Any],
+        run_on: Callable[[Any, str, float | None], ScriptResult],
+    ) -> None:
+        self.settings = settings
+        self._connect = connect
+        self._run_on = run_on
+        self.address = broker_address(settings) if settings.share_login else None
+        self.client: Any = None
+        self.shared_runs = 0
+
+    def run(self, script: str, timeout: float | None) -> ScriptResult:
+        """Run one protocol script; ``(exit_status, stdout, stderr)``."""
+        if self.client is None and self.address is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                result = ask_broker(self.address, script.encode("utf-8"), timeout)
+                self.shared_runs += 1
+                return result
+        if self.client is None:
+            self.client = self._connect(self.settings)
+        result = self._run_on(self.client, script, timeout)
+        if self.address is not None:
+            # Our own login worked: the host takes logins, so the next process may share one.
+            with contextlib.suppress(OSError):
+                start_broker(self.address, self.settings)
+            self.address = None  # once per session is enough
+        return result
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def __enter__(self) -> ScriptSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,161 @@
+"""
+The worker processes of one machine submit over one shared login (``hooks/shared_login.py``,
+``hooks/login_broker.py``), against a real sshd that counts the logins it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ssh_jobs_provider.hooks import shared_login
+from ssh_jobs_provider.hooks.shared_login import BrokerUnavailable, ask_broker, broker_address
+from ssh_jobs_provider.hooks.ssh import SSHHook
+from support.jobs import make_operator
+from support.runner import StandInTaskInstance, submit
+from support.sshd import use_connection
+from support.waiting import wait_until
+
+BROKER_MODULE = b"ssh_jobs_provider.hooks.login_broker"
+
+
+def broker_pids(address: Path) -> list[int]:
+    """The brokers serving ``address`` (started, through the code under test, by this test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if BROKER_MODULE in argv and str(address).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def short_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Brokers of these tests end 3 s after their last script (not 30)."""
+    monkeypatch.setattr(shared_login, "BROKER_IDLE_SECONDS", 3.0)
+
+
+@pytest.fixture
+def address(ssh_conn: str, short_idle: None) -> Iterator[Path]:
+    """The broker socket of connection ``ssh_conn``; its brokers are stopped at teardown."""
+    found = broker_address(SSHHook(ssh_conn).settings)
+    assert found is not None, "the user's private directory must be usable here"
+    yield found
+    for pid in broker_pids(found):
+        os.kill(pid, signal.SIGKILL)
+
+
+def ran_once(base_dir: str, job_count: int) -> None:
+    """Every job directory holds one wrapper's launch and an exit code of 0."""
+    job_dirs = [path for path in Path(base_dir).iterdir() if path.is_dir() and not path.name.startswith(".")]
+    assert len(job_dirs) == job_count
+    for job_dir in job_dirs:
+        wait_until(lambda job_dir=job_dir: (job_dir / "exit_code").exists(), what=f"{job_dir.name} to end")
+        assert (job_dir / "exit_code").read_text().split()[0] == "0"
+        assert (job_dir / "stdout.log").read_text() == "hi\n"
+
+
+def test_the_submits_of_a_machine_share_one_login(sshd, ssh_conn, address, remote_base_dir) -> None:
+    # The first submit runs in a process of its own, which ends: the broker it starts outlives it.
+    first = (
+        "from support.jobs import make_operator\n"
+        "from support.runner import StandInTaskInstance, submit\n"
+        f"submit(make_operator({ssh_conn!r}, {remote_base_dir!r}), StandInTaskInstance(map_index=0))\n"
+    )
+    subprocess.run([sys.executable, "-c", first], check=True, env=os.environ, cwd=Path(__file__).parents[1])
+    wait_until(address.exists, what="the broker to listen")
+    assert sshd.counts()["accepted"] == 2  # the first task's own login, then the broker's
+
+    for index in range(1, 9):
+        submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=index))
+
+    assert sshd.counts()["accepted"] == 2, "the other eight submits must log in no more"
+    ran_once(remote_base_dir, 9)
+
+
+def test_scripts_of_many_callers_run_at_once_on_the_one_login(
+    sshd, ssh_conn, address, remote_base_dir
+) -> None:
+    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+    wait_until(address.exists, what="the broker to listen")
+    answers: list[tuple[int, bytes, bytes]] = []
+
+    def caller(index: int) -> None:
+        answers.append(ask_broker(address, f"sleep 1; echo out {index}; echo err >&2; exit 3\n".encode(), 30))
+
+    callers = [threading.Thread(target=caller, args=(index,)) for index in range(20)]
+    started = time.monotonic()
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    assert sorted(answers) == sorted((3, f"out {index}\n".encode(), b"err\n") for index in range(20))
+    # Eight channels at a time: 20 one-second scripts take three rounds, not twenty.
+    assert time.monotonic() - started < 15
+    assert sshd.counts()["accepted"] == 2
+    assert sshd.counts()["session_refusals"] == 0
+
+
+def test_a_broker_ends_when_idle_and_removes_its_socket(sshd, ssh_conn, address, remote_base_dir) -> None:
+    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+    wait_until(address.exists, what="the broker to listen")
+    (pid,) = broker_pids(address)
+    wait_until(lambda: not address.exists(), timeout=20, what="the idle broker to remove its socket")
+    wait_until(
+        lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=10, what="the broker to end"
+    )
+    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=1))
+    assert sshd.counts()["accepted"] == 3, (
+        "after the broker ended, a submit logs in by itself (and starts another)"
+    )
+    ran_once(remote_base_dir, 2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_broker_whose_login_is_gone_sends_the_next_submit_to_a_login_of_its_own(
+    sshd, ssh_conn, address, remote_base_dir
+) -> None:
+    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+    wait_until(address.exists, what="the broker to listen")
+    sshd.restart()  # every connection of the old server is gone, the broker's too
+    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=1))
+    ran_once(remote_base_dir, 2)
+
+
+def test_a_broker_killed_mid_script_is_a_lost_reply(sshd, ssh_conn, address, remote_base_dir) -> None:
+    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+    wait_until(address.exists, what="the broker to listen")
+    (pid,) = broker_pids(address)
+    threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+    with pytest.raises(EOFError, match="took the script but sent no answer"):
+        ask_broker(address, b"sleep 5; echo late\n", 30)
+    with pytest.raises(BrokerUnavailable):
+        ask_broker(address, b"echo nobody\n", 30)
+
+
+def test_share_login_false_logs_in_for_every_submit(sshd, monkeypatch, short_idle, remote_base_dir) -> None:
+    conn_id = use_connection(monkeypatch, sshd, "ssh_alone", share_login=False)
+    for index in range(3):
+        submit(make_operator(conn_id, remote_base_dir), StandInTaskInstance(map_index=index))
+    assert sshd.counts()["accepted"] == 3
+    assert not broker_pids(broker_address(SSHHook(conn_id).settings) or Path("/nonexistent"))
+    ran_once(remote_base_dir, 3)

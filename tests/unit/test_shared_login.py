@@ -1,0 +1,105 @@
+"""The pure parts of the shared login: where a broker listens, and the messages it speaks."""
+
+from __future__ import annotations
+
+import io
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ssh_jobs_provider.hooks import handshake_turns, shared_login
+from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
+from ssh_jobs_provider.hooks.shared_login import (
+    BrokerUnavailable,
+    ask_broker,
+    broker_address,
+    read_frame,
+    send_frame,
+)
+
+SETTINGS = SSHConnectionSettings(
+    conn_id="cluster", host="login.example.org", username="alice", password="s3cret"
+)
+
+
+@pytest.fixture(autouse=True)
+def private_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+
+
+def test_the_same_settings_find_the_same_broker() -> None:
+    assert broker_address(SETTINGS) == broker_address(replace(SETTINGS))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"password": "other"},
+        {"username": "bob"},
+        {"port": 2222},
+        {"key_file": "/keys/id_ed25519"},
+        {"host_key_policy": "accept-new"},
+        {"proxy_jump": SSHConnectionSettings(conn_id="bastion", host="bastion.example.org")},
+    ],
+)
+def test_settings_that_differ_in_anything_never_share_a_broker(change: dict) -> None:
+    assert broker_address(SETTINGS) != broker_address(replace(SETTINGS, **change))
+
+
+def test_the_name_tells_nothing_of_the_host_or_the_secrets() -> None:
+    address = broker_address(SETTINGS)
+    assert address is not None
+    for word in ("login.example.org", "alice", "s3cret", "cluster"):
+        assert word not in str(address)
+    assert (address.parent.stat().st_mode & 0o777) == 0o700
+    assert (address.parent / "login-names.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_names_are_keyed_per_user_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = broker_address(SETTINGS)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    second = broker_address(SETTINGS)
+    assert first is not None and second is not None
+    assert first.name != second.name, "another key, another name: a name cannot be computed from the settings"
+
+
+def test_no_broker_where_the_directory_is_not_safely_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handshake_turns, "turns_dir", lambda: None)
+    monkeypatch.setattr(shared_login, "turns_dir", lambda: None)
+    assert broker_address(SETTINGS) is None
+
+
+def test_asking_where_no_broker_listens_runs_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BrokerUnavailable):
+        ask_broker(tmp_path / "nobody.sock", b"true\n", 5)
+
+
+@given(
+    header=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=4),
+    payloads=st.lists(st.binary(max_size=300), max_size=3),
+)
+def test_a_message_reads_back_as_sent(header: dict, payloads: list[bytes]) -> None:
+    header.pop("sizes", None)
+    left, right = socket.socketpair()
+    with left, right:
+        send_frame(left, header, *payloads)
+        left.shutdown(socket.SHUT_WR)
+        with right.makefile("rb") as reader:
+            assert read_frame(reader) == (header, payloads)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, -12, -3])
+def test_a_message_cut_short_is_an_eof(cut: int) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        send_frame(left, {"outcome": "ran"}, b"stdout bytes", b"")
+        left.shutdown(socket.SHUT_WR)
+        whole = right.makefile("rb").read()
+    assert whole.endswith(b"\nstdout bytes")
+    with pytest.raises(EOFError):
+        read_frame(io.BytesIO(whole[:cut]))
