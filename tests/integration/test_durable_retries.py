@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from ssh_jobs_provider._compat import AirflowSkipException, TaskDeferralTimeout
-from ssh_jobs_provider.operators.durable import job_paths
-from ssh_jobs_provider.protocol.reattach import STATE_KEY, records_of
+from ssh_jobs_provider.operators.job_records import job_paths, remember
+from ssh_jobs_provider.protocol.reattach import STATE_KEY, JobRecord, records_of
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator
@@ -483,3 +483,80 @@ def test_without_a_store_a_timeout_touches_nothing_it_cannot_prove(
     error = messages(logs, "error")
     assert "REMOTE JOB NOT KILLED" in error and deferred.trigger.job_dir in error
     assert alive(pid)
+
+
+# --------------------------------------------------------------------------- execute() run again in one try
+# Airflow runs a task from the start again, with the same try number, when its resumption fails
+# early (seen in the e2e: "Dag not found during start up" after a slow DAG import, then
+# UP_FOR_RESCHEDULE, then execute() once more). Whatever ``durable`` says, one try runs one job.
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_execute_run_again_after_the_job_succeeded_and_was_removed_does_not_run_it_again(
+    sshd, ssh_conn: str, tmp_path: Path, durable: bool
+) -> None:
+    launches = tmp_path / "launches"
+    ti = first_try()
+    op = make_operator(ssh_conn, str(tmp_path / "jobs"), job(launches), cleanup="always", durable=durable)
+    deferred = submit(op, ti)
+    _, payload = asyncio.run(run_to_its_event(rebuilt(deferred.trigger)))
+    assert payload["status"] == "success" and payload["cleaned_up"] is True
+
+    again = run_operator(make_operator(ssh_conn, str(tmp_path / "jobs"), job(launches), durable=durable), ti)
+
+    assert again.outcome == "success", again.error
+    assert runs(launches) == 1
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_execute_run_again_while_the_job_runs_watches_that_job(
+    sshd, ssh_conn: str, tmp_path: Path, durable: bool
+) -> None:
+    launches = tmp_path / "launches"
+    command = job(launches, lines=6, pause=0.4)
+    ti = first_try()
+    first = submit(make_operator(ssh_conn, str(tmp_path / "jobs"), command, durable=durable), ti)
+    wait_until(lambda: runs(launches) == 1, 10, "the job to start")
+
+    again = run_operator(make_operator(ssh_conn, str(tmp_path / "jobs"), command, durable=durable), ti)
+
+    assert again.outcome == "success", again.error
+    assert runs(launches) == 1
+    assert again.event is not None and again.event["job_dir"] == first.trigger.job_dir
+    assert [line for line in again.trigger_lines if line.startswith("line ")] == [
+        f"line {n}" for n in range(1, 7)
+    ]
+
+
+def test_execute_run_again_after_the_job_failed_and_was_removed_fails_with_its_exit_code(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    launches = tmp_path / "launches"
+    ti = first_try()
+    op = make_operator(ssh_conn, str(tmp_path / "jobs"), job(launches, exit_code=7), cleanup="always")
+    deferred = submit(op, ti)
+    _, payload = asyncio.run(run_to_its_event(rebuilt(deferred.trigger)))
+    assert payload["exit_code"] == 7 and payload["cleaned_up"] is True
+
+    again = run_operator(make_operator(ssh_conn, str(tmp_path / "jobs"), job(launches, exit_code=7)), ti)
+
+    assert again.outcome == "failed"
+    assert "7" in str(again.error)
+    assert runs(launches) == 1
+
+
+def test_execute_run_again_before_its_submit_ran_submits_under_the_recorded_token(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    launches = tmp_path / "launches"
+    ti = first_try()
+    # The first execute() recorded its job, then died before the submit reached the host.
+    token = "0123456789abcdef0123456789abcdef"
+    paths = job_paths(ti, str(tmp_path / "jobs"))
+    remember(context_for(ti), {}, JobRecord(paths.job_id, paths.base_dir, token, 1), RETRIES, None)
+
+    again = run_operator(make_operator(ssh_conn, str(tmp_path / "jobs"), job(launches)), ti)
+
+    assert again.outcome == "success", again.error
+    assert runs(launches) == 1
+    assert records_of(ti.state_store.get(STATE_KEY))[1].token == token  # type: ignore[union-attr]

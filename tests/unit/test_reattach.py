@@ -198,7 +198,7 @@ def test_a_submit_sent_again_after_its_job_was_removed_reports_it_and_starts_not
 def test_the_store_keeps_every_try_of_the_cycle_and_each_try_s_outcome() -> None:
     import logging
 
-    from ssh_jobs_provider.operators import durable
+    from ssh_jobs_provider.operators import durable, job_records
     from ssh_jobs_provider.protocol.reattach import STATE_KEY
     from support.runner import StandInStateStore, StandInTaskInstance, context_for
 
@@ -209,24 +209,26 @@ def test_the_store_keeps_every_try_of_the_cycle_and_each_try_s_outcome() -> None
     base = "/srv/jobs"
     old = JobRecord(durable.job_id_of(ti, 1), base, TOKEN, 1)
     store.set(STATE_KEY, old.to_value())  # as an earlier build stored it
-    assert durable.read_records(context_for(ti), log) == {1: old}
+    assert job_records.read_records(context_for(ti), log) == {1: old}
 
     cleared = StandInTaskInstance(try_number=3, max_tries=4, state_store=store)
     three = JobRecord(durable.job_id_of(cleared, 3), base, new_job_token(), 3)
-    durable.remember(context_for(cleared), durable.read_records(context_for(cleared), log), three, 2, log)
+    job_records.remember(
+        context_for(cleared), job_records.read_records(context_for(cleared), log), three, 2, log
+    )
     assert records_of(store.get(STATE_KEY)) == {3: three}  # the earlier cycle's record is not kept
 
     fourth = cleared.next_try()
-    stored = durable.read_records(context_for(fourth), log)
-    durable.remember(context_for(fourth), stored, three, 2, log)  # try 4 took try 3's job over
-    durable.remember_outcome(context_for(fourth), three.job_id, "failed", 3, log)
+    stored = job_records.read_records(context_for(fourth), log)
+    job_records.remember(context_for(fourth), stored, three, 2, log)  # try 4 took try 3's job over
+    job_records.remember_outcome(context_for(fourth), three.job_id, "failed", 3, log)
     done = JobRecord(three.job_id, base, three.token, 3, "failed", 3)
     assert records_of(store.get(STATE_KEY)) == {3: done, 4: done}
-    assert durable.watched_record(context_for(fourth), log) == done
+    assert job_records.watched_record(context_for(fourth), log) == done
 
     fifth = fourth.next_try()
     found = durable.earlier_records(
-        context_for(fifth), base, 2, durable.read_records(context_for(fifth), log)
+        context_for(fifth), base, 2, job_records.read_records(context_for(fifth), log)
     )
     # Proven, once; try 4 submitted nothing under its own name, which is only looked up (and reported).
     assert found == [(done, True), (JobRecord(durable.job_id_of(fifth, 4), base, "", 4), False)]

@@ -1,14 +1,11 @@
 """
-``durable=True`` in the worker: find the job of an earlier try, ask the host about it, and keep
-the task state store up to date. The decisions are :mod:`ssh_jobs_provider.protocol.reattach`'s.
+The worker's take-over of a job submitted before: an earlier try's (``durable=True``), or this
+very try's when Airflow runs its ``execute()`` a second time. It asks the host about the job
+and keeps the task state store (:mod:`~ssh_jobs_provider.operators.job_records`) up to date;
+the decisions are :mod:`ssh_jobs_provider.protocol.reattach`'s.
 
-The store is Airflow's task state store (``context["task_state_store"]``, Airflow >= 3.3). Every
-try of the cycle keeps there the job it watches, with its submit token, durable or not: a later
-try proves its earlier tries' jobs with those tokens, and a worker that resumes the same try
-(a deferral timeout) kills its job with it. Without the store (Airflow 2.11 to 3.2), or for a try
-whose record is missing, the earlier jobs are found by name only: they are reported when they
-run, never taken over. Store failures never fail a task: they are logged, and the try goes on
-as a non-durable one would.
+Without the store (Airflow 2.11 to 3.2), or for a try whose record is missing, the earlier
+jobs are found by name only: they are reported when they run, never taken over.
 """
 
 from __future__ import annotations
@@ -20,18 +17,24 @@ from typing import Any
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.job_spec import JobSpec
+from ssh_jobs_provider.operators.job_records import (
+    job_id_of,
+    job_paths,
+    own_job_ids,
+    read_records,
+    remember,
+    unproven_reason,
+    watched_record,
+)
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, parse_batch_output
-from ssh_jobs_provider.protocol.identity import RemoteJobPaths, make_job_id, validate_token
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.reattach import (
-    STATE_KEY,
     JobRecord,
     Resume,
     build_lookup_script,
     cycle_start,
     decide,
     lookup_entries,
-    records_of,
-    store_value,
 )
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 from ssh_jobs_provider.protocol.slurm import slurm_section
@@ -47,28 +50,6 @@ class EarlierJob:
     #: It came from the task state store, with its token (else: found by name, never taken over).
     recorded: bool
     resume: Resume = Resume.FRESH
-
-
-def state_store(context: Any) -> Any:
-    """The task state store of this task instance, or ``None`` (Airflow < 3.3)."""
-    getter = getattr(context, "get", None)
-    return getter("task_state_store") if getter else None
-
-
-def job_id_of(ti: Any, try_number: int) -> str:
-    """The job id of try ``try_number`` of task instance ``ti``."""
-    map_index = ti.map_index if ti.map_index is not None else -1
-    return make_job_id(ti.dag_id, ti.task_id, ti.run_id, map_index, try_number)
-
-
-def job_paths(ti: Any, base_dir: str, try_number: int | None = None) -> RemoteJobPaths:
-    """The job of try ``try_number`` (default: the current one) of task instance ``ti``."""
-    return RemoteJobPaths(job_id=job_id_of(ti, try_number or ti.try_number), base_dir=base_dir)
-
-
-def own_job_ids(ti: Any) -> set[str]:
-    """The job ids of every try of ``ti`` so far: an event may name any of them."""
-    return {job_id_of(ti, n) for n in range(1, ti.try_number + 1)}
 
 
 def event_paths(event: dict[str, Any], context: Any, base_dir: str) -> RemoteJobPaths:
@@ -92,34 +73,6 @@ def retry_follows(context: Any, retries: int | None) -> bool:
         return bool(server.should_retry)  # type: ignore[union-attr]
     max_tries = getattr(ti, "max_tries", None)
     return bool(retries) and max_tries is not None and ti.try_number <= max_tries
-
-
-def read_records(context: Any, log: Any) -> dict[int, JobRecord] | None:
-    """
-    Every try's job as the task state store holds it, by the try that watched it; ``None``
-    without a store (Airflow < 3.3) or when it cannot be read (logged).
-    """
-    store = state_store(context)
-    if store is None:
-        return None
-    try:
-        return records_of(store.get(STATE_KEY))
-    except Exception as error:  # the store is down: nothing earlier can be proven this task's
-        log.warning(
-            "Could not read the task state store (%s): no earlier try's job can be proven to be this task "
-            "instance's.",
-            error,
-        )
-        return None
-
-
-def unproven_reason(context: Any, stored: dict[int, JobRecord] | None) -> str:
-    """Why a job found by name has no token this try can prove it with."""
-    if state_store(context) is None:
-        return "this Airflow has no task state store to keep its submit token (Airflow 3.3 and later keep it)"
-    if stored is None:
-        return "the task state store, which keeps the submit tokens, could not be read"
-    return "the task state store holds no submit token for it"
 
 
 def earlier_records(
@@ -246,16 +199,18 @@ def take_over_or_remember(
     spec: JobSpec, context: Any, paths: RemoteJobPaths, token: str, hook: SSHHook, log: Any
 ) -> EarlierJob | None:
     """
-    With ``spec.durable``, the earlier try's job this try takes over (re-attaches to, or ends
-    like: :attr:`EarlierJob.resume`); else ``None``, after recording this try's job ``paths`` and
-    ``token`` before it is submitted, durable or not: a worker that dies before ``defer()`` then
-    leaves it for the next try, and one that resumes this try (a deferral timeout) finds its token.
-    ``hook`` asks the host, only when an earlier try's job needs asking about.
+    The job submitted before that this ``execute()`` takes over (re-attaches to, or ends like:
+    :attr:`EarlierJob.resume`): this very try's (see :func:`rejoin_own_job`), else, with
+    ``spec.durable``, an earlier try's; else ``None``, after recording this try's job ``paths``
+    and ``token`` before it is submitted, durable or not: a worker that dies before ``defer()``
+    then leaves it for the next try, and one that resumes this try (a deferral timeout) finds
+    its token. ``hook`` asks the host, only when there is such a job to ask about.
     """
     ti = context["ti"]
-    # The first try of a cycle has no earlier try whose record it must keep or look at.
-    first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), spec.retries)
-    stored = read_records(context, log) if ti.try_number > first else {}
+    stored = read_records(context, log)
+    own = rejoin_own_job(spec, context, stored, hook)
+    if own is not None:
+        return own
     if spec.durable:
         found = find_earlier_job(
             context,
@@ -277,6 +232,34 @@ def take_over_or_remember(
         context, stored, JobRecord(paths.job_id, paths.base_dir, token, ti.try_number), spec.retries, log
     )
     return None
+
+
+def rejoin_own_job(
+    spec: JobSpec, context: Any, stored: dict[int, JobRecord] | None, hook: SSHHook
+) -> EarlierJob | None:
+    """
+    The job this very try recorded before, when its ``execute()`` runs again: Airflow re-runs a
+    task from the start when its resumption fails early (e.g. "Dag not found during start up",
+    a DAG file that took too long to import on a loaded worker), with the same try number. That
+    job is this try's, whatever the host says of it: watched again when it runs or ended (a
+    failure included), ended like when it succeeded and is gone, and submitted again under its
+    own token only when it never started (``FRESH``: the submit then re-attaches if it had). Never
+    a second job for one try, ``durable`` or not.
+    """
+    ti = context["ti"]
+    record = (stored or {}).get(ti.try_number)
+    if record is None or record.base_dir != spec.base_dir or record.job_id not in own_job_ids(ti):
+        return None
+    (job,) = ask_host(hook, [(record, True)], spec.command_timeout, spec.slurm is not None)
+    assert job.status is not None
+    if job.status.state is JobState.FOREIGN:
+        return None  # another submit's directory: this try's own submit then says so, and stops
+    resume = decide(job.status, spec.skip_on_exit_code, recorded=True)
+    if resume is Resume.FRESH and job.status.state is JobState.EXITED:
+        resume = Resume.REATTACH  # it ran and failed: that is this try's outcome, not a reason to run again
+    if resume is Resume.FRESH and record.job_id != job_id_of(ti, ti.try_number):
+        return None  # an earlier try's job it had taken over, gone: this try submits its own
+    return replace(job, resume=resume)
 
 
 def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str, bool, int | None]:
@@ -306,48 +289,6 @@ def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str
     )
 
 
-def remember(
-    context: Any, stored: dict[int, JobRecord] | None, record: JobRecord, retries: int, log: Any
-) -> None:
-    """
-    Store ``record`` as the job this try watches, beside the earlier tries' of the cycle
-    (``stored``, as read at the start of this try), when there is a store.
-    """
-    store = state_store(context)
-    if store is None:
-        return
-    ti = context["ti"]
-    first = cycle_start(ti.try_number, getattr(ti, "max_tries", None), retries)
-    # Earlier cycles' records are never looked at again: they are not kept.
-    records = {watcher: kept for watcher, kept in (stored or {}).items() if first <= watcher < ti.try_number}
-    records[ti.try_number] = record
-    try:
-        store.set(STATE_KEY, store_value(records))
-    except Exception as error:  # never fail the task for it: it only loses its durability
-        log.warning("Could not record remote job %s in the task state store: %s", record.job_id, error)
-
-
-def watched_record(context: Any, log: Any) -> JobRecord | None:
-    """The job this try watches, as the task state store has it (with its token), or ``None``."""
-    ti = context["ti"]
-    record = (read_records(context, log) or {}).get(ti.try_number)
-    if record is None or record.job_id not in own_job_ids(ti):
-        return None
-    return record
-
-
-def watched_job(context: Any, base_dir: str, log: Any) -> tuple[RemoteJobPaths, str]:
-    """
-    The job this try watched (its own, or the one it took over) and its token, for a worker that
-    resumes the try without an event (a deferral timeout): as the task state store has them; else
-    this try's own job, with no token (nothing is then killed or removed).
-    """
-    record = watched_record(context, log)
-    if record is None:
-        return job_paths(context["ti"], base_dir), ""
-    return record.paths, record.token
-
-
 def left_for_the_next_try(spec: JobSpec, context: Any, paths: RemoteJobPaths, log: Any) -> bool:
     """
     Whether job ``paths``, whose watch was lost, is left running for the next try to re-attach
@@ -358,41 +299,3 @@ def left_for_the_next_try(spec: JobSpec, context: Any, paths: RemoteJobPaths, lo
         return False
     record = watched_record(context, log)
     return record is not None and record.job_id == paths.job_id
-
-
-def token_of(
-    context: Any, paths: RemoteJobPaths, deferred_token: str, submitted: tuple[RemoteJobPaths, str], log: Any
-) -> str:
-    """
-    The submit token of job ``paths`` in a worker that resumes a try: the one the try deferred
-    with, else the one of the job this process ``submitted`` (or took over) when it is that job,
-    else the task state store's; ``""`` when none is known, and then nothing is killed or removed.
-    """
-    if deferred_token:
-        return validate_token(deferred_token)
-    submitted_paths, submitted_token = submitted
-    if submitted_token and submitted_paths == paths:
-        return submitted_token
-    record = watched_record(context, log)
-    return record.token if record is not None and record.job_id == paths.job_id else ""
-
-
-def remember_outcome(context: Any, job_id: str, outcome: str, exit_code: int | None, log: Any) -> None:
-    """Add the outcome to every stored record of job ``job_id`` (a later try then knows it)."""
-    store = state_store(context)
-    if store is None:
-        return
-    try:
-        records = records_of(store.get(STATE_KEY))
-        if any(record.job_id == job_id for record in records.values()):
-            records = {
-                watcher: replace(record, outcome=outcome, exit_code=exit_code)
-                if record.job_id == job_id
-                else record
-                for watcher, record in records.items()
-            }
-            store.set(STATE_KEY, store_value(records))
-    except Exception as error:
-        log.warning(
-            "Could not record the outcome of remote job %s in the task state store: %s", job_id, error
-        )

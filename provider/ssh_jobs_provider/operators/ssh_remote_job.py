@@ -1,9 +1,9 @@
 """
 :class:`SSHRemoteJobOperator`: submit a detached job over SSH, then watch it from the triggerer.
 
-The worker does the short parts with the paramiko hook: the submit, and at the end a kill
-when the watch was lost, or a cleanup the trigger could not do. Watching, log streaming and
-normally the cleanup happen in :class:`~ssh_jobs_provider.triggers.ssh_remote_job.SSHRemoteJobTrigger`.
+The worker does the short parts with the paramiko hook: the submit, and at the end a kill when
+the watch was lost, or a cleanup the trigger could not do; watching, log streaming and normally
+the cleanup happen in :class:`~ssh_jobs_provider.triggers.ssh_remote_job.SSHRemoteJobTrigger`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ssh_jobs_provider.job_spec import (
     require_positive,
 )
 from ssh_jobs_provider.operators import durable, remote_steps
+from ssh_jobs_provider.operators.job_records import job_paths, remember_outcome, token_of, watched_job
 from ssh_jobs_provider.operators.remote_steps import XCOM_KEY, finish_remote, job_hook, push_job, submit_job
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.last_lines import validate_line_count
@@ -49,16 +50,14 @@ class SSHRemoteJobOperator(BaseOperator):
     """
     Run a command detached on a remote host over SSH and watch it from the triggerer.
 
-    The worker opens ONE connection, submits the job (it runs under ``setsid`` with its
-    output in a log file and its exit code written atomically when it ends), pushes the
-    job's identity to XCom and defers. In the triggerer, all triggers reaching the same
+    The worker submits the job over its machine's shared login (it runs under ``setsid``
+    with its output in a log file and its exit code written atomically when it ends), pushes
+    the job's identity to XCom and defers. In the triggerer, all triggers reaching the same
     server share one connection and one batched poll per tick; the trigger streams the log
-    into the task log, removes the job directory when ``cleanup`` asks for it, and fires
-    once the job has ended and its log is fully read. The
-    task then succeeds on exit code 0, is skipped on a ``skip_on_exit_code``, and fails
-    otherwise. Submission is idempotent within a try: the job id is derived from the task
-    instance, so a submit whose reply was lost is retried and re-attaches to the job
-    that already started instead of launching a second one.
+    into the task log, removes the job directory when ``cleanup`` asks for it, and fires once
+    the job has ended and its log is fully read. The task then succeeds on exit code 0, is
+    skipped on a ``skip_on_exit_code``, and fails otherwise. One try runs one job: a submit
+    whose reply was lost, or an ``execute()`` that Airflow runs again, re-attaches to it.
 
     :param ssh_conn_id: Airflow connection id of type ``ssh`` (templated)
     :param command: shell text to run, as in a ``.sh`` file (templated; ``.sh``/``.bash``
@@ -194,8 +193,7 @@ class SSHRemoteJobOperator(BaseOperator):
         self.scheduler, self.scheduler_options = scheduler, scheduler_options
         self.return_last_lines = validate_line_count(return_last_lines)
         self._paths: RemoteJobPaths | None = None
-        #: This try's submit token, known in the worker process that submitted.
-        self._token = ""
+        self._token = ""  # this try's submit token, known in the worker process that submitted
         self._deferred_token, self._deferred_pid = "", None  # what a resumed worker got back
 
     def job_spec(self, for_submit: bool = True) -> JobSpec:
@@ -236,14 +234,16 @@ class SSHRemoteJobOperator(BaseOperator):
     def execute(self, context: Context) -> None:
         """Validate, submit the job (here, or from the triggerer) and defer to the trigger."""
         spec = self.job_spec()
-        paths = durable.job_paths(context["ti"], spec.base_dir)
+        paths = job_paths(context["ti"], spec.base_dir)
         token = new_job_token()
-        script = remote_steps.submit_script(spec, paths, token)
         submit = spec.trigger_submit() if spec.submit_from is SubmitFrom.TRIGGERER else None
         earlier = durable.take_over_or_remember(spec, context, paths, token, self.ssh_hook, self.log)
-        if earlier is not None:
-            self._go_on_with(context, spec, earlier)  # an earlier try's job, running or ended
+        if earlier is not None and earlier.resume is Resume.FRESH:  # this try's, never started
+            token = earlier.record.token
+        elif earlier is not None:
+            self._go_on_with(context, spec, earlier)  # a job submitted before, running or ended
             return
+        script = remote_steps.submit_script(spec, paths, token)
         remote_steps.refuse_after_kill(getattr(self, "_killed", False), paths)
         if submit is not None:
             remote_steps.announce_triggerer_submit(paths, self.log)
@@ -317,8 +317,8 @@ class SSHRemoteJobOperator(BaseOperator):
             raise AirflowException(f"Invalid event from SSHRemoteJobTrigger: {event!r}")
         spec = self.job_spec(for_submit=False)
         paths = durable.event_paths(event, context, spec.base_dir)
-        submitted = (self._paths or durable.job_paths(context["ti"], spec.base_dir), self._token)
-        self._token = durable.token_of(context, paths, job_token or self._deferred_token, submitted, self.log)
+        submitted = (self._paths or job_paths(context["ti"], spec.base_dir), self._token)
+        self._token = token_of(context, paths, job_token or self._deferred_token, submitted, self.log)
         self._paths = paths
         if not event.get("done", True):
             # Only an older trigger would send an intermediate event; keep watching.
@@ -349,7 +349,7 @@ class SSHRemoteJobOperator(BaseOperator):
 
         succeeded = exit_code == 0
         if spec.durable:
-            durable.remember_outcome(context, paths.job_id, spec.outcome_of(exit_code), exit_code, self.log)
+            remember_outcome(context, paths.job_id, spec.outcome_of(exit_code), exit_code, self.log)
         if event.get("cleaned_up"):
             self.log.info("Remote job directory %s was removed by the trigger", paths.job_dir)
         else:
@@ -371,7 +371,7 @@ class SSHRemoteJobOperator(BaseOperator):
         if next_method == TRIGGER_FAIL_METHOD:
             # The job this try watched, with its token (Airflow >= 3.3: else nothing is touched).
             spec = self.job_spec(for_submit=False)
-            paths, self._token = durable.watched_job(context, spec.base_dir, self.log)
+            paths, self._token = watched_job(context, spec.base_dir, self.log)
             self._paths = paths
             self.log.error("Watching remote job %s ended abnormally; stopping the remote job", paths.job_id)
             self._finish_remote(spec, paths, kill=True, remove=spec.cleanup.removes(succeeded=False))
