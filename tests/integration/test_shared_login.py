@@ -49,9 +49,15 @@ def short_idle(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def address(ssh_conn: str, short_idle: None) -> Iterator[Path]:
-    """The broker socket of connection ``ssh_conn``; its brokers are stopped at teardown."""
-    found = broker_address(SSHHook(ssh_conn).settings)
+def shared_conn(sshd, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Airflow connection ``ssh_shared`` to ``sshd``, with the extra ``share_login``."""
+    return use_connection(monkeypatch, sshd, "ssh_shared", share_login=True)
+
+
+@pytest.fixture
+def address(shared_conn: str, short_idle: None) -> Iterator[Path]:
+    """The broker socket of connection ``shared_conn``; its brokers are stopped at teardown."""
+    found = broker_address(SSHHook(shared_conn).settings)
     assert found is not None, "the user's private directory must be usable here"
     yield found
     for pid in broker_pids(found):
@@ -68,28 +74,28 @@ def ran_once(base_dir: str, job_count: int) -> None:
         assert (job_dir / "stdout.log").read_text() == "hi\n"
 
 
-def test_the_submits_of_a_machine_share_one_login(sshd, ssh_conn, address, remote_base_dir) -> None:
+def test_the_submits_of_a_machine_share_one_login(sshd, shared_conn, address, remote_base_dir) -> None:
     # The first submit runs in a process of its own, which ends: the broker it starts outlives it.
     first = (
         "from support.jobs import make_operator\n"
         "from support.runner import StandInTaskInstance, submit\n"
-        f"submit(make_operator({ssh_conn!r}, {remote_base_dir!r}), StandInTaskInstance(map_index=0))\n"
+        f"submit(make_operator({shared_conn!r}, {remote_base_dir!r}), StandInTaskInstance(map_index=0))\n"
     )
     subprocess.run([sys.executable, "-c", first], check=True, env=os.environ, cwd=Path(__file__).parents[1])
     wait_until(address.exists, what="the broker to listen")
     assert sshd.counts()["accepted"] == 2  # the first task's own login, then the broker's
 
     for index in range(1, 9):
-        submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=index))
+        submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance(map_index=index))
 
     assert sshd.counts()["accepted"] == 2, "the other eight submits must log in no more"
     ran_once(remote_base_dir, 9)
 
 
 def test_scripts_of_many_callers_run_at_once_on_the_one_login(
-    sshd, ssh_conn, address, remote_base_dir
+    sshd, shared_conn, address, remote_base_dir
 ) -> None:
-    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance())
     wait_until(address.exists, what="the broker to listen")
     answers: list[tuple[int, bytes, bytes]] = []
 
@@ -109,15 +115,15 @@ def test_scripts_of_many_callers_run_at_once_on_the_one_login(
     assert sshd.counts()["session_refusals"] == 0
 
 
-def test_a_broker_ends_when_idle_and_removes_its_socket(sshd, ssh_conn, address, remote_base_dir) -> None:
-    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+def test_a_broker_ends_when_idle_and_removes_its_socket(sshd, shared_conn, address, remote_base_dir) -> None:
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance())
     wait_until(address.exists, what="the broker to listen")
     (pid,) = broker_pids(address)
     wait_until(lambda: not address.exists(), timeout=20, what="the idle broker to remove its socket")
     wait_until(
         lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=10, what="the broker to end"
     )
-    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=1))
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance(map_index=1))
     assert sshd.counts()["accepted"] == 3, (
         "after the broker ended, a submit logs in by itself (and starts another)"
     )
@@ -132,17 +138,17 @@ def _zombie(pid: int) -> bool:
 
 
 def test_a_broker_whose_login_is_gone_sends_the_next_submit_to_a_login_of_its_own(
-    sshd, ssh_conn, address, remote_base_dir
+    sshd, shared_conn, address, remote_base_dir
 ) -> None:
-    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance())
     wait_until(address.exists, what="the broker to listen")
     sshd.restart()  # every connection of the old server is gone, the broker's too
-    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=1))
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance(map_index=1))
     ran_once(remote_base_dir, 2)
 
 
-def test_a_broker_killed_mid_script_is_a_lost_reply(sshd, ssh_conn, address, remote_base_dir) -> None:
-    submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance())
+def test_a_broker_killed_mid_script_is_a_lost_reply(sshd, shared_conn, address, remote_base_dir) -> None:
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance())
     wait_until(address.exists, what="the broker to listen")
     (pid,) = broker_pids(address)
     threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
@@ -152,8 +158,8 @@ def test_a_broker_killed_mid_script_is_a_lost_reply(sshd, ssh_conn, address, rem
         ask_broker(address, b"echo nobody\n", 30)
 
 
-def test_share_login_false_logs_in_for_every_submit(sshd, monkeypatch, short_idle, remote_base_dir) -> None:
-    conn_id = use_connection(monkeypatch, sshd, "ssh_alone", share_login=False)
+def test_without_share_login_every_submit_logs_in(sshd, ssh_conn, short_idle, remote_base_dir) -> None:
+    conn_id = ssh_conn  # no share_login extra: the default
     for index in range(3):
         submit(make_operator(conn_id, remote_base_dir), StandInTaskInstance(map_index=index))
     assert sshd.counts()["accepted"] == 3

@@ -22,7 +22,7 @@ from ssh_jobs_provider.hooks.shared_login import (
 )
 
 SETTINGS = SSHConnectionSettings(
-    conn_id="cluster", host="login.example.org", username="alice", password="s3cret"
+    conn_id="cluster", host="login.example.org", username="alice", password="s3cret", share_login=True
 )
 
 
@@ -103,3 +103,22 @@ def test_a_message_cut_short_is_an_eof(cut: int) -> None:
     assert whole.endswith(b"\nstdout bytes")
     with pytest.raises(EOFError):
         read_frame(io.BytesIO(whole[:cut]))
+
+
+class _Connection:
+    conn_id, host, port, login, password = "cluster", "login.example.org", None, "alice", None
+
+    def __init__(self, extra: dict) -> None:
+        self.extra_dejson = extra
+
+
+@pytest.mark.parametrize(
+    ("extra", "shared"), [({}, False), ({"share_login": "true"}, True), ({"share_login": False}, False)]
+)
+def test_sharing_is_asked_for_with_the_connection_extra(extra: dict, shared: bool) -> None:
+    assert SSHConnectionSettings.from_connection(_Connection(extra)).share_login is shared
+
+
+def test_a_wrong_share_login_extra_names_the_fix() -> None:
+    with pytest.raises(ValueError, match="'share_login' must be true or false"):
+        SSHConnectionSettings.from_connection(_Connection({"share_login": "sometimes"}))

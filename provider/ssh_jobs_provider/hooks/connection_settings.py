@@ -109,7 +109,7 @@ class SSHConnectionSettings:
     :param handshake_slots: most handshakes with this host that the worker processes of one
         machine run at once (``0``: no turns; see :mod:`~ssh_jobs_provider.hooks.handshake_turns`)
     :param share_login: let the worker processes of one machine run their scripts over one
-        login to the host (see :mod:`~ssh_jobs_provider.hooks.shared_login`)
+        login to the host (opt-in; see :mod:`~ssh_jobs_provider.hooks.shared_login`)
     :param host_key_policy: ``"strict"`` (only known or pinned keys), ``"accept-new"`` (add an
         unknown host's key to the known_hosts file, refuse a changed one) or ``"off"``
         (``no_host_key_check``)
@@ -142,7 +142,7 @@ class SSHConnectionSettings:
     compress: bool = True
     poll_interpreter: str = "auto"
     handshake_slots: int = DEFAULT_HANDSHAKE_SLOTS
-    share_login: bool = True
+    share_login: bool = False
     host_key_policy: str = "strict"
     proxy_jump: SSHConnectionSettings | None = None
     proxy_command: str | None = None

@@ -2,8 +2,8 @@
 One SSH login per host, shared by the worker processes of one machine.
 
 A handshake costs ``sshd`` far more CPU than the submit it carries (some 30 ms against a few),
-and in a fan-out every worker-mode task used to make one. With ``share_login`` (the default),
-a worker process that has just run a script over a login of its own starts a *login broker*
+and in a fan-out every worker-mode task makes one. With the connection extra ``share_login``
+(opt-in), a worker process that has just run a script over a login of its own starts a *login broker*
 (:mod:`~ssh_jobs_provider.hooks.login_broker`) for that host in the background: a small
 process of the same user that logs in once and runs the scripts of every worker process of
 the machine on channels of that one login, until it has been idle for

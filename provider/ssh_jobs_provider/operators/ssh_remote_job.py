@@ -50,7 +50,7 @@ class SSHRemoteJobOperator(BaseOperator):
     """
     Run a command detached on a remote host over SSH and watch it from the triggerer.
 
-    The worker submits the job over its machine's shared login (it runs under ``setsid``
+    The worker submits the job over one SSH login (it runs under ``setsid``
     with its output in a log file and its exit code written atomically when it ends), pushes
     the job's identity to XCom and defers. In the triggerer, all triggers reaching the same
     server share one connection and one batched poll per tick; the trigger streams the log
