@@ -1,9 +1,11 @@
 """
-The submit-modes scenario: N mapped tasks submitted three ways against one fresh sshd per N.
+The submit-modes scenario: N mapped tasks submitted four ways against one fresh sshd per N.
 
 - ``upstream``: apache-airflow-providers-ssh, each task's ``execute`` in a worker process of
   its own (at most ``--submit-modes-workers`` processes; more tasks take turns);
 - ``ours``: this provider with ``submit_from="worker"`` (the default), the same way;
+- ``ours-shared``: the same, with the connection extra ``share_login``: the worker processes
+  run their submits over one login to the host (a login broker, idle 2 s after the last one);
 - ``ours-triggerer``: this provider with ``submit_from="triggerer"``: every ``execute`` (no
   network), then every trigger in ONE asyncio process, which submits and watches.
 
@@ -22,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: The three ways of submitting, in the order of the first N (later N rotate it).
-MODES = ("upstream", "ours", "ours-triggerer")
+#: The ways of submitting, in the order of the first N (later N rotate it).
+MODES = ("upstream", "ours", "ours-shared", "ours-triggerer")
 
 
 def launches(path: Path) -> tuple[Counter[int], float | None]:
@@ -63,6 +65,11 @@ def spec_for(bench: Any, mode: str, n: int, base: Path, launch_file: Path) -> tu
         "job_seconds": 0,
         "hard_timeout": args.burst_timeout,
     }
+    if mode == "ours-shared":
+        # The broker ends 2 s after the last submit, so that its login's sshd process has ended
+        # (and its CPU is counted) by the time the server is quiet again.
+        spec.update(connection_extra={"share_login": True}, broker_idle_seconds=2.0)
+        return "ours", "workers.py", spec
     return mode, "workers.py", spec
 
 

@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any
 
 SUBMIT_FILES = ("submit_modes.rst.inc", "submit_modes.png")
-LABELS = {"upstream": "upstream (worker)", "ours": "ours (worker)", "ours-triggerer": "ours (triggerer)"}
+LABELS = {
+    "upstream": "upstream (worker)",
+    "ours": "ours (worker)",
+    "ours-shared": "ours (worker, share_login)",
+    "ours-triggerer": "ours (triggerer)",
+}
 HEADER = [
     "N",
     "submitted from",
@@ -21,7 +26,7 @@ HEADER = [
     "jobs started once",
 ]
 WIDTHS = "6 16 8 10 10 10 8 8 8 12 10"
-COLORS = {"upstream": "#d62728", "ours": "#ff7f0e", "ours-triggerer": "#1f77b4"}
+COLORS = {"upstream": "#d62728", "ours": "#ff7f0e", "ours-shared": "#2ca02c", "ours-triggerer": "#1f77b4"}
 
 
 def _cell(value: Any) -> str:
@@ -117,7 +122,7 @@ def plot(plt: Any, rows: list[dict[str, Any]], out_dir: Path) -> None:
     for ax, (key, title) in zip(axes, keys, strict=True):
         for position, impl in enumerate(LABELS):
             values = [next((r[key] for r in rows if r["n"] == n and r["impl"] == impl), 0) for n in ns]
-            xs = [i + (position - 1) * width for i in range(len(ns))]
+            xs = [i + (position - (len(LABELS) - 1) / 2) * width for i in range(len(ns))]
             bars = ax.bar(xs, [max(v, 0.01) for v in values], width, label=LABELS[impl], color=COLORS[impl])
             for bar, value in zip(bars, values, strict=True):
                 ax.annotate(

@@ -82,13 +82,13 @@ def test_the_submits_of_a_machine_share_one_login(sshd, shared_conn, address, re
         f"submit(make_operator({shared_conn!r}, {remote_base_dir!r}), StandInTaskInstance(map_index=0))\n"
     )
     subprocess.run([sys.executable, "-c", first], check=True, env=os.environ, cwd=Path(__file__).parents[1])
-    wait_until(address.exists, what="the broker to listen")
-    assert sshd.counts()["accepted"] == 2  # the first task's own login, then the broker's
+    assert address.exists() and broker_pids(address)
+    assert sshd.counts()["accepted"] == 1  # the broker's: the first submit waited for it
 
     for index in range(1, 9):
         submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance(map_index=index))
 
-    assert sshd.counts()["accepted"] == 2, "the other eight submits must log in no more"
+    assert sshd.counts()["accepted"] == 1, "the other eight submits must log in no more"
     ran_once(remote_base_dir, 9)
 
 
@@ -99,8 +99,15 @@ def test_scripts_of_many_callers_run_at_once_on_the_one_login(
     wait_until(address.exists, what="the broker to listen")
     answers: list[tuple[int, bytes, bytes]] = []
 
+    errors: list[BaseException] = []
+
     def caller(index: int) -> None:
-        answers.append(ask_broker(address, f"sleep 1; echo out {index}; echo err >&2; exit 3\n".encode(), 30))
+        try:
+            answers.append(
+                ask_broker(address, f"sleep 1; echo out {index}; echo err >&2; exit 3\n".encode(), 30)
+            )
+        except BaseException as error:
+            errors.append(error)
 
     callers = [threading.Thread(target=caller, args=(index,)) for index in range(20)]
     started = time.monotonic()
@@ -108,11 +115,13 @@ def test_scripts_of_many_callers_run_at_once_on_the_one_login(
         thread.start()
     for thread in callers:
         thread.join()
+    assert not errors
     assert sorted(answers) == sorted((3, f"out {index}\n".encode(), b"err\n") for index in range(20))
-    # Eight channels at a time: 20 one-second scripts take three rounds, not twenty.
+    # Six channels at a time: 20 one-second scripts take four rounds, not twenty.
     assert time.monotonic() - started < 15
-    assert sshd.counts()["accepted"] == 2
-    assert sshd.counts()["session_refusals"] == 0
+    # One login; a channel sshd refused for a moment (a closed one's slot is freed late) was
+    # opened again on it, as the hooks do.
+    assert sshd.counts()["accepted"] == 1
 
 
 def test_a_broker_ends_when_idle_and_removes_its_socket(sshd, shared_conn, address, remote_base_dir) -> None:
@@ -124,9 +133,7 @@ def test_a_broker_ends_when_idle_and_removes_its_socket(sshd, shared_conn, addre
         lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=10, what="the broker to end"
     )
     submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance(map_index=1))
-    assert sshd.counts()["accepted"] == 3, (
-        "after the broker ended, a submit logs in by itself (and starts another)"
-    )
+    assert sshd.counts()["accepted"] == 2, "after the broker ended, the next submit starts another"
     ran_once(remote_base_dir, 2)
 
 
@@ -165,3 +172,23 @@ def test_without_share_login_every_submit_logs_in(sshd, ssh_conn, short_idle, re
     assert sshd.counts()["accepted"] == 3
     assert not broker_pids(broker_address(SSHHook(conn_id).settings) or Path("/nonexistent"))
     ran_once(remote_base_dir, 3)
+
+
+def test_a_broker_that_cannot_log_in_sends_callers_to_their_own_and_is_not_retried_at_once(
+    sshd, monkeypatch, short_idle, remote_base_dir, tmp_path
+) -> None:
+    from ssh_jobs_provider.exceptions import SSHAuthenticationError
+    from support.sshd import generate_ed25519_key
+
+    stranger = tmp_path / "stranger_key"
+    generate_ed25519_key(stranger)
+    conn_id = use_connection(monkeypatch, sshd, "ssh_refused", share_login=True, key_file=str(stranger))
+    address = broker_address(SSHHook(conn_id).settings)
+    assert address is not None
+    for index in range(2):
+        with pytest.raises(SSHAuthenticationError):
+            submit(make_operator(conn_id, remote_base_dir), StandInTaskInstance(map_index=index))
+    assert shared_login.recently_failed(address)
+    # The broker's one attempt, then each submit's own; the second submit started no broker.
+    assert sshd.counts()["connections"] == 3
+    assert not broker_pids(address)

@@ -30,11 +30,14 @@ import paramiko
 
 from ssh_jobs_provider.hooks import _paramiko
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.hooks.shared_login import read_frame, send_frame
+from ssh_jobs_provider.hooks.shared_login import failed_marker, read_frame, send_frame
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 
-#: Scripts run at once on the one login (sshd's MaxSessions is 10 by default).
-CHANNELS = 8
+#: Scripts run at once on the one login: below sshd's default MaxSessions (10) with room for
+#: the sessions it frees a moment after they are closed.
+CHANNELS = 6
+#: How long a refused channel is asked for again before its script is handed back unrun.
+CHANNEL_PATIENCE_SECONDS = 10.0
 #: How often the broker looks at its idle time and its login, in seconds.
 LOOK_SECONDS = 0.5
 
@@ -96,7 +99,7 @@ class LoginBroker:
                 return ({"outcome": "not_run", "reason": "the shared login has ended"},)
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
-                channel = _paramiko.open_channel(self.client, timeout)
+                channel = self._open_channel(timeout)
             except Exception as error:  # nothing ran: the caller logs in by itself
                 return ({"outcome": "not_run", "reason": f"no channel on the shared login: {error}"},)
             try:
@@ -106,6 +109,19 @@ class LoginBroker:
             except Exception as error:  # whatever ended the channel: the caller cannot know more
                 return ({"outcome": "lost", "reason": f"{type(error).__name__}: {error}"},)
             return {"outcome": "ran", "status": status}, stdout, stderr
+
+    def _open_channel(self, timeout: float | None) -> paramiko.Channel:
+        # A refusal here is sshd's count lagging behind closed sessions (this login never has
+        # more than CHANNELS open): asked again, it passes; a login of the caller's own would
+        # cost far more.
+        deadline = time.monotonic() + CHANNEL_PATIENCE_SECONDS
+        while True:
+            try:
+                return _paramiko.open_channel(self.client, timeout)
+            except paramiko.ChannelException:
+                if time.monotonic() > deadline or not self.login_alive():
+                    raise
+                time.sleep(0.1)
 
 
 def _same_user(caller: socket.socket) -> bool:
@@ -133,14 +149,19 @@ def main(argv: list[str]) -> int:
     try:
         client = _paramiko.connect(settings, log)
     except Exception:
-        return 1  # the lock goes with this process: the next caller may start another
+        # Callers log in by themselves meanwhile; none starts another broker for a while.
+        with contextlib.suppress(OSError):
+            failed_marker(address).touch(mode=0o600)
+        return 1
     try:
         listener = _listen(address)
         inode = address.stat().st_ino
     except OSError:
         client.close()
         return 1
-    os.close(lock)  # listening: callers may come
+    with contextlib.suppress(OSError):
+        failed_marker(address).unlink()
+    os.close(lock)  # listening: the callers waiting for it ask now
     broker = LoginBroker(client, listener, idle_seconds)
     try:
         broker.serve()

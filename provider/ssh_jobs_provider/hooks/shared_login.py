@@ -16,12 +16,16 @@ in anything (user, key, jump host, host-key policy) never share a login, and the
 nothing of the host or the credentials. The broker serves only processes of its own user
 (checked with ``SO_PEERCRED``).
 
-Sharing never makes a script less certain than a login of its own would, and never adds a
-connection attempt to a failing host: a broker is started only after a login of the caller's
-own succeeded; whatever goes wrong before a broker ran a script (none yet, one still starting,
-a dead one) sends the caller to its own login, exactly as without sharing; whatever goes wrong
-after (the login lost mid-script) is raised as the lost reply it is, and the caller's retry
-sends the script again, which the remote scripts make safe.
+The first worker process that finds no broker starts one and, like every process that comes
+while it logs in, waits for it (at most :data:`STARTING_WAIT_SECONDS`): a fan-out's burst of
+submits then costs the host one handshake, not one per task. Sharing never makes a script less
+certain than a login of its own would: whatever goes wrong before a broker ran a script (it
+could not log in, it ended, it is gone) sends the caller to its own login, exactly as without
+sharing, and a broker that could not log in is not tried again for
+:data:`FAILED_START_SECONDS`, so a host that refuses logins sees one attempt more per that
+period, not one per task; whatever goes wrong after (the login lost mid-script) is raised as
+the lost reply it is, and the caller's retry sends the script again, which the remote scripts
+make safe.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +59,10 @@ ANSWER_MARGIN_SECONDS = 30.0
 #: Seconds without a script after which a broker logs out and ends: long enough to span the
 #: gaps of a fan-out's waves of tasks, short enough that an idle machine holds no login long.
 BROKER_IDLE_SECONDS = 30.0
+#: Longest wait for a broker that is logging in, in seconds; then the caller logs in itself.
+STARTING_WAIT_SECONDS = 20.0
+#: After a broker could not log in, seconds during which no other is started for the same settings.
+FAILED_START_SECONDS = 30.0
 #: Longest header line of a message, in bytes.
 MAX_HEADER_BYTES = 65536
 
@@ -157,7 +166,7 @@ def start_broker(address: Path, settings: SSHConnectionSettings) -> bool:
     Start a broker for ``settings`` in the background unless one is starting already; it
     listens on ``address`` once logged in (or exits if it cannot). Returns whether it started one.
     """
-    lock = os.open(f"{address}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    lock = os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -197,6 +206,43 @@ def start_broker(address: Path, settings: SSHConnectionSettings) -> bool:
         os.close(lock)
 
 
+def _lock_path(address: Path) -> str:
+    return f"{address}.lock"
+
+
+def failed_marker(address: Path) -> Path:
+    """Touched by a broker that could not log in."""
+    return Path(f"{address}.failed")
+
+
+def recently_failed(address: Path, now: float | None = None) -> bool:
+    """Whether a broker for ``address`` failed to log in less than :data:`FAILED_START_SECONDS` ago."""
+    try:
+        failed_at = failed_marker(address).stat().st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) - failed_at < FAILED_START_SECONDS
+
+
+def wait_for_start(address: Path, seconds: float) -> None:
+    """Wait (at most ``seconds``) until no broker for ``address`` is starting."""
+    deadline = time.monotonic() + seconds
+    lock = os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.05)
+                continue
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return
+    finally:
+        os.close(lock)
+
+
 class ScriptSession:
     """
     Where one worker-side step (a submit, a cleanup, a lookup) runs its scripts: this machine's
@@ -224,17 +270,24 @@ class ScriptSession:
         """Run one protocol script; ``(exit_status, stdout, stderr)``."""
         if self.client is None and self.address is not None:
             with contextlib.suppress(BrokerUnavailable):
-                result = ask_broker(self.address, script.encode("utf-8"), timeout)
-                self.shared_runs += 1
-                return result
+                return self._shared(self.address, script.encode("utf-8"), timeout)
+            self.address = None  # no broker for this step: its own login from here on
         if self.client is None:
             self.client = self._connect(self.settings)
-        result = self._run_on(self.client, script, timeout)
-        if self.address is not None:
-            # Our own login worked: the host takes logins, so the next process may share one.
-            with contextlib.suppress(OSError):
-                start_broker(self.address, self.settings)
-            self.address = None  # once per session is enough
+        return self._run_on(self.client, script, timeout)
+
+    def _shared(self, address: Path, script: bytes, timeout: float | None) -> ScriptResult:
+        with contextlib.suppress(BrokerUnavailable):
+            result = ask_broker(address, script, timeout)
+            self.shared_runs += 1
+            return result
+        if recently_failed(address):
+            raise BrokerUnavailable("a login broker for this connection failed to log in moments ago")
+        with contextlib.suppress(OSError):
+            start_broker(address, self.settings)
+        wait_for_start(address, STARTING_WAIT_SECONDS)
+        result = ask_broker(address, script, timeout)
+        self.shared_runs += 1
         return result
 
     def close(self) -> None:
