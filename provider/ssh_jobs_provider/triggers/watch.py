@@ -14,9 +14,10 @@ other)::
 ``finished`` leads from every phase to ``DONE``: the one final delivery of an outcome.
 
 The watch also decides what each answer or failure means for it: its ``on_*`` methods (one per
-kind of answer, one per kind of failed batch) make the transition and return a
-:class:`Decision`, which tells the scheduler what to hand to the trigger and whether to
-unregister the watch. The scheduler asks nothing else of a watch but its phase.
+kind of answer, one per kind of failed batch) make the transition, set when it is due next,
+and return a :class:`Decision`, which tells the scheduler what to hand to the trigger and
+whether to unregister the watch. The scheduler decides none of this itself; it reads the
+phase only to shape the next batch (a submit, a poll or a cleanup).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ class Watch:
         return sent_before
 
     def on_answer(self, result: EntryResult, now: float) -> Decision:
-        """Its entry of a batch answered at ``now`` was answered with ``result``."""
+        """The host answered its entry of a batch with ``result`` (at clock reading ``now``)."""
         sent_before = self.on_sent()
         if isinstance(result, SubmitRefused):
             return self.on_refused(result, sent_before)
