@@ -9,6 +9,7 @@ were not sent, whatever noise, misframing or truncation the answer suffered.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ssh_jobs_provider.protocol.answers import (
     RemoteJobProtocolError,
     parse_batch_output,
 )
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry
+from ssh_jobs_provider.protocol.batch import CleanupEntry, CleanupState, Entry, PollEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 from support.protocol import END, answer, batch, header, run_batch, run_batch_parsed
@@ -251,6 +252,16 @@ def test_the_wrong_verb_for_an_entry_is_its_error(verb: str, entry: Entry) -> No
 
 def test_a_cleanup_answer_without_a_state_counts_as_failed() -> None:
     assert parse_batch_output(batch(answer("cleanup", key=0)), [CLEAN_C])[0] == CleanupResult("failed")
+
+
+@pytest.mark.parametrize("said", ["removed", "absent", "failed", "foreign", "running", "exploded", ""])
+def test_a_cleanup_state_is_an_enum_that_reads_as_the_text_the_host_sent(said: str) -> None:
+    (result,) = parse_batch_output(batch(answer("cleanup", key=0, state=said)), [CLEAN_C]).values()
+    assert isinstance(result, CleanupResult) and type(result.state) is CleanupState
+    text = said if said in {state.value for state in CleanupState} else "failed"
+    assert result.state is CleanupState(text) and result == CleanupResult(text)
+    # The same text in logs and f-strings, and when serialised.
+    assert (str(result.state), f"{result.state}", json.dumps(result.state)) == (text, text, f'"{text}"')
 
 
 def test_a_bad_integer_in_one_entry_spares_the_others() -> None:

@@ -36,6 +36,7 @@ from ssh_jobs_provider.protocol.answers import (
 from ssh_jobs_provider.protocol.batch import (
     POLL_INTERPRETERS,
     CleanupEntry,
+    CleanupState,
     Entry,
     PollEntry,
     build_batch_script,
@@ -68,6 +69,7 @@ __all__ = [
     "REMOTE_SHELL",
     "CleanupEntry",
     "CleanupResult",
+    "CleanupState",
     "Entry",
     "EntryResult",
     "JobMonitor",

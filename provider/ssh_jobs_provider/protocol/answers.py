@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, PollEntry, SubmitEntry
+from ssh_jobs_provider.protocol.batch import CleanupEntry, CleanupState, Entry, PollEntry, SubmitEntry
 from ssh_jobs_provider.protocol.identity import DEFAULT_BASE_DIR, RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 
@@ -221,10 +221,13 @@ class CleanupResult:
     """
     The answer of one cleanup entry.
 
-    :param state: ``removed``, ``absent``, ``failed`` or ``foreign`` (not this job's: left alone)
+    :param state: what the cleanup found and did; its text (``"removed"``) is taken as well
     """
 
-    state: str  # "removed", "absent", "failed" or "foreign" (not this job's: left alone)
+    state: CleanupState
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", CleanupState(self.state))
 
 
 EntryResult = JobStatus | CleanupResult | RemoteJobProtocolError
@@ -370,7 +373,7 @@ def _entry_result(
             detail = data.decode("utf-8", errors="replace").strip().splitlines()
             return SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
         if verb == "cleanup" and isinstance(entry, CleanupEntry):
-            return CleanupResult(fields.get("state", "failed"))
+            return CleanupResult(CleanupState.parse(fields.get("state", "")))
     except RemoteJobProtocolError as error:
         return error
     return RemoteJobProtocolError(f"Unexpected '{verb}' answer for {entry.paths.job_id}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from itertools import groupby
 
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
@@ -92,6 +93,28 @@ class CleanupEntry:
 
     def __post_init__(self) -> None:
         validate_token(self.token, required=False)
+
+
+class CleanupState(str, Enum):
+    """What the cleanup of one job directory found and did: the ``state=`` of its answer."""
+
+    REMOVED = "removed"
+    #: There was no directory (any more).
+    ABSENT = "absent"
+    #: Still there: its job's end is not recorded, or the removal failed part of the way.
+    FAILED = "failed"
+    #: Not this job's directory (another token, or not the SSH user's): left alone.
+    FOREIGN = "foreign"
+    #: A reap's only: the job runs by now (or Slurm still has it): left alone.
+    RUNNING = "running"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str) -> CleanupState:
+        """The state an answer names; a missing or unknown one counts as ``failed``."""
+        return next((state for state in cls if state.value == text), cls.FAILED)
 
 
 @dataclass(frozen=True)

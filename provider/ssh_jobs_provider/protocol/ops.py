@@ -191,7 +191,7 @@ def parse_reap_output(output: bytes, entries: Sequence[CleanupEntry]) -> list[st
     """
     results = parse_batch_output(output, entries)
     return [
-        result.state if isinstance(result, CleanupResult) else "unknown"
+        result.state.value if isinstance(result, CleanupResult) else "unknown"
         for _, result in sorted(results.items())
     ]
 

@@ -8,6 +8,11 @@ parsed answers (:meth:`PollScheduler.apply`) or the failure (:meth:`PollSchedule
 which decides between a reconnect and the end of the jobs). Each of those returns the :class:`Delivery` objects to hand
 to the watching triggers: log lines, warnings, and at the end the one final outcome.
 
+What an answer or a failure means for one job is decided by its
+:class:`~ssh_jobs_provider.triggers.watch.Watch` (its ``on_*`` methods return a
+:class:`~ssh_jobs_provider.triggers.watch.Decision`); the scheduler keeps the time, the batch's
+shape and the session's backoff, and does what each watch decided.
+
 - Ticks are aligned on a grid of each job's ``poll_interval``, so jobs with the same interval
   are polled together however they arrived.
 - A batch carries at most :data:`MAX_BATCH_BYTES` of log in all; every job still gets at least
@@ -16,8 +21,8 @@ to the watching triggers: log lines, warnings, and at the end the one final outc
   which a successful answer restores; the whole session waits one jittered backoff (ONE
   reconnect for everybody, no thundering herd).
 - A finished job whose cleanup is wanted stays registered, and its next entry is the cleanup.
-- A job the triggerer submits (``submit_files``) is due at the next :data:`SUBMIT_TICK`; its
-  entry is a :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry` until the host answered
+- A job the triggerer submits (phase ``SUBMITTING``) is due at the next :data:`SUBMIT_TICK`;
+  its entry is a :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry` until the host answered
   it, re-sent after a failure (the submit is idempotent). At most ``submits_per_batch``
   submits (:data:`SUBMITS_PER_BATCH`; :data:`SUBMITS_PER_PERL_BATCH` once the host is known to
   run them in perl) carrying at most :data:`SUBMIT_BATCH_BYTES` of job files go in one batch;
@@ -26,33 +31,22 @@ to the watching triggers: log lines, warnings, and at the end the one final outc
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 
-from ssh_jobs_provider.exceptions import FAN_OUT_HINT, is_retryable
-from ssh_jobs_provider.protocol.answers import (
-    BatchNotAnswered,
-    CleanupResult,
-    EntryResult,
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-)
+from ssh_jobs_provider.exceptions import is_retryable
+from ssh_jobs_provider.protocol.answers import BatchNotAnswered, EntryResult
 from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SlurmSubmitEntry, SubmitEntry
-from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
-from ssh_jobs_provider.protocol.refusals import refusal_message
-from ssh_jobs_provider.protocol.slurm_answers import SLURM_REFUSALS
-from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
 from ssh_jobs_provider.triggers.watch import (
     SUBMIT_TICK,
+    Action,
+    Decision,
     Delivery,
     Event,
     Phase,
     Watch,
     next_tick,
-    submit_failed,
 )
 
 __all__ = [
@@ -132,7 +126,8 @@ class PollScheduler:
 
     def add(self, watch: Watch, now: float) -> None:
         """Register a job; its first poll (or its submit) comes at its next grid tick."""
-        interval = min(SUBMIT_TICK, watch.poll_interval) if watch.submitting else watch.poll_interval
+        submitting = watch.phase is Phase.SUBMITTING
+        interval = min(SUBMIT_TICK, watch.poll_interval) if submitting else watch.poll_interval
         watch.next_due = next_tick(now, interval)
         watch.budget_with(self.backoff)
         self._watches[watch] = None
@@ -152,8 +147,8 @@ class PollScheduler:
         due, submits, carried = [], 0, 0
         for w in self._watches:
             if w.next_due <= now + COALESCE_SECONDS:
-                if w.submitting:
-                    size = sum(len(content) for _, content in w.submit_files or ())
+                if w.phase is Phase.SUBMITTING:
+                    size = sum(len(content) for _, content in w.files_to_submit)
                     if submits and (submits >= self.submits_per_batch or carried + size > SUBMIT_BATCH_BYTES):
                         continue  # still due: in the next batch, at once
                     submits, carried = submits + 1, carried + size
@@ -177,19 +172,19 @@ class PollScheduler:
         budget = MAX_BATCH_BYTES
         for watch in due:
             monitor = watch.monitor
-            if watch.cleaning:
+            if watch.phase is Phase.CLEANING:
                 entries.append(CleanupEntry(monitor.paths, token=monitor.token))
                 continue
             window = max(min(monitor.chunk_size, budget), min(monitor.chunk_size, MIN_WINDOW))
             budget = max(0, budget - window)
             entry = monitor.poll_entry(max_bytes=window, delivered=watch.settled(now))
-            if watch.submitting and watch.submit_files is not None:
+            if watch.phase is Phase.SUBMITTING:
                 fields = (entry.paths, entry.offset, entry.max_bytes, entry.delivered, entry.token)
-                slurm = watch.slurm  # a Slurm job is queued with sbatch, not started detached
-                entry = (
-                    SubmitEntry(*fields, watch.submit_files)
+                files, slurm = watch.files_to_submit, watch.slurm
+                entry = (  # a Slurm job is queued with sbatch, not started detached
+                    SubmitEntry(*fields, files)
                     if slurm is None
-                    else SlurmSubmitEntry(*fields, watch.submit_files, slurm.arguments)
+                    else SlurmSubmitEntry(*fields, files, slurm.arguments)
                 )
             entries.append(entry)
         return entries
@@ -205,10 +200,7 @@ class PollScheduler:
         out: Deliveries = []
         for key, watch in enumerate(due):
             if watch.active:
-                sent_before = watch.submit_sent
-                if watch.submitting:
-                    watch.submit_sent = True  # even an answer cut short means the script ran
-                out.extend(self._apply(watch, results[key], now, sent_before))
+                out.extend(self._perform(watch, watch.on_answer(results[key], now)))
         return out
 
     def batch_error(
@@ -223,8 +215,7 @@ class PollScheduler:
         """
         if sent:
             for watch in due:
-                if watch.submitting:
-                    watch.submit_sent = True
+                watch.on_sent()
         # A batch the host did not answer at all failed as a batch: retried like a lost
         # connection, never taken for something each of its jobs did.
         if not (isinstance(error, BatchNotAnswered) or self.retry_on(error)):
@@ -244,154 +235,21 @@ class PollScheduler:
         out: Deliveries = []
         for watch in due:
             if watch.active:
-                out.extend(self._count_failure(watch, error, delay))
+                out.extend(self._perform(watch, watch.on_batch_failed(error, delay)))
         return delay, out
 
     def batch_broken(self, due: list[Watch], error: BaseException) -> Deliveries:
         """The batch failed in a way a retry cannot fix: end every job in it."""
-        out: Deliveries = []
-        for watch in due:
-            if watch.cleaning and watch.final_outcome is not None:  # only its cleanup was pending
-                out.append(self._finish(watch, watch.final_outcome, cleaned_up=False))
-            elif watch.submitting:
-                out.append(self._finish(watch, submit_failed(watch, error)))
-            else:
-                out.append(
-                    self._finish(
-                        watch, Outcome(OutcomeStatus.ERROR, None, f"Watching remote job failed: {error}")
-                    )
-                )
-        return out
+        return [delivery for watch in due for delivery in self._perform(watch, watch.on_batch_broken(error))]
 
     def abandon(self, error: BaseException) -> Deliveries:
         """The session itself broke (a bug): end every job with an error instead of a hang."""
-        return [
-            self._finish(
-                w, Outcome(OutcomeStatus.ERROR, None, f"Internal error in the SSH host session: {error}")
-            )
-            for w in self.watches
-        ]
+        return [delivery for w in self.watches for delivery in self._perform(w, w.on_session_error(error))]
 
-    # ------------------------------------------------------------------ one answer
+    # ------------------------------------------------------------------ one decision
 
-    def _apply(self, watch: Watch, result: EntryResult, now: float, sent_before: bool = False) -> Deliveries:
-        if isinstance(result, SubmitRefused):
-            # Refused before anything ran, and what it created removed again: final.
-            if watch.slurm is not None and result.code in SLURM_REFUSALS:
-                message = slurm_refusal_message(watch.monitor.paths, result, watch.slurm.options)
-            else:
-                message = refusal_message(watch.monitor.paths, result)
-            # Refused at its first send: nothing ran. Refused when sent again, an earlier send
-            # (whose answer was lost) may have started the job: it is then killed like a lost one.
-            return [
-                self._finish(
-                    watch, Outcome(OutcomeStatus.ERROR, None, message, never_started=not sent_before)
-                )
-            ]
-        if isinstance(result, RemoteJobProtocolError):
-            watch.next_due = now + (SUBMIT_TICK if watch.submitting else watch.poll_interval)
-            return self._count_failure(watch, result)
-        watch.polls = watch.polls.reset()
-        if isinstance(result, CleanupResult):
-            return self._after_cleanup(watch, result, now)
-        assert isinstance(result, JobStatus)
-        submitted = None
-        if watch.submitting:
-            watch.submit_files, submitted = None, result
-            watch.advance(Event.SUBMITTED)
-            watch.monitor.submitted(now)
-        update = watch.monitor.feed_status(result, now)
-        delivery = Delivery(
-            lines=update.lines,
-            warnings=update.notes,
-            progress=update.progress,
-            log_offset=watch.monitor.log_offset,
-            submitted=submitted,
-        )
-        if update.outcome is None:
-            if watch.monitor.finishing and watch.phase is Phase.WATCHING:
-                watch.advance(Event.JOB_ENDED)
-            watch.next_due = now if update.more_now else next_tick(now, watch.poll_interval)
-            return [(watch, delivery)]
-        if watch.wants_cleanup(update.outcome):
-            watch.final_outcome = update.outcome
-            watch.advance(Event.CLEANUP_WANTED)
-            watch.next_due = now  # clean up in the very next batch, over this connection
-            return [(watch, delivery)]
-        delivery.outcome = update.outcome
-        return [self._complete(watch, delivery)]
-
-    def _after_cleanup(self, watch: Watch, result: CleanupResult, now: float) -> Deliveries:
-        outcome = watch.final_outcome
-        assert outcome is not None
-        if result.state in ("removed", "absent"):
-            return [self._finish(watch, outcome, cleaned_up=True)]
-        if result.state == "foreign":
-            # Not this job's directory any more: retrying cannot change that, and neither the
-            # trigger nor the operator may remove it.
-            delivery = Delivery(
-                warnings=[
-                    f"Not removing {watch.monitor.paths.job_dir}: it no longer carries this job's token."
-                ],
-                log_offset=watch.monitor.log_offset,
-                outcome=dataclasses.replace(outcome, leave_remote=True),
-                cleaned_up=False,
-            )
-            return [self._complete(watch, delivery)]
-        watch.cleanups = watch.cleanups.increment(f"cleanup {result.state}")
-        if watch.cleanups.is_exhausted():
-            return [self._finish(watch, outcome, cleaned_up=False)]
-        watch.next_due = now + watch.cleanups.delay()
-        return []
-
-    def _count_failure(self, watch: Watch, error: BaseException, delay: float | None = None) -> Deliveries:
-        watch.polls = watch.polls.increment(error)
-        if watch.cleaning and watch.final_outcome is not None:
-            # The job's outcome is known and its log delivered: only the cleanup is left, and
-            # only its budget counts. Once spent, report the real outcome and leave the cleanup
-            # to the operator; a lost connection never turns a finished job into a lost one.
-            if watch.polls.is_exhausted() or watch.polls.failures > watch.cleanup_retries:
-                return [self._finish(watch, watch.final_outcome, cleaned_up=False)]
-        elif watch.polls.is_exhausted() and watch.submitting:
-            return [self._finish(watch, submit_failed(watch, error))]
-        elif watch.polls.is_exhausted():
-            job = watch.monitor.paths
-            if isinstance(error, BatchNotAnswered):
-                lost = (
-                    f"The host stopped answering the polls of remote job {job.job_id}: "
-                    f"{watch.failures} batches in a row were answered for no job ({error})."
-                )
-            else:
-                lost = (
-                    f"Lost the SSH connection while watching remote job {job.job_id} and could not restore "
-                    f"it after {watch.max_reconnect_attempts} reconnect attempt(s) ({type(error).__name__}: "
-                    f"{error})."
-                )
-            return [
-                self._finish(
-                    watch,
-                    Outcome(
-                        OutcomeStatus.ERROR,
-                        None,
-                        f"{lost} The job may still be running in {job.job_dir}. {FAN_OUT_HINT}",
-                        watch_lost=True,
-                    ),
-                )
-            ]
-        retry = f"; retrying in {delay:.1f}s" if delay is not None else ""
-        warning = (
-            f"SSH poll of job {watch.monitor.paths.job_id} failed "
-            f"({watch.polls.describe()}): {type(error).__name__}: {error}{retry}"
-        )
-        return [(watch, Delivery(warnings=[warning], log_offset=watch.monitor.log_offset))]
-
-    def _finish(
-        self, watch: Watch, outcome: Outcome, cleaned_up: bool | None = None
-    ) -> tuple[Watch, Delivery]:
-        """End ``watch`` with its one final delivery."""
-        delivery = Delivery(log_offset=watch.monitor.log_offset, outcome=outcome, cleaned_up=cleaned_up)
-        return self._complete(watch, delivery)
-
-    def _complete(self, watch: Watch, delivery: Delivery) -> tuple[Watch, Delivery]:
-        self.remove(watch)
-        return watch, delivery
+    def _perform(self, watch: Watch, decision: Decision) -> Deliveries:
+        """Do what ``watch`` decided: hand over its delivery, if any; unregister it once it finished."""
+        if decision.action is Action.FINISH:
+            self.remove(watch)
+        return [] if decision.delivery is None else [(watch, decision.delivery)]

@@ -12,23 +12,35 @@ other)::
     any phase but DONE --finished--> DONE
 
 ``finished`` leads from every phase to ``DONE``: the one final delivery of an outcome.
+
+The watch also decides what each answer or failure means for it: its ``on_*`` methods (one per
+kind of answer, one per kind of failed batch) make the transition, set when it is due next,
+and return a :class:`Decision`, which tells the scheduler what to hand to the trigger and
+whether to unregister the watch. The scheduler decides none of this itself; it reads the
+phase only to shape the next batch (a submit, a poll or a cleanup).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ssh_jobs_provider.exceptions import FAN_OUT_HINT
 from ssh_jobs_provider.job_spec import CleanupPolicy
-from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
-from ssh_jobs_provider.protocol.batch import PollEntry
+from ssh_jobs_provider.protocol.answers import (
+    CleanupResult,
+    EntryResult,
+    JobStatus,
+    RemoteJobProtocolError,
+    SubmitRefused,
+)
+from ssh_jobs_provider.protocol.batch import CleanupState, PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
-from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 from ssh_jobs_provider.protocol.slurm import SlurmSpec
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget, RetryPolicy
+from ssh_jobs_provider.triggers.delivery import Delivery, lost_outcome, not_submitted_outcome, refused_outcome
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
 #: seconds, and each tick's exec carries every submit that arrived since the last one.
@@ -79,30 +91,28 @@ class WatchStateError(RuntimeError):
     """A transition that :data:`TRANSITIONS` does not allow: a bug, never a remote condition."""
 
 
-@dataclass
-class Delivery:
-    """
-    What a watching trigger receives: log lines, warnings, and at the end its result.
+class Action(Enum):
+    """What the scheduler does with a watch after one of its decisions."""
 
-    :param lines: log lines for the task log
-    :param warnings: warnings for the task log (failed polls, a cleanup refused)
-    :param progress: where the job stands, for the task log at info level (a Slurm job's state)
-    :param log_offset: the log offset after these lines
-    :param outcome: the final outcome (the last delivery only)
-    :param cleaned_up: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested
-    :param submitted: the answer of the job's submit (the delivery of the batch that submitted it)
+    #: Nothing to hand over now; the watch is due again at its ``next_due`` (a cleanup to retry).
+    WAIT = "wait"
+    #: Hand the delivery (lines, warnings) to the trigger; the watch is due again at its ``next_due``.
+    DELIVER = "deliver"
+    #: Hand the final delivery (the outcome) to the trigger and unregister the watch (``finished``).
+    FINISH = "finish"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """
+    What a watch decided about an answer or a failure: what the scheduler does next.
+
+    :param action: what to do with the watch
+    :param delivery: what to hand to the trigger (``None`` for :attr:`Action.WAIT` only)
     """
 
-    lines: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    #: Where the job stands, for the task log at info level (a Slurm job's state, once per change).
-    progress: list[str] = field(default_factory=list)
-    log_offset: int = 0
-    outcome: Outcome | None = None
-    #: ``True``/``False`` once a requested cleanup ran or gave up; ``None`` if none was requested.
-    cleaned_up: bool | None = None
-    #: The answer of the job's submit, in the delivery of the batch that submitted it.
-    submitted: JobStatus | None = None
+    action: Action
+    delivery: Delivery | None = None
 
 
 @dataclass(eq=False)
@@ -189,6 +199,11 @@ class Watch:
     def cleaning(self) -> bool:
         return self.phase is Phase.CLEANING
 
+    @property
+    def files_to_submit(self) -> tuple[tuple[str, str], ...]:
+        """The job files its submit carries while it is :attr:`Phase.SUBMITTING`; none after."""
+        return self.submit_files or ()
+
     def record_delivered(self, offset: int, now: float) -> None:
         """The trigger has handed the log up to ``offset`` to its logger (at clock reading ``now``)."""
         if offset > self.handed_over:
@@ -213,6 +228,152 @@ class Watch:
         """
         return PollEntry(self.monitor.paths, 0, 0, delivered=self.handed_over, token=self.monitor.token)
 
+    # ------------------------------------------------------------------ what an answer means
+
+    def on_sent(self) -> bool:
+        """
+        A batch with its entry reached the host (even an answer cut short means the script ran):
+        a submit in it may have started the job. Returns whether an earlier batch had reached it.
+        """
+        sent_before = self.submit_sent
+        if self.phase is Phase.SUBMITTING:
+            self.submit_sent = True
+        return sent_before
+
+    def on_answer(self, result: EntryResult, now: float) -> Decision:
+        """The host answered its entry of a batch with ``result`` (at clock reading ``now``)."""
+        sent_before = self.on_sent()
+        if isinstance(result, SubmitRefused):
+            return self.on_refused(result, sent_before)
+        if isinstance(result, RemoteJobProtocolError):
+            return self.on_entry_error(result, now)
+        if isinstance(result, CleanupResult):
+            return self.on_cleanup(result, now)
+        return self.on_status(result, now)
+
+    def on_refused(self, refused: SubmitRefused, sent_before: bool) -> Decision:
+        """Its submit was refused (``sent_before``: an earlier send reached the host): final."""
+        return self.finish(refused_outcome(self.monitor.paths, refused, self.slurm, sent_before))
+
+    def on_submitted(self, now: float) -> Phase:
+        """The host answered its submit at ``now``: its job files are dropped, and it is watched."""
+        self.submit_files = None
+        self.monitor.submitted(now)
+        return self.advance(Event.SUBMITTED)
+
+    def on_status(self, status: JobStatus, now: float) -> Decision:
+        """
+        A poll (or a submit and its first poll) answered ``status`` at ``now``: log lines, and the
+        next poll; once the job ended and its log is drained, its cleanup next or its outcome.
+        """
+        self.polls = self.polls.reset()
+        submitted = None
+        if self.phase is Phase.SUBMITTING:
+            submitted = status
+            self.on_submitted(now)
+        update = self.monitor.feed_status(status, now)
+        delivery = Delivery(
+            lines=update.lines,
+            warnings=update.notes,
+            progress=update.progress,
+            log_offset=self.monitor.log_offset,
+            submitted=submitted,
+        )
+        if update.outcome is None:
+            if self.monitor.finishing and self.phase is Phase.WATCHING:
+                self.advance(Event.JOB_ENDED)
+            self.next_due = now if update.more_now else next_tick(now, self.poll_interval)
+            return Decision(Action.DELIVER, delivery)
+        if self.wants_cleanup(update.outcome):
+            self.final_outcome = update.outcome
+            self.advance(Event.CLEANUP_WANTED)
+            self.next_due = now  # clean up in the very next batch, over this connection
+            return Decision(Action.DELIVER, delivery)
+        delivery.outcome = update.outcome
+        return Decision(Action.FINISH, delivery)
+
+    def on_cleanup(self, result: CleanupResult, now: float) -> Decision:
+        """Its cleanup answered ``result`` at ``now``: the outcome, or a later attempt."""
+        self.polls = self.polls.reset()
+        outcome = self._held_outcome()
+        if result.state in (CleanupState.REMOVED, CleanupState.ABSENT):
+            return self.finish(outcome, cleaned_up=True)
+        if result.state is CleanupState.FOREIGN:
+            # Not this job's directory any more: retrying cannot change that, and neither the
+            # trigger nor the operator may remove it.
+            delivery = Delivery(
+                warnings=[
+                    f"Not removing {self.monitor.paths.job_dir}: it no longer carries this job's token."
+                ],
+                log_offset=self.monitor.log_offset,
+                outcome=dataclasses.replace(outcome, leave_remote=True),
+                cleaned_up=False,
+            )
+            return Decision(Action.FINISH, delivery)
+        self.cleanups = self.cleanups.increment(f"cleanup {result.state.value}")
+        if self.cleanups.is_exhausted():
+            return self.finish(outcome, cleaned_up=False)
+        self.next_due = now + self.cleanups.delay()
+        return Decision(Action.WAIT)
+
+    # ------------------------------------------------------------------ what a failure means
+
+    def on_entry_error(self, error: RemoteJobProtocolError, now: float) -> Decision:
+        """Its answer in a batch answered at ``now`` is missing or cannot be understood: a failed poll."""
+        self.next_due = now + (SUBMIT_TICK if self.phase is Phase.SUBMITTING else self.poll_interval)
+        return self._failed(error)
+
+    def on_batch_failed(self, error: BaseException, delay: float) -> Decision:
+        """Its batch failed in a way a reconnect may fix, which comes after ``delay`` seconds."""
+        return self._failed(error, delay)
+
+    def on_batch_broken(self, error: BaseException) -> Decision:
+        """Its batch failed in a way a retry cannot fix: its outcome now."""
+        if self.phase is Phase.CLEANING:  # only its cleanup was pending
+            return self.finish(self._held_outcome(), cleaned_up=False)
+        if self.phase is Phase.SUBMITTING:
+            return self.finish(submit_failed(self, error))
+        return self.finish(Outcome(OutcomeStatus.ERROR, None, f"Watching remote job failed: {error}"))
+
+    def on_session_error(self, error: BaseException) -> Decision:
+        """The host session itself broke (a bug): an error outcome instead of a hang."""
+        return self.finish(
+            Outcome(OutcomeStatus.ERROR, None, f"Internal error in the SSH host session: {error}")
+        )
+
+    def finish(self, outcome: Outcome, cleaned_up: bool | None = None) -> Decision:
+        """Its one final delivery: ``outcome``, and whether a requested cleanup was done."""
+        delivery = Delivery(log_offset=self.monitor.log_offset, outcome=outcome, cleaned_up=cleaned_up)
+        return Decision(Action.FINISH, delivery)
+
+    def _failed(self, error: BaseException, delay: float | None = None) -> Decision:
+        """One more failed poll (or submit, or cleanup): a warning, or the outcome once the budget is spent."""
+        self.polls = self.polls.increment(error)
+        exhausted = self.polls.is_exhausted()
+        if self.phase is Phase.CLEANING:
+            # The job's outcome is known and its log delivered: only the cleanup is left, and
+            # only its budget counts. Once spent, report the real outcome and leave the cleanup
+            # to the operator; a lost connection never turns a finished job into a lost one.
+            if exhausted or self.polls.failures > self.cleanup_retries:
+                return self.finish(self._held_outcome(), cleaned_up=False)
+        elif exhausted and self.phase is Phase.SUBMITTING:
+            return self.finish(submit_failed(self, error))
+        elif exhausted:
+            return self.finish(
+                lost_outcome(self.monitor.paths, self.failures, self.max_reconnect_attempts, error)
+            )
+        retry = f"; retrying in {delay:.1f}s" if delay is not None else ""
+        warning = (
+            f"SSH poll of job {self.monitor.paths.job_id} failed "
+            f"({self.polls.describe()}): {type(error).__name__}: {error}{retry}"
+        )
+        return Decision(Action.DELIVER, Delivery(warnings=[warning], log_offset=self.monitor.log_offset))
+
+    def _held_outcome(self) -> Outcome:
+        """The outcome it holds while its cleanup is pending (:attr:`Phase.CLEANING`)."""
+        assert self.final_outcome is not None, "a watch holds its outcome while it cleans up"
+        return self.final_outcome
+
 
 def next_tick(now: float, interval: float) -> float:
     """The next instant on the ``interval`` grid, so equal intervals share ticks."""
@@ -221,19 +382,4 @@ def next_tick(now: float, interval: float) -> float:
 
 def submit_failed(watch: Watch, error: BaseException) -> Outcome:
     """The outcome of a submit the triggerer could not get answered."""
-    job = watch.monitor.paths
-    if watch.submit_sent:
-        started = (
-            f"The submit reached the host but its answer did not come back: the job may have started "
-            f"in {job.job_dir}."
-        )
-    else:
-        started = "No job was started."
-    hint = POSIX_HINT if isinstance(error, RemoteJobProtocolError) else FAN_OUT_HINT
-    return Outcome(
-        OutcomeStatus.ERROR,
-        None,
-        f"Could not submit remote job {job.job_id} ({watch.failures} failed attempt(s); "
-        f"{type(error).__name__}: {error}). {started} {hint}",
-        never_started=not watch.submit_sent,
-    )
+    return not_submitted_outcome(watch.monitor.paths, watch.failures, watch.submit_sent, error)
