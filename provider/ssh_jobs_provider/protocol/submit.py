@@ -96,7 +96,7 @@ def perl_program() -> str:
 
 def perl_submits(calls: Sequence[SubmitCall], polls: str) -> str:
     """The shell line that runs ``calls`` and then the poll lines ``polls`` in ONE perl process."""
-    return perl_call('"$T" "$boot_now"', perl_records(calls) + polls, perl_program())
+    return perl_call('"$answer_tag" "$boot_now"', perl_records(calls) + polls, perl_program())
 
 
 def sh_submit(call: SubmitCall) -> str:
@@ -164,17 +164,17 @@ def build_submit_script(
     # The submit's poll of its job, answered after the submit header (key 0). The perl form
     # reads the boot id itself: it needs none of the sh functions.
     poll = f"0\t0\t0\t0\t{token}\t{paths.job_dir}\n"
-    perl = perl_call('"$T"', perl_records([call]) + poll, perl_program())
+    perl = perl_call('"$answer_tag"', perl_records([call]) + poll, perl_program())
     sh = script_prelude(PROTOCOL_TAG) + shell_source("submit.sh") + sh_submit(call)
     if interpreter == "perl":
-        body = f"T={PROTOCOL_TAG}\n" + perl
+        body = f"answer_tag={PROTOCOL_TAG}\n" + perl
     elif interpreter == "sh":
         body = sh
     else:
         # `command -v` is a builtin: a host without perl pays nothing for trying. The sh form
         # is one quoted word until it is needed: a host with perl does not even parse it.
         body = (
-            f"T={PROTOCOL_TAG}\n"
+            f"answer_tag={PROTOCOL_TAG}\n"
             f"if command -v perl >/dev/null 2>&1 && {perl.rstrip()}; then exit 0; fi\n"
             f"eval {_q(sh)}\n"
         )
@@ -190,7 +190,7 @@ def submit_calls(submits: Sequence[SubmitCall], interpreter: str, polls: str) ->
         return (
             perl_submits(submits, polls)
             if submits
-            else perl_call('"$T" "$boot_now"', polls, perl_source("poll.pl"))
+            else perl_call('"$answer_tag" "$boot_now"', polls, perl_source("poll.pl"))
             if polls
             else ""
         )
