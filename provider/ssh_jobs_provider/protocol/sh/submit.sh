@@ -1,7 +1,9 @@
 # Submit: create (or verify) the job directory and launch the wrapper detached, idempotently.
 # The caller runs: begin BASE JOB_ID TOKEN; then, unless $claimed, put ... and launch; then
-# finish. Any refusal or failure answers "TAG submit error=<code>" followed by one line that
-# says why, after removing what this submit created: nothing half-done is left behind.
+# finish (a batch's submit: submitted, see below). The steps are built once for both, by
+# sh_submit_steps in protocol/submit.py. Any refusal or failure answers "TAG submit
+# error=<code>" followed by one line that says why, after removing what this submit created:
+# nothing half-done is left behind.
 # shellcheck disable=SC2154 # path_mode, path_owner and ssh_uid come from lib.sh, which precedes this file; answer_tag from the caller
 
 # unsafe DIR: why = why DIR may not be trusted, or nothing. The rule is sshd's StrictModes:
