@@ -271,7 +271,7 @@ def test_a_batch_submits_many_jobs_in_one_script_and_refuses_only_the_bad_one(
         for key in range(10)
     ]
     tag = batch_tag()
-    script = as_whole(script_prelude(tag) + slurm_batch_submits(calls) + 'echo "$T end"\n')
+    script = as_whole(script_prelude(tag) + slurm_batch_submits(calls) + 'echo "$answer_tag end"\n')
     output = run_sh_slurm(slurm_cluster, script).decode()
     lines = output.splitlines()
     launched = sorted(int(line.split("key=")[1].split()[0]) for line in lines if "launched=1" in line)

@@ -196,7 +196,7 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
     # the triggerer (and sshd) would otherwise spend most of their CPU on.
     return as_whole(
-        script_prelude(tag) + "{\n" + calls + 'echo "$T end"\n' + "} | dd obs=65536 2>/dev/null\n"
+        script_prelude(tag) + "{\n" + calls + 'echo "$answer_tag end"\n' + "} | dd obs=65536 2>/dev/null\n"
     )
 
 
@@ -220,10 +220,10 @@ def build_probe_script() -> str:
     too broken to compile them counts as no perl at all.
     """
     return as_whole(
-        f"T={PROTOCOL_TAG}\n"
+        f"answer_tag={PROTOCOL_TAG}\n"
         "if command -v perl >/dev/null 2>&1 && "
-        + perl_call('"$T" "" >/dev/null 2>&1', "polls\n", submit_program())
-        + 'then echo "$T probe state=perl"; else echo "$T probe state=sh"; fi\n'
+        + perl_call('"$answer_tag" "" >/dev/null 2>&1', "polls\n", submit_program())
+        + 'then echo "$answer_tag probe state=perl"; else echo "$answer_tag probe state=sh"; fi\n'
     )
 
 

@@ -180,7 +180,11 @@ def build_reap_script(entries: Sequence[CleanupEntry]) -> str:
     )
     # slurm.sh for slurm_job_active: a Slurm job's directory is kept while Slurm still has the job.
     return as_whole(
-        script_prelude() + shell_source("ops.sh") + shell_source("slurm.sh") + calls + 'echo "$T end"\n'
+        script_prelude()
+        + shell_source("ops.sh")
+        + shell_source("slurm.sh")
+        + calls
+        + 'echo "$answer_tag end"\n'
     )
 
 

@@ -179,4 +179,4 @@ def build_lookup_script(records: Sequence[JobRecord]) -> str:
         f"lookup_job {key} {shlex.quote(record.paths.job_dir)} {shlex.quote(record.token)}\n"
         for key, record in enumerate(records)
     )
-    return as_whole(script_prelude() + calls + 'echo "$T end"\n')
+    return as_whole(script_prelude() + calls + 'echo "$answer_tag end"\n')

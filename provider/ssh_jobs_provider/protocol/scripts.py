@@ -52,7 +52,7 @@ from ssh_jobs_provider.protocol.identity import (
     validate_working_dir,
 )
 
-#: The tag every answer line starts with: defined here only, handed to the shell as ``$T``.
+#: The tag every answer line starts with: defined here only, handed to the shell as ``$answer_tag``.
 PROTOCOL_TAG = "SSHJOBS1"
 #: How every script is run: on standard input, so the login shell's quoting never applies.
 REMOTE_SHELL = "/bin/sh -s"
@@ -80,7 +80,7 @@ def script_prelude(tag: str = PROTOCOL_TAG) -> str:
     """The start of every script: the answers' tag and the shared functions."""
     # Variables the scripts read as settings start out unset, whatever the login shell set.
     return (
-        f"T={tag}\nunset batch_key base_ok NO_ENDED ended_records_ok ssh_uid\nENDED_DAYS={ENDED_DAYS}\n"
+        f"answer_tag={tag}\nunset batch_key base_ok NO_ENDED ended_records_ok ssh_uid\nENDED_DAYS={ENDED_DAYS}\n"
         + shell_source("process.sh")
         + shell_source("lib.sh")
     )

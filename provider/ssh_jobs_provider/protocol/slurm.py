@@ -262,18 +262,18 @@ def slurm_states_call(jobs: Sequence[tuple[int, RemoteJobPaths]]) -> str:
 def build_slurm_states_script(jobs: Sequence[tuple[int, RemoteJobPaths]], tag: str) -> str:
     """A whole script asking Slurm about ``jobs``: for a tick that polls nothing else."""
     return as_whole(
-        script_prelude(tag) + shell_source("slurm.sh") + slurm_states_call(jobs) + 'echo "$T end"\n'
+        script_prelude(tag) + shell_source("slurm.sh") + slurm_states_call(jobs) + 'echo "$answer_tag end"\n'
     )
 
 
 def slurm_section(jobs: Sequence[tuple[int, RemoteJobPaths]]) -> str:
     """
     What a tick's batch script gets appended for its Slurm jobs: run after the batch's own
-    ``end`` line (its parser stops there), in the same shell, so ``$T`` is the batch's tag.
+    ``end`` line (its parser stops there), in the same shell, so ``$answer_tag`` is the batch's tag.
     """
     if not jobs:
         return ""
-    return as_whole(shell_source("slurm.sh") + slurm_states_call(jobs) + 'echo "$T slurm-end"\n')
+    return as_whole(shell_source("slurm.sh") + slurm_states_call(jobs) + 'echo "$answer_tag slurm-end"\n')
 
 
 def build_slurm_cancel_script(paths: RemoteJobPaths, token: str) -> str:

@@ -96,35 +96,45 @@ def perl_program() -> str:
 
 def perl_submits(calls: Sequence[SubmitCall], polls: str) -> str:
     """The shell line that runs ``calls`` and then the poll lines ``polls`` in ONE perl process."""
-    return perl_call('"$T" "$boot_now"', perl_records(calls) + polls, perl_program())
+    return perl_call('"$answer_tag" "$boot_now"', perl_records(calls) + polls, perl_program())
+
+
+def sh_submit_steps(call: SubmitCall, wrapper: str, last: str) -> str:
+    """
+    One submit's steps in sh, the same for the worker's submit and each of a batch's (the
+    functions of ``sh/submit.sh`` precede them): ``begin``; unless a wrapper claimed the job
+    already, write its files, then ``run.sh`` (``wrapper``: a word that the shell expands to the
+    wrapper's text), and ``launch``; then ``last``, the step that ends it.
+    """
+    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in call.files)
+    return (
+        f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
+        'if [ "$claimed" = 0 ]; then\n'
+        f"{writes}  put run.sh {wrapper}\n  launch\nfi\n{last}\n"
+    )
 
 
 def sh_submit(call: SubmitCall) -> str:
-    """The sh form of the worker's single submit (the functions of ``sh/submit.sh`` precede it)."""
-    writes = "".join(
-        f"  put {name} {_q(content)}\n" for name, content in (*call.files, ("run.sh", wrapper_source()))
-    )
-    return (
-        f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
-        'if [ "$claimed" = 0 ]; then\n' + writes + "  launch\nfi\nfinish\n"
-    )
+    """The sh form of the worker's single submit: its steps, then ``finish`` (waits for the pid, answers)."""
+    return sh_submit_steps(call, _q(wrapper_source()), "finish")
 
 
 def sh_batch_submits(calls: Sequence[SubmitCall]) -> str:
-    """The sh form of a batch's submits: each in a subshell of its own (a refusal ends only that one)."""
+    """
+    The sh form of a batch's submits: the steps of :func:`sh_submit_steps` for each, in a
+    subshell of its own (a refusal ends only that one), ended by ``submitted``; the wrapper's
+    text is sent once, in ``RUN_SH``.
+    """
     if not calls:
         return ""
     head = shell_source("submit.sh") + f"RUN_SH={_q(wrapper_source())}\nwhoami_uid\n"
     bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
-    parts = []
-    for call in calls:
-        writes = "".join(f"put {name} {_q(content)}\n" for name, content in call.files)
-        parts.append(
-            f"(\numask 077\nbatch_key={call.key}\nbegin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
-            'if [ "$claimed" = 0 ]; then\n'
-            f'{writes}put run.sh "$RUN_SH"\nlaunch\nfi\nsubmitted\n)\n'
-            f"submit_ended $? {call.key} {_q(call.paths.job_dir)}\n"
-        )
+    parts = [
+        f"(\numask 077\nbatch_key={call.key}\n"
+        + sh_submit_steps(call, '"$RUN_SH"', "submitted")
+        + f")\nsubmit_ended $? {call.key} {_q(call.paths.job_dir)}\n"
+        for call in calls
+    ]
     # The answers come without waiting for the wrappers' pids: the batch's own polls (and the
     # next tick's) see them, and the next batch is not held back.
     return head + bases + "".join(parts) + "answer_submits\n"
@@ -164,17 +174,17 @@ def build_submit_script(
     # The submit's poll of its job, answered after the submit header (key 0). The perl form
     # reads the boot id itself: it needs none of the sh functions.
     poll = f"0\t0\t0\t0\t{token}\t{paths.job_dir}\n"
-    perl = perl_call('"$T"', perl_records([call]) + poll, perl_program())
+    perl = perl_call('"$answer_tag"', perl_records([call]) + poll, perl_program())
     sh = script_prelude(PROTOCOL_TAG) + shell_source("submit.sh") + sh_submit(call)
     if interpreter == "perl":
-        body = f"T={PROTOCOL_TAG}\n" + perl
+        body = f"answer_tag={PROTOCOL_TAG}\n" + perl
     elif interpreter == "sh":
         body = sh
     else:
         # `command -v` is a builtin: a host without perl pays nothing for trying. The sh form
         # is one quoted word until it is needed: a host with perl does not even parse it.
         body = (
-            f"T={PROTOCOL_TAG}\n"
+            f"answer_tag={PROTOCOL_TAG}\n"
             f"if command -v perl >/dev/null 2>&1 && {perl.rstrip()}; then exit 0; fi\n"
             f"eval {_q(sh)}\n"
         )
@@ -190,7 +200,7 @@ def submit_calls(submits: Sequence[SubmitCall], interpreter: str, polls: str) ->
         return (
             perl_submits(submits, polls)
             if submits
-            else perl_call('"$T" "$boot_now"', polls, perl_source("poll.pl"))
+            else perl_call('"$answer_tag" "$boot_now"', polls, perl_source("poll.pl"))
             if polls
             else ""
         )

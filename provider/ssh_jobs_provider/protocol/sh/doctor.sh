@@ -1,14 +1,14 @@
 # The doctor's look at a host: which tools are there, whether the base dir passes the submit's
 # checks (check_chain, submit.sh) and is writable, its free space and the processors. Leaves
-# nothing behind. POSIX sh; the caller defines T and puts process.sh, lib.sh and submit.sh
+# nothing behind. POSIX sh; the caller defines answer_tag and puts process.sh, lib.sh and submit.sh
 # before this file.
-# shellcheck disable=SC2154 # why comes from submit.sh
+# shellcheck disable=SC2154 # why comes from submit.sh, answer_tag from the caller
 
 # tools NAME...: one answer per tool, tool_found=1 when `command -v` finds it.
 tools() {
   for tool_name in "$@"; do
     if command -v "$tool_name" >/dev/null 2>&1; then tool_found=1; else tool_found=0; fi
-    echo "$T tool name=$tool_name found=$tool_found len=0"
+    echo "$answer_tag tool name=$tool_name found=$tool_found len=0"
   done
 }
 
@@ -40,7 +40,7 @@ base() {
     [ ! -e "$base_probe" ] || base_left=1
   fi
   base_kib=$(df_available "$base_probe_dir")
-  echo "$T base exists=$base_exists trusted=$base_trusted writable=$base_writable exec=$base_executes left=$base_left kib=${base_kib:-} len=0"
+  echo "$answer_tag base exists=$base_exists trusted=$base_trusted writable=$base_writable exec=$base_executes left=$base_left kib=${base_kib:-} len=0"
   printf 'dir %s\n' "$base_probe_dir"
   printf 'why %s\n' "$why"
 }
@@ -48,5 +48,5 @@ base() {
 # facts: the host's processors and user.
 facts() {
   cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null || echo)
-  echo "$T facts cpus=$cpus uid=$(id -u) len=0"
+  echo "$answer_tag facts cpus=$cpus uid=$(id -u) len=0"
 }

@@ -1,3 +1,7 @@
+# The kill of a job. POSIX sh; the caller defines answer_tag and puts process.sh and lib.sh
+# before this file.
+# shellcheck disable=SC2154 # answer_tag comes from the caller
+
 # kill_job DIR TOKEN GRACE MARKER: stop every process of one job: SIGTERM, then SIGKILL after GRACE
 # seconds. Answers "TAG kill state=..." with missing, foreign, not-started, not-running, killed,
 # or survived (with the pids still there after SIGKILL). "dir=missing" follows killed or
@@ -24,7 +28,7 @@ kill_job() {
   kill_dir=$1 kill_token=$2 grace=$3 job_marker=$4
   pid='' mode='' leader=0 seen='' dir_found=''
   if cd "$kill_dir" 2>/dev/null; then
-    if ! owned_by_job "$kill_dir" "$kill_token"; then echo "$T kill state=foreign"; return 0; fi
+    if ! owned_by_job "$kill_dir" "$kill_token"; then echo "$answer_tag kill state=foreign"; return 0; fi
     dir_found=1
     [ -z "$job_marker" ] && [ -f marker ] && read -r job_marker < marker
     [ -f pid ] && read -r pid < pid
@@ -34,17 +38,17 @@ kill_job() {
     if [ -n "$pid" ] && is_wrapper "$pid"; then leader=1; fi
   elif [ -n "$job_marker" ] && { [ -e "$kill_dir" ] || [ -L "$kill_dir" ]; }; then
     # There, but not a directory we can enter: not this job's.
-    echo "$T kill state=foreign"
+    echo "$answer_tag kill state=foreign"
     return 0
   elif [ -z "$job_marker" ]; then
-    echo "$T kill state=missing"
+    echo "$answer_tag kill state=missing"
     return 0
   fi
   found=$(members)
   if [ -z "$found" ]; then
-    if [ -z "$dir_found" ]; then echo "$T kill state=missing"
-    elif [ -z "$pid" ]; then echo "$T kill state=not-started"
-    else echo "$T kill state=not-running"
+    if [ -z "$dir_found" ]; then echo "$answer_tag kill state=missing"
+    elif [ -z "$pid" ]; then echo "$answer_tag kill state=not-started"
+    else echo "$answer_tag kill state=not-running"
     fi
     return 0
   fi
@@ -61,7 +65,7 @@ kill_job() {
   left=$(members | tr '\n' ',')
   gone=
   [ -n "$dir_found" ] || gone=' dir=missing'
-  if [ -n "$left" ]; then echo "$T kill state=survived pids=${left%,}$gone"; else echo "$T kill state=killed$gone"; fi
+  if [ -n "$left" ]; then echo "$answer_tag kill state=survived pids=${left%,}$gone"; else echo "$answer_tag kill state=killed$gone"; fi
 }
 
 # members: the job's live processes, one pid a line.

@@ -1,8 +1,8 @@
 # Functions shared by every remote-job script: ownership, the job's liveness, the state
 # probe and the cleanup. The scripts are fed to `/bin/sh -s` and must stay POSIX sh (dash,
-# busybox ash, bash). The caller defines T, the protocol tag every answer line starts with,
+# busybox ash, bash). The caller defines answer_tag, the protocol tag every answer line starts with,
 # and puts process.sh before this file.
-# shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
+# shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file; answer_tag from the caller
 
 # stat_of PATH: path_mode = PATH's mode string and path_owner = its owner's uid, as `ls -ldn` shows them.
 # Symbolic links are not followed; both are empty when PATH cannot be examined.
@@ -200,8 +200,8 @@ poll_sizes() {
 poll_answer() {
   answer_key=$1 answer_offset=$3 answer_max=$4 answer_delivered=$5
   eval "job_header=\${job_header_$answer_key:-missing} job_has_log=\${job_has_log_$answer_key:-0} log_size=\${job_log_size_$answer_key:-}"
-  case $job_header in missing|foreign|ended*) echo "$T poll key=$answer_key state=$job_header len=0"; return 0 ;; esac
-  if ! cd "$2" 2>/dev/null; then echo "$T poll key=$answer_key state=missing len=0"; return 0; fi
+  case $job_header in missing|foreign|ended*) echo "$answer_tag poll key=$answer_key state=$job_header len=0"; return 0 ;; esac
+  if ! cd "$2" 2>/dev/null; then echo "$answer_tag poll key=$answer_key state=missing len=0"; return 0; fi
   if [ -z "$log_size" ]; then
     log_size=0
     [ "$job_has_log" = 1 ] && [ -f stdout.log ] && log_size=$(wc -c < stdout.log)
@@ -217,7 +217,7 @@ poll_answer() {
   window=0 unreadable=
   if [ "$log_size" -gt "$answer_offset" ]; then window=$((log_size - answer_offset)); if [ "$window" -gt "$answer_max" ]; then window=$answer_max; fi; fi
   if [ "$window" -gt 0 ] && [ ! -r stdout.log ]; then window=0 unreadable=' unreadable=1'; fi
-  echo "$T poll key=$answer_key $job_header size=$log_size delivered=$delivered_before$unreadable len=$window"
+  echo "$answer_tag poll key=$answer_key $job_header size=$log_size delivered=$delivered_before$unreadable len=$window"
   if [ "$window" -gt 0 ]; then log_window "$answer_key" "$answer_offset" "$window"; fi
   cd / || true
 }
@@ -242,7 +242,7 @@ log_window() {
     *) window_got=0; [ -r stdout.log ] && [ "$(($(wc -c < stdout.log) + 0))" -ge $(($2 + $3)) ] && window_got=$3 ;;
   esac
   case $window_got in ''|*[!0-9]*) window_got=0 ;; esac
-  if [ "$window_got" -lt "$3" ]; then echo "$T short key=$1 got=$window_got len=0"; fi
+  if [ "$window_got" -lt "$3" ]; then echo "$answer_tag short key=$1 got=$window_got len=0"; fi
 }
 
 # poll_job KEY DIR OFFSET MAX DELIVERED TOKEN: all three phases for one job (its size from `poll_answer`).
@@ -252,7 +252,7 @@ poll_job() {
 }
 
 # ended_dir BASE: success when BASE/.ssh-jobs-ended is a private directory of the SSH user's
-# (created, mode 700, when missing); ed = its path. The records live in a directory of their
+# (created, mode 700, when missing); ended_records = its path. The records live in a directory of their
 # own, which nobody else can write to: in a shared (sticky) base dir another user could plant
 # a link or a file under a record's name, to redirect our write or to forge an outcome.
 ended_dir() {
@@ -277,7 +277,8 @@ ended_record() {
   ended_dir "${1%/*}" || return 1
   record_token='' record_code=''
   [ -f "$1/token" ] && read -r record_token < "$1/token"
-  [ -f "$1/exit_code" ] && read -r record_code _ < "$1/exit_code"
+  # shellcheck disable=SC2034 # record_rest: the record's fields after the code, not needed here
+  [ -f "$1/exit_code" ] && read -r record_code record_rest < "$1/exit_code"
   case $record_code in *[!0-9]*) record_code= ;; esac
   [ -n "$record_token" ] || return 0
   printf '%s %s\n' "$record_token" "$record_code" 2>/dev/null > "$ended_records/${1##*/}"
@@ -307,7 +308,7 @@ ended_of() {
 # or, once its directory is gone, what its .ended record says ("state=ended exit=CODE").
 lookup_job() {
   if ended_of "$2" "$3"; then
-    echo "$T poll key=$1 state=ended exit=$ended len=0"
+    echo "$answer_tag poll key=$1 state=ended exit=$ended len=0"
     return 0
   fi
   poll_job "$1" "$2" 0 0 0 "$3"
@@ -329,14 +330,14 @@ cleanup_job() {
     [ -n "$cleanup_kept" ] || rm -rf -- "$2"
     if [ -e "$2" ]; then cleanup_state=failed; else cleanup_state=removed; fi
   fi
-  echo "$T cleanup key=$1 state=$cleanup_state len=0"
+  echo "$answer_tag cleanup key=$1 state=$cleanup_state len=0"
 }
 
 # cleanup_jobs BASE "KEY:ID:TOKEN ...": what cleanup_job does, for many jobs under BASE with a few processes in all:
 # one `ls` for the owners, one `rm` for the directories' contents, one for the emptied
 # directories (a removal costs the host per process, and thousands of jobs may end together).
 # The triples come sorted as `LC_ALL=C ls` sorts the IDs (see list_names); a job ls does not show
-# under its name (a symbolic link) is left to c, one at a time. The tokens go last, as in c.
+# under its name (a symbolic link) is left to cleanup_job, one at a time. The tokens go last, as there.
 cleanup_jobs() {
   cleanup_base=$1 cleanup_triples=$2
   if ! cd "$cleanup_base" 2>/dev/null; then
@@ -370,9 +371,9 @@ cleanup_jobs() {
     cleanup_key=${cleanup_item%%:*} cleanup_item=${cleanup_item#*:}
     cleanup_dir=${cleanup_item%%:*} cleanup_token=${cleanup_item#*:}
     eval "cleanup_owner=\${owned_$cleanup_key:-}"
-    if [ "$cleanup_owner" = no ]; then echo "$T cleanup key=$cleanup_key state=foreign len=0"; continue; fi
+    if [ "$cleanup_owner" = no ]; then echo "$answer_tag cleanup key=$cleanup_key state=foreign len=0"; continue; fi
     if [ -z "$cleanup_owner" ]; then
-      if [ ! -e "$cleanup_dir" ] && [ ! -L "$cleanup_dir" ]; then echo "$T cleanup key=$cleanup_key state=absent len=0"
+      if [ ! -e "$cleanup_dir" ] && [ ! -L "$cleanup_dir" ]; then echo "$answer_tag cleanup key=$cleanup_key state=absent len=0"
       else cleanup_job "$cleanup_key" "$cleanup_base/$cleanup_dir" "$cleanup_token"
       fi
       continue
@@ -380,9 +381,9 @@ cleanup_jobs() {
     if [ -n "$cleanup_token" ]; then
       dir_token=
       [ -f "$cleanup_dir/token" ] && read -r dir_token < "$cleanup_dir/token"
-      if [ "$dir_token" != "$cleanup_token" ]; then echo "$T cleanup key=$cleanup_key state=foreign len=0"; continue; fi
+      if [ "$dir_token" != "$cleanup_token" ]; then echo "$answer_tag cleanup key=$cleanup_key state=foreign len=0"; continue; fi
     fi
-    if ! ended_record "$cleanup_base/$cleanup_dir"; then echo "$T cleanup key=$cleanup_key state=failed len=0"; continue; fi
+    if ! ended_record "$cleanup_base/$cleanup_dir"; then echo "$answer_tag cleanup key=$cleanup_key state=failed len=0"; continue; fi
     eval "removing_$cleanup_key=1"
     cleanup_patterns="$cleanup_patterns $cleanup_dir/[!t]* $cleanup_dir/t[!o]* $cleanup_dir/to[!k]* $cleanup_dir/tok[!e]* $cleanup_dir/toke[!n]* $cleanup_dir/token?*"
     cleanup_patterns="$cleanup_patterns $cleanup_dir/t $cleanup_dir/to $cleanup_dir/tok $cleanup_dir/toke $cleanup_dir/.[!.]* $cleanup_dir/..?*"
@@ -411,7 +412,7 @@ cleanup_jobs() {
     eval "cleanup_mark=\${removing_$cleanup_key:-}"
     [ -n "$cleanup_mark" ] || continue
     if [ -e "$cleanup_dir" ]; then cleanup_state=failed; else cleanup_state=removed; fi
-    echo "$T cleanup key=$cleanup_key state=$cleanup_state len=0"
+    echo "$answer_tag cleanup key=$cleanup_key state=$cleanup_state len=0"
   done
   # The records of jobs removed more than ENDED_DAYS days ago go (one find for the base dir).
   if ended_dir "$cleanup_base"; then

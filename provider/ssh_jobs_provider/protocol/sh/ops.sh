@@ -1,7 +1,8 @@
 # Operations on a whole base dir, for the airflow-ssh-jobs command: list the job directories
 # with their state (the poll's own probes, `poll_job` in lib.sh) and remove finished ones
-# (`cleanup_job` in lib.sh). Read-only except `reap_job`. POSIX sh; the caller defines T and puts process.sh
+# (`cleanup_job` in lib.sh). Read-only except `reap_job`. POSIX sh; the caller defines answer_tag and puts process.sh
 # and lib.sh before this file.
+# shellcheck disable=SC2154 # answer_tag comes from the caller
 
 # mtime_of PATH: mtime = PATH's modification time in seconds since the epoch, or nothing.
 mtime_of() {
@@ -25,7 +26,7 @@ newest_of() {
 # list_jobs BASE: one "entry" line per direct child of BASE named af_* (a job id: no other
 # characters than the protocol's), then its poll answer; the clock of the host first.
 list_jobs() {
-  echo "$T now at=$(date +%s) len=0"
+  echo "$answer_tag now at=$(date +%s) len=0"
   entry_key=0
   for entry_dir in "$1"/af_*; do
     entry_name=${entry_dir##*/}
@@ -38,7 +39,7 @@ list_jobs() {
     entry_token=
     [ -f "$entry_dir/token" ] && read -r entry_token < "$entry_dir/token" 2>/dev/null
     case $entry_token in *[!0-9a-f]*) entry_token= ;; esac
-    echo "$T entry key=$entry_key name=$entry_name created=$entry_created active=$mtime token=$entry_token len=0"
+    echo "$answer_tag entry key=$entry_key name=$entry_name created=$entry_created active=$mtime token=$entry_token len=0"
     poll_job "$entry_key" "$entry_dir" 0 0 0 ""
     entry_key=$((entry_key + 1))
   done
@@ -53,10 +54,10 @@ reap_job() {
   reap_header=
   eval "reap_header=\${job_header_$1:-}"
   case $reap_header in
-    *alive=1*) echo "$T cleanup key=$1 state=running len=0" ;;
+    *alive=1*) echo "$answer_tag cleanup key=$1 state=running len=0" ;;
     *)
       if slurm_job_active "$2"; then
-        echo "$T cleanup key=$1 state=running len=0"
+        echo "$answer_tag cleanup key=$1 state=running len=0"
       else
         cleanup_job "$1" "$2" "$3"
       fi

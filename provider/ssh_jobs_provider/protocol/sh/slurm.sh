@@ -1,9 +1,9 @@
 # Slurm: submit a job's command as a batch script, ask Slurm for the state of every Slurm job
 # of a batch in one squeue (sacct for the jobs squeue no longer shows), and scancel one job.
-# POSIX sh; the caller defines T and puts process.sh and lib.sh before this file (and, for a
+# POSIX sh; the caller defines answer_tag and puts process.sh and lib.sh before this file (and, for a
 # submit, submit.sh: begin, put, refuse). The job directory keeps the token, the command, the
 # log (sbatch --output) and `slurm_job`, the id Slurm gave the job.
-# shellcheck disable=SC2154 # submit_dir and launched come from submit.sh
+# shellcheck disable=SC2154 # submit_dir and launched come from submit.sh, answer_tag from the caller
 
 # slurm_launch [SBATCH OPTION...]: submit the job of $submit_dir (files written by `put`) with sbatch;
 # records its id in slurm_job, or refuses (removing what this submit created) with sbatch's
@@ -69,7 +69,7 @@ slurm_launch() {
 slurm_submitted() {
   queued_id=
   [ -f "$submit_dir/slurm_job" ] && read -r queued_id < "$submit_dir/slurm_job"
-  echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched slurm=$queued_id"
+  echo "$answer_tag submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched slurm=$queued_id"
 }
 
 # slurm_states KEY DIR [KEY DIR ...]: one "slurm" line per KEY: the state Slurm holds for the
@@ -86,7 +86,7 @@ slurm_states() {
     states_id=
     [ -f "$2/slurm_job" ] && read -r states_id < "$2/slurm_job" 2>/dev/null
     case $states_id in
-      ''|*[!0-9]*) echo "$T slurm key=$1 state=nojob" ;;
+      ''|*[!0-9]*) echo "$answer_tag slurm key=$1 state=nojob" ;;
       *)
         eval "slurm_dir_$1=\$2"
         eval "slurm_key_$states_id=\"\${slurm_key_$states_id:-} $1\""
@@ -125,7 +125,7 @@ slurm_states() {
   slurm_answer sacct "$states_listed" '|'
   for states_pair in $slurm_keys; do
     eval "states_seen=\${slurm_seen_${states_pair#*:}:-}"
-    [ -n "$states_seen" ] || echo "$T slurm key=${states_pair%%:*} job=${states_pair#*:} state=unknown"
+    [ -n "$states_seen" ] || echo "$answer_tag slurm key=${states_pair%%:*} job=${states_pair#*:} state=unknown"
   done
 }
 
@@ -152,7 +152,7 @@ slurm_answer() {
     answer_state=${answer_state%% *}
     IFS=' '
     for answer_key in $answer_keys; do
-      echo "$T slurm key=$answer_key job=$answer_job state=$answer_state exit=$answer_exit from=$answer_source reason=$answer_reason"
+      echo "$answer_tag slurm key=$answer_key job=$answer_job state=$answer_state exit=$answer_exit from=$answer_source reason=$answer_reason"
       answer_dir=
       eval "answer_dir=\${slurm_dir_$answer_key:-}"
       slurm_record_end "$answer_dir" "$answer_state" "$answer_exit"
@@ -167,7 +167,7 @@ slurm_answer() {
 # slurm_error WHY: every job asked about gets state=error, with WHY.
 slurm_error() {
   for error_pair in $slurm_keys; do
-    echo "$T slurm key=${error_pair%%:*} job=${error_pair#*:} state=error reason=$1"
+    echo "$answer_tag slurm key=${error_pair%%:*} job=${error_pair#*:} state=error reason=$1"
   done
 }
 
@@ -176,16 +176,16 @@ slurm_error() {
 # recorded), missing (no directory), foreign (not this job's: nothing cancelled) or failed
 # (scancel refused: reason= says why).
 slurm_cancel() {
-  if [ ! -d "$1" ]; then echo "$T kill state=missing"; return 0; fi
-  if ! owned_by_job "$1" "$2"; then echo "$T kill state=foreign"; return 0; fi
+  if [ ! -d "$1" ]; then echo "$answer_tag kill state=missing"; return 0; fi
+  if ! owned_by_job "$1" "$2"; then echo "$answer_tag kill state=foreign"; return 0; fi
   cancel_id=
   [ -f "$1/slurm_job" ] && read -r cancel_id < "$1/slurm_job"
-  case $cancel_id in ''|*[!0-9]*) echo "$T kill state=not-started"; return 0 ;; esac
+  case $cancel_id in ''|*[!0-9]*) echo "$answer_tag kill state=not-started"; return 0 ;; esac
   # A finished job is not an error for scancel (it says so on stderr, status 0).
   if cancel_said=$(scancel "$cancel_id" 2>&1); then
-    echo "$T kill state=cancelled job=$cancel_id"
+    echo "$answer_tag kill state=cancelled job=$cancel_id"
   else
-    echo "$T kill state=failed job=$cancel_id reason=$(printf '%s' "$cancel_said" | tr '\n' ' ')"
+    echo "$answer_tag kill state=failed job=$cancel_id reason=$(printf '%s' "$cancel_said" | tr '\n' ' ')"
   fi
 }
 

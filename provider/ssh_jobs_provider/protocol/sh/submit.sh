@@ -1,8 +1,10 @@
 # Submit: create (or verify) the job directory and launch the wrapper detached, idempotently.
 # The caller runs: begin BASE JOB_ID TOKEN; then, unless $claimed, put ... and launch; then
-# finish. Any refusal or failure answers "TAG submit error=<code>" followed by one line that
-# says why, after removing what this submit created: nothing half-done is left behind.
-# shellcheck disable=SC2154 # path_mode, path_owner and ssh_uid come from lib.sh, which precedes this file
+# finish (a batch's submit: submitted, see below). The steps are built once for both, by
+# sh_submit_steps in protocol/submit.py. Any refusal or failure answers "TAG submit
+# error=<code>" followed by one line that says why, after removing what this submit created:
+# nothing half-done is left behind.
+# shellcheck disable=SC2154 # path_mode, path_owner and ssh_uid come from lib.sh, which precedes this file; answer_tag from the caller
 
 # unsafe DIR: why = why DIR may not be trusted, or nothing. The rule is sshd's StrictModes:
 # owned by the SSH user or root, and not writable by group or others unless the sticky bit
@@ -59,7 +61,7 @@ check_chain() {
 
 # check_resolved LINK: why = the first untrusted directory on the path LINK resolves to. That
 # path holds no links, so it is the same walk; in a subshell, which keeps the walk in
-# progress (c, rest) of the caller intact.
+# progress (chain_path, rest) of the caller intact.
 check_resolved() {
   resolved_path=$(cd -P "$1" 2>/dev/null && pwd -P) || { why="$1 cannot be entered"; return 0; }
   why=$(check_chain "$resolved_path"; printf '%s' "$why")
@@ -67,14 +69,14 @@ check_resolved() {
 
 # refuse CODE MESSAGE: undo what this submit created, answer, and stop. In a batch (batch_key is the
 # entry's key) the answer is framed like every batch answer, and only the submit's subshell
-# stops (see sb).
+# stops (see the batch's steps below).
 refuse() {
   rollback
   if [ -n "${batch_key:-}" ]; then
-    framed "$T submit key=$batch_key error=$1" "$2"
+    framed "$answer_tag submit key=$batch_key error=$1" "$2"
     exit 9
   fi
-  echo "$T submit error=$1"
+  echo "$answer_tag submit error=$1"
   printf '%s\n' "$2"
   exit 0
 }
@@ -132,7 +134,7 @@ begin() {
     # This submit's job ran and its directory was removed (or is being removed) already: the
     # triggerer that submitted it was restarted before it could report. Answer that; never
     # start it again.
-    echo "$T submit key=$batch_key ended=$ended len=0"
+    echo "$answer_tag submit key=$batch_key ended=$ended len=0"
     exit 8
   fi
   dir_token=
@@ -193,7 +195,7 @@ finish() {
     sleep 0.1 2>/dev/null || sleep 1
     tenths=$((tenths + 1))
   done
-  echo "$T submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched"
+  echo "$answer_tag submit os=$(uname -s 2>/dev/null | tr -d ' ') launched=$launched"
   poll_job 0 "$submit_dir" 0 0 0 "$submit_token"
 }
 
@@ -234,7 +236,7 @@ submit_ended() {
       ;;
     8|9) ;;
     *)
-      framed "$T submit key=$2 error=io" "the submit of $3 stopped unexpectedly (status $1)"
+      framed "$answer_tag submit key=$2 error=io" "the submit of $3 stopped unexpectedly (status $1)"
       ;;
   esac
 }
@@ -246,6 +248,6 @@ answer_submits() {
   for submit_key in $submitted_keys; do
     launched_flag=
     eval "launched_flag=\$launched_$submit_key"
-    echo "$T submit key=$submit_key os=$host_os launched=$launched_flag len=0"
+    echo "$answer_tag submit key=$submit_key os=$host_os launched=$launched_flag len=0"
   done
 }
