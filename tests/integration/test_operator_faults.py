@@ -185,6 +185,21 @@ def test_a_task_killed_before_its_submit_submits_nothing(
     assert list(Path(remote_base_dir).glob("af_*")) == []
 
 
+def test_a_task_killed_after_its_submit_neither_takes_its_job_over_nor_submits_again(
+    ssh_conn: str, remote_base_dir: str
+) -> None:
+    # The same try's job is recorded in the task state store: an execute() run again after
+    # on_kill must not re-attach to it (and defer a killed task) any more than submit another.
+    ti = StandInTaskInstance(state_store=StandInStateStore())
+    submit(make_operator(ssh_conn, remote_base_dir, "sleep 30 & wait"), ti)
+    op = make_operator(ssh_conn, remote_base_dir, "sleep 30 & wait")
+    op.on_kill()
+
+    with pytest.raises(RemoteJobError, match="killed before it submitted"):
+        op.execute(context_for(ti))  # type: ignore[arg-type]
+    assert len(list(Path(remote_base_dir).glob("af_*"))) == 1
+
+
 def test_deferral_timeout_kills_the_remote_job_before_failing(ssh_conn: str, remote_base_dir: str) -> None:
     op = make_operator(ssh_conn, remote_base_dir, "sleep 300 & wait", timeout=1)
     # Airflow 3.3: the task state store keeps the job's token for the worker that resumes the try

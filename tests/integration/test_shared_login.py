@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.hooks import shared_login
+from ssh_jobs_provider.hooks import login_broker, shared_login
 from ssh_jobs_provider.hooks.shared_login import BrokerUnavailable, ask_broker, broker_address
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from support.jobs import make_operator
@@ -192,3 +192,24 @@ def test_a_broker_that_cannot_log_in_sends_callers_to_their_own_and_is_not_retri
     # The broker's one attempt, then each submit's own; the second submit started no broker.
     assert sshd.counts()["connections"] == 3
     assert not broker_pids(address)
+
+
+def test_a_script_that_cannot_start_in_its_time_is_handed_back_unrun(
+    sshd, shared_conn, address, remote_base_dir, tmp_path
+) -> None:
+    submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance())
+    wait_until(address.exists, what="the broker to listen")
+    busy = [
+        threading.Thread(target=ask_broker, args=(address, b"sleep 4\n", 30), daemon=True)
+        for _ in range(login_broker.CHANNELS)
+    ]
+    for thread in busy:
+        thread.start()
+    time.sleep(1)  # every channel of the login is taken
+    late = tmp_path / "late"
+    with pytest.raises(BrokerUnavailable, match="came free in time"):
+        ask_broker(address, f"touch {late}\n".encode(), 1)
+    for thread in busy:
+        thread.join()
+    time.sleep(1)
+    assert not late.exists(), "a script handed back unrun must never run later"

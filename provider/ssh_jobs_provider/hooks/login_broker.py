@@ -38,6 +38,8 @@ from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 CHANNELS = 6
 #: How long a refused channel is asked for again before its script is handed back unrun.
 CHANNEL_PATIENCE_SECONDS = 10.0
+#: For a script without a timeout: how long after its arrival it may still start.
+START_WAIT_SECONDS = 60.0
 #: How often the broker looks at its idle time and its login, in seconds.
 LOOK_SECONDS = 0.5
 
@@ -84,8 +86,9 @@ class LoginBroker:
                     return
                 caller.settimeout(10.0)
                 header, (script,) = read_frame(reader)
+                received = time.monotonic()
                 caller.settimeout(None)
-                send_frame(caller, *self._run(script, header.get("timeout")))
+                send_frame(caller, *self._run(caller, script, header.get("timeout"), received))
         except (OSError, EOFError, ValueError):
             pass  # the caller went away: its own retry decides what happens next
         finally:
@@ -93,15 +96,26 @@ class LoginBroker:
                 self.running -= 1
                 self.last_activity = time.monotonic()
 
-    def _run(self, script: bytes, timeout: float | None) -> tuple[Any, ...]:
-        with self.channels:
+    def _run(
+        self, caller: socket.socket, script: bytes, timeout: float | None, received: float
+    ) -> tuple[Any, ...]:
+        # A script starts within its own timeout of its arrival, or never: its caller waits
+        # longer than that (see shared_login.ask_broker), so nothing ever starts on the host
+        # after the caller gave up on it and, perhaps, sent it again.
+        start_by = received + (START_WAIT_SECONDS if timeout is None else timeout)
+        if not self.channels.acquire(timeout=max(0.0, start_by - time.monotonic())):
+            return _not_run("no channel of the shared login came free in time")
+        try:
             if not self.login_alive():
-                return ({"outcome": "not_run", "reason": "the shared login has ended"},)
-            deadline = None if timeout is None else time.monotonic() + timeout
+                return _not_run("the shared login has ended")
             try:
-                channel = self._open_channel(timeout)
+                channel = self._open_channel(start_by)
             except Exception as error:  # nothing ran: the caller logs in by itself
-                return ({"outcome": "not_run", "reason": f"no channel on the shared login: {error}"},)
+                return _not_run(f"no channel on the shared login: {error}")
+            if time.monotonic() > start_by or not _still_connected(caller):
+                channel.close()
+                return _not_run("the caller's time to start the script had passed")
+            deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 status, stdout, stderr = _paramiko.run_on_channel(channel, REMOTE_SHELL, script, deadline)
             except TimeoutError as error:
@@ -109,19 +123,39 @@ class LoginBroker:
             except Exception as error:  # whatever ended the channel: the caller cannot know more
                 return ({"outcome": "lost", "reason": f"{type(error).__name__}: {error}"},)
             return {"outcome": "ran", "status": status}, stdout, stderr
+        finally:
+            self.channels.release()
 
-    def _open_channel(self, timeout: float | None) -> paramiko.Channel:
+    def _open_channel(self, start_by: float) -> paramiko.Channel:
         # A refusal here is sshd's count lagging behind closed sessions (this login never has
         # more than CHANNELS open): asked again, it passes; a login of the caller's own would
-        # cost far more.
-        deadline = time.monotonic() + CHANNEL_PATIENCE_SECONDS
+        # cost far more. No answer at all means the login is dead without TCP knowing yet
+        # (keepalives do not end it): it is closed, and the broker ends.
+        deadline = min(start_by, time.monotonic() + CHANNEL_PATIENCE_SECONDS)
         while True:
             try:
-                return _paramiko.open_channel(self.client, timeout)
+                return _paramiko.open_channel(self.client, max(0.5, deadline - time.monotonic()))
             except paramiko.ChannelException:
                 if time.monotonic() > deadline or not self.login_alive():
                     raise
                 time.sleep(0.1)
+            except paramiko.SSHException:
+                self.client.close()
+                raise
+
+
+def _not_run(reason: str) -> tuple[dict[str, Any]]:
+    return ({"outcome": "not_run", "reason": reason},)
+
+
+def _still_connected(caller: socket.socket) -> bool:
+    """Whether the caller still waits for its answer (it has not closed its end)."""
+    try:
+        return caller.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _same_user(caller: socket.socket) -> bool:

@@ -63,6 +63,8 @@ BROKER_IDLE_SECONDS = 30.0
 STARTING_WAIT_SECONDS = 20.0
 #: After a broker could not log in, seconds during which no other is started for the same settings.
 FAILED_START_SECONDS = 30.0
+#: Longest Unix socket path that binds everywhere, in bytes (plus its terminating zero).
+MAX_SOCKET_PATH_BYTES = 104
 #: Longest header line of a message, in bytes.
 MAX_HEADER_BYTES = 65536
 
@@ -122,7 +124,9 @@ def broker_address(settings: SSHConnectionSettings) -> Path | None:
     except OSError:
         return None
     described = json.dumps(asdict(settings), sort_keys=True, default=str).encode()
-    return directory / f"login-{hmac.new(key, described, hashlib.sha256).hexdigest()[:32]}.sock"
+    address = directory / f"login-{hmac.new(key, described, hashlib.sha256).hexdigest()[:32]}.sock"
+    # A Unix socket's path has a short limit (108 bytes on Linux, 104 on macOS): too long, no broker.
+    return address if len(os.fsencode(address)) < MAX_SOCKET_PATH_BYTES else None
 
 
 # --------------------------------------------------------------------------- the caller's side
@@ -143,7 +147,10 @@ def ask_broker(address: Path, script: bytes, timeout: float | None) -> ScriptRes
             send_frame(sock, {"timeout": timeout}, script)
         except OSError as error:
             raise BrokerUnavailable(f"no login broker answers: {error}") from None
-        sock.settimeout(None if timeout is None else timeout + ANSWER_MARGIN_SECONDS)
+        # The broker starts the script within `timeout` of its arrival or not at all, and then
+        # gives it `timeout` to run: waiting longer than both, this caller never gives up on a
+        # script that could still start.
+        sock.settimeout(None if timeout is None else 2 * timeout + ANSWER_MARGIN_SECONDS)
         with sock.makefile("rb") as reader:
             try:
                 header, payloads = read_frame(reader)
@@ -282,11 +289,21 @@ class ScriptSession:
             self.shared_runs += 1
             return result
         if recently_failed(address):
-            raise BrokerUnavailable("a login broker for this connection failed to log in moments ago")
-        with contextlib.suppress(OSError):
-            start_broker(address, self.settings)
-        wait_for_start(address, STARTING_WAIT_SECONDS)
-        result = ask_broker(address, script, timeout)
+            raise BrokerUnavailable("a login broker for this connection failed moments ago")
+        try:
+            started = start_broker(address, self.settings)
+            wait_for_start(address, STARTING_WAIT_SECONDS)
+        except Exception as error:  # whatever stops sharing sends the caller to its own login
+            raise BrokerUnavailable(f"no login broker could be started: {error}") from None
+        try:
+            result = ask_broker(address, script, timeout)
+        except BrokerUnavailable:
+            if started:
+                # It ended without listening (it could not log in, or not even start: no
+                # provider on its path, a socket it could not bind): none for a while.
+                with contextlib.suppress(OSError):
+                    failed_marker(address).touch(mode=0o600)
+            raise
         self.shared_runs += 1
         return result
 

@@ -255,8 +255,10 @@ def rejoin_own_job(
     if job.status.state is JobState.FOREIGN:
         return None  # another submit's directory: this try's own submit then says so, and stops
     resume = decide(job.status, spec.skip_on_exit_code, recorded=True)
-    if resume is Resume.FRESH and job.status.state is JobState.EXITED:
-        resume = Resume.REATTACH  # it ran and failed: that is this try's outcome, not a reason to run again
+    if resume is Resume.FRESH and (job.status.state is JobState.EXITED or job.status.removed):
+        resume = (
+            Resume.REATTACH
+        )  # it ran (and failed, or vanished): this try's outcome, not a reason to run again
     if resume is Resume.FRESH and record.job_id != job_id_of(ti, ti.try_number):
         return None  # an earlier try's job it had taken over, gone: this try submits its own
     return replace(job, resume=resume)

@@ -188,7 +188,7 @@ def refuse_after_kill(killed: bool, paths: RemoteJobPaths) -> None:
     """
     if killed:
         raise RemoteJobError(
-            f"The task was killed before it submitted remote job {paths.job_id}: not submitting it. "
+            f"The task was killed before it submitted (or took over) remote job {paths.job_id}: not doing so now. "
             "A retry of the task submits (or takes over) its job."
         )
 

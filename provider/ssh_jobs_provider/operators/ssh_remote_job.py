@@ -235,6 +235,7 @@ class SSHRemoteJobOperator(BaseOperator):
         """Validate, submit the job (here, or from the triggerer) and defer to the trigger."""
         spec = self.job_spec()
         paths = job_paths(context["ti"], spec.base_dir)
+        remote_steps.refuse_after_kill(getattr(self, "_killed", False), paths)
         token = new_job_token()
         submit = spec.trigger_submit() if spec.submit_from is SubmitFrom.TRIGGERER else None
         earlier = durable.take_over_or_remember(spec, context, paths, token, self.ssh_hook, self.log)
@@ -244,7 +245,6 @@ class SSHRemoteJobOperator(BaseOperator):
             self._go_on_with(context, spec, earlier)  # a job submitted before, running or ended
             return
         script = remote_steps.submit_script(spec, paths, token)
-        remote_steps.refuse_after_kill(getattr(self, "_killed", False), paths)
         if submit is not None:
             remote_steps.announce_triggerer_submit(paths, self.log)
             self._token = token
