@@ -36,3 +36,12 @@ def test_every_test_file_named_exists() -> None:
     named = {test for _, tests in rows() for test in tests}
     assert named, "no table found"
     assert not {test for test in named if not (TESTS / test).is_file()}
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    # The test directories are not packages: pytest imports each module by its file name, and a
+    # second module of the same name stops the whole run at collection.
+    names: dict[str, list[str]] = {}
+    for path in TESTS.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(TESTS)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}
