@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import socket
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,8 +29,11 @@ SETTINGS = SSHConnectionSettings(
 
 
 @pytest.fixture(autouse=True)
-def private_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+def private_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # A short directory: pytest's own temporary paths can be too long for a socket's name.
+    with tempfile.TemporaryDirectory(prefix="sl-", dir="/tmp") as directory:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", directory)
+        yield Path(directory)
 
 
 def test_the_same_settings_find_the_same_broker() -> None:
@@ -59,13 +64,20 @@ def test_the_name_tells_nothing_of_the_host_or_the_secrets() -> None:
     assert (address.parent / "login-names.key").stat().st_mode & 0o777 == 0o600
 
 
-def test_names_are_keyed_per_user_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_names_are_keyed_per_user_directory(private_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = broker_address(SETTINGS)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "elsewhere"))
-    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(private_dir / "other"))
+    (private_dir / "other").mkdir()
     second = broker_address(SETTINGS)
     assert first is not None and second is not None
     assert first.name != second.name, "another key, another name: a name cannot be computed from the settings"
+
+
+def test_no_broker_where_the_socket_path_would_be_too_long(private_dir: Path, monkeypatch) -> None:
+    deep = private_dir / ("d" * 80)
+    deep.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    assert broker_address(SETTINGS) is None
 
 
 def test_no_broker_where_the_directory_is_not_safely_ours(monkeypatch: pytest.MonkeyPatch) -> None:
