@@ -363,9 +363,15 @@ def test_failing_command_fails_the_task_with_its_exit_code(e2e: E2EResult) -> No
     run = e2e.runs[FAILING_DAG]
     (ti,) = run.tis
     assert (run.state, ti.state) == ("failed", "failed")
+    raced = e2e.raced.get(FAILING_DAG, Counter())[-1]
     for try_number in range(1, ti.try_number + 1):
         log = run.log(ti, try_number)
-        assert shows_job_line(log, "e2e about to fail"), log.text
+        # A try that the scheduler race failed before its resumption even started has no resumed
+        # part at all (its worker log ends at the deferral, not even Airflow's message): excused
+        # when the scheduler's own log names the race for this task and a later try followed.
+        never_resumed = sum("Pre Execute" in event for event in log.events("worker")) == 1
+        excused = raced > 0 and never_resumed and try_number < ti.try_number
+        assert shows_job_line(log, "e2e about to fail") or excused, log.text
     # The last try says why (an earlier one may have been ended by the scheduler race before
     # it could: the module's docstring).
     assert f"failed with exit code {FAIL_CODE}" in run.log(ti).text, run.log(ti).text
