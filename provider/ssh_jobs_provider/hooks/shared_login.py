@@ -271,7 +271,6 @@ class ScriptSession:
         self._run_on = run_on
         self.address = broker_address(settings) if settings.share_login else None
         self.client: Any = None
-        self.shared_runs = 0
 
     def run(self, script: str, timeout: float | None) -> ScriptResult:
         """Run one protocol script; ``(exit_status, stdout, stderr)``."""
@@ -285,9 +284,7 @@ class ScriptSession:
 
     def _shared(self, address: Path, script: bytes, timeout: float | None) -> ScriptResult:
         with contextlib.suppress(BrokerUnavailable):
-            result = ask_broker(address, script, timeout)
-            self.shared_runs += 1
-            return result
+            return ask_broker(address, script, timeout)
         if recently_failed(address):
             raise BrokerUnavailable("a login broker for this connection failed moments ago")
         try:
@@ -296,7 +293,7 @@ class ScriptSession:
         except Exception as error:  # whatever stops sharing sends the caller to its own login
             raise BrokerUnavailable(f"no login broker could be started: {error}") from None
         try:
-            result = ask_broker(address, script, timeout)
+            return ask_broker(address, script, timeout)
         except BrokerUnavailable:
             if started:
                 # It ended without listening (it could not log in, or not even start: no
@@ -304,8 +301,6 @@ class ScriptSession:
                 with contextlib.suppress(OSError):
                     failed_marker(address).touch(mode=0o600)
             raise
-        self.shared_runs += 1
-        return result
 
     def close(self) -> None:
         if self.client is not None:
