@@ -195,6 +195,7 @@ class WatchSpec:
     remote_base_dir: str | None = None
     submit: TriggerSubmit | None = None
     from_start: bool = False
+    resume_after: int = 0
     scheduler: str | None = None
     scheduler_options: Mapping[str, Any] | None = None
     return_last_lines: int = 0
@@ -204,6 +205,8 @@ class WatchSpec:
         # Validated here too, where the trigger is made: bad sbatch options never reach a batch.
         slurm_spec(self.scheduler, self.scheduler_options)
         validate_line_count(self.return_last_lines)
+        if not isinstance(self.resume_after, int) or self.resume_after < 0:
+            raise ValueError(f"resume_after must be a byte count (0 or more), not {self.resume_after!r}.")
         validate_token(self.job_token, required=self.submit is not None)
         # The trigger's own guard: whatever its arguments say, it only ever touches a direct
         # child of the base dir, and only the one named after its job.
@@ -233,6 +236,8 @@ class WatchSpec:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["cleanup_policy"] = self.cleanup_policy.value
         values["submit"] = None if self.submit is None else self.submit.to_value()
+        if not self.resume_after:
+            del values["resume_after"]  # stored as before it existed, when it says nothing
         if self.scheduler is None:
             # A detached job's trigger is stored as it always was (an older triggerer can read it).
             del values["scheduler"], values["scheduler_options"]
@@ -347,9 +352,13 @@ class JobSpec:
         *,
         log_offset: int = 0,
         submit: TriggerSubmit | None = None,
-        from_start: bool = False,
+        log_start: tuple[bool, int] = (False, 0),
     ) -> WatchSpec:
-        """The arguments of the trigger that watches job ``paths`` (with ``submit``: submits it too)."""
+        """
+        The arguments of the trigger that watches job ``paths`` (with ``submit``: submits it too);
+        ``log_start``: its ``from_start`` and ``resume_after`` (see ``EarlierJob.log_start``).
+        """
+        from_start, resume_after = log_start
         return WatchSpec(
             ssh_conn_id=self.ssh_conn_id,
             remote_host=self.remote_host,
@@ -368,6 +377,7 @@ class JobSpec:
             remote_base_dir=paths.base_dir,
             submit=submit,
             from_start=from_start,
+            resume_after=resume_after,
             scheduler=self.scheduler,
             scheduler_options=self.scheduler_options,
             return_last_lines=self.return_last_lines,

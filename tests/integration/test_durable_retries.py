@@ -31,10 +31,13 @@ from support.logs import capture_logs
 from support.runner import (
     StandInStateStore,
     StandInTaskInstance,
+    collect_events,
     context_for,
+    remote_lines,
     run_operator,
     run_to_its_event,
     submit,
+    watch,
 )
 from support.waiting import wait_until
 
@@ -560,3 +563,70 @@ def test_execute_run_again_before_its_submit_ran_submits_under_the_recorded_toke
     assert again.outcome == "success", again.error
     assert runs(launches) == 1
     assert records_of(ti.state_store.get(STATE_KEY))[1].token == token  # type: ignore[union-attr]
+
+
+def watched_until_it_leaves(trigger: SSHRemoteJobTrigger, lines: int) -> list[str]:
+    """
+    Run ``trigger`` as the triggerer does until it logged ``lines`` of the job's output, then
+    make it leave (a triggerer stopped, a trigger moved): it records on the host how far its log
+    got. The lines it logged.
+    """
+
+    async def until_it_leaves() -> list[str]:
+        with capture_logs() as logs:
+            task = asyncio.create_task(collect_events(trigger, []))
+            deadline = asyncio.get_running_loop().time() + 60
+            while len(remote_lines(logs)) < lines and not task.done():
+                assert asyncio.get_running_loop().time() < deadline, "the trigger logged too little"
+                await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await trigger.cleanup()
+        return [line for line in remote_lines(logs) if line.startswith("line ")]
+
+    return asyncio.run(until_it_leaves())
+
+
+def test_a_take_over_whose_trigger_is_re_created_repeats_no_line_of_its_own_log(
+    sshd, ssh_conn: str, tmp_path: Path
+) -> None:
+    """
+    A retry took an earlier try's job over and streams its whole output; its triggerer is then
+    lost. The re-created trigger resumes where the host recorded this try's log, not at the
+    first line (the earlier try's record, which is older and shorter, does not count).
+    """
+    launches = tmp_path / "launches"
+    command = job(launches, lines=40, pause=0.15)
+    ti = first_try()
+    first = submit(make_operator(ssh_conn, str(tmp_path / "jobs"), command, retries=RETRIES), ti)
+    earlier_log = watched_until_it_leaves(rebuilt(first.trigger), 3)  # then try 1 failed
+    retry = submit(make_operator(ssh_conn, str(tmp_path / "jobs"), command, retries=RETRIES), ti.next_try())
+    assert isinstance(retry.trigger, SSHRemoteJobTrigger)
+    assert not retry.trigger.from_start and retry.trigger.resume_after > 0
+
+    before_loss = watched_until_it_leaves(rebuilt(retry.trigger), len(earlier_log) + 3)
+    after_loss, payload = watch(rebuilt(retry.trigger))
+
+    assert payload["status"] == "success" and runs(launches) == 1
+    assert before_loss[0] == "line 1" and len(before_loss) > len(earlier_log)
+    retry_log = before_loss + [line for line in after_loss if line.startswith("line ")]
+    assert retry_log == [f"line {n}" for n in range(1, 41)], "the retry's log: whole, once"
+
+
+def test_execute_run_again_goes_on_where_its_log_left_off(sshd, ssh_conn: str, tmp_path: Path) -> None:
+    """Its own job, found again: the lines its log already has do not come twice."""
+    launches = tmp_path / "launches"
+    command = job(launches, lines=30, pause=0.15)
+    ti = first_try()
+    first = submit(make_operator(ssh_conn, str(tmp_path / "jobs"), command), ti)
+    before = watched_until_it_leaves(rebuilt(first.trigger), 3)  # then its resumption failed early
+
+    with capture_logs() as logs:
+        again = run_operator(make_operator(ssh_conn, str(tmp_path / "jobs"), command), ti)
+
+    assert again.outcome == "success", again.error
+    assert runs(launches) == 1
+    assert before + [line for line in again.trigger_lines if line.startswith("line ")] == [
+        f"line {n}" for n in range(1, 31)
+    ]
+    assert "its output goes on where this try's log left it" in messages(logs, "info")

@@ -196,6 +196,18 @@ def test_a_transient_miss_after_a_restart_does_not_skip_the_resume() -> None:
     assert resumed.lines == [] and monitor.log_offset == 8
 
 
+@pytest.mark.parametrize(("recorded", "resumed_at"), [(5, 0), (8, 0), (9, 9)])
+def test_a_take_over_resumes_only_beyond_what_the_earlier_try_had_delivered(
+    recorded: int, resumed_at: int
+) -> None:
+    # The earlier try's watchers had recorded 8 bytes (in their try's log) when this try took the
+    # job over: only a record beyond them is this try's own.
+    monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0, resume_after=8)
+    answer = framed(pid=4242, alive=1, exit="", size=12, boot="same", claimed=1, delivered=recorded)
+    feed(monitor, answer, 1.0)
+    assert monitor.log.read_offset == resumed_at
+
+
 def test_exited_job_with_nothing_left_ends_at_once_flushing_the_partial_line() -> None:
     monitor = JobMonitor(PATHS, log_offset=0, chunk_size=64, started_at=0.0)
     assert feed(monitor, answer(size=3, data=b"abc"), now=1.0).lines == []

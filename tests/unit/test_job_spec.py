@@ -95,7 +95,7 @@ def test_an_exit_code_makes_the_outcome(code: int, outcome: str) -> None:
 def test_the_trigger_arguments_round_trip_as_plain_json() -> None:
     token = new_job_token()
     spec = render(cleanup=CleanupPolicy.ON_SUCCESS, remote_host="h")
-    watch = spec.watch_spec(PATHS, token, log_offset=7, submit=spec.trigger_submit(), from_start=True)
+    watch = spec.watch_spec(PATHS, token, log_offset=7, submit=spec.trigger_submit(), log_start=(True, 0))
     stored = json.loads(json.dumps(watch.as_kwargs()))  # what the metadata database keeps
     assert stored["cleanup_policy"] == "on_success" and stored["submit"]["command"] == "echo hi"
     assert WatchSpec.from_kwargs(**stored) == watch

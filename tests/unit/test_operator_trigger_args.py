@@ -208,6 +208,8 @@ def trigger_kwargs(draw: st.DrawFn) -> dict[str, Any]:
         # A trigger that submits needs the submit's token.
         "submit": draw(st.none() | submits) if token else None,
         "from_start": draw(st.booleans()),
+        # Serialized only when it says something (a take-over's): as before it existed otherwise.
+        **draw(st.just({}) | st.fixed_dictionaries({"resume_after": st.integers(1, 2**50)})),
         "return_last_lines": draw(st.integers(0, 1000)),
         # Serialized only for a Slurm job: a detached job's trigger row is as it always was.
         **draw(st.just({}) | slurm_kwargs),
@@ -266,13 +268,14 @@ def test_trigger_serialize_round_trips(kwargs: dict[str, Any]) -> None:
 
 def test_trigger_serialize_covers_every_init_argument() -> None:
     params = [p for p in inspect.signature(SSHRemoteJobTrigger.__init__).parameters if p != "self"]
-    _, serialized = SSHRemoteJobTrigger(
-        "c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code", scheduler="slurm", scheduler_options={}
-    ).serialize()
+    where = ("c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code")
+    slurm = {"scheduler": "slurm", "scheduler_options": {}}
+    _, serialized = SSHRemoteJobTrigger(*where, resume_after=5, **slurm).serialize()  # type: ignore[arg-type]
     assert list(serialized) == params
-    # A detached job's trigger leaves the scheduler out (an older triggerer can still read it).
-    _, detached = SSHRemoteJobTrigger("c", "h", "j", "/b/j", "/b/j/stdout.log", "/b/j/exit_code").serialize()
-    assert list(detached) == [p for p in params if not p.startswith("scheduler")]
+    # What a trigger of an older release never said is left out when it says nothing (an older
+    # triggerer can still read it): the scheduler of a detached job, a resume_after of 0.
+    _, detached = SSHRemoteJobTrigger(*where).serialize()
+    assert list(detached) == [p for p in params if not p.startswith("scheduler") and p != "resume_after"]
 
 
 def test_trigger_paths_are_rebuilt_from_job_dir() -> None:

@@ -50,6 +50,23 @@ class EarlierJob:
     #: It came from the task state store, with its token (else: found by name, never taken over).
     recorded: bool
     resume: Resume = Resume.FRESH
+    #: The try whose ``execute()``, run again, found this job it had recorded (see
+    #: :func:`rejoin_own_job`); ``None``: an earlier try's job, taken over.
+    rejoined_by: int | None = None
+
+    @property
+    def log_start(self) -> tuple[bool, int]:
+        """
+        Where the log of the try that watches this job starts, as the trigger's ``from_start``
+        and ``resume_after``. A try that takes an earlier try's job over shows its whole output,
+        and a re-created trigger of it resumes at the host's record only beyond what the earlier
+        try had delivered; a try that finds its own job again goes on where its log left off; a
+        try that finds again a job it had taken over shows the whole output again (the host's
+        record cannot tell the two tries' deliveries apart).
+        """
+        if self.rejoined_by is not None:
+            return (False, 0) if self.record.try_number == self.rejoined_by else (True, 0)
+        return False, 0 if self.status is None else self.status.delivered
 
 
 def event_paths(event: dict[str, Any], context: Any, base_dir: str) -> RemoteJobPaths:
@@ -261,7 +278,7 @@ def rejoin_own_job(
         )  # it ran (and failed, or vanished): this try's outcome, not a reason to run again
     if resume is Resume.FRESH and record.job_id != job_id_of(ti, ti.try_number):
         return None  # an earlier try's job it had taken over, gone: this try submits its own
-    return replace(job, resume=resume)
+    return replace(job, resume=resume, rejoined_by=ti.try_number)
 
 
 def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str, bool, int | None]:
@@ -284,11 +301,11 @@ def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str
         what = f"already {ended} (exit code {status.exit_code}): not running it again"
     else:
         what = f"is still {status.state.value}: re-attaching to it instead of starting another"
-    return (
-        f"Remote job {record.job_id} of try {record.try_number} {what}; its whole output follows.",
-        skipped,
-        code,
-    )
+    follows = "its whole output follows"
+    if job.rejoined_by is not None and not job.log_start[0]:
+        what = f"is this try's, {'ended' if status.state is JobState.EXITED else status.state.value}: watching it again"
+        follows = "its output goes on where this try's log left it"
+    return (f"Remote job {record.job_id} of try {record.try_number} {what}; {follows}.", skipped, code)
 
 
 def left_for_the_next_try(spec: JobSpec, context: Any, paths: RemoteJobPaths, log: Any) -> bool:

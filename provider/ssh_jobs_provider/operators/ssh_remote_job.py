@@ -280,7 +280,7 @@ class SSHRemoteJobOperator(BaseOperator):
                 raise AirflowSkipException(f"Remote job {record.job_id} exited with skip code {code}")
             return
         self._paths, self._token = record.paths, record.token
-        self._defer(context, spec, record.paths, record.token, from_start=True, pid=pid)
+        self._defer(context, spec, record.paths, record.token, log_start=earlier.log_start, pid=pid)
 
     def _defer(
         self,
@@ -291,11 +291,11 @@ class SSHRemoteJobOperator(BaseOperator):
         *,
         log_offset: int = 0,
         submit: TriggerSubmit | None = None,
-        from_start: bool = False,
+        log_start: tuple[bool, int] = (False, 0),
         pid: int | None = None,
     ) -> None:
         """Defer to the trigger that watches job ``paths`` (with ``submit``: submits it first)."""
-        watch = spec.watch_spec(paths, token, log_offset=log_offset, submit=submit, from_start=from_start)
+        watch = spec.watch_spec(paths, token, log_offset=log_offset, submit=submit, log_start=log_start)
         # Which try is deferred, for the on_kill of an earlier try's trigger (a try's XComs are
         # cleared when the next one starts).
         context["ti"].xcom_push(key=TRY_XCOM_KEY, value=context["ti"].try_number)

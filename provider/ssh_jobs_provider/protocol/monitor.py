@@ -106,6 +106,8 @@ class JobMonitor:
     :param token: the submit's token; a job directory that does not carry it is not watched
     :param resume: resume at the offset an earlier watcher recorded as delivered, if it is
         further (a re-created trigger); ``False``: from ``log_offset`` whatever was delivered
+    :param resume_after: a record counts only beyond this many bytes (what an earlier try's
+        watchers had delivered to that try's log when this try took the job over)
     """
 
     def __init__(
@@ -116,9 +118,11 @@ class JobMonitor:
         started_at: float,
         token: str = "",
         resume: bool = True,
+        resume_after: int = 0,
     ) -> None:
         self.paths = paths
         self.resume = resume
+        self.resume_after = resume_after
         self.token = token
         self.chunk_size = chunk_size
         self.log = LogStream(offset=log_offset, max_pending=max(chunk_size, 4096))
@@ -167,7 +171,8 @@ class JobMonitor:
     def feed_status(self, status: JobStatus, now: float) -> MonitorUpdate:
         """Digest one parsed poll answer."""
         found = status.state not in (JobState.MISSING, JobState.FOREIGN) and not status.removed
-        if self.resume and found and self._last_found is None and status.delivered > self.log.read_offset:
+        further = status.delivered > max(self.log.read_offset, self.resume_after)
+        if self.resume and found and self._last_found is None and further:
             # An earlier watcher of this job (before a triggerer restart) already delivered
             # the log up to there: resume at that byte instead of repeating it. (Asked of the
             # first answer that found the directory: a transient miss must not skip it.)

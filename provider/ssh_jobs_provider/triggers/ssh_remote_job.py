@@ -97,6 +97,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
     :param from_start: stream the log from ``log_offset`` even if the host records that an
         earlier watcher delivered more: a new try that re-attached to an earlier try's job
         shows its whole output
+    :param resume_after: log bytes the host had recorded as delivered (to an earlier try's log)
+        when this try took the job over: a re-created trigger of this try resumes at the host's
+        record only beyond them, so that a triggerer lost while it streamed the whole output
+        again repeats only its last seconds (``0``: any record counts)
     :param scheduler: ``"slurm"``: the job goes through Slurm (queued with ``sbatch`` when this
         trigger submits it, its end read from Slurm's record, cancelled with ``scancel``);
         ``None`` (default): a detached process
@@ -125,6 +129,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
         remote_base_dir: str | None = None,
         submit: dict[str, Any] | None = None,
         from_start: bool = False,
+        resume_after: int = 0,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
         return_last_lines: int = 0,
@@ -265,6 +270,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
             started_at=loop.time(),
             token=self.spec.job_token,
             resume=not self.spec.from_start,
+            resume_after=self.spec.resume_after,
         )
         hook = self._make_hook()
         try:
