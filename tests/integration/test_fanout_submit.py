@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ssh_jobs_provider.hooks import handshake_turns
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
 from support.report import report
 from support.runner import StandInTaskInstance, submit
@@ -45,6 +46,9 @@ def test_120_way_simultaneous_submit_against_default_max_startups(
 ) -> None:
     server = sshd_factory(max_startups="10:30:100", max_sessions=10)
     use_connection(monkeypatch, server, "ssh_test")
+    # The turns are what is tested, not how long a worker waits for one before it goes ahead
+    # without (60 s): on a machine loaded enough, 120 handshakes 8 at a time take longer.
+    monkeypatch.setattr(handshake_turns, "DEFAULT_TURN_WAIT", 600.0)
     base_dir = str(tmp_path / "jobs")
     started_file = str(tmp_path / "started.txt")
 

@@ -5,6 +5,7 @@ The worker processes of one machine submit over one shared login (``hooks/shared
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -154,13 +155,26 @@ def test_a_broker_whose_login_is_gone_sends_the_next_submit_to_a_login_of_its_ow
     ran_once(remote_base_dir, 2)
 
 
-def test_a_broker_killed_mid_script_is_a_lost_reply(sshd, shared_conn, address, remote_base_dir) -> None:
+def test_a_broker_killed_mid_script_is_a_lost_reply(
+    sshd, shared_conn, address, remote_base_dir, tmp_path
+) -> None:
     submit(make_operator(shared_conn, remote_base_dir), StandInTaskInstance())
     wait_until(address.exists, what="the broker to listen")
     (pid,) = broker_pids(address)
-    threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+    running = tmp_path / "running"  # the script's first step: then the broker is killed
+
+    def kill_once_it_runs() -> None:
+        wait_until(running.exists, 60, "the script to run on the shared login")
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_it_runs, daemon=True)
+    killer.start()
     with pytest.raises(EOFError, match="took the script but sent no answer"):
-        ask_broker(address, b"sleep 5; echo late\n", 30)
+        script = f"echo $$ > {running}.new; mv {running}.new {running}; exec sleep 30\n"
+        ask_broker(address, script.encode(), 60)
+    killer.join()
+    with contextlib.suppress(ProcessLookupError):  # the script's process, left by the lost login
+        os.kill(int(running.read_text()), signal.SIGTERM)
     with pytest.raises(BrokerUnavailable):
         ask_broker(address, b"echo nobody\n", 30)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from ssh_jobs_provider.exceptions import SSHAuthenticationError
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
@@ -123,12 +124,14 @@ def test_the_first_batch_on_a_perl_host_carries_a_whole_fan_outs_submits(tmp_pat
 
     async def scenario() -> None:
         session = HostSession(SETTINGS, connect, recording_shell, FAST)
-        # Submits are due at the next whole second: register them all just after one, so that a
-        # busy machine does not spread them over two ticks.
+        # Submits are due at the next whole second: register them all at one clock reading (the
+        # loop's clock held while they register, which runs nothing else), so that a busy machine
+        # does not spread them over two ticks.
         loop = asyncio.get_running_loop()
         await asyncio.sleep(next_tick(loop.time(), SUBMIT_TICK) - loop.time() + 0.01)
-        for watch in watches:
-            session.watch(watch)
+        with mock.patch.object(loop, "time", return_value=loop.time()):
+            for watch in watches:
+                session.watch(watch)
         for watch in watches:
             while (await asyncio.wait_for(watch.next_delivery(), 60)).submitted is None:
                 pass

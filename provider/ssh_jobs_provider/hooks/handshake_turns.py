@@ -81,12 +81,14 @@ def _try_lock(fd: int) -> bool:
 
 @contextlib.contextmanager
 def handshake_turn(
-    host: str, port: int, slots: int = DEFAULT_HANDSHAKE_SLOTS, wait: float = DEFAULT_TURN_WAIT
+    host: str, port: int, slots: int = DEFAULT_HANDSHAKE_SLOTS, wait: float | None = None
 ) -> Iterator[bool]:
     """
     Hold one of ``slots`` turns to ``host:port`` while the body handshakes; yields whether a
-    turn was taken (``False``: no turns, ``slots`` 0, or waited for ``wait`` seconds in vain).
+    turn was taken (``False``: no turns, ``slots`` 0, or waited for ``wait`` seconds in vain;
+    default :data:`DEFAULT_TURN_WAIT`, read at each call).
     """
+    wait = DEFAULT_TURN_WAIT if wait is None else wait
     directory = turns_dir() if slots > 0 else None
     fds = _open_slots(directory, host, port, slots) if directory is not None else []
     held = None
