@@ -11,10 +11,11 @@ A :class:`RetryPolicy` bundles how many attempts, which failures are tried again
 classifier, :func:`~ssh_jobs_provider.exceptions.is_retryable`) and the waits between them
 (a :class:`BackoffPolicy`). Every retry loop of the provider is built from one, and none of
 them is nested in another, so connection attempts never multiply. The one smaller loop inside
-an attempt re-opens a refused *channel* on the same connection after short pauses
-(:data:`CHANNEL_OPEN_RETRY_DELAYS`, under a second in all): sshd frees a closed session's slot a
-moment late, and that must not cost a connection. It opens no connection; a refusal after its
-last pause fails the attempt like any other connection-level failure.
+an attempt, :data:`CHANNEL_OPEN_POLICY`, re-opens a refused *channel* on the same connection
+after short fixed pauses (:data:`CHANNEL_OPEN_RETRY_DELAYS`, under a second in all): sshd
+frees a closed session's slot a moment late, and that must not cost a connection. It opens no
+connection; a refusal after its last pause fails the attempt like any other connection-level
+failure.
 
 Retries that fire in lockstep across a fan-out are dropped by ``sshd`` for the same reason
 as the first attempt (``MaxStartups``), so every wait is exponential *and* jittered
@@ -29,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import asyncssh
+import paramiko
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -87,6 +90,26 @@ DEFAULT_BACKOFF = BackoffPolicy(initial=2.0, maximum=30.0)
 
 
 @dataclass(frozen=True)
+class FixedWaits:
+    """
+    Waits given one by one, without jitter: for pauses too short to synchronize anything (the
+    channel re-open of one connection). Past the last one, the last one again.
+
+    :param waits: the wait after failed attempt 1, 2, ... in seconds
+    """
+
+    waits: tuple[float, ...]
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The wait after failed attempt ``attempt`` (1-based)."""
+        return self.waits[min(max(1, attempt), len(self.waits)) - 1]
+
+
+#: The waits of a policy or a budget: anything with ``delay(attempt, rng)``.
+Waits = BackoffPolicy | FixedWaits
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """
     How often to try, what to try again, and how long to wait in between: one immutable object.
@@ -97,7 +120,7 @@ class RetryPolicy:
     """
 
     attempts: int = 3
-    backoff: BackoffPolicy = DEFAULT_BACKOFF
+    backoff: Waits = DEFAULT_BACKOFF
     retry_on: Callable[[BaseException], bool] = is_retryable
 
     def __post_init__(self) -> None:
@@ -168,7 +191,7 @@ class RetryBudget:
     """
 
     tolerated: float
-    backoff: BackoffPolicy = DEFAULT_BACKOFF
+    backoff: Waits = DEFAULT_BACKOFF
     failures: int = 0
     history: tuple[str, ...] = ()
 
@@ -207,3 +230,17 @@ DEFAULT_RETRY = RetryPolicy(attempts=3, backoff=DEFAULT_BACKOFF)
 #: channel opened right after the previous one closed can be refused ("no more sessions")
 #: although nothing is wrong; a short pause is enough, reconnecting would be wasteful.
 CHANNEL_OPEN_RETRY_DELAYS: tuple[float, ...] = (0.05, 0.2, 0.5)
+
+
+def is_refused_channel(error: BaseException) -> bool:
+    """The server refused to open a channel on a connection that lives on (either library's)."""
+    return isinstance(error, (paramiko.ChannelException, asyncssh.ChannelOpenError))
+
+
+#: Opening one channel: once, then again after each of :data:`CHANNEL_OPEN_RETRY_DELAYS` while
+#: the server refuses it; any other failure is the attempt's, raised at once.
+CHANNEL_OPEN_POLICY = RetryPolicy(
+    attempts=len(CHANNEL_OPEN_RETRY_DELAYS) + 1,
+    backoff=FixedWaits(CHANNEL_OPEN_RETRY_DELAYS),
+    retry_on=is_refused_channel,
+)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import math
+import time
 
 import asyncssh
 import paramiko
@@ -22,10 +24,13 @@ from ssh_jobs_provider.exceptions import (
 from ssh_jobs_provider.hooks._errors import gave_up, translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.retry import (
+    CHANNEL_OPEN_POLICY,
+    CHANNEL_OPEN_RETRY_DELAYS,
     DEFAULT_BACKOFF,
     DEFAULT_RETRY,
     HISTORY_KEPT,
     BackoffPolicy,
+    FixedWaits,
     RetryBudget,
     RetryPolicy,
     attempts_made,
@@ -211,3 +216,43 @@ def test_a_budget_is_a_value_a_success_resets() -> None:
     assert 1.0 <= failed.delay() <= 2.0  # the wait after the second failure
     assert failed.reset() == fresh
     assert RetryBudget(math.inf).increment("x").is_exhausted() is False
+
+
+def test_fixed_waits_come_one_by_one_then_the_last_again() -> None:
+    waits = FixedWaits((0.05, 0.2, 0.5))
+    assert [waits.delay(attempt) for attempt in range(1, 6)] == [0.05, 0.2, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        paramiko.ChannelException(1, "Administratively prohibited"),
+        asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "MaxSessions"),
+    ],
+)
+def test_a_refused_channel_is_opened_again_after_each_pause_then_the_refusal_is_raised(
+    refusal: Exception,
+) -> None:
+    opens: list[float] = []
+
+    def open_channel() -> None:
+        opens.append(time.monotonic())
+        raise refusal
+
+    with pytest.raises(type(refusal)):
+        CHANNEL_OPEN_POLICY.retrying()(open_channel)
+    assert len(opens) == len(CHANNEL_OPEN_RETRY_DELAYS) + 1
+    pauses = [later - earlier for earlier, later in itertools.pairwise(opens)]
+    assert all(pause >= wait for pause, wait in zip(pauses, CHANNEL_OPEN_RETRY_DELAYS, strict=True))
+
+
+def test_a_channel_open_fails_at_once_on_anything_but_a_refusal() -> None:
+    opens = []
+
+    async def open_channel() -> None:
+        opens.append(1)
+        raise asyncssh.ConnectionLost("gone")
+
+    with pytest.raises(asyncssh.ConnectionLost):
+        asyncio.run(CHANNEL_OPEN_POLICY.async_retrying()(open_channel))
+    assert opens == [1]

@@ -25,7 +25,7 @@ from ssh_jobs_provider.hooks._errors import INSECURE_WARNING, translated_connect
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.proxy import proxy_command_line
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
-from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
+from ssh_jobs_provider.retry import CHANNEL_OPEN_POLICY
 
 _CIPHER_PREFERENCE = (
     "aes128-gcm@openssh.com",
@@ -294,16 +294,13 @@ async def _open_process(
     remaining: Callable[[], float | None],
 ) -> Any:
     """Open the exec channel, pausing briefly and retrying when the server refuses it."""
-    for delay in (*CHANNEL_OPEN_RETRY_DELAYS, None):
-        try:
-            return await asyncio.wait_for(
-                conn.create_process(command, input=stdin_data, encoding=None), remaining()
-            )
-        except asyncssh.ChannelOpenError:
-            if delay is None:
-                raise
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+
+    async def open_once() -> Any:
+        return await asyncio.wait_for(
+            conn.create_process(command, input=stdin_data, encoding=None), remaining()
+        )
+
+    return await CHANNEL_OPEN_POLICY.async_retrying()(open_once)
 
 
 def _as_bytes(data: Any) -> bytes:

@@ -26,7 +26,7 @@ from ssh_jobs_provider.hooks._errors import INSECURE_WARNING, translated_connect
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.handshake_turns import handshake_turn
 from ssh_jobs_provider.hooks.proxy import proxy_command_line
-from ssh_jobs_provider.retry import CHANNEL_OPEN_RETRY_DELAYS
+from ssh_jobs_provider.retry import CHANNEL_OPEN_POLICY
 
 
 class _AcceptAnyHostKey(paramiko.MissingHostKeyPolicy):
@@ -297,14 +297,7 @@ def run_on_channel(
 
 def _open_session(transport: paramiko.Transport, timeout: float | None) -> paramiko.Channel:
     """Open a session channel, pausing briefly and retrying when the server refuses it."""
-    for delay in (*CHANNEL_OPEN_RETRY_DELAYS, None):
-        try:
-            return transport.open_session(timeout=timeout)
-        except paramiko.ChannelException:
-            if delay is None:
-                raise
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    return CHANNEL_OPEN_POLICY.retrying()(transport.open_session, timeout=timeout)
 
 
 def _drain_channel(channel: paramiko.Channel, deadline: float | None) -> tuple[bytes, bytes]:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from ssh_jobs_provider.exceptions import is_retryable
 from ssh_jobs_provider.protocol.answers import BatchNotAnswered, EntryResult
 from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SlurmSubmitEntry, SubmitEntry
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, RetryBudget, Waits
 from ssh_jobs_provider.triggers.watch import (
     SUBMIT_TICK,
     Action,
@@ -88,7 +88,7 @@ class PollScheduler:
 
     def __init__(
         self,
-        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        backoff: Waits = DEFAULT_BACKOFF,
         retry_on: Callable[[BaseException], bool] = is_retryable,
     ) -> None:
         self.backoff = backoff

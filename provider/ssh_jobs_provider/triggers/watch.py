@@ -39,7 +39,7 @@ from ssh_jobs_provider.protocol.answers import (
 from ssh_jobs_provider.protocol.batch import CleanupState, PollEntry
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.slurm import SlurmSpec
-from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryBudget, RetryPolicy
+from ssh_jobs_provider.retry import DEFAULT_BACKOFF, RetryBudget, RetryPolicy, Waits
 from ssh_jobs_provider.triggers.delivery import Delivery, lost_outcome, not_submitted_outcome, refused_outcome
 
 #: Seconds between the ticks that carry submits: the triggers of a fan-out arrive over some
@@ -176,7 +176,7 @@ class Watch:
             raise WatchStateError(f"A watch in phase {self.phase.name} cannot take {event.name}") from None
         return self.phase
 
-    def budget_with(self, backoff: BackoffPolicy) -> None:
+    def budget_with(self, backoff: Waits) -> None:
         """Fresh budgets for the polls and the cleanups, waiting ``backoff`` after a failure."""
         self.polls = RetryBudget(self.max_reconnect_attempts, backoff)
         self.cleanups = RetryPolicy(self.cleanup_retries, backoff).budget()
