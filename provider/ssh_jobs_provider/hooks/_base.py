@@ -35,6 +35,27 @@ T = TypeVar("T")
 CommandResult = tuple[int, bytes, bytes]
 
 
+def explicit_settings(
+    *,
+    remote_host: str | None,
+    host: str | None,
+    host_proxy_cmd: str | None,
+    passphrase: str | None,
+    **same: Any,
+) -> dict[str, Any]:
+    """
+    The settings a hook's explicit parameters set, by setting name: the twins take the same
+    parameters and read them here, once. ``remote_host`` wins over ``host`` (upstream's async
+    name for it); the others keep their names.
+    """
+    return {
+        "host": remote_host or host or None,
+        "proxy_command": host_proxy_cmd,
+        "private_key_passphrase": passphrase,
+        **same,
+    }
+
+
 class SSHHookBase(BaseHook):
     """
     Configuration and retry policy shared by :class:`~ssh_jobs_provider.hooks.ssh.SSHHook` and

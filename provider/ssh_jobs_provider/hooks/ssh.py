@@ -17,12 +17,43 @@ import paramiko
 from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks import _asyncssh, _paramiko
 from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNECTION_CACHE_SECONDS
-from ssh_jobs_provider.hooks._base import CommandResult, SSHHookBase, T, ajump_connections, jump_connections
+from ssh_jobs_provider.hooks._base import (
+    CommandResult,
+    SSHHookBase,
+    T,
+    ajump_connections,
+    explicit_settings,
+    jump_connections,
+)
 from ssh_jobs_provider.hooks._errors import translated_connect_errors
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.shared_login import ScriptSession
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
+
+#: The parameters (the same on both hooks) that set a connection setting.
+_SETTING_PARAMETERS = frozenset(
+    {
+        "remote_host",
+        "host",
+        "host_proxy_cmd",
+        "passphrase",
+        "username",
+        "password",
+        "key_file",
+        "private_key",
+        "known_hosts",
+        "port",
+        "conn_timeout",
+        "keepalive_interval",
+        "keepalive_count_max",
+        "banner_timeout",
+        "auth_timeout",
+        "disabled_algorithms",
+        "ciphers",
+        "no_host_key_check",
+    }
+)
 
 
 class SSHHook(SSHHookBase):
@@ -50,6 +81,14 @@ class SSHHook(SSHHookBase):
     :param no_host_key_check: accept unknown host keys (insecure); ``None`` takes the connection's
         extra, else ``False``
     :param backoff: the backoff policy between attempts
+
+    Keyword-only, as :class:`SSHHookAsync` takes them (the twins take the same parameters):
+
+    :param host: host instead of the connection's (``remote_host`` wins over it)
+    :param known_hosts: known_hosts file to trust (default: the system's)
+    :param passphrase: passphrase of the private key
+    :param private_key: private key text instead of the ``private_key`` extra
+    :param keepalive_count_max: unanswered keepalives before disconnecting (default 3)
     """
 
     hook_name = "SSH (remote jobs)"
@@ -73,24 +112,17 @@ class SSHHook(SSHHookBase):
         conn_retry_attempts: int = 3,
         no_host_key_check: bool | None = None,
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        *,
+        host: str | None = None,
+        known_hosts: str | None = None,
+        passphrase: str | None = None,
+        private_key: str | None = None,
+        keepalive_count_max: int | None = None,
     ) -> None:
-        overrides: dict[str, Any] = {
-            "proxy_command": host_proxy_cmd,
-            "host": remote_host or None,
-            "username": username,
-            "password": password,
-            "key_file": key_file,
-            "port": port,
-            "conn_timeout": conn_timeout,
-            "keepalive_interval": keepalive_interval,
-            "banner_timeout": banner_timeout,
-            "disabled_algorithms": disabled_algorithms,
-            "ciphers": ciphers,
-            "auth_timeout": auth_timeout,
-            "no_host_key_check": no_host_key_check,
-        }
+        arguments = locals()  # this signature's parameters, by name: the same on both twins
+        overrides = explicit_settings(**{name: arguments[name] for name in _SETTING_PARAMETERS})
         super().__init__(ssh_conn_id, conn_retry_attempts, backoff, overrides)
-        self.remote_host = remote_host
+        self.remote_host = remote_host or host or ""
         self.cmd_timeout = cmd_timeout
 
     def get_settings(self) -> SSHConnectionSettings:
@@ -205,6 +237,13 @@ class SSHHookAsync(SSHHookBase):
     :param backoff: the backoff policy between attempts
     :param host_proxy_cmd: as for :class:`SSHHook`
     :param remote_host: host instead of the connection's, as for :class:`SSHHook` (wins over ``host``)
+
+    Keyword-only, as :class:`SSHHook` takes them (the twins take the same parameters):
+
+    :param cmd_timeout: default seconds allowed for one :meth:`run_command` (``None``: no limit)
+    :param disabled_algorithms: algorithms not to offer, as for :class:`SSHHook`
+    :param ciphers: ciphers to offer, in order of preference
+    :param auth_timeout: seconds allowed for authentication (added to asyncssh's one connect limit)
     """
 
     hook_name = "SSH (remote jobs, async)"
@@ -229,24 +268,16 @@ class SSHHookAsync(SSHHookBase):
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
         host_proxy_cmd: str | None = None,
         remote_host: str = "",
+        *,
+        cmd_timeout: float | None = None,
+        disabled_algorithms: dict | None = None,
+        ciphers: list[str] | None = None,
+        auth_timeout: float | None = None,
     ) -> None:
-        overrides: dict[str, Any] = {
-            "proxy_command": host_proxy_cmd,
-            "host": remote_host or host,
-            "port": port,
-            "username": username,
-            "password": password,
-            "known_hosts": known_hosts,
-            "key_file": key_file,
-            "private_key_passphrase": passphrase,
-            "private_key": private_key,
-            "keepalive_interval": keepalive_interval,
-            "keepalive_count_max": keepalive_count_max,
-            "conn_timeout": conn_timeout,
-            "banner_timeout": banner_timeout,
-            "no_host_key_check": no_host_key_check,
-        }
+        arguments = locals()  # this signature's parameters, by name: the same on both twins
+        overrides = explicit_settings(**{name: arguments[name] for name in _SETTING_PARAMETERS})
         super().__init__(ssh_conn_id, conn_retry_attempts, backoff, overrides)
+        self.cmd_timeout = cmd_timeout
         self.host, self.remote_host = remote_host or host, remote_host or host or ""
         _asyncssh.quiet_library_log()
 
@@ -299,7 +330,7 @@ class SSHHookAsync(SSHHookBase):
         """Open a connection, run ``command``, close it; ``(exit_status, stdout, stderr)`` as text."""
         conn = await self.get_conn()
         try:
-            status, stdout, stderr = await _asyncssh.run_on(conn, command, None, timeout)
+            status, stdout, stderr = await _asyncssh.run_on(conn, command, None, timeout or self.cmd_timeout)
         finally:
             conn.close()
             await conn.wait_closed()
