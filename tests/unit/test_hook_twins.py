@@ -26,24 +26,49 @@ def test_both_hooks_have_the_method_with_the_same_parameters(name: str) -> None:
         ]
 
 
-#: Constructor parameters named as upstream's hooks name them, kept for a migration that only
-#: changes the import: upstream's async hook takes ``host`` and reads ``ssh_default`` by default.
-UPSTREAM_ONLY = {"host"}
+#: Defaults that differ, as upstream's do, for a migration that only changes the import:
+#: upstream's async hook reads ``ssh_default`` by default.
 UPSTREAM_DEFAULTS = {"ssh_conn_id"}
 
 
-def test_both_hooks_take_the_same_settings_by_the_same_names_and_defaults() -> None:
+def test_both_hooks_take_the_same_parameters_by_the_same_names_and_defaults() -> None:
     sync = inspect.signature(SSHHook.__init__).parameters
     async_ = inspect.signature(SSHHookAsync.__init__).parameters
-    common = set(sync) & set(async_)
-    # What one twin takes and the other cannot (paramiko- or asyncssh-only options) is listed here.
-    assert set(sync) - common == {"cmd_timeout", "disabled_algorithms", "ciphers", "auth_timeout"}
-    assert set(async_) - common - UPSTREAM_ONLY == {
-        "known_hosts", "passphrase", "private_key", "keepalive_count_max",
-    }  # fmt: skip
-    assert {"remote_host", "conn_retry_attempts", "backoff", "conn_timeout", "banner_timeout"} <= common
-    for name in common - {"self"} - UPSTREAM_DEFAULTS:
+    assert set(sync) == set(async_)
+    assert {"remote_host", "host", "conn_retry_attempts", "backoff", "conn_timeout", "cmd_timeout"} <= set(
+        sync
+    )
+    for name in set(sync) - {"self"} - UPSTREAM_DEFAULTS:
         assert sync[name].default == async_[name].default, name
+
+
+def test_the_twin_hooks_take_the_same_parameters_and_read_them_alike() -> None:
+    explicit = {
+        "ssh_conn_id": None,
+        "host": "h.example",
+        "port": 2222,
+        "username": "u",
+        "password": "p",
+        "known_hosts": "/k",
+        "key_file": "/id",
+        "passphrase": "pp",
+        "private_key": None,
+        "keepalive_interval": 7,
+        "keepalive_count_max": 2,
+        "conn_timeout": 3,
+        "banner_timeout": 4,
+        "auth_timeout": 5,
+        "ciphers": ["aes128-ctr"],
+        "disabled_algorithms": {"kex": ["diffie-hellman-group1-sha1"]},
+        "no_host_key_check": True,
+        "host_proxy_cmd": "nc %h %p",
+        "cmd_timeout": 9,
+    }
+    sync_hook, async_hook = SSHHook(**explicit), SSHHookAsync(**explicit)
+    assert sync_hook._overrides == async_hook._overrides
+    assert sync_hook.remote_host == async_hook.remote_host == "h.example"
+    assert sync_hook.cmd_timeout == async_hook.cmd_timeout == 9
+    assert sync_hook._overrides["private_key_passphrase"] == "pp"
 
 
 def test_both_hooks_aim_at_remote_host() -> None:

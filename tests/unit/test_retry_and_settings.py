@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import inspect
 import itertools
 import json
 import logging
@@ -492,37 +491,3 @@ def test_identity_ignores_conn_id_but_not_credentials() -> None:
     assert a.identity() == b.identity()
     assert a.identity() != a.with_overrides(password="other").identity()
     assert a.with_overrides(port=None) == a
-
-
-def test_the_twin_hooks_take_the_same_parameters_and_read_them_alike() -> None:
-    from ssh_jobs_provider.hooks.ssh import SSHHook, SSHHookAsync
-
-    sync_names = set(inspect.signature(SSHHook.__init__).parameters) - {"self"}
-    async_names = set(inspect.signature(SSHHookAsync.__init__).parameters) - {"self"}
-    assert sync_names == async_names
-    explicit = {
-        "ssh_conn_id": None,
-        "host": "h.example",
-        "port": 2222,
-        "username": "u",
-        "password": "p",
-        "known_hosts": "/k",
-        "key_file": "/id",
-        "passphrase": "pp",
-        "private_key": None,
-        "keepalive_interval": 7,
-        "keepalive_count_max": 2,
-        "conn_timeout": 3,
-        "banner_timeout": 4,
-        "auth_timeout": 5,
-        "ciphers": ["aes128-ctr"],
-        "disabled_algorithms": {"kex": ["diffie-hellman-group1-sha1"]},
-        "no_host_key_check": True,
-        "host_proxy_cmd": "nc %h %p",
-        "cmd_timeout": 9,
-    }
-    sync_hook, async_hook = SSHHook(**explicit), SSHHookAsync(**explicit)
-    assert sync_hook._overrides == async_hook._overrides
-    assert sync_hook.remote_host == async_hook.remote_host == "h.example"
-    assert sync_hook.cmd_timeout == async_hook.cmd_timeout == 9
-    assert sync_hook._overrides["private_key_passphrase"] == "pp"
