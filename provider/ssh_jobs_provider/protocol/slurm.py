@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.scripts import as_whole, job_files, script_prelude, shell_source
+from ssh_jobs_provider.protocol.submit import sh_submit_steps
 
 #: The schedulers a job can go through besides the default, detached process (``None``).
 SCHEDULERS = ("slurm",)
@@ -159,9 +160,9 @@ def _q(value: str | int) -> str:
     return shlex.quote(str(value))
 
 
-def submit_calls(arguments: Sequence[str]) -> str:
-    """The lines that submit the job ``begin`` prepared: write its files unless claimed, sbatch."""
-    return 'if [ "$claimed" = 0 ]; then\n' + f"  slurm_launch {' '.join(_q(a) for a in arguments)}\nfi\n"
+def slurm_launch(arguments: Sequence[str]) -> str:
+    """The launch of a Slurm job (see :func:`~ssh_jobs_provider.protocol.submit.sh_submit_steps`): sbatch it."""
+    return f"  slurm_launch {' '.join(_q(a) for a in arguments)}\n"
 
 
 def build_slurm_submit_script(
@@ -183,21 +184,13 @@ def build_slurm_submit_script(
 
     :param arguments: from :func:`sbatch_arguments`
     """
-    writes = "".join(
-        f"  put {name} {_q(content)}\n"
-        for name, content in job_files(command, environment, working_dir, token)
-    )
+    files = job_files(command, environment, working_dir, token)
     return as_whole(
         "umask 077\n"
         + script_prelude()
         + shell_source("submit.sh")
         + shell_source("slurm.sh")
-        + f"begin {_q(paths.base_dir)} {_q(paths.job_id)} {_q(token)}\n"
-        + 'if [ "$claimed" = 0 ]; then\n'
-        + writes
-        + "fi\n"
-        + submit_calls(arguments)
-        + "slurm_submitted\n"
+        + sh_submit_steps(paths, token, files, slurm_launch(arguments), "slurm_submitted")
     )
 
 
@@ -234,16 +227,12 @@ def slurm_batch_submits(calls: Sequence[SlurmSubmitCall]) -> str:
         return ""
     head = shell_source("submit.sh") + shell_source("slurm.sh") + "whoami_uid\nsubmitted_keys=\n"
     bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
-    body = []
-    for call in calls:
-        writes = "".join(f"put {name} {_q(content)}\n" for name, content in call.files)
-        body.append(
-            f"(\numask 077\nbatch_key={int(call.key)}\n"
-            f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
-            'if [ "$claimed" = 0 ]; then\n'
-            f"{writes}slurm_launch {' '.join(_q(a) for a in call.arguments)}\nfi\nsubmitted\n)\n"
-            f"submit_ended $? {int(call.key)} {_q(call.paths.job_dir)}\n"
-        )
+    body = [
+        f"(\numask 077\nbatch_key={int(call.key)}\n"
+        + sh_submit_steps(call.paths, call.token, call.files, slurm_launch(call.arguments), "submitted")
+        + f")\nsubmit_ended $? {int(call.key)} {_q(call.paths.job_dir)}\n"
+        for call in calls
+    ]
     # The detached submits of the same batch (if any) answer their own: submitted_keys starts empty again.
     return head + bases + "".join(body) + "answer_submits\nsubmitted_keys=\n"
 

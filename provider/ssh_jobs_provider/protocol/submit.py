@@ -99,24 +99,34 @@ def perl_submits(calls: Sequence[SubmitCall], polls: str) -> str:
     return perl_call('"$answer_tag" "$boot_now"', perl_records(calls) + polls, perl_program())
 
 
-def sh_submit_steps(call: SubmitCall, wrapper: str, last: str) -> str:
+def sh_submit_steps(
+    paths: RemoteJobPaths, token: str, files: Sequence[tuple[str, str]], launch: str, last: str
+) -> str:
     """
-    One submit's steps in sh, the same for the worker's submit and each of a batch's (the
-    functions of ``sh/submit.sh`` precede them): ``begin``; unless a wrapper claimed the job
-    already, write its files, then ``run.sh`` (``wrapper``: a word that the shell expands to the
-    wrapper's text), and ``launch``; then ``last``, the step that ends it.
+    One submit's steps in sh, the same for every submit that sh makes (the worker's, each of a
+    batch's, detached or through Slurm; the functions of ``sh/submit.sh`` precede them):
+    ``begin``; unless a submit claimed the job already, write its ``files``, then ``launch`` (the
+    lines that start it, indented: :func:`detached_launch`, or Slurm's ``slurm_launch``); then
+    ``last``, the step that ends it.
     """
-    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in call.files)
+    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
     return (
-        f"begin {_q(call.paths.base_dir)} {_q(call.paths.job_id)} {_q(call.token)}\n"
+        f"begin {_q(paths.base_dir)} {_q(paths.job_id)} {_q(token)}\n"
         'if [ "$claimed" = 0 ]; then\n'
-        f"{writes}  put run.sh {wrapper}\n  launch\nfi\n{last}\n"
+        f"{writes}{launch}fi\n{last}\n"
     )
+
+
+def detached_launch(wrapper: str) -> str:
+    """The launch of a detached job: write ``run.sh`` (``wrapper``: a word that the shell expands to the wrapper's text), start it."""
+    return f"  put run.sh {wrapper}\n  launch\n"
 
 
 def sh_submit(call: SubmitCall) -> str:
     """The sh form of the worker's single submit: its steps, then ``finish`` (waits for the pid, answers)."""
-    return sh_submit_steps(call, _q(wrapper_source()), "finish")
+    return sh_submit_steps(
+        call.paths, call.token, call.files, detached_launch(_q(wrapper_source())), "finish"
+    )
 
 
 def sh_batch_submits(calls: Sequence[SubmitCall]) -> str:
@@ -131,7 +141,7 @@ def sh_batch_submits(calls: Sequence[SubmitCall]) -> str:
     bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
     parts = [
         f"(\numask 077\nbatch_key={call.key}\n"
-        + sh_submit_steps(call, '"$RUN_SH"', "submitted")
+        + sh_submit_steps(call.paths, call.token, call.files, detached_launch('"$RUN_SH"'), "submitted")
         + f")\nsubmit_ended $? {call.key} {_q(call.paths.job_dir)}\n"
         for call in calls
     ]
