@@ -630,3 +630,24 @@ def test_execute_run_again_goes_on_where_its_log_left_off(sshd, ssh_conn: str, t
         f"line {n}" for n in range(1, 31)
     ]
     assert "its output goes on where this try's log left it" in messages(logs, "info")
+
+
+def test_a_retry_s_lookup_of_the_earlier_job_is_tried_again_after_a_refused_connection(
+    sshd, proxy, tmp_path: Path
+) -> None:
+    """The lookup only reads: a connection refused on the way costs a retry, not the try."""
+    launches = tmp_path / "launches"
+    command = job(launches, lines=4, pause=0.3)
+    ti = first_try()
+    submit(make_operator("ssh_proxy", str(tmp_path / "jobs"), command, retries=RETRIES), ti)
+    wait_until(lambda: runs(launches) == 1, 10, "the first try's job to start")  # its worker died here
+    refused_before = proxy.refused_total
+    proxy.refuse_new(1)
+
+    retry = run_operator(
+        make_operator("ssh_proxy", str(tmp_path / "jobs"), command, retries=RETRIES), ti.next_try()
+    )
+
+    assert proxy.refused_total == refused_before + 1
+    assert retry.outcome == "success", retry.error
+    assert runs(launches) == 1

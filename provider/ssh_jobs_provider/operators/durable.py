@@ -125,16 +125,22 @@ def ask_host(
     hook: SSHHook, records: list[tuple[JobRecord, bool]], timeout: float, slurm: bool = False
 ) -> list[EarlierJob]:
     """
-    What the host says about each job, over one connection (errors propagate); with ``slurm``,
-    what Slurm says of it, asked in the same exec, in place of its directory's pid and exit code.
+    What the host says about each job, over one connection, retried as a submit is (the lookup
+    only reads; other errors propagate); with ``slurm``, what Slurm says of it, asked in the same
+    exec, in place of its directory's pid and exit code.
     """
     jobs = [record for record, _ in records]
     entries = lookup_entries(jobs)
     script = build_lookup_script(jobs)
     if slurm:
         script += slurm_section([(key, record.paths) for key, record in enumerate(jobs)])
-    with hook.script_session() as remote:
-        _, stdout, _ = remote.run(script, timeout=timeout)
+
+    def lookup() -> bytes:
+        # Read-only: asked again after a lost connection or reply, the host answers the same.
+        with hook.script_session() as remote:
+            return remote.run(script, timeout=timeout)[1]
+
+    stdout = hook.call_with_retries(lookup, "Lookup of this task instance's recorded jobs")
     results = parse_batch_output(stdout, entries)
     queued = parse_slurm_states(stdout, PROTOCOL_TAG) if slurm else {}
     found = []
