@@ -35,6 +35,31 @@ T = TypeVar("T")
 CommandResult = tuple[int, bytes, bytes]
 
 
+#: The parameters (the same on both hooks) that set a connection setting.
+SETTING_PARAMETERS = frozenset(
+    {
+        "remote_host",
+        "host",
+        "host_proxy_cmd",
+        "passphrase",
+        "username",
+        "password",
+        "key_file",
+        "private_key",
+        "known_hosts",
+        "port",
+        "conn_timeout",
+        "keepalive_interval",
+        "keepalive_count_max",
+        "banner_timeout",
+        "auth_timeout",
+        "disabled_algorithms",
+        "ciphers",
+        "no_host_key_check",
+    }
+)
+
+
 def explicit_settings(
     *,
     remote_host: str | None,

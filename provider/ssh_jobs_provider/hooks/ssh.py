@@ -18,6 +18,7 @@ from ssh_jobs_provider.exceptions import SSHConnectError
 from ssh_jobs_provider.hooks import _asyncssh, _paramiko
 from ssh_jobs_provider.hooks._asyncssh import CONNECTION_CACHE_SECONDS as CONNECTION_CACHE_SECONDS
 from ssh_jobs_provider.hooks._base import (
+    SETTING_PARAMETERS,
     CommandResult,
     SSHHookBase,
     T,
@@ -30,30 +31,6 @@ from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.shared_login import ScriptSession
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, BackoffPolicy, RetryPolicy
-
-#: The parameters (the same on both hooks) that set a connection setting.
-_SETTING_PARAMETERS = frozenset(
-    {
-        "remote_host",
-        "host",
-        "host_proxy_cmd",
-        "passphrase",
-        "username",
-        "password",
-        "key_file",
-        "private_key",
-        "known_hosts",
-        "port",
-        "conn_timeout",
-        "keepalive_interval",
-        "keepalive_count_max",
-        "banner_timeout",
-        "auth_timeout",
-        "disabled_algorithms",
-        "ciphers",
-        "no_host_key_check",
-    }
-)
 
 
 class SSHHook(SSHHookBase):
@@ -120,7 +97,7 @@ class SSHHook(SSHHookBase):
         keepalive_count_max: int | None = None,
     ) -> None:
         arguments = locals()  # this signature's parameters, by name: the same on both twins
-        overrides = explicit_settings(**{name: arguments[name] for name in _SETTING_PARAMETERS})
+        overrides = explicit_settings(**{name: arguments[name] for name in SETTING_PARAMETERS})
         super().__init__(ssh_conn_id, conn_retry_attempts, backoff, overrides)
         self.remote_host = remote_host or host or ""
         self.cmd_timeout = cmd_timeout
@@ -275,7 +252,7 @@ class SSHHookAsync(SSHHookBase):
         auth_timeout: float | None = None,
     ) -> None:
         arguments = locals()  # this signature's parameters, by name: the same on both twins
-        overrides = explicit_settings(**{name: arguments[name] for name in _SETTING_PARAMETERS})
+        overrides = explicit_settings(**{name: arguments[name] for name in SETTING_PARAMETERS})
         super().__init__(ssh_conn_id, conn_retry_attempts, backoff, overrides)
         self.cmd_timeout = cmd_timeout
         self.host, self.remote_host = remote_host or host, remote_host or host or ""
