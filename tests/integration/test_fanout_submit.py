@@ -11,6 +11,7 @@ import pytest
 
 from ssh_jobs_provider.hooks import handshake_turns
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
+from support.logs import capture_logs
 from support.report import report
 from support.runner import StandInTaskInstance, submit
 from support.sshd import use_connection
@@ -18,6 +19,8 @@ from support.sshd import use_connection
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORKERS = 120
+#: Drops (and so retried submits) a loaded machine may still see with turns: a few of 120.
+RARE_DROPS = 3
 
 
 def _submit_one(index: int, base_dir: str, started_file: str, barrier: Any, results: Any) -> None:
@@ -32,12 +35,16 @@ def _submit_one(index: int, base_dir: str, started_file: str, barrier: Any, resu
     ti = StandInTaskInstance(task_id="fan_out", map_index=index)
     barrier.wait(timeout=120)
     began = time.monotonic()
-    try:
-        submit(op, ti)
-    except BaseException as error:
-        results.put((index, "error", f"{type(error).__name__}: {error}", time.monotonic() - began))
-    else:
-        results.put((index, "ok", "", time.monotonic() - began))
+    with capture_logs() as logs:
+        try:
+            submit(op, ti)
+        except BaseException as error:
+            outcome, detail = "error", f"{type(error).__name__}: {error}"
+        else:
+            outcome, detail = "ok", ""
+    # What made this submit try again, if anything (its retry loop says so at WARNING).
+    retried = [str(entry["event"]) for entry in logs if entry.get("log_level") == "warning"]
+    results.put((index, outcome, detail, time.monotonic() - began, retried))
 
 
 @pytest.mark.load
@@ -89,12 +96,18 @@ def test_120_way_simultaneous_submit_against_default_max_startups(
     report(
         f"120-way submit (MaxStartups 10:30:100): failed={len(failures)} jobs_started={len(started)} "
         f"handshakes_accepted={counts['accepted']} tcp_connections={counts['connections']} "
-        f"drops={counts['drops']} penalty_drops={counts['penalty_drops']} slowest_submit={slowest:.1f}s burst_wall={wall:.1f}s"
+        f"drops={counts['drops']} penalty_drops={counts['penalty_drops']} slowest_submit={slowest:.1f}s burst_wall={wall:.1f}s "
+        f"retried={sum(bool(o[4]) for o in outcomes)}"
     )
 
+    retries = [(o[0], line) for o in outcomes for line in o[4]]
     assert failures == [], failures[:5]
-    # The workers of this machine took turns (handshake_slots 8, below MaxStartups' 10): sshd
-    # never had cause to drop one, so nobody needed a retry.
-    assert counts["drops"] == 0 and counts["connections"] == WORKERS, counts
+    # The workers of this machine took turns (handshake_slots 8, below MaxStartups' 10). sshd
+    # counts a login as unauthenticated until its listener process hears of it, a moment after
+    # the client did: on a loaded machine the turn's next holder can come first, and a rare drop
+    # remains (retried, never a failure; seen once in 120 in a CI run, against OpenSSH 10 in a
+    # container as against the local sshd). Without turns such a burst is dropped by the dozen.
+    assert counts["drops"] <= RARE_DROPS and len(retries) <= RARE_DROPS, (counts, retries)
+    assert counts["connections"] <= WORKERS + RARE_DROPS, (counts, retries)
     assert sorted(started, key=int) == [str(i) for i in range(WORKERS)], "each job started exactly once"
     assert len(list(Path(base_dir).iterdir())) == WORKERS
