@@ -43,6 +43,22 @@ def broker_pids(address: Path) -> list[int]:
     return found
 
 
+def gone(pid: int) -> bool:
+    """
+    Process ``pid`` has exited with all its threads: its files are closed only then (a killed
+    leader thread turns zombie while the others still run down).
+    """
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    states = []
+    for thread in threads:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # that thread just ended
+            states.append((thread / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return len(states) <= 1 and all(state in ("Z", "X") for state in states)
+
+
 @pytest.fixture
 def short_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Brokers of these tests end 3 s after their last script (not 30)."""
@@ -175,6 +191,9 @@ def test_a_broker_killed_mid_script_is_a_lost_reply(
     killer.join()
     with contextlib.suppress(ProcessLookupError):  # the script's process, left by the lost login
         os.kill(int(running.read_text()), signal.SIGTERM)
+    # A process being killed closes its sockets one by one: until its listening one is closed
+    # too, a caller still gets in (and then hears nothing, a lost reply). Once it is gone, none.
+    wait_until(lambda: gone(pid), 30, "the killed broker to be gone")
     with pytest.raises(BrokerUnavailable):
         ask_broker(address, b"echo nobody\n", 30)
 
