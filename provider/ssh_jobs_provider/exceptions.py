@@ -104,9 +104,14 @@ def is_transient_connect_error(error: BaseException) -> bool:
         return False
     if isinstance(error, (OSError, EOFError, socket.timeout, asyncio.TimeoutError)):
         return True
-    if isinstance(error, paramiko.ChannelException):
+    if is_refused_channel(error):
         return True  # channel open refused (e.g. MaxSessions)
     if isinstance(error, paramiko.SSHException):
         message = str(error).lower()
         return any(word in message for word in _TRANSIENT_PARAMIKO_WORDS)
-    return isinstance(error, (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, asyncssh.DisconnectError))
+    return isinstance(error, (asyncssh.ConnectionLost, asyncssh.DisconnectError))
+
+
+def is_refused_channel(error: BaseException) -> bool:
+    """The server refused to open a channel on a connection that lives on (either library's)."""
+    return isinstance(error, (paramiko.ChannelException, asyncssh.ChannelOpenError))

@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-import asyncssh
-import paramiko
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -40,7 +38,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from ssh_jobs_provider.exceptions import is_retryable
+from ssh_jobs_provider.exceptions import is_refused_channel, is_retryable
 
 T = TypeVar("T")
 
@@ -230,11 +228,6 @@ DEFAULT_RETRY = RetryPolicy(attempts=3, backoff=DEFAULT_BACKOFF)
 #: channel opened right after the previous one closed can be refused ("no more sessions")
 #: although nothing is wrong; a short pause is enough, reconnecting would be wasteful.
 CHANNEL_OPEN_RETRY_DELAYS: tuple[float, ...] = (0.05, 0.2, 0.5)
-
-
-def is_refused_channel(error: BaseException) -> bool:
-    """The server refused to open a channel on a connection that lives on (either library's)."""
-    return isinstance(error, (paramiko.ChannelException, asyncssh.ChannelOpenError))
 
 
 #: Opening one channel: once, then again after each of :data:`CHANNEL_OPEN_RETRY_DELAYS` while
