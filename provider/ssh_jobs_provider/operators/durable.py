@@ -308,7 +308,7 @@ def describe_take_over(job: EarlierJob, skip_codes: Container[int]) -> tuple[str
     else:
         what = f"is still {status.state.value}: re-attaching to it instead of starting another"
     follows = "its whole output follows"
-    if job.rejoined_by is not None and not job.log_start[0]:
+    if job.rejoined_by == record.try_number:  # this try's own job, found again
         what = f"is this try's, {'ended' if status.state is JobState.EXITED else status.state.value}: watching it again"
         follows = "its output goes on where this try's log left it"
     return (f"Remote job {record.job_id} of try {record.try_number} {what}; {follows}.", skipped, code)
