@@ -461,7 +461,12 @@ class Bench:
         }
         log(f"   {watch.get('correct', 0)}/{n} events correct; completing {len(finished)} tasks (cleanup)")
         complete = self.run_driver(impl, "workers.py", cspec, complete_budget + 60, server)
-        leftover = len([p for p in base.iterdir() if p.is_dir()]) if base.is_dir() else 0
+        # Job directories only: `.ssh-jobs-ended/` holds the records cleanups leave on purpose.
+        leftover = (
+            len([p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")])
+            if base.is_dir()
+            else 0
+        )
         succeeded = (
             {t["index"] for t in submit.get("tasks", []) if t.get("ok")}
             & {t["index"] for t in watch.get("tasks", []) if t.get("correct")}
