@@ -16,6 +16,7 @@ ones so that nothing can collide with another deployment on the same machine.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -110,6 +111,8 @@ class LogRecord:
     event: str
     #: The whole line as written (JSON with exception details, if any).
     raw: str
+    #: When it was logged (``None``: the line says not, e.g. a traceback's continuation).
+    at: datetime.datetime | None = None
 
 
 @dataclass
@@ -152,11 +155,32 @@ def parse_log_line(source: str, line: str) -> LogRecord:
     except ValueError:
         text = parse_text_line(line)
         if text is not None:
-            return LogRecord(source, text[0], text[1], line)
+            return LogRecord(source, text[0], text[1], line, parse_time(text[2]))
         return LogRecord(source, "", line, line)
     if not isinstance(entry, dict):
         return LogRecord(source, "", line, line)
-    return LogRecord(source, str(entry.get("level", "")), str(entry.get("event", "")), line)
+    level, event = str(entry.get("level", "")), str(entry.get("event", ""))
+    return LogRecord(source, level, event, line, parse_time(str(entry.get("timestamp", ""))))
+
+
+def parse_time(text: str) -> datetime.datetime | None:
+    """A log line's time (``...Z`` or ``...+0000``), or ``None``."""
+    try:
+        at = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=datetime.timezone.utc)
+
+
+def interleaved(files: list[list[LogRecord]]) -> list[LogRecord]:
+    """The records of several log files in time order; a line without a time stays after its predecessor."""
+    keyed = []
+    for index, records in enumerate(files):
+        last = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+        for position, record in enumerate(records):
+            last = record.at or last
+            keyed.append(((last, index, position), record))
+    return [record for _, record in sorted(keyed, key=lambda item: item[0])]
 
 
 class AirflowDeployment:
@@ -658,14 +682,17 @@ class AirflowDeployment:
         return [path for path in (worker, *triggers) if path.exists()]
 
     def task_log(self, dag_id: str, run_id: str, ti: TaskInstance, try_number: int | None = None) -> TaskLog:
-        """One try's log (default: the latest): the worker's lines, then the trigger's."""
-        log = TaskLog()
+        """
+        One try's log (default: the latest): the worker's and the trigger's lines interleaved
+        by time, as Airflow's log reader shows them (the worker writes a job's last lines, which
+        the trigger's event carries, after the trigger's).
+        """
+        files = []
         for path in self.task_log_files(dag_id, run_id, ti, try_number or ti.try_number):
             source = "trigger" if ".log.trigger." in path.name else "worker"
-            for line in path.read_text(errors="replace").splitlines():
-                if line.strip():
-                    log.records.append(parse_log_line(source, line))
-        return log
+            lines = path.read_text(errors="replace").splitlines()
+            files.append([parse_log_line(source, line) for line in lines if line.strip()])
+        return TaskLog(interleaved(files))
 
     def state_mismatches(self) -> list[str]:
         """Scheduler lines reporting it failed a task whose executor said it had finished."""

@@ -109,9 +109,9 @@ class Release:
         return {"dag_run_id": run_id, "conf": conf}
 
 
-def parse_text_line(line: str) -> tuple[str, str] | None:
-    """The ``(level, message)`` of an Airflow 2 task-log line, or ``None`` for any other line."""
+def parse_text_line(line: str) -> tuple[str, str, str] | None:
+    """The ``(level, message, time)`` of an Airflow 2 task-log line, or ``None`` for any other line."""
     match = TEXT_LOG_LINE.match(line)
     if match is None:
         return None
-    return match.group("level").lower(), match.group("message")
+    return match.group("level").lower(), match.group("message"), match.group("time")

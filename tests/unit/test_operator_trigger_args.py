@@ -387,16 +387,3 @@ def test_trigger_on_kill_spares_the_job_only_for_the_same_try(
         with pytest.raises(RuntimeError, match="the kill connects here"):
             asyncio.run(trigger.on_kill())
     assert trigger.connected is not spared
-
-
-def test_the_final_lines_fit_the_event_and_nothing_is_dropped_or_doubled() -> None:
-    from ssh_jobs_provider.operators.remote_steps import handed_over_lines
-    from ssh_jobs_provider.triggers.ssh_remote_job import FINAL_LINES_IN_EVENT_BYTES, split_final_lines
-
-    lines = [f"line {n} " + "x" * 300 for n in range(200)] + ["", "tab\there", "carriage\rreturn"]
-    logged, handed = split_final_lines(lines)
-    assert logged + handed == lines  # every line once, in order
-    assert 0 < sum(len(line.encode()) + 1 for line in handed) <= FINAL_LINES_IN_EVENT_BYTES
-    chunk = "".join(f"{line}\n" for line in handed)
-    assert handed_over_lines({"log_chunk": chunk}) == handed
-    assert handed_over_lines({"log_chunk": ""}) == [] and handed_over_lines({}) == []

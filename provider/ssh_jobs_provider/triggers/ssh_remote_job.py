@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,13 +24,13 @@ from ssh_jobs_provider.job_spec import WatchSpec
 from ssh_jobs_provider.protocol.answers import JobStatus
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
-from ssh_jobs_provider.protocol.last_lines import LastLines, split_newest
+from ssh_jobs_provider.protocol.last_lines import LastLines
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.slurm import build_slurm_cancel_script
 from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor
 from ssh_jobs_provider.triggers.host_session import Delivery, HostSession, JobWatch
+from ssh_jobs_provider.triggers.log_hand_over import LogHandOver
 from ssh_jobs_provider.triggers.task_state import task_now
-from ssh_jobs_provider.triggers.watch import LOG_WRITE_SECONDS
 
 #: Seconds ``cleanup()`` waits for the delivered offset of a trigger that left early: as long
 #: as a session shutting down takes to record it (``host_session.SHUTDOWN_RECORD_SECONDS``).
@@ -40,16 +39,6 @@ OFFSET_RECORD_WAIT_SECONDS = 5.0
 KILL_CLOSE_WAIT_SECONDS = 5.0
 #: Connect attempts of ``on_kill`` (a user acted: worth a couple of retries, not many).
 KILL_CONNECT_ATTEMPTS = 3
-
-
-#: Most bytes of a job's last lines that the final event carries to the worker (the rest of the
-#: final delivery is logged here): the event is stored in the metadata database.
-FINAL_LINES_IN_EVENT_BYTES = 16 * 1024
-
-
-def split_final_lines(lines: list[str]) -> tuple[list[str], list[str]]:
-    """``lines`` as (logged by the trigger, handed over in the event): the newest that fit."""
-    return split_newest(lines, FINAL_LINES_IN_EVENT_BYTES)
 
 
 class SSHRemoteJobTrigger(BaseTrigger):
@@ -150,6 +139,10 @@ class SSHRemoteJobTrigger(BaseTrigger):
         #: Log bytes delivered so far (the spec keeps where the watch started).
         self.log_offset = log_offset
         self._last_lines = LastLines(return_last_lines)
+        #: The job's output on its way to the task log (its last lines in the final event).
+        self._log_hand_over = LogHandOver()
+        #: It yielded its final event (and lingers in cleanup(), see there).
+        self._fired = False
 
     def __getattr__(self, name: str) -> Any:
         # Each argument reads as an attribute of the trigger too (``trigger.job_id``), as Airflow's
@@ -201,7 +194,7 @@ class SSHRemoteJobTrigger(BaseTrigger):
                 "status": OutcomeStatus(outcome.status).value,
                 "done": True,
                 "exit_code": outcome.exit_code,
-                "log_chunk": "".join(f"{line}\n" for line in getattr(self, "_handed_over", [])),
+                "log_chunk": "".join(f"{line}\n" for line in self._log_hand_over.handed_over),
                 "log_offset": log_offset,
                 "message": outcome.message,
                 "cleaned_up": cleaned_up,
@@ -219,21 +212,17 @@ class SSHRemoteJobTrigger(BaseTrigger):
     def _emit(self, delivery: Delivery) -> None:
         if delivery.submitted is not None:
             self._report_submit(delivery.submitted)
-        lines = delivery.lines
-        if delivery.outcome is not None:
-            # The last lines travel in the event and the worker writes them to the task log:
-            # Airflow's triggerer can close a trigger's log file before it has written what the
-            # trigger logged just before its event (seen losing a job's final lines under load).
-            lines, self._handed_over = split_final_lines(lines)
-        for line in lines:
-            self.log.info("%s", line)
-        if lines:
-            self._last_line_at = asyncio.get_running_loop().time()
+        # The job's last lines travel in the final event (see log_hand_over).
+        self._log_lines(self._log_hand_over.lines_to_log(delivery, asyncio.get_running_loop().time()))
         self._last_lines.add(delivery.lines)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
         for news in delivery.progress:
             self.log.info("%s", news)
+
+    def _log_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.log.info("%s", line)
 
     def _report_submit(self, status: JobStatus) -> None:
         self._submitted = status
@@ -317,19 +306,32 @@ class SSHRemoteJobTrigger(BaseTrigger):
         if self._submitted is not None and self._submitted.pid is None and monitor.wrapper_pid:
             # The submit answered before the wrapper recorded its pid; a poll brought it.
             self._submitted = dataclasses.replace(self._submitted, pid=monitor.wrapper_pid)
-        # Lines logged just before the event may not reach the task log yet (see _emit): they get
-        # a moment to be written before the trigger ends.
-        settle = getattr(self, "_last_line_at", -math.inf) + LOG_WRITE_SECONDS - loop.time()
+        # Lines logged just before the event may not reach the task log yet (see log_hand_over):
+        # they get a moment to be written before the trigger ends.
+        settle = self._log_hand_over.seconds_before_event(loop.time())
         if settle > 0:
-            await asyncio.sleep(settle)
+            try:
+                await asyncio.sleep(settle)
+            except asyncio.CancelledError:
+                self._log_lines(self._log_hand_over.leaving())  # the event will not carry them
+                raise
+        self._fired = True
         yield self._event(delivery.outcome, delivery.log_offset, delivery.cleaned_up)
 
     async def cleanup(self) -> None:
-        """Wait (briefly) for the delivered-offset record of a trigger that left early."""
+        """
+        Wait (briefly) for the delivered-offset record of a trigger that left early; after an
+        event, stay while the lines logged last may still be on their way to the task log.
+        """
         recorded = getattr(self, "_offset_recorded", None)
         if recorded is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(recorded), OFFSET_RECORD_WAIT_SECONDS)
+        if self._fired:
+            # Airflow closes this trigger's log file once cleanup() returns: see log_hand_over.
+            linger = self._log_hand_over.seconds_to_linger(asyncio.get_running_loop().time())
+            if linger > 0:
+                await asyncio.sleep(linger)
 
     # ------------------------------------------------------------------ user kill
 
