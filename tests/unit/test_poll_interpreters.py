@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,26 @@ def live_process() -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
+@pytest.fixture(scope="module")
+def zombie_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that has exited and is not reaped through the module: a wrapper whose parent is slow to."""
+    process = subprocess.Popen(["true"])
+    for _ in range(500):
+        if process_state(process.pid) == "Z":
+            break
+        time.sleep(0.01)
+    assert process_state(process.pid) == "Z", "the stand-in never became a zombie"
+    try:
+        yield process
+    finally:
+        process.wait()
+
+
+def process_state(pid: int) -> str:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(") ") + 2 :].split()[0]
+
+
 def start_time(pid: int) -> str:
     """What the wrapper records in ./start: field 22 of /proc/PID/stat."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -70,8 +91,8 @@ JOB_STATES = st.fixed_dictionaries(
         "dir": st.sampled_from(
             ["ours", "token", "other-token", "missing", "link", "file", "removed", "removed-other-token"]
         ),
-        "pid": st.sampled_from([None, "", "abc", "0", "1", "live", DEAD_PID, " live \n"]),
-        "start": st.sampled_from([None, "", "live", "123", "ps:Tue Dec  1 00:00:00 2026"]),
+        "pid": st.sampled_from([None, "", "abc", "0", "1", "live", DEAD_PID, " live \n", "zombie"]),
+        "start": st.sampled_from([None, "", "live", "zombie", "123", "ps:Tue Dec  1 00:00:00 2026"]),
         "boot_id": st.sampled_from([None, "now", "other-boot"]),
         "exit_code": st.sampled_from(
             [
@@ -94,7 +115,7 @@ JOB_STATES = st.fixed_dictionaries(
 
 
 def make_state(
-    base: Path, job_id: str, state: dict[str, object], live_pid: int
+    base: Path, job_id: str, state: dict[str, object], live_pid: int, zombie_pid: int = 0
 ) -> tuple[RemoteJobPaths, str]:
     """Lay out ``state`` as ``base/job_id``; return the job's paths and the token to poll with."""
     job = RemoteJobPaths(job_id=job_id, base_dir=str(base))
@@ -126,10 +147,12 @@ def make_state(
 
     def put(name: str, value: object) -> None:
         if value is not None:
-            (target / name).write_text(str(value).replace("live", str(live_pid)) + "\n")
+            text = str(value).replace("live", str(live_pid)).replace("zombie", str(zombie_pid))
+            (target / name).write_text(text + "\n")
 
     put("pid", state["pid"])
-    put("start", start_time(live_pid) if state["start"] == "live" else state["start"])
+    starts = {"live": live_pid, "zombie": zombie_pid}
+    put("start", start_time(starts[str(state["start"])]) if state["start"] in starts else state["start"])
     if state["boot_id"] is not None and BOOT_ID.exists():
         put("boot_id", BOOT_ID.read_text().strip() if state["boot_id"] == "now" else state["boot_id"])
     put("exit_code", state["exit_code"])
@@ -154,6 +177,7 @@ def make_state(
 def test_perl_and_sh_answer_every_job_state_alike(
     tmp_path_factory: pytest.TempPathFactory,
     live_process: subprocess.Popen[bytes],
+    zombie_process: subprocess.Popen[bytes],
     states: list[dict[str, object]],
 ) -> None:
     root = tmp_path_factory.mktemp("alike")
@@ -162,7 +186,7 @@ def test_perl_and_sh_answer_every_job_state_alike(
         base = root / interpreter / "jobs"
         entries: list[Entry] = []
         for i, state in enumerate(states):
-            job, token = make_state(base, f"job{i}", state, live_process.pid)
+            job, token = make_state(base, f"job{i}", state, live_process.pid, zombie_process.pid)
             entries.append(
                 PollEntry(
                     job, int(state["offset"]), int(state["max_bytes"]), int(state["deliver"]), token=token
@@ -179,6 +203,36 @@ def test_perl_and_sh_answer_every_job_state_alike(
         seen[interpreter] = (raw, dict(results), recorded)
     # The same answer byte for byte, the same results, the same records left behind.
     assert seen["perl"] == seen["sh"]
+
+
+@pytest.mark.parametrize("interpreter", ["sh", "perl"])
+def test_a_wrapper_that_exited_but_is_not_reaped_yet_has_ended(
+    tmp_path: Path, zombie_process: subprocess.Popen[bytes], interpreter: str
+) -> None:
+    """Its exit record counts at once: a slow init (or one that never reaps) does not hold the job's end back."""
+    state = {**ENDED, "pid": "zombie", "start": "zombie"}
+    job, token = make_state(tmp_path / "jobs", "job", state, os.getpid(), zombie_process.pid)
+    entry = PollEntry(job, 0, 100, 0, token=token)
+
+    ((_, status),) = parse_batch_output(answer_of([entry], interpreter), [entry]).items()
+
+    assert isinstance(status, JobStatus)
+    assert (status.state, status.exit_code, status.pid) == (JobState.EXITED, 0, zombie_process.pid)
+
+
+#: A job that ended with exit code 0 after writing "done", its wrapper's pid and start filled in.
+ENDED: dict[str, object] = {
+    "dir": "token",
+    "boot_id": "now",
+    "exit_code": "0 log=5",
+    "hostile": None,
+    "log": b"done\n",
+    "delivered": None,
+    "claimed": True,
+    "offset": 0,
+    "max_bytes": 100,
+    "deliver": 0,
+}
 
 
 def test_sh_finds_the_sizes_of_many_jobs_in_several_base_dirs(tmp_path: Path) -> None:

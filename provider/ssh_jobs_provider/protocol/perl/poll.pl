@@ -30,13 +30,15 @@ sub first_line {
 
 sub file_line { return -f $_[0] ? first_line($_[0]) : '' }
 
-# process.sh's started_at: the start time in clock ticks (field 22 of /proc/PID/stat).
+# process.sh's started_at: the start time in clock ticks (field 22 of /proc/PID/stat); '' for a
+# process that has exited (a zombie: its parent has not reaped it yet).
 sub started_at {
     my ($pid) = @_;
     return '' unless -r "/proc/$pid/stat";
     my $stat = first_line("/proc/$pid/stat");
     $stat =~ s/.*\) //s;    # the command name may hold spaces: the fields follow the last ") "
     my @fields = split ' ', $stat;
+    return '' if defined $fields[0] && ($fields[0] eq 'Z' || $fields[0] eq 'X');
     return defined $fields[19] ? $fields[19] : '';
 }
 

@@ -4,6 +4,8 @@
 # shellcheck disable=SC2034 # start_ticks, ps_start, boot_now are read by the script this file precedes
 
 # started_at PID: start_ticks = PID's start time in clock ticks since boot (Linux), else nothing.
+# Nothing for a process that has exited too (a zombie, state Z or X): it is not the wrapper at
+# work, only one whose parent has not reaped it yet, which a slow or careless init may never do.
 started_at() {
   start_ticks=
   [ -r "/proc/$1/stat" ] || return 0
@@ -14,7 +16,7 @@ started_at() {
   # shellcheck disable=SC2086
   set -- $start_ticks
   set +f
-  start_ticks=${20:-}
+  case ${1:-} in Z|X) start_ticks= ;; *) start_ticks=${20:-} ;; esac
 }
 
 # ps_started PID: ps_start = PID's start time as `ps -o lstart=` shows it (where there is no
