@@ -17,12 +17,16 @@ import error:
   the metadata database itself);
 - the task state store (3.3) and the trigger's ``on_kill`` (3.3) are looked up where they are
   used (``operators/durable.py``, ``triggers/ssh_remote_job.py``).
+- from 3.0 on the triggerer writes a trigger's log in its parent process, after a trip over a
+  socket (:data:`TRIGGER_LOG_WRITTEN_APART`); 2.11 writes it in the trigger's own process.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+import airflow
 
 try:  # Airflow >= 3.2: the task SDK owns the exceptions a task raises
     from airflow.sdk.exceptions import (  # type: ignore[attr-defined,unused-ignore]
@@ -53,7 +57,11 @@ try:  # Airflow >= 3.0
 except ImportError:  # Airflow 2.11
     from airflow.models.baseoperator import BaseOperator  # type: ignore[no-redef,attr-defined,unused-ignore]
 
+#: The triggerer writes what a trigger logs in another process, a moment later (Airflow >= 3.0).
+TRIGGER_LOG_WRITTEN_APART = int(airflow.__version__.split(".", 1)[0]) >= 3
+
 __all__ = [
+    "TRIGGER_LOG_WRITTEN_APART",
     "AirflowException",
     "AirflowSkipException",
     "BaseHook",

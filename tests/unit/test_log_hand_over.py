@@ -1,4 +1,4 @@
-"""How the job's output reaches the task log from a trigger: held, handed over, waited for."""
+"""How the job's output reaches the task log from a trigger: logged, handed over, waited for."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from ssh_jobs_provider.operators.remote_steps import handed_over_lines
 from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
+from ssh_jobs_provider.triggers import ssh_remote_job
 from ssh_jobs_provider.triggers.delivery import Delivery
 from ssh_jobs_provider.triggers.log_hand_over import (
     FINAL_LINES_IN_EVENT_BYTES,
@@ -62,21 +63,37 @@ def fired_trigger(logged_seconds_ago: float) -> SSHRemoteJobTrigger:
     return trigger
 
 
-def test_a_trigger_that_fired_stays_in_cleanup_until_cancelled_while_its_last_lines_are_recent() -> None:
-    async def cleanup_of(trigger: SSHRemoteJobTrigger) -> bool:
-        """Whether its cleanup() was still waiting after a moment (then it was cancelled)."""
-        try:
-            await asyncio.wait_for(trigger.cleanup(), 0.3)
-        except TimeoutError:
-            return True
-        return False
+async def lingered(trigger: SSHRemoteJobTrigger) -> bool:
+    """Whether its cleanup() was still waiting after a moment; it is then cancelled, and must end quietly."""
+    cleanup = asyncio.create_task(trigger.cleanup())
+    await asyncio.sleep(0.3)
+    waiting = not cleanup.done()
+    cleanup.cancel()
+    await cleanup  # no CancelledError: the triggerer's cancel ends the wait, nothing else
+    return waiting
+
+
+def test_a_trigger_that_fired_stays_in_cleanup_until_cancelled_while_its_last_lines_are_recent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ssh_remote_job, "TRIGGER_LOG_WRITTEN_APART", True)  # Airflow 3, whichever runs here
 
     async def scenario() -> tuple[bool, bool]:
-        return await cleanup_of(fired_trigger(1.0)), await cleanup_of(fired_trigger(LOG_LINGER_SECONDS))
+        return await lingered(fired_trigger(1.0)), await lingered(fired_trigger(LOG_LINGER_SECONDS))
 
     recent, old = asyncio.run(scenario())
     assert recent, "lines logged a second ago: it lingers (the triggerer cancels it once it moved on)"
     assert not old, "lines old enough: it returns at once"
+
+
+def test_on_airflow_2_a_trigger_that_fired_does_not_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow 2 writes a trigger's log in the trigger's own process, in order: nothing to wait for."""
+    monkeypatch.setattr(ssh_remote_job, "TRIGGER_LOG_WRITTEN_APART", False)
+
+    async def scenario() -> bool:
+        return await lingered(fired_trigger(1.0))
+
+    assert not asyncio.run(scenario())
 
 
 def test_a_trigger_cancelled_while_its_event_waits_logs_the_lines_the_event_was_to_carry_once() -> None:

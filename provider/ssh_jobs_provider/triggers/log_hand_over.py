@@ -11,7 +11,13 @@ behind, and lines logged in a trigger's last moments can miss the file. So:
   stored in the database);
 * the event waits until the lines logged last are :data:`LOG_WRITE_SECONDS` old, and after it
   the trigger stays (its ``cleanup()``) until they are :data:`LOG_LINGER_SECONDS` old, unless
-  the triggerer, having moved on, cancels it first.
+  the triggerer cancels it first. It does once it has stored the event and the trigger's row is
+  gone, a few turns of its loop later: a triggerer that is stalled does none of that, and one
+  that merely lags behind its triggers' logs gets those turns to catch up. It is not a
+  guarantee: a backlog larger than those turns read can still lose a trigger's last lines.
+
+Airflow 2's triggerer writes a trigger's log in the trigger's own process, in order, so
+there is nothing to wait for there (:data:`~ssh_jobs_provider._compat.TRIGGER_LOG_WRITTEN_APART`).
 
 Lines are not held back for the event beyond the final read: a resumed task that Airflow's
 scheduler stops before it runs (its race between a trigger's event and the task's state) never
@@ -30,9 +36,9 @@ from ssh_jobs_provider.triggers.watch import LOG_WRITE_SECONDS
 #: Most bytes of a job's last lines that the final event carries to the worker (the rest of the
 #: final delivery is logged by the trigger): the event is stored in the metadata database.
 FINAL_LINES_IN_EVENT_BYTES = 16 * 1024
-#: Seconds after its last logged line a trigger that fired stays (in ``cleanup()``). The task
-#: resumes on the event meanwhile; a triggerer that keeps up cancels the wait within seconds,
-#: and one that has stalled cannot, which is when the wait is needed.
+#: Seconds after its last logged line a trigger that fired stays (in ``cleanup()``, Airflow 3).
+#: The task resumes on the event meanwhile; the triggerer cancels the wait a few turns of its
+#: loop after it stored the event.
 LOG_LINGER_SECONDS = 30.0
 
 
@@ -59,8 +65,12 @@ class LogHandOver:
         if delivery.outcome is not None:
             lines, self.handed_over = split_final_lines(lines)
         if lines:
-            self.last_logged_at = now
+            self.logged(now)
         return lines
+
+    def logged(self, now: float) -> None:
+        """The trigger logged something else at ``now`` (a warning): it counts as a line."""
+        self.last_logged_at = now
 
     def leaving(self) -> list[str]:
         """The lines its event was to carry, for the trigger to log as it leaves without it (cancelled)."""

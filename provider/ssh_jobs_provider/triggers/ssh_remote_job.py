@@ -18,6 +18,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from ssh_jobs_provider._compat import TRIGGER_LOG_WRITTEN_APART
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.ssh import SSHHookAsync
 from ssh_jobs_provider.job_spec import WatchSpec
@@ -219,6 +220,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
             self.log.warning("%s", warning)
         for news in delivery.progress:
             self.log.info("%s", news)
+        if delivery.warnings or delivery.progress:
+            self._log_hand_over.logged(asyncio.get_running_loop().time())
 
     def _log_lines(self, lines: list[str]) -> None:
         for line in lines:
@@ -315,8 +318,8 @@ class SSHRemoteJobTrigger(BaseTrigger):
             except asyncio.CancelledError:
                 self._log_lines(self._log_hand_over.leaving())  # the event will not carry them
                 raise
-        self._fired = True
         yield self._event(delivery.outcome, delivery.log_offset, delivery.cleaned_up)
+        self._fired = True  # the triggerer took the event (it asks for more only then)
 
     async def cleanup(self) -> None:
         """
@@ -327,10 +330,11 @@ class SSHRemoteJobTrigger(BaseTrigger):
         if recorded is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(recorded), OFFSET_RECORD_WAIT_SECONDS)
-        if self._fired:
-            # Airflow closes this trigger's log file once cleanup() returns: see log_hand_over.
+        if self._fired and TRIGGER_LOG_WRITTEN_APART:
+            # Airflow 3 closes this trigger's log file once cleanup() returns: see log_hand_over.
+            # The triggerer's cancel ends the wait, quietly: nothing of this trigger is left.
             linger = self._log_hand_over.seconds_to_linger(asyncio.get_running_loop().time())
-            if linger > 0:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(linger)
 
     # ------------------------------------------------------------------ user kill

@@ -30,16 +30,23 @@ sub first_line {
 
 sub file_line { return -f $_[0] ? first_line($_[0]) : '' }
 
-# process.sh's started_at: the start time in clock ticks (field 22 of /proc/PID/stat); '' for a
-# process that has exited (a zombie: its parent has not reaped it yet).
+# process.sh's started_at: the start time in clock ticks (field 22 of /proc/PID/stat).
 sub started_at {
     my ($pid) = @_;
     return '' unless -r "/proc/$pid/stat";
     my $stat = first_line("/proc/$pid/stat");
     $stat =~ s/.*\) //s;    # the command name may hold spaces: the fields follow the last ") "
     my @fields = split ' ', $stat;
-    return '' if defined $fields[0] && ($fields[0] eq 'Z' || $fields[0] eq 'X');
     return defined $fields[19] ? $fields[19] : '';
+}
+
+# process.sh's has_exited: PID has exited and waits to be reaped (a zombie).
+sub has_exited {
+    my ($pid) = @_;
+    return 0 unless -r "/proc/$pid/stat";
+    my $stat = first_line("/proc/$pid/stat");
+    $stat =~ s/.*\) //s;
+    return $stat =~ /\A[ZX] / ? 1 : 0;
 }
 
 # process.sh's ps_started: what `ps -o lstart=` says, its words re-joined (no /proc).
@@ -151,7 +158,7 @@ sub poll {
     }
     my $pid = file_line('pid');
     $pid = '' if $pid =~ /[^0-9]/;
-    my $alive = $pid ne '' && is_wrapper($pid) ? 1 : 0;
+    my $alive = $pid ne '' && is_wrapper($pid) && !has_exited($pid) ? 1 : 0;
     my ($code, $note, $log_end) = exit_record();
     my $size = -f 'stdout.log' ? (stat _)[7] : 0;
     my $boot = 'unknown';

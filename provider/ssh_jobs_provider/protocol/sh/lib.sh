@@ -118,7 +118,7 @@ read_job_state() {
   [ -f pid ] && read -r pid < pid
   case $pid in ''|*[!0-9]*) pid= ;; esac
   alive=0
-  if [ -n "$pid" ] && is_wrapper "$pid"; then alive=1; fi
+  if [ -n "$pid" ] && is_wrapper "$pid" && ! has_exited "$pid"; then alive=1; fi
   exit_record exit_code
   [ -f stdout.log ] && job_has_log=1
   boot=unknown

@@ -4,8 +4,6 @@
 # shellcheck disable=SC2034 # start_ticks, ps_start, boot_now are read by the script this file precedes
 
 # started_at PID: start_ticks = PID's start time in clock ticks since boot (Linux), else nothing.
-# Nothing for a process that has exited too (a zombie, state Z or X): it is not the wrapper at
-# work, only one whose parent has not reaped it yet, which a slow or careless init may never do.
 started_at() {
   start_ticks=
   [ -r "/proc/$1/stat" ] || return 0
@@ -16,7 +14,19 @@ started_at() {
   # shellcheck disable=SC2086
   set -- $start_ticks
   set +f
-  case ${1:-} in Z|X) start_ticks= ;; *) start_ticks=${20:-} ;; esac
+  start_ticks=${20:-}
+}
+
+# has_exited PID: success when PID is a process that has exited and waits to be reaped (a
+# zombie, state Z or X in /proc): it is the same process still (is_wrapper holds), but no longer
+# at work. Its parent, usually init, may reap it late or, a careless one, never.
+has_exited() {
+  [ -r "/proc/$1/stat" ] || return 1
+  exited_state=
+  read -r exited_state < "/proc/$1/stat" || return 1
+  exited_state=${exited_state##*) }
+  case $exited_state in Z\ *|X\ *) return 0 ;; esac
+  return 1
 }
 
 # ps_started PID: ps_start = PID's start time as `ps -o lstart=` shows it (where there is no
