@@ -73,15 +73,19 @@ def zombie_process() -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-def process_state(pid: int) -> str:
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: field 3 (the state) on."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(") ") + 2 :].split()[0]
+    return text[text.rindex(") ") + 2 :].split()
+
+
+def process_state(pid: int) -> str:
+    return stat_fields(pid)[0]
 
 
 def start_time(pid: int) -> str:
     """What the wrapper records in ./start: field 22 of /proc/PID/stat."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(") ") + 2 :].split()[19]
+    return stat_fields(pid)[19]
 
 
 # One job directory's state, drawn: each file absent (None) or with content that the wrapper

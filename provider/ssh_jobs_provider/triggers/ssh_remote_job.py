@@ -213,15 +213,16 @@ class SSHRemoteJobTrigger(BaseTrigger):
     def _emit(self, delivery: Delivery) -> None:
         if delivery.submitted is not None:
             self._report_submit(delivery.submitted)
+        now = asyncio.get_running_loop().time()
         # The job's last lines travel in the final event (see log_hand_over).
-        self._log_lines(self._log_hand_over.lines_to_log(delivery, asyncio.get_running_loop().time()))
+        self._log_lines(self._log_hand_over.lines_to_log(delivery, now))
         self._last_lines.add(delivery.lines)
         for warning in delivery.warnings:
             self.log.warning("%s", warning)
         for news in delivery.progress:
             self.log.info("%s", news)
         if delivery.warnings or delivery.progress:
-            self._log_hand_over.logged(asyncio.get_running_loop().time())
+            self._log_hand_over.logged(now)
 
     def _log_lines(self, lines: list[str]) -> None:
         for line in lines:

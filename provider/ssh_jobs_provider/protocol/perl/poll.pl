@@ -30,23 +30,26 @@ sub first_line {
 
 sub file_line { return -f $_[0] ? first_line($_[0]) : '' }
 
-# process.sh's started_at: the start time in clock ticks (field 22 of /proc/PID/stat).
-sub started_at {
+# process.sh's proc_stat: the fields of /proc/PID/stat after the command name (the state
+# letter first), none without /proc.
+sub proc_stat {
     my ($pid) = @_;
-    return '' unless -r "/proc/$pid/stat";
+    return () unless -r "/proc/$pid/stat";
     my $stat = first_line("/proc/$pid/stat");
     $stat =~ s/.*\) //s;    # the command name may hold spaces: the fields follow the last ") "
-    my @fields = split ' ', $stat;
+    return split ' ', $stat;
+}
+
+# process.sh's started_at: the start time in clock ticks (field 22 of /proc/PID/stat).
+sub started_at {
+    my @fields = proc_stat($_[0]);
     return defined $fields[19] ? $fields[19] : '';
 }
 
 # process.sh's has_exited: PID has exited and waits to be reaped (a zombie).
 sub has_exited {
-    my ($pid) = @_;
-    return 0 unless -r "/proc/$pid/stat";
-    my $stat = first_line("/proc/$pid/stat");
-    $stat =~ s/.*\) //s;
-    return $stat =~ /\A[ZX] / ? 1 : 0;
+    my @fields = proc_stat($_[0]);
+    return @fields && $fields[0] =~ /\A[ZX]\z/ ? 1 : 0;
 }
 
 # process.sh's ps_started: what `ps -o lstart=` says, its words re-joined (no /proc).

@@ -3,16 +3,22 @@
 # compare them the same way.
 # shellcheck disable=SC2034 # start_ticks, ps_start, boot_now are read by the script this file precedes
 
+# proc_stat PID: proc_fields = the fields of /proc/PID/stat after the command name (field 3 on:
+# the state letter first), else nothing. The command name (field 2) may hold spaces: the fields
+# after it follow the last ") ".
+proc_stat() {
+  proc_fields=
+  [ -r "/proc/$1/stat" ] || return 0
+  read -r proc_fields < "/proc/$1/stat" || { proc_fields=; return 0; }
+  proc_fields=${proc_fields##*) }
+}
+
 # started_at PID: start_ticks = PID's start time in clock ticks since boot (Linux), else nothing.
 started_at() {
-  start_ticks=
-  [ -r "/proc/$1/stat" ] || return 0
-  read -r start_ticks < "/proc/$1/stat" || { start_ticks=; return 0; }
-  # The command name (field 2) may hold spaces: the fields after it follow the last ") ".
-  start_ticks=${start_ticks##*) }
+  proc_stat "$1"
   set -f
   # shellcheck disable=SC2086
-  set -- $start_ticks
+  set -- $proc_fields
   set +f
   start_ticks=${20:-}
 }
@@ -21,11 +27,8 @@ started_at() {
 # zombie, state Z or X in /proc): it is the same process still (is_wrapper holds), but no longer
 # at work. Its parent, usually init, may reap it late or, a careless one, never.
 has_exited() {
-  [ -r "/proc/$1/stat" ] || return 1
-  exited_state=
-  read -r exited_state < "/proc/$1/stat" || return 1
-  exited_state=${exited_state##*) }
-  case $exited_state in Z\ *|X\ *) return 0 ;; esac
+  proc_stat "$1"
+  case $proc_fields in Z\ *|X\ *) return 0 ;; esac
   return 1
 }
 
