@@ -83,6 +83,18 @@ def alive(pid: int) -> bool:
     return bool(state.strip()) and not state.strip().startswith("Z")
 
 
+def wait_for_the_wrapper_to_exit(job_dir: str | Path) -> None:
+    """
+    Wait until the job's wrapper is gone, not only its exit record written: the wrapper writes
+    a second copy of the record after the first, so removing the directory sooner can race it.
+    """
+    wait_until(
+        lambda: Path(job_dir, "exit_code").exists() and not alive(pid_of(job_dir)),
+        10,
+        "the job's wrapper to exit",
+    )
+
+
 def messages(logs: list[dict[str, Any]], level: str) -> str:
     return "\n".join(str(entry["event"]) for entry in logs if entry.get("log_level") == level)
 
@@ -363,7 +375,7 @@ def test_a_recorded_job_whose_directory_now_carries_another_token_is_not_adopted
         make_operator(ssh_conn, base, job(launches, lines=1, pause=0), retries=RETRIES, cleanup="always"), ti
     )
     mine = job_paths(ti, base)
-    wait_until(lambda: Path(mine.job_dir, "exit_code").exists(), 10, "try 1's job to end")
+    wait_for_the_wrapper_to_exit(mine.job_dir)
     subprocess.run(["rm", "-rf", mine.job_dir], check=True)
     theirs = foreign_job(ssh_conn, base, job(launches, lines=30, pause=0.2), try_number=1)
 
@@ -448,7 +460,7 @@ def test_a_resumed_worker_kills_with_the_token_and_leaves_a_replaced_directory_a
     ti = first_try()
     deferred = submit(make_operator(ssh_conn, base, job(launches, lines=1, pause=0), retries=RETRIES), ti)
     mine = job_paths(ti, base)
-    wait_until(lambda: Path(mine.job_dir, "exit_code").exists(), 10, "the job to end")
+    wait_for_the_wrapper_to_exit(mine.job_dir)
     subprocess.run(["rm", "-rf", mine.job_dir], check=True)
     theirs = foreign_job(ssh_conn, base, job(launches, lines=60, pause=0.2), try_number=1)
     event = {

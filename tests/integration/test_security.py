@@ -324,7 +324,8 @@ def test_kill_reaches_a_child_that_left_the_job_session(ssh_conn, remote_base_di
     wait_until(child_pid_file.exists, what="the child's pid file")
     child = int(child_pid_file.read_text())
     leader = int(Path(deferred.trigger.job_dir, "pid").read_text())
-    assert os.getsid(child) != os.getsid(leader), "the child must have left the job's session"
+    # ``$!`` is known before the child has run ``setsid``: wait for it to leave the session.
+    wait_until(lambda: os.getsid(child) != os.getsid(leader), what="the child to leave the job's session")
 
     if killer == "worker":
         op.on_kill()
