@@ -27,7 +27,7 @@ from ssh_jobs_provider.protocol.identity import (
 )
 from ssh_jobs_provider.protocol.last_lines import validate_line_count
 from ssh_jobs_provider.protocol.scripts import job_files
-from ssh_jobs_provider.protocol.slurm import SlurmSpec, validate_scheduler
+from ssh_jobs_provider.protocol.slurm_options import SlurmSpec, validate_scheduler
 
 
 class CleanupPolicy(str, enum.Enum):

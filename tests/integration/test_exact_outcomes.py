@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.hooks.ssh import SSHHook
-from ssh_jobs_provider.protocol.answers import CleanupResult, parse_batch_output
-from ssh_jobs_provider.protocol.batch import CleanupEntry, build_batch_script
+from ssh_jobs_provider.protocol.batch import build_batch_script, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry, CleanupResult
 from support.jobs import TOKEN, make_operator, start_job, trigger_for
 from support.runner import run_operator, watch
 from support.sshd import use_connection

@@ -18,7 +18,7 @@ from harness.remote_jobs import job_dirs
 from ssh_jobs_provider._compat import TaskDeferralTimeout
 from ssh_jobs_provider.exceptions import RemoteJobError
 from ssh_jobs_provider.operators.remote_steps import handed_over_lines
-from ssh_jobs_provider.protocol.slurm import SlurmOptionError
+from ssh_jobs_provider.protocol.slurm_options import SlurmOptionError
 from ssh_jobs_provider.triggers.host_session import HostSession
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 from support.jobs import make_operator

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.protocol.answers import JobStatus, SubmitRefused, parse_batch_output
-from ssh_jobs_provider.protocol.batch import CleanupEntry, build_batch_script
+from ssh_jobs_provider.protocol.answers import JobStatus
+from ssh_jobs_provider.protocol.batch import build_batch_script, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import parse_kill_answer
 from ssh_jobs_provider.protocol.ops import build_reap_script, parse_reap_output
@@ -23,19 +24,20 @@ from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, batch_tag
 from ssh_jobs_provider.protocol.slurm import (
     SlurmSubmitCall,
     build_slurm_cancel_script,
-    build_slurm_states_script,
     build_slurm_submit_script,
-    sbatch_arguments,
+    parse_slurm_submit_output,
     slurm_batch_submits,
-    slurm_section,
 )
-from ssh_jobs_provider.protocol.slurm_answers import parse_slurm_submit_output, refusal_message
+from ssh_jobs_provider.protocol.slurm_options import refusal_message, sbatch_arguments
 from ssh_jobs_provider.protocol.slurm_state import (
     SlurmJobView,
     SlurmRecord,
+    build_slurm_states_script,
     parse_slurm_states,
     slurm_job_status,
+    slurm_section,
 )
+from ssh_jobs_provider.protocol.submit import SubmitRefused
 from support.slurm import SlurmCluster, run_sh_slurm, wait_for
 
 pytestmark = pytest.mark.slurm

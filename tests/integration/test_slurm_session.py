@@ -16,8 +16,7 @@ import pytest
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import Outcome
-from ssh_jobs_provider.protocol.slurm import build_slurm_submit_script
-from ssh_jobs_provider.protocol.slurm_answers import parse_slurm_submit_output
+from ssh_jobs_provider.protocol.slurm import build_slurm_submit_script, parse_slurm_submit_output
 from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor
 from ssh_jobs_provider.retry import BackoffPolicy, RetryPolicy
 from ssh_jobs_provider.triggers.host_session import HostSession, JobWatch

@@ -12,9 +12,8 @@ from typing import Any
 
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.operators.ssh_remote_job import SSHRemoteJobOperator
-from ssh_jobs_provider.protocol.answers import parse_submit_output
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script, parse_submit_output
 from ssh_jobs_provider.triggers.ssh_remote_job import SSHRemoteJobTrigger
 
 #: The token of every job submitted by :func:`submit_jobs`: :func:`trigger_for` checks it.

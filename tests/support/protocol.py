@@ -13,15 +13,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
-from ssh_jobs_provider.protocol.answers import (
-    CleanupResult,
-    EntryResult,
-    JobStatus,
-    RemoteJobProtocolError,
-    parse_batch_output,
-)
-from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script
+from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import Entry, EntryResult, build_batch_script, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupResult
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 
 SCRIPT_TIMEOUT = 30.0

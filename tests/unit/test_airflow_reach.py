@@ -12,7 +12,7 @@ TESTS = REPO / "tests"
 
 
 def test_a_protocol_test_does_not_reach_airflow_and_an_operator_test_does() -> None:
-    assert not reaches_airflow(TESTS / "unit" / "test_ops_pure.py")
+    assert not reaches_airflow(TESTS / "unit" / "test_ops.py")
     assert reaches_airflow(TESTS / "integration" / "test_job_results.py")
 
 

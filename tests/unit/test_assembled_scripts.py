@@ -12,26 +12,22 @@ from collections.abc import Callable
 
 import pytest
 
-from ssh_jobs_provider.protocol.batch import (
-    CleanupEntry,
-    PollEntry,
-    SlurmSubmitEntry,
-    SubmitEntry,
-    build_batch_script,
-    build_cleanup_script,
-)
+from ssh_jobs_provider.protocol.batch import build_batch_script, build_cleanup_script
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry
 from ssh_jobs_provider.protocol.doctor import build_host_probe
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.kill import build_kill_script
 from ssh_jobs_provider.protocol.ops import build_listing_script, build_reap_script
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.reattach import JobRecord, build_lookup_script
 from ssh_jobs_provider.protocol.scripts import job_files, wrapper_source
 from ssh_jobs_provider.protocol.slurm import (
+    SlurmSubmitEntry,
     build_slurm_cancel_script,
     build_slurm_submit_script,
-    slurm_section,
 )
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.slurm_state import slurm_section
+from ssh_jobs_provider.protocol.submit import SubmitEntry, build_submit_script
 
 pytestmark = pytest.mark.skipif(
     shutil.which("shellcheck") is None, reason="needs shellcheck (dev/setup-env.sh)"

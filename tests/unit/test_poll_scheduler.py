@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT
-from ssh_jobs_provider.protocol.answers import (
-    CleanupResult,
-    JobState,
-    JobStatus,
-    RemoteJobProtocolError,
-    parse_batch_output,
-    parse_submit_output,
-)
-from ssh_jobs_provider.protocol.batch import CleanupEntry, PollEntry, build_batch_script
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import build_batch_script, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry, CleanupResult
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.poll import PollEntry
+from ssh_jobs_provider.protocol.submit import build_submit_script, parse_submit_output
 from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import (
     COALESCE_SECONDS,

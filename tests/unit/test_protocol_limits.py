@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ssh_jobs_provider.protocol.answers import (
-    JobState,
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-    parse_submit_output,
-)
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.environment import (
     MAX_ENV_ENTRY_BYTES,
     MAX_ENV_TOTAL_BYTES,
@@ -31,6 +25,7 @@ from ssh_jobs_provider.protocol.identity import (
 from ssh_jobs_provider.protocol.kill import KillAnswer, parse_kill_answer, parse_kill_output
 from ssh_jobs_provider.protocol.log_stream import _utf8_safe_cut
 from ssh_jobs_provider.protocol.monitor import JobMonitor
+from ssh_jobs_provider.protocol.submit import SubmitRefused, parse_submit_output
 from support.protocol import answer, header
 
 LONE_SURROGATE = "\udcff"

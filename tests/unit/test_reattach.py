@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_batch_output
-from ssh_jobs_provider.protocol.batch import CleanupEntry, SubmitEntry, build_batch_script
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus
+from ssh_jobs_provider.protocol.batch import build_batch_script, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.reattach import (
     TRIES_KEY,
@@ -24,6 +25,7 @@ from ssh_jobs_provider.protocol.reattach import (
     store_value,
 )
 from ssh_jobs_provider.protocol.scripts import job_files
+from ssh_jobs_provider.protocol.submit import SubmitEntry
 from support.protocol import run_sh
 
 TOKEN = new_job_token()

@@ -9,18 +9,14 @@ import os
 from pathlib import Path
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT, SSHAuthenticationError
-from ssh_jobs_provider.protocol.answers import (
-    JobState,
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-    parse_batch_output,
-)
-from ssh_jobs_provider.protocol.batch import PollEntry, SubmitEntry, build_batch_script
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import build_batch_script, parse_batch_output
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT
 from ssh_jobs_provider.protocol.scripts import job_files
+from ssh_jobs_provider.protocol.submit import SubmitEntry, SubmitRefused
 from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMIT_BATCH_BYTES, SUBMIT_TICK, PollScheduler, Watch
 from ssh_jobs_provider.triggers.poll_scheduler import SUBMITS_PER_BATCH as PER_BATCH

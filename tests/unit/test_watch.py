@@ -11,19 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT
-from ssh_jobs_provider.protocol.answers import (
-    BatchNotAnswered,
-    CleanupResult,
-    EntryNotAnswered,
-    EntryResult,
-    JobState,
-    JobStatus,
-    SubmitRefused,
-)
-from ssh_jobs_provider.protocol.batch import CleanupState
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus
+from ssh_jobs_provider.protocol.batch import BatchNotAnswered, EntryNotAnswered, EntryResult
+from ssh_jobs_provider.protocol.cleanup import CleanupResult, CleanupState
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.scripts import job_files
+from ssh_jobs_provider.protocol.submit import SubmitRefused
 from ssh_jobs_provider.retry import BackoffPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import PollScheduler
 from ssh_jobs_provider.triggers.watch import (

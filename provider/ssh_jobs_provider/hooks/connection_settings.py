@@ -20,7 +20,7 @@ from ssh_jobs_provider.hooks import ssh_config
 from ssh_jobs_provider.hooks.handshake_turns import DEFAULT_HANDSHAKE_SLOTS
 from ssh_jobs_provider.hooks.host_keys import normalise_host_key
 from ssh_jobs_provider.hooks.proxy import MAX_JUMP_HOPS, apply_ssh_config
-from ssh_jobs_provider.protocol.batch import POLL_INTERPRETERS
+from ssh_jobs_provider.protocol.poll import POLL_INTERPRETERS
 
 __all__ = ["ConnectionLike", "SSHConnectionSettings", "normalise_host_key"]
 

@@ -26,7 +26,8 @@ from ssh_jobs_provider.operators.job_records import (
     unproven_reason,
     watched_record,
 )
-from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, parse_batch_output
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import parse_batch_output
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.reattach import (
     JobRecord,
@@ -37,8 +38,7 @@ from ssh_jobs_provider.protocol.reattach import (
     lookup_entries,
 )
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
-from ssh_jobs_provider.protocol.slurm import slurm_section
-from ssh_jobs_provider.protocol.slurm_state import parse_slurm_states, slurm_job_status
+from ssh_jobs_provider.protocol.slurm_state import parse_slurm_states, slurm_job_status, slurm_section
 
 
 @dataclass(frozen=True)

@@ -16,25 +16,20 @@ from ssh_jobs_provider.exceptions import (
 )
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from ssh_jobs_provider.job_spec import JobSpec
-from ssh_jobs_provider.protocol.answers import (
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-    parse_simple_state,
-    parse_submit_output,
-)
+from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError, parse_simple_state
 from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.kill import build_kill_script, parse_kill_answer
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
-from ssh_jobs_provider.protocol.slurm import SlurmSpec, build_slurm_cancel_script, build_slurm_submit_script
-from ssh_jobs_provider.protocol.slurm_answers import (
-    SLURM_REFUSALS,
+from ssh_jobs_provider.protocol.slurm import (
+    build_slurm_cancel_script,
+    build_slurm_submit_script,
     parse_slurm_submit_output,
     slurm_submit_status,
 )
-from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.slurm_options import SLURM_REFUSALS, SlurmSpec
+from ssh_jobs_provider.protocol.slurm_options import refusal_message as slurm_refusal_message
+from ssh_jobs_provider.protocol.submit import SubmitRefused, build_submit_script, parse_submit_output
 from ssh_jobs_provider.retry import RetryPolicy
 
 # --------------------------------------------------------------------------- hooks

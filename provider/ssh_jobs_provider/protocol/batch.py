@@ -1,161 +1,82 @@
 """
-The batch of one poll tick: polls and cleanups of many jobs in ONE remote script. Pure code.
+The batch of one poll tick: the cleanups, submits and polls of many jobs in ONE remote
+script, and its answer split into one result per entry. Pure code.
 
-A batch is the shared prelude (``sh/process.sh``, ``sh/lib.sh``), a call per entry and an
-``end`` line; entry ``i`` answers with ``key=i`` (parsed by
-:func:`~ssh_jobs_provider.protocol.answers.parse_batch_output`):
+Each verb brings its entry, its calls and its answer's parser
+(:mod:`~ssh_jobs_provider.protocol.cleanup`, :mod:`~ssh_jobs_provider.protocol.submit`,
+:mod:`~ssh_jobs_provider.protocol.slurm`, :mod:`~ssh_jobs_provider.protocol.poll`); this module
+puts them in order behind the shared prelude (``sh/process.sh``, ``sh/lib.sh``), ends the script
+with an ``end`` line, and frames the answer: entry ``i`` answers with ``key=i``.
 
-- a :class:`PollEntry` reports one job's state, records how much of its log has been
-  delivered (so a re-created trigger resumes at the right byte), and carries up to
+- a :class:`~ssh_jobs_provider.protocol.poll.PollEntry` reports one job's state and up to
   ``max_bytes`` log bytes from ``offset``;
-- a :class:`SubmitEntry` is a poll entry that first submits its job (idempotently, as the
-  worker's submit does: :mod:`~ssh_jobs_provider.protocol.submit`), so the triggerer can start
-  jobs over its one connection; it answers with a ``submit`` header, then its poll. A perl
-  batch runs its submits and its polls in the same one perl process;
-- a :class:`CleanupEntry` removes one finished job's directory, if it is the SSH user's and
-  carries the entry's token (``cleanup_jobs`` in ``sh/lib.sh``: one ``ls`` and two ``rm`` for up to
-  :data:`CLEANUPS_PER_CALL` directories; ``cleanup_job`` for one directory at a time).
+- a :class:`~ssh_jobs_provider.protocol.submit.SubmitEntry` first submits its job
+  (idempotently, as the worker's submit does), then polls it: a ``submit`` header, then its
+  poll. A perl batch runs its submits and its polls in the same one perl process;
+- a :class:`~ssh_jobs_provider.protocol.cleanup.CleanupEntry` removes one finished job's
+  directory.
 
-What a poll costs the host is decided by the processes it starts, not by the reading itself
-(a few small files per job cost microseconds; a fork and exec costs a millisecond). So the
-polls of a batch run either
-
-- in ONE ``perl`` process for all jobs (``perl/poll.pl``): no process per job at all; or
-- in POSIX ``sh`` only, in three phases (``poll_state``, ``poll_sizes``, ``poll_answer`` in ``sh/lib.sh``): builtins for
-  every job's state, one ``ls`` for the log sizes of up to :data:`SIZES_PER_LS` jobs, and a
-  ``tail | head`` only for a job whose log grew.
-
-Both answer alike, byte for byte in the fields that matter, with the same order of probes.
-Which one a host gets is its :data:`POLL_INTERPRETERS` setting; ``"auto"`` asks the host once,
-with :func:`build_probe_script`.
+The answer is a sequence of headers ``TAG verb key=K ... len=N``, each followed by exactly ``N``
+raw bytes, ended by ``TAG end``: length framing keeps arbitrary log bytes from confusing the
+parser, and a missing ``end`` reveals a truncated answer.
 """
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import Enum
-from itertools import groupby
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, perl_source, script_prelude
-from ssh_jobs_provider.protocol.slurm import SlurmSubmitCall, slurm_batch_submits
-from ssh_jobs_provider.protocol.submit import SubmitCall, perl_call, submit_calls
-from ssh_jobs_provider.protocol.submit import perl_program as submit_program
-
-#: How the polls of a batch run: ``"auto"`` (perl when the host has a working one, else sh),
-#: ``"perl"`` or ``"sh"``.
-POLL_INTERPRETERS = ("auto", "perl", "sh")
-#: Log sizes found by one ``ls`` in the sh polls: well inside any host's ``ARG_MAX``.
-SIZES_PER_LS = 200
-#: Job directories removed by one ``cleanup_jobs`` call (a few processes for all of them); a job
-#: directory holds about 15 files, so its ``rm`` stays well inside any host's ``ARG_MAX``.
-CLEANUPS_PER_CALL = 100
-
-
-@dataclass(frozen=True)
-class PollEntry:
-    """
-    Ask for one job's state and the log window ``[offset, offset + max_bytes)``.
-
-    :param paths: the job's paths
-    :param offset: the first log byte wanted
-    :param max_bytes: most log bytes wanted (``0``: the state only)
-    :param delivered: log bytes known to be in the task log, recorded remotely for a resume
-    :param token: the submit's token, checked against the job directory's (``""``: not checked)
-    """
-
-    paths: RemoteJobPaths
-    offset: int
-    max_bytes: int
-    delivered: int = 0
-    #: The submit's token, checked against the job directory's (``""``: not checked).
-    token: str = ""
-
-    def __post_init__(self) -> None:
-        if self.offset < 0 or self.max_bytes < 0 or self.delivered < 0:
-            raise ValueError(f"Invalid poll window: {self}")
-        validate_token(self.token, required=False)
-
-
-@dataclass(frozen=True)
-class CleanupEntry:
-    """
-    Remove one finished job's directory (a direct child of its base dir, by construction).
-
-    :param paths: the job's paths
-    :param token: the submit's token; the directory is only removed when it carries it
-    """
-
-    paths: RemoteJobPaths
-    token: str = ""
-
-    def __post_init__(self) -> None:
-        validate_token(self.token, required=False)
-
-
-class CleanupState(str, Enum):
-    """What the cleanup of one job directory found and did: the ``state=`` of its answer."""
-
-    REMOVED = "removed"
-    #: There was no directory (any more).
-    ABSENT = "absent"
-    #: Still there: its job's end is not recorded, or the removal failed part of the way.
-    FAILED = "failed"
-    #: Not this job's directory (another token, or not the SSH user's): left alone.
-    FOREIGN = "foreign"
-    #: A reap's only: the job runs by now (or Slurm still has it): left alone.
-    RUNNING = "running"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, text: str) -> CleanupState:
-        """The state an answer names; a missing or unknown one counts as ``failed``."""
-        return next((state for state in cls if state.value == text), cls.FAILED)
-
-
-@dataclass(frozen=True)
-class SubmitEntry(PollEntry):
-    """
-    Submit one job, then poll it like a :class:`PollEntry` (its log from ``offset``).
-
-    Sent again until answered: a submit that finds the job directory claimed by a wrapper
-    carrying ``token`` re-attaches (``launched=0``) instead of launching a second job.
-
-    :param files: the job's files besides ``run.sh``
-        (:func:`~ssh_jobs_provider.protocol.scripts.job_files`)
-    """
-
-    files: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        validate_token(self.token)
-        if not self.files:
-            raise ValueError(f"A submit of {self.paths.job_id} needs the job's files.")
-
-
-@dataclass(frozen=True)
-class SlurmSubmitEntry(SubmitEntry):
-    """
-    A :class:`SubmitEntry` whose job is queued with ``sbatch`` (``scheduler="slurm"``) instead
-    of started detached (:func:`~ssh_jobs_provider.protocol.slurm.slurm_batch_submits`).
-
-    :param arguments: the sbatch arguments (:func:`~ssh_jobs_provider.protocol.slurm.sbatch_arguments`)
-    """
-
-    arguments: tuple[str, ...] = ()
-
+from ssh_jobs_provider.protocol.answers import (
+    JobStatus,
+    RemoteJobProtocolError,
+    first_header,
+    header_fields,
+    int_or_none,
+)
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry, CleanupResult, cleanup_calls, cleanup_result
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.poll import PollEntry, perl_poll_lines, poll_result, sh_poll_calls
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_prelude
+from ssh_jobs_provider.protocol.slurm import SlurmSubmitCall, SlurmSubmitEntry, slurm_batch_submits
+from ssh_jobs_provider.protocol.submit import (
+    SubmitCall,
+    SubmitEntry,
+    ended_status,
+    perl_call,
+    perl_program,
+    submit_calls,
+    submit_refusal,
+    submitted_status,
+)
 
 Entry = PollEntry | CleanupEntry
+EntryResult = JobStatus | CleanupResult | RemoteJobProtocolError
 
 
-def perl_program() -> str:
-    """The text of ``perl/poll.pl`` shipped with the package."""
-    return perl_source("poll.pl")
+class EntryNotAnswered(RemoteJobProtocolError):
+    """A batch answer holds nothing for this entry (the answer ended before it, or lacks it)."""
+
+
+class BatchNotAnswered(RemoteJobProtocolError):
+    """
+    The host ran a batch but answered none of its entries (see :func:`batch_not_answered`).
+
+    :param entries: how many entries the batch had
+    :param stderr: what the host's shell wrote to standard error, whose first line usually
+        says why (a full file system, a missing tool)
+    """
+
+    def __init__(self, entries: int, stderr: bytes | str = b"") -> None:
+        text = stderr.decode("utf-8", errors="replace") if isinstance(stderr, bytes) else stderr
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        super().__init__(
+            f"The host answered none of the {entries} entries of a batch"
+            + (f": {reason[:300]}" if reason else " (nothing on standard error)")
+        )
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- the script
 
 
 def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interpreter: str = "sh") -> str:
@@ -165,15 +86,18 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
     :param tag: the tag its answers start with; a batch that carries log bytes should use a
         fresh :func:`~ssh_jobs_provider.protocol.scripts.batch_tag`, and parse the answer with
         the same one
-    :param interpreter: ``"perl"`` or ``"sh"``: what runs the polls (see the module's text);
-        resolve ``"auto"`` first, with :func:`build_probe_script`
+    :param interpreter: ``"perl"`` or ``"sh"``: what runs the polls (see
+        :mod:`~ssh_jobs_provider.protocol.poll`); resolve ``"auto"`` first, with
+        :func:`build_probe_script`
     """
     if interpreter not in ("perl", "sh"):
         raise ValueError(f"A batch runs its polls in 'perl' or 'sh', not {interpreter!r}.")
     polls = [(key, e) for key, e in enumerate(entries) if isinstance(e, PollEntry)]
     cleanups = [(key, e) for key, e in enumerate(entries) if isinstance(e, CleanupEntry)]
     submits = [
-        (key, e) for key, e in polls if isinstance(e, SubmitEntry) and not isinstance(e, SlurmSubmitEntry)
+        SubmitCall(key, e.paths, e.token, e.files)
+        for key, e in polls
+        if isinstance(e, SubmitEntry) and not isinstance(e, SlurmSubmitEntry)
     ]
     queued = [
         SlurmSubmitCall(key, e.paths, e.token, e.files, e.arguments)
@@ -183,14 +107,9 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
     # Cleanups first (they free space), then the submits, then the polls of every job, the
     # new ones included: their first log bytes come in the same answer.
     # The Slurm submits are sh whatever runs the polls: each is an sbatch process anyway.
+    poll_calls = perl_poll_lines(polls) if interpreter == "perl" else sh_poll_calls(polls)
     calls = (
-        _cleanups(cleanups)
-        + slurm_batch_submits(queued)
-        + submit_calls(
-            [SubmitCall(key, e.paths, e.token, e.files) for key, e in submits],
-            interpreter,
-            _perl_polls(polls) if interpreter == "perl" else _sh_polls(polls),
-        )
+        cleanup_calls(cleanups) + slurm_batch_submits(queued) + submit_calls(submits, interpreter, poll_calls)
     )
     # dd re-blocks the many small writes of the calls into 64 KiB writes: the answer then
     # travels in a few large SSH packets instead of hundreds of tiny ones, which is what
@@ -202,7 +121,7 @@ def build_batch_script(entries: Sequence[Entry], tag: str = PROTOCOL_TAG, interp
 
 def build_cleanup_script(paths: RemoteJobPaths, token: str = "") -> str:
     """
-    Script that removes the job directory and nothing else.
+    Script that removes the job directory and nothing else: a batch of one cleanup.
 
     ``paths`` is validated on construction (job id is one plain path component, base dir
     absolute and normalised), so the directory removed is always a direct child of the
@@ -222,49 +141,144 @@ def build_probe_script() -> str:
     return as_whole(
         f"answer_tag={PROTOCOL_TAG}\n"
         "if command -v perl >/dev/null 2>&1 && "
-        + perl_call('"$answer_tag" "" >/dev/null 2>&1', "polls\n", submit_program())
+        + perl_call('"$answer_tag" "" >/dev/null 2>&1', "polls\n", perl_program())
         + 'then echo "$answer_tag probe state=perl"; else echo "$answer_tag probe state=sh"; fi\n'
     )
 
 
-def _q(value: str | int) -> str:
-    return shlex.quote(str(value))
+# --------------------------------------------------------------------------- the answer
 
 
-def _by_base_dir(
-    items: Sequence[tuple[int, Entry]], name: Callable[[Entry], str], size: int
-) -> Iterator[tuple[str, list[tuple[int, Entry]]]]:
-    """The entries per base dir, in chunks of at most ``size``, sorted by ``name`` as `ls` sorts."""
-    ordered = sorted(items, key=lambda item: (item[1].paths.base_dir, name(item[1]).encode()))
-    for base, group in groupby(ordered, key=lambda item: item[1].paths.base_dir):
-        members = list(group)
-        for start in range(0, len(members), size):
-            yield base, members[start : start + size]
+def parse_batch_output(
+    output: bytes, entries: Sequence[Entry], tag: str = PROTOCOL_TAG
+) -> dict[int, EntryResult]:
+    """
+    Split a batch answer into one result per entry.
+
+    Only what comes before the first header is skipped as noise (a chatty login shell). From
+    there on the answer must be framed exactly: once a header cannot be read or a length does
+    not match what follows, nothing after it is trusted, because log bytes are never searched
+    for headers (a log may hold any text). Every entry without a trusted answer gets a
+    :class:`RemoteJobProtocolError` of its own, and is simply asked again in the next batch.
+
+    :param tag: the tag the batch was built with (see :func:`~ssh_jobs_provider.protocol.scripts.batch_tag`)
+    """
+    results: dict[int, EntryResult] = {}
+    #: The submit headers of the batch's submits, each to be joined with the poll that follows.
+    submits: dict[int, dict[str, str]] = {}
+    marker = tag.encode() + b" "
+    if tag != PROTOCOL_TAG:
+        # A batch's random tag cannot be in a banner: its first occurrence is the first header,
+        # even one glued to a banner without a final newline.
+        found = output.find(marker)
+        position: int | None = found if found >= 0 else None
+    else:
+        position = first_header(output, marker)
+    complete = False
+    last_window: int | None = None
+    while position is not None and position < len(output):
+        line_end = output.find(b"\n", position)
+        if line_end < 0:
+            break
+        verb, _, rest = (
+            output[position + len(marker) : line_end].decode("utf-8", errors="replace").partition(" ")
+        )
+        if verb == "end":
+            complete = True
+            break
+        if verb == "short":
+            # The window before it held fewer real bytes than announced (see log_window in
+            # sh/lib.sh): keep those. It frames nothing (len=0), so the framing holds.
+            position = line_end + 1
+            _cut_window(results, entries, header_fields(rest))
+            continue
+        fields = header_fields(rest)
+        data_start = line_end + 1
+        try:
+            key = int(fields.get("key", ""))
+            length = int_or_none(fields.get("len")) or 0
+        except (ValueError, RemoteJobProtocolError):
+            break  # an unreadable header: the framing is lost
+        data = output[data_start : data_start + length]
+        position = data_start + length
+        known = key in range(len(entries))
+        if len(data) != length:
+            break  # cut short
+        if position < len(output) and not output.startswith(marker, position):
+            # The announced length did not match what followed: the framing is lost.
+            if known:
+                results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
+            break
+        if known and isinstance(entries[key], SubmitEntry):
+            if key in results and verb == "poll" and key not in submits:
+                continue  # the poll after a refusal, or after "ended": the submit's answer is final
+            if verb == "submit" and "ended" in fields and key not in results:
+                results[key] = _answered(ended_status, fields)
+                continue
+            if verb == "submit" and not fields.get("error") and key not in submits and key not in results:
+                submits[key] = fields  # completed by the poll that follows
+                continue
+        if known and key in results:
+            results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} came twice")
+        elif known:
+            results[key] = _entry_result(verb, fields, data, entries[key], submits.get(key))
+            # Whether its window is whole is told by what follows it (a "short" line, or not).
+            last_window = key if length else None
+    if not complete and last_window is not None and position is not None and position >= len(output):
+        # The answer stops right after this window: the line that would have said part of it
+        # was padding may be what was lost. Asked again rather than believed.
+        results.pop(last_window, None)
+    for key, entry in enumerate(entries):
+        if key not in results:
+            why = "missing from the batch answer" if not complete else "not answered"
+            results[key] = EntryNotAnswered(f"Answer for {entry.paths.job_id} is {why}")
+    return results
 
 
-def _cleanups(cleanups: list[tuple[int, CleanupEntry]]) -> str:
-    calls = []
-    for base, members in _by_base_dir(cleanups, lambda e: e.paths.job_id, CLEANUPS_PER_CALL):
-        triples = " ".join(f"{key}:{e.paths.job_id}:{e.token}" for key, e in members)
-        calls.append(f"cleanup_jobs {_q(base)} {_q(triples)}\n")
-    return "".join(calls)
+def batch_not_answered(results: dict[int, EntryResult]) -> bool:
+    """
+    No entry of the batch got an answer: the batch failed as a whole (the host could not run
+    it, or its answer was lost), which says nothing about any one job. It is retried as a
+    batch, like a lost connection, and never turned into verdicts on the jobs in it.
+    """
+    return bool(results) and all(isinstance(r, EntryNotAnswered) for r in results.values())
 
 
-def _perl_polls(polls: list[tuple[int, PollEntry]]) -> str:
-    # Tab-separated, the directory last: a base dir may hold tabs or spaces, never a newline.
-    return "".join(
-        f"{key}\t{e.offset}\t{e.max_bytes}\t{e.delivered}\t{e.token}\t{e.paths.job_dir}\n" for key, e in polls
-    )
+def _cut_window(results: dict[int, EntryResult], entries: Sequence[Entry], fields: dict[str, str]) -> None:
+    """Keep the first ``got`` bytes of the window of entry ``key``: the rest was padding."""
+    try:
+        key, got = int(fields.get("key", "")), int(fields.get("got", ""))
+    except ValueError:
+        return
+    status = results.get(key)
+    if isinstance(status, JobStatus) and 0 <= got <= len(status.log_data):
+        results[key] = replace(status, log_data=status.log_data[:got], log_short=True)
+    elif key in range(len(entries)):
+        results[key] = RemoteJobProtocolError(f"Answer for {entries[key].paths.job_id} is misframed")
 
 
-def _sh_polls(polls: list[tuple[int, PollEntry]]) -> str:
-    states = [f"poll_state {key} {_q(e.paths.job_dir)} {_q(e.token)}\n" for key, e in polls]
-    sizes = [
-        f"poll_sizes {_q(base)} {_q(' '.join(f'{key}:{e.paths.job_id}' for key, e in members))}\n"
-        for base, members in _by_base_dir(polls, lambda e: f"{e.paths.job_id}/stdout.log", SIZES_PER_LS)
-    ]
-    answers = [
-        f"poll_answer {key} {_q(e.paths.job_dir)} {e.offset} {e.max_bytes} {e.delivered}\n"
-        for key, e in polls
-    ]
-    return "".join(states + sizes + answers)
+def _entry_result(
+    verb: str, fields: dict[str, str], data: bytes, entry: Entry, submitted: dict[str, str] | None = None
+) -> EntryResult:
+    """What one framed answer says for ``entry``: each verb's own parser reads it."""
+    if verb == "poll" and isinstance(entry, SubmitEntry):
+        if submitted is None:
+            return RemoteJobProtocolError(f"The submit of {entry.paths.job_id} was not answered")
+        status = _answered(poll_result, fields, data, entry)
+        return submitted_status(status, submitted) if isinstance(status, JobStatus) else status
+    if verb == "poll" and isinstance(entry, PollEntry):
+        return _answered(poll_result, fields, data, entry)
+    refusal = submit_refusal(fields, data) if verb == "submit" and isinstance(entry, SubmitEntry) else None
+    if refusal is not None:
+        return refusal
+    if verb == "cleanup" and isinstance(entry, CleanupEntry):
+        return cleanup_result(fields)
+    return RemoteJobProtocolError(f"Unexpected '{verb}' answer for {entry.paths.job_id}")
+
+
+def _answered(parse: Callable[..., JobStatus], *arguments: object) -> EntryResult:
+    """What ``parse(*arguments)`` returns; the protocol error it raises, as the entry's result."""
+    try:
+        return parse(*arguments)
+    except RemoteJobProtocolError as error:
+        return error

@@ -5,16 +5,17 @@ and its answer, parsed. Pure code.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from ssh_jobs_provider.protocol.answers import find_header
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, job_marker, validate_token
-from ssh_jobs_provider.protocol.scripts import KILL_GRACE_SECONDS, as_whole, script_prelude, shell_source
-
-
-def _q(value: str | int) -> str:
-    return shlex.quote(str(value))
+from ssh_jobs_provider.protocol.scripts import (
+    KILL_GRACE_SECONDS,
+    as_whole,
+    quote,
+    script_prelude,
+    shell_source,
+)
 
 
 def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int = KILL_GRACE_SECONDS) -> str:
@@ -43,7 +44,7 @@ def build_kill_script(paths: RemoteJobPaths, token: str = "", grace_seconds: int
     return as_whole(
         script_prelude()
         + shell_source("kill.sh")
-        + f"kill_job {_q(paths.job_dir)} {_q(token)} {int(grace_seconds)} {_q(marker)}\n"
+        + f"kill_job {quote(paths.job_dir)} {quote(token)} {int(grace_seconds)} {quote(marker)}\n"
     )
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus
-from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.log_stream import LogStream
+from ssh_jobs_provider.protocol.poll import PollEntry
 
 #: Consecutive polls that must see the process gone without an exit code before the
 #: monitor gives up on it (one more look guards against a transient ``kill -0`` answer).

@@ -18,14 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ssh_jobs_provider.protocol.answers import (
-    CleanupResult,
     JobState,
     RemoteJobProtocolError,
     header_fields,
-    parse_batch_output,
     status_from_fields,
 )
-from ssh_jobs_provider.protocol.batch import CleanupEntry
+from ssh_jobs_provider.protocol.batch import parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry, CleanupResult
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, is_made_job_id, validate_base_dir
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_prelude, shell_source
 

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus
-from ssh_jobs_provider.protocol.batch import PollEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.scripts import as_whole, script_prelude
 
 #: The task state store key of a durable task's jobs.

@@ -7,8 +7,8 @@ reads the same whichever one met it.
 
 from __future__ import annotations
 
-from ssh_jobs_provider.protocol.answers import SubmitRefused
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.submit import SubmitRefused
 
 #: Said whenever a host did not run a script at all.
 POSIX_HINT = "SSHRemoteJobOperator needs a POSIX host with /bin/sh; Windows hosts are not supported."

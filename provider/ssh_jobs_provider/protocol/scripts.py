@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from importlib.resources import files
+from itertools import groupby
+from typing import Protocol, TypeVar
 
 from ssh_jobs_provider.protocol.environment import render_env_file
 from ssh_jobs_provider.protocol.identity import (
+    RemoteJobPaths,
     job_marker,
     require_utf8,
     validate_working_dir,
@@ -103,8 +106,31 @@ def as_whole(body: str) -> str:
     return "{\n" + body + "}\n"
 
 
-def _q(value: str | int) -> str:
+def quote(value: str | int) -> str:
+    """``value`` as one shell word."""
     return shlex.quote(str(value))
+
+
+class _Located(Protocol):
+    @property
+    def paths(self) -> RemoteJobPaths: ...
+
+
+Located = TypeVar("Located", bound=_Located)
+
+
+def by_base_dir(
+    items: Sequence[tuple[int, Located]], name: Callable[[Located], str], size: int
+) -> Iterator[tuple[str, list[tuple[int, Located]]]]:
+    """
+    ``items`` (batch key, entry) per base dir, in chunks of at most ``size``, sorted by
+    ``name`` (a path under the base dir) as ``ls`` sorts it: one remote call per chunk.
+    """
+    ordered = sorted(items, key=lambda item: (item[1].paths.base_dir, name(item[1]).encode()))
+    for base, group in groupby(ordered, key=lambda item: item[1].paths.base_dir):
+        members = list(group)
+        for start in range(0, len(members), size):
+            yield base, members[start : start + size]
 
 
 def job_files(

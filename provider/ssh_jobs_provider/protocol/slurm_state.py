@@ -1,7 +1,8 @@
 """
 What Slurm says about a job, and what it means for the task. Pure code.
 
-One ``slurm`` answer line per job of a tick (``sh/slurm.sh``: ``slurm_states``) is parsed into
+The one state query of a tick (:func:`slurm_section`, ``slurm_states`` in ``sh/slurm.sh``)
+answers one ``slurm`` line per job, parsed into
 a :class:`SlurmRecord`; :class:`SlurmJobView` follows one job's records and says what the task
 log should be told (a pending reason, once per change) and, once Slurm has recorded the job's
 end, its :class:`~ssh_jobs_provider.protocol.monitor.Outcome`.
@@ -10,11 +11,14 @@ end, its :class:`~ssh_jobs_provider.protocol.monitor.Outcome`.
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.monitor import JobMonitor, MonitorUpdate, Outcome, OutcomeStatus
+from ssh_jobs_provider.protocol.scripts import as_whole, quote, script_prelude, shell_source
 
 #: States in which the job has not ended yet.
 ACTIVE_STATES = frozenset(
@@ -41,6 +45,34 @@ ENDED_BY_SLURM = frozenset(
 )
 #: Ticks in a row neither squeue nor sacct must know a submitted job before the watch gives up.
 UNKNOWN_CONFIRMATIONS = 3
+
+
+def slurm_states_call(jobs: Sequence[tuple[int, RemoteJobPaths]]) -> str:
+    """
+    The line that asks Slurm about ``jobs`` (``(key, paths)``) in one squeue (and one sacct for
+    those squeue no longer shows). Needs the prelude and ``sh/slurm.sh`` before it; answers are
+    parsed by :func:`~ssh_jobs_provider.protocol.slurm_state.parse_slurm_states`.
+    """
+    if not jobs:
+        return ""
+    return "slurm_states " + " ".join(f"{int(key)} {quote(paths.job_dir)}" for key, paths in jobs) + "\n"
+
+
+def build_slurm_states_script(jobs: Sequence[tuple[int, RemoteJobPaths]], tag: str) -> str:
+    """A whole script asking Slurm about ``jobs``: for a tick that polls nothing else."""
+    return as_whole(
+        script_prelude(tag) + shell_source("slurm.sh") + slurm_states_call(jobs) + 'echo "$answer_tag end"\n'
+    )
+
+
+def slurm_section(jobs: Sequence[tuple[int, RemoteJobPaths]]) -> str:
+    """
+    What a tick's batch script gets appended for its Slurm jobs: run after the batch's own
+    ``end`` line (its parser stops there), in the same shell, so ``$answer_tag`` is the batch's tag.
+    """
+    if not jobs:
+        return ""
+    return as_whole(shell_source("slurm.sh") + slurm_states_call(jobs) + 'echo "$answer_tag slurm-end"\n')
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,24 @@ Launching the wrapper is one step of its own in each form (``launch`` in ``sh/su
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from ssh_jobs_provider.protocol.answers import (
+    JobStatus,
+    RemoteJobProtocolError,
+    find_header,
+    int_or_none,
+    status_from_fields,
+)
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
+from ssh_jobs_provider.protocol.poll import PollEntry, poll_program
 from ssh_jobs_provider.protocol.scripts import (
     PROTOCOL_TAG,
     as_whole,
     job_files,
     perl_source,
+    quote,
     script_prelude,
     shell_source,
     wrapper_source,
@@ -59,8 +67,26 @@ class SubmitCall:
     wait: bool = False
 
 
-def _q(value: str | int) -> str:
-    return shlex.quote(str(value))
+@dataclass(frozen=True)
+class SubmitEntry(PollEntry):
+    """
+    A batch's submit of one job, then its poll like a :class:`~ssh_jobs_provider.protocol.poll.PollEntry`
+    (its log from ``offset``): how the triggerer starts jobs over its one connection.
+
+    Sent again until answered: a submit that finds the job directory claimed by a wrapper
+    carrying ``token`` re-attaches (``launched=0``) instead of launching a second job.
+
+    :param files: the job's files besides ``run.sh``
+        (:func:`~ssh_jobs_provider.protocol.scripts.job_files`)
+    """
+
+    files: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_token(self.token)
+        if not self.files:
+            raise ValueError(f"A submit of {self.paths.job_id} needs the job's files.")
 
 
 def perl_call(arguments: str, records: str, program: str) -> str:
@@ -71,7 +97,7 @@ def perl_call(arguments: str, records: str, program: str) -> str:
     here-document: bash writes those to a temporary file, and a full /tmp would then stop
     every submit and poll of the host.
     """
-    return f"printf '%s' {_q(program + '__END__' + chr(10) + records)} | perl - {arguments}\n"
+    return f"printf '%s' {quote(program + '__END__' + chr(10) + records)} | perl - {arguments}\n"
 
 
 def perl_records(calls: Sequence[SubmitCall]) -> str:
@@ -91,7 +117,7 @@ def perl_records(calls: Sequence[SubmitCall]) -> str:
 
 def perl_program() -> str:
     """The submits' program: ``perl/submit.pl``, then ``perl/poll.pl`` for the polls after them."""
-    return perl_source("submit.pl") + perl_source("poll.pl")
+    return perl_source("submit.pl") + poll_program()
 
 
 def perl_submits(calls: Sequence[SubmitCall], polls: str) -> str:
@@ -109,9 +135,9 @@ def sh_submit_steps(
     lines that start it, indented: :func:`detached_launch`, or Slurm's ``slurm_launch``); then
     ``last``, the step that ends it.
     """
-    writes = "".join(f"  put {name} {_q(content)}\n" for name, content in files)
+    writes = "".join(f"  put {name} {quote(content)}\n" for name, content in files)
     return (
-        f"begin {_q(paths.base_dir)} {_q(paths.job_id)} {_q(token)}\n"
+        f"begin {quote(paths.base_dir)} {quote(paths.job_id)} {quote(token)}\n"
         'if [ "$claimed" = 0 ]; then\n'
         f"{writes}{launch}fi\n{last}\n"
     )
@@ -125,7 +151,7 @@ def detached_launch(wrapper: str) -> str:
 def sh_submit(call: SubmitCall) -> str:
     """The sh form of the worker's single submit: its steps, then ``finish`` (waits for the pid, answers)."""
     return sh_submit_steps(
-        call.paths, call.token, call.files, detached_launch(_q(wrapper_source())), "finish"
+        call.paths, call.token, call.files, detached_launch(quote(wrapper_source())), "finish"
     )
 
 
@@ -137,12 +163,12 @@ def sh_batch_submits(calls: Sequence[SubmitCall]) -> str:
     """
     if not calls:
         return ""
-    head = shell_source("submit.sh") + f"RUN_SH={_q(wrapper_source())}\nwhoami_uid\n"
-    bases = "".join(f"check_base_once {_q(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
+    head = shell_source("submit.sh") + f"RUN_SH={quote(wrapper_source())}\nwhoami_uid\n"
+    bases = "".join(f"check_base_once {quote(base)}\n" for base in sorted({c.paths.base_dir for c in calls}))
     parts = [
         f"(\numask 077\nbatch_key={call.key}\n"
         + sh_submit_steps(call.paths, call.token, call.files, detached_launch('"$RUN_SH"'), "submitted")
-        + f")\nsubmit_ended $? {call.key} {_q(call.paths.job_dir)}\n"
+        + f")\nsubmit_ended $? {call.key} {quote(call.paths.job_dir)}\n"
         for call in calls
     ]
     # The answers come without waiting for the wrappers' pids: the batch's own polls (and the
@@ -196,7 +222,7 @@ def build_submit_script(
         body = (
             f"answer_tag={PROTOCOL_TAG}\n"
             f"if command -v perl >/dev/null 2>&1 && {perl.rstrip()}; then exit 0; fi\n"
-            f"eval {_q(sh)}\n"
+            f"eval {quote(sh)}\n"
         )
     return as_whole("umask 077\n" + body)
 
@@ -210,8 +236,66 @@ def submit_calls(submits: Sequence[SubmitCall], interpreter: str, polls: str) ->
         return (
             perl_submits(submits, polls)
             if submits
-            else perl_call('"$answer_tag" "$boot_now"', polls, perl_source("poll.pl"))
+            else perl_call('"$answer_tag" "$boot_now"', polls, poll_program())
             if polls
             else ""
         )
     return sh_batch_submits(submits) + polls
+
+
+# --------------------------------------------------------------------------- answers
+
+
+class SubmitRefused(RemoteJobProtocolError):
+    """
+    The submit script refused or failed before launching anything, and removed what it created.
+
+    :param code: ``unsafe`` (an untrusted directory on the way to the base dir), ``foreign``
+        (the job directory is not this submit's), ``nospace`` (the file system is full) or
+        ``io`` (another write failure)
+    :param detail: the script's one-line reason, naming the path
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def submit_refusal(fields: dict[str, str], reason: bytes) -> SubmitRefused | None:
+    """The refusal a ``submit`` answer's ``fields`` state, its first line of ``reason`` naming why; else ``None``."""
+    if not fields.get("error"):
+        return None
+    detail = reason.decode("utf-8", errors="replace").strip().splitlines()
+    return SubmitRefused(fields["error"], detail[0] if detail else "no reason given")
+
+
+def submitted_status(status: JobStatus, submitted: dict[str, str]) -> JobStatus:
+    """The poll answer ``status`` that follows a submit, completed by the ``submitted`` header's fields."""
+    return replace(status, remote_os=submitted.get("os") or None, launched=submitted.get("launched") == "1")
+
+
+def ended_status(fields: dict[str, str]) -> JobStatus:
+    """
+    A re-sent batch submit found its job ended and its directory removed (``ended=CODE``):
+    the exit code it recorded, never a second run.
+    """
+    return status_from_fields({"state": "ended", "exit": fields.get("ended", "")})
+
+
+def parse_submit_output(output: bytes) -> JobStatus:
+    """
+    Parse the worker's submit answer: its ``submit`` header, then its job's state as a poll answer.
+
+    :raises SubmitRefused: the submit refused, or failed before launching anything
+    :raises RemoteJobProtocolError: the answer is not the protocol's
+    """
+    fields, rest = find_header(output, "submit")
+    refusal = submit_refusal(fields, rest)
+    if refusal is not None:
+        raise refusal
+    poll, _ = find_header(rest, "poll")
+    # The submit asked for no log bytes: an answer that announces some is not its answer.
+    if int_or_none(poll.get("len")):
+        raise RemoteJobProtocolError(f"The submit's poll answer carries log bytes: {poll}")
+    return submitted_status(status_from_fields(poll), fields)

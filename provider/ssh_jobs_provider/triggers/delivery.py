@@ -8,18 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ssh_jobs_provider.exceptions import FAN_OUT_HINT
-from ssh_jobs_provider.protocol.answers import (
-    BatchNotAnswered,
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-)
+from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import BatchNotAnswered
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.monitor import Outcome, OutcomeStatus
 from ssh_jobs_provider.protocol.refusals import POSIX_HINT, refusal_message
-from ssh_jobs_provider.protocol.slurm import SlurmSpec
-from ssh_jobs_provider.protocol.slurm_answers import SLURM_REFUSALS
-from ssh_jobs_provider.protocol.slurm_answers import refusal_message as slurm_refusal_message
+from ssh_jobs_provider.protocol.slurm_options import SLURM_REFUSALS, SlurmSpec
+from ssh_jobs_provider.protocol.slurm_options import refusal_message as slurm_refusal_message
+from ssh_jobs_provider.protocol.submit import SubmitRefused
 
 
 @dataclass

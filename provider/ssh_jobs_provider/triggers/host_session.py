@@ -30,17 +30,18 @@ from typing import Any, cast
 
 from ssh_jobs_provider import metrics
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.protocol.answers import (
+from ssh_jobs_provider.protocol.answers import RemoteJobProtocolError, parse_simple_state
+from ssh_jobs_provider.protocol.batch import (
     BatchNotAnswered,
-    RemoteJobProtocolError,
+    Entry,
     batch_not_answered,
+    build_batch_script,
+    build_probe_script,
     parse_batch_output,
-    parse_simple_state,
 )
-from ssh_jobs_provider.protocol.batch import Entry, PollEntry, build_batch_script, build_probe_script
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, batch_tag
-from ssh_jobs_provider.protocol.slurm import slurm_section
-from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor, parse_slurm_states
+from ssh_jobs_provider.protocol.slurm_state import SlurmMonitor, parse_slurm_states, slurm_section
 from ssh_jobs_provider.retry import DEFAULT_RETRY, RetryPolicy
 from ssh_jobs_provider.triggers.poll_scheduler import (
     SUBMITS_PER_BATCH,

@@ -22,7 +22,7 @@ shape and the session's backoff, and does what each watch decided.
   reconnect for everybody, no thundering herd).
 - A finished job whose cleanup is wanted stays registered, and its next entry is the cleanup.
 - A job the triggerer submits (phase ``SUBMITTING``) is due at the next :data:`SUBMIT_TICK`;
-  its entry is a :class:`~ssh_jobs_provider.protocol.batch.SubmitEntry` until the host answered
+  its entry is a :class:`~ssh_jobs_provider.protocol.submit.SubmitEntry` until the host answered
   it, re-sent after a failure (the submit is idempotent). At most ``submits_per_batch``
   submits (:data:`SUBMITS_PER_BATCH`; :data:`SUBMITS_PER_PERL_BATCH` once the host is known to
   run them in perl) carrying at most :data:`SUBMIT_BATCH_BYTES` of job files go in one batch;
@@ -35,8 +35,10 @@ import math
 from collections.abc import Callable
 
 from ssh_jobs_provider.exceptions import is_retryable
-from ssh_jobs_provider.protocol.answers import BatchNotAnswered, EntryResult
-from ssh_jobs_provider.protocol.batch import CleanupEntry, Entry, SlurmSubmitEntry, SubmitEntry
+from ssh_jobs_provider.protocol.batch import BatchNotAnswered, Entry, EntryResult
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry
+from ssh_jobs_provider.protocol.slurm import SlurmSubmitEntry
+from ssh_jobs_provider.protocol.submit import SubmitEntry
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, RetryBudget, Waits
 from ssh_jobs_provider.triggers.watch import (
     SUBMIT_TICK,

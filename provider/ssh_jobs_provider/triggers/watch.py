@@ -29,16 +29,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ssh_jobs_provider.job_spec import CleanupPolicy
-from ssh_jobs_provider.protocol.answers import (
-    CleanupResult,
-    EntryResult,
-    JobStatus,
-    RemoteJobProtocolError,
-    SubmitRefused,
-)
-from ssh_jobs_provider.protocol.batch import CleanupState, PollEntry
+from ssh_jobs_provider.protocol.answers import JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import EntryResult
+from ssh_jobs_provider.protocol.cleanup import CleanupResult, CleanupState
 from ssh_jobs_provider.protocol.monitor import JobMonitor, Outcome, OutcomeStatus
-from ssh_jobs_provider.protocol.slurm import SlurmSpec
+from ssh_jobs_provider.protocol.poll import PollEntry
+from ssh_jobs_provider.protocol.slurm_options import SlurmSpec
+from ssh_jobs_provider.protocol.submit import SubmitRefused
 from ssh_jobs_provider.retry import DEFAULT_BACKOFF, RetryBudget, RetryPolicy, Waits
 from ssh_jobs_provider.triggers.delivery import Delivery, lost_outcome, not_submitted_outcome, refused_outcome
 

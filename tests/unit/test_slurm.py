@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import pytest
 
-from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError, SubmitRefused
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, new_job_token
 from ssh_jobs_provider.protocol.monitor import PENDING_LIMIT_SECONDS
 from ssh_jobs_provider.protocol.reattach import Resume, decide
-from ssh_jobs_provider.protocol.slurm import (
+from ssh_jobs_provider.protocol.slurm import build_slurm_submit_script, parse_slurm_submit_output
+from ssh_jobs_provider.protocol.slurm_options import (
     SlurmOptionError,
-    build_slurm_submit_script,
+    refusal_message,
     sbatch_arguments,
-    slurm_section,
     validate_scheduler,
 )
-from ssh_jobs_provider.protocol.slurm_answers import parse_slurm_submit_output, refusal_message
 from ssh_jobs_provider.protocol.slurm_state import (
     UNKNOWN_CONFIRMATIONS,
     SlurmJobView,
@@ -30,7 +29,9 @@ from ssh_jobs_provider.protocol.slurm_state import (
     parse_slurm_states,
     slurm_job_status,
     slurm_outcome,
+    slurm_section,
 )
+from ssh_jobs_provider.protocol.submit import SubmitRefused
 
 PATHS = RemoteJobPaths("job1", "/srv/jobs")
 TAG = "SSHJOBS1.0123456789abcdef"

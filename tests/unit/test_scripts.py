@@ -23,18 +23,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.protocol.answers import (
-    JobState,
-    JobStatus,
-    parse_simple_state,
-    parse_submit_output,
-)
-from ssh_jobs_provider.protocol.batch import PollEntry, build_cleanup_script
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_simple_state
+from ssh_jobs_provider.protocol.batch import build_cleanup_script
 from ssh_jobs_provider.protocol.environment import normalise_environment
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, job_marker
 from ssh_jobs_provider.protocol.kill import build_kill_script
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.scripts import job_files
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.submit import build_submit_script, parse_submit_output
 from support.protocol import poll_once as poll
 from support.protocol import run_sh
 from support.waiting import wait_until

@@ -17,16 +17,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.protocol.answers import (
-    CleanupResult,
-    EntryResult,
-    JobState,
-    JobStatus,
-    RemoteJobProtocolError,
-    parse_batch_output,
-)
-from ssh_jobs_provider.protocol.batch import CleanupEntry, CleanupState, Entry, PollEntry
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, RemoteJobProtocolError
+from ssh_jobs_provider.protocol.batch import Entry, EntryResult, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CleanupEntry, CleanupResult, CleanupState
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.poll import PollEntry
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 from support.protocol import END, answer, batch, header, run_batch, run_batch_parsed
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.protocol.batch import SubmitEntry, build_batch_script
+from ssh_jobs_provider.protocol.batch import build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import job_files
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.submit import SubmitEntry, build_submit_script
 from support.protocol import run_sh
 from support.waiting import wait_until
 

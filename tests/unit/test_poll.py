@@ -19,17 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_batch_output, parse_simple_state
-from ssh_jobs_provider.protocol.batch import (
-    CLEANUPS_PER_CALL,
-    SIZES_PER_LS,
-    CleanupEntry,
-    Entry,
-    PollEntry,
-    build_batch_script,
-    build_probe_script,
-)
+from ssh_jobs_provider.protocol.answers import JobState, JobStatus, parse_simple_state
+from ssh_jobs_provider.protocol.batch import Entry, build_batch_script, build_probe_script, parse_batch_output
+from ssh_jobs_provider.protocol.cleanup import CLEANUPS_PER_CALL, CleanupEntry
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
+from ssh_jobs_provider.protocol.poll import SIZES_PER_LS, PollEntry
 from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG
 from support.protocol import run_sh
 
