@@ -665,6 +665,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--submit-modes-n", help="comma-separated N of the submit-modes scenario (default 120,500,1000)"
     )
     parser.add_argument(
+        "--submit-modes",
+        help="comma-separated ways of submitting to measure there (default: all of "
+        + ", ".join(submit_modes.MODES)
+        + ")",
+    )
+    parser.add_argument(
         "--submit-modes-workers",
         type=int,
         default=500,
@@ -690,6 +696,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.submit_modes_n = [
         int(x) for x in (args.submit_modes_n or ("20,50" if quick else "120,500,1000")).split(",")
     ]
+    unknown = set((args.submit_modes or "").split(",")) - set(submit_modes.MODES) - {""}
+    if unknown:
+        parser.error(
+            f"--submit-modes: unknown {', '.join(sorted(unknown))}; choose from {', '.join(submit_modes.MODES)}"
+        )
     args.scaling_n = [
         int(x) for x in (args.scaling_n or ("20,50" if quick else "100,500,1000,2000")).split(",")
     ]

@@ -127,6 +127,8 @@ def run(bench: Any, log: Callable[[str], None], kill: Callable[[str], int]) -> l
         for mode in order:
             if mode.split("-")[0] not in bench.args.impls:
                 continue
+            if bench.args.submit_modes and mode not in bench.args.submit_modes.split(","):
+                continue
             log(f"submit modes N={n}: {mode}")
             row = one_mode(bench, server, mode, n, kill)
             log(

@@ -15,7 +15,9 @@ an attempt, :data:`CHANNEL_OPEN_POLICY`, re-opens a refused *channel* on the sam
 after short fixed pauses (:data:`CHANNEL_OPEN_RETRY_DELAYS`, under a second in all): sshd
 frees a closed session's slot a moment late, and that must not cost a connection. It opens no
 connection; a refusal after its last pause fails the attempt like any other connection-level
-failure.
+failure. The login broker, whose one login serves many callers, asks again for a refused
+channel a while longer (``login_broker.CHANNEL_REOPEN_POLICY``, a policy bounded in time with
+``within``) before it hands a script back unrun.
 
 Retries that fire in lockstep across a fan-out are dropped by ``sshd`` for the same reason
 as the first attempt (``MaxStartups``), so every wait is exponential *and* jittered
@@ -36,6 +38,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
 )
 
 from ssh_jobs_provider.exceptions import is_refused_channel, is_retryable
@@ -115,11 +118,14 @@ class RetryPolicy:
     :param attempts: most attempts in all, the first included (at least 1 is always made)
     :param backoff: the waits between attempts
     :param retry_on: which failures are tried again; the others are raised at once
+    :param within: no attempt starts this many seconds after the first one began (``None``: the
+        attempts alone bound the loop)
     """
 
     attempts: int = 3
     backoff: Waits = DEFAULT_BACKOFF
     retry_on: Callable[[BaseException], bool] = is_retryable
+    within: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attempts", max(1, int(self.attempts)))
@@ -163,8 +169,9 @@ class RetryPolicy:
                 state.next_action.sleep,
             )
 
+        stop = stop_after_attempt(total)
         return {
-            "stop": stop_after_attempt(total),
+            "stop": stop if self.within is None else stop | stop_after_delay(self.within),
             "wait": self._wait,
             "retry": retry_if_exception(self.retry_on),
             "before_sleep": before_sleep,

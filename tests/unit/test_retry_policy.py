@@ -256,3 +256,17 @@ def test_a_channel_open_fails_at_once_on_anything_but_a_refusal() -> None:
     with pytest.raises(asyncssh.ConnectionLost):
         asyncio.run(CHANNEL_OPEN_POLICY.async_retrying()(open_channel))
     assert opens == [1]
+
+
+@pytest.mark.parametrize(("within", "made"), [(None, 4), (0.0, 1)])
+def test_a_policy_within_a_time_makes_no_attempt_after_it(within: float | None, made: int) -> None:
+    policy = RetryPolicy(attempts=4, backoff=FixedWaits((0.0,)), retry_on=lambda _: True, within=within)
+    calls = itertools.count(1)
+
+    def refused() -> None:
+        next(calls)
+        raise paramiko.ChannelException(1, "refused")
+
+    with pytest.raises(paramiko.ChannelException):
+        policy.retrying()(refused)
+    assert next(calls) - 1 == made

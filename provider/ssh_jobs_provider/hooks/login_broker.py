@@ -23,21 +23,32 @@ import struct
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
+from ssh_jobs_provider.exceptions import is_refused_channel
 from ssh_jobs_provider.hooks import _paramiko
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 from ssh_jobs_provider.hooks.shared_login import failed_marker, read_frame, send_frame
 from ssh_jobs_provider.protocol.scripts import REMOTE_SHELL
+from ssh_jobs_provider.retry import FixedWaits, RetryPolicy
 
 #: Scripts run at once on the one login: below sshd's default MaxSessions (10) with room for
 #: the sessions it frees a moment after they are closed.
 CHANNELS = 6
 #: How long a refused channel is asked for again before its script is handed back unrun.
 CHANNEL_PATIENCE_SECONDS = 10.0
+#: Asking again for a channel the server refused on the broker's login: every tenth of a
+#: second, for at most :data:`CHANNEL_PATIENCE_SECONDS` (less when the script must start sooner).
+CHANNEL_REOPEN_POLICY = RetryPolicy(
+    attempts=int(CHANNEL_PATIENCE_SECONDS / 0.1) + 1,
+    backoff=FixedWaits((0.1,)),
+    retry_on=is_refused_channel,
+    within=CHANNEL_PATIENCE_SECONDS,
+)
 #: For a script without a timeout: how long after its arrival it may still start.
 START_WAIT_SECONDS = 60.0
 #: How often the broker looks at its idle time and its login, in seconds.
@@ -131,17 +142,22 @@ class LoginBroker:
         # more than CHANNELS open): asked again, it passes; a login of the caller's own would
         # cost far more. No answer at all means the login is dead without TCP knowing yet
         # (keepalives do not end it): it is closed, and the broker ends.
-        deadline = min(start_by, time.monotonic() + CHANNEL_PATIENCE_SECONDS)
-        while True:
-            try:
-                return _paramiko.open_channel(self.client, max(0.5, deadline - time.monotonic()))
-            except paramiko.ChannelException:
-                if time.monotonic() > deadline or not self.login_alive():
-                    raise
-                time.sleep(0.1)
-            except paramiko.SSHException:
-                self.client.close()
-                raise
+        patience = max(0.0, min(start_by - time.monotonic(), CHANNEL_PATIENCE_SECONDS))
+        deadline = time.monotonic() + patience
+        policy = replace(
+            CHANNEL_REOPEN_POLICY,
+            within=patience,
+            retry_on=lambda error: is_refused_channel(error) and self.login_alive(),
+        )
+        try:
+            return policy.retrying()(
+                lambda: _paramiko.open_channel(self.client, max(0.5, deadline - time.monotonic()))
+            )
+        except paramiko.ChannelException:
+            raise
+        except paramiko.SSHException:
+            self.client.close()
+            raise
 
 
 def _not_run(reason: str) -> tuple[dict[str, Any]]:
