@@ -227,6 +227,38 @@ def test_shebang_command_runs_with_its_interpreter(new_job: JobFactory) -> None:
         assert Path(without.log_file).read_bytes() == b"not-bash\n"
 
 
+@pytest.mark.parametrize("form", ["sh", "perl"])
+def test_the_wrappers_first_steps_are_recorded_alike_by_either_submit(new_job: JobFactory, form: str) -> None:
+    """
+    The sh submit's wrapper claims its job and records its start, boot id and pid itself; the
+    perl submit takes those steps in the process that becomes the wrapper (no mkdir, no mv) and
+    says so with ``recorded``. Either way the same files say the same, and the command runs in
+    bash where the host has one.
+    """
+    paths = new_job()
+    script = build_submit_script(
+        paths, 'echo "${BASH_VERSION:-not-bash}"\nsleep 30\n', {}, TOKEN, interpreter=form
+    )
+    result = run_sh(script)
+    assert result.returncode == 0, result.stderr
+    status = parse_submit_output(result.stdout)
+    job_dir = Path(paths.job_dir)
+    wait_until(lambda: Path(paths.log_file).read_bytes().endswith(b"\n"), what="the job's first line")
+
+    pid = int(Path(paths.pid_file).read_text())
+    assert status.pid == pid and status.launched
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert (b"recorded" in arguments) == (form == "perl"), arguments
+    stat_fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    assert (job_dir / "start").read_text() == stat_fields[19] + "\n"
+    assert (job_dir / "boot_id").read_text() == Path("/proc/sys/kernel/random/boot_id").read_text()
+    assert (job_dir / "claimed").is_dir()
+    assert not list(job_dir.glob("*.tmp*")), "no temporary file may be left behind"
+    assert poll(paths).state == JobState.RUNNING
+    first_line = Path(paths.log_file).read_bytes().split(b"\n")[0]
+    assert (first_line == b"not-bash") == (shutil.which("bash") is None), first_line
+
+
 def test_shebang_command_can_pick_a_non_shell_interpreter(new_job: JobFactory) -> None:
     paths = new_job()
     submit(paths, f"#!{sys.executable}\nimport sys\nprint('py', sys.version_info[0])\n")

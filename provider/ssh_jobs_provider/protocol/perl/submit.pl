@@ -204,8 +204,17 @@ sub put {
     abort("writing $name") unless close($fh) && $ok && rename($tmp, "$jd/$name");
 }
 
-# Where `command -v NAME` would find a program in PATH.
+# Where `command -v NAME` would find a program in PATH (looked up once per program: every
+# submit of a batch asks).
+my %in_path;
+
 sub in_path {
+    my ($name) = @_;
+    $in_path{$name} = find_in_path($name) unless exists $in_path{$name};
+    return $in_path{$name};
+}
+
+sub find_in_path {
     my ($name) = @_;
     for my $dir (split /:/, defined $ENV{PATH} ? $ENV{PATH} : '', -1) {
         my $path = ($dir eq '' ? '.' : $dir) . "/$name";
@@ -237,9 +246,37 @@ sub launch_wrapper {
         $SIG{HUP} = 'IGNORE';
     } elsif (!new_session()) {
         unshift @wrapper, $setsid;
+    } elsif (record_wrapper()) {
+        push @wrapper, 'recorded', in_path('bash');
     }
     exec { $wrapper[0] } @wrapper;
     exit 127;    # never back into the submits: they are the parent's
+}
+
+# The wrapper's first steps (sh/wrapper.sh), taken by the process that becomes the wrapper,
+# with builtins: claim the job, then record its start time and boot id, then its pid. It then
+# starts no mkdir and no mv of its own, two of the few processes a job costs besides its own.
+# Only once it leads its session (its pid is the job's process group from here on) and where
+# /proc tells its start time; else (0) the wrapper takes the steps itself. In this child,
+# nothing may return into the submits: a failure ends it as the wrapper would end.
+sub record_wrapper {
+    my $start = started_at($$);
+    return 0 if $start eq '';
+    mkdir("$jd/claimed") or exit 0;    # another wrapper owns the job: leave at once
+    my $boot = -r '/proc/sys/kernel/random/boot_id' ? first_line('/proc/sys/kernel/random/boot_id') : '';
+    write_file("$jd/start", "$start\n");
+    write_file("$jd/boot_id", "$boot\n") if $boot ne '';
+    # Without a recorded pid the job could neither be watched nor killed: do not run it.
+    exit 1 unless write_file("$jd/pid.tmp", "$$\n") && rename("$jd/pid.tmp", "$jd/pid");
+    return 1;
+}
+
+# `printf ... > PATH`: whether CONTENT was written (and the file closed).
+sub write_file {
+    my ($path, $content) = @_;
+    open(my $fh, '>', $path) or return 0;
+    my $ok = print $fh $content;
+    return close($fh) && $ok;
 }
 
 # setsid(2) without loading POSIX (which costs a perl ten milliseconds and more): the system

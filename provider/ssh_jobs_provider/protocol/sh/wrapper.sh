@@ -1,19 +1,24 @@
 # The detached wrapper (run.sh in the job directory, after process.sh and shebang.sh): claims
 # the job, runs the command and records how it ended. Started as
 # `/bin/sh <job_dir>/run.sh <job_dir>` under setsid (or nohup), so its pid leads the job's
-# process group.
+# process group; as `/bin/sh <job_dir>/run.sh <job_dir> recorded <bash>` by a perl submit that took
+# its first steps (the claim, the start time, the boot id and the pid) in the process that then
+# became this wrapper, the same steps without a process for mkdir and mv (perl/submit.pl's
+# record_wrapper).
 # shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
 wrapper_job_dir=$1
 cd "$wrapper_job_dir" || exit 1
-# The one wrapper that creates "claimed" owns the job; any later one leaves at once.
-mkdir claimed 2>/dev/null || exit 0
-# The start time and boot id come before the pid: whoever sees the pid can verify it (the
-# poll compares them the same way, with the functions of process.sh).
-started_at $$
-if [ -n "$start_ticks" ]; then printf '%s\n' "$start_ticks" > start; else ps_started $$; printf 'ps:%s\n' "$ps_start" > start; fi
-if [ -n "$boot_now" ]; then printf '%s\n' "$boot_now" > boot_id; fi
-# Without a recorded pid the job could neither be watched nor killed: do not run it.
-{ printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid; } || exit 1
+if [ "${2:-}" != recorded ]; then
+  # The one wrapper that creates "claimed" owns the job; any later one leaves at once.
+  mkdir claimed 2>/dev/null || exit 0
+  # The start time and boot id come before the pid: whoever sees the pid can verify it (the
+  # poll compares them the same way, with the functions of process.sh).
+  started_at $$
+  if [ -n "$start_ticks" ]; then printf '%s\n' "$start_ticks" > start; else ps_started $$; printf 'ps:%s\n' "$ps_start" > start; fi
+  if [ -n "$boot_now" ]; then printf '%s\n' "$boot_now" > boot_id; fi
+  # Without a recorded pid the job could neither be watched nor killed: do not run it.
+  { printf '%s\n' $$ > pid.tmp && mv -f pid.tmp pid; } || exit 1
+fi
 # Record a status even when the group is signalled: the trap runs after the child ends.
 trap 'got_signal=1' HUP INT TERM
 
@@ -21,8 +26,14 @@ trap 'got_signal=1' HUP INT TERM
 # anything else) in `environment` changes the command's world, never the wrapper's.
 first=
 IFS= read -r first < command.sh
+# The command's shell: bash where there is one, else /bin/sh (a perl submit that recorded the
+# wrapper looked it up too, and passes it: one process less).
 shell=/bin/sh
-bash_path=$(command -v bash 2>/dev/null) && [ -n "$bash_path" ] && shell=$bash_path
+if [ "${2:-}" = recorded ]; then
+  [ -n "${3:-}" ] && shell=$3
+else
+  bash_path=$(command -v bash 2>/dev/null) && [ -n "$bash_path" ] && shell=$bash_path
+fi
 wrapper_work_dir=
 [ -f workdir ] && IFS= read -r wrapper_work_dir < workdir
 # shellcheck disable=SC2088 # a literal "~" from the operator's remote_working_dir
@@ -73,8 +84,11 @@ note=
 if ! { printf x >> fs_probe; } 2>/dev/null; then note=nospace
 elif [ "$wrapper_status" != 0 ] && fs_full .; then note=nospace
 fi
-# exit_code.new was filled at submit: rewriting it in place needs no free block, so the
-# exit code is recorded even on a full file system. The clean copy follows where there is room.
-printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
-{ printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null ||
+# The record goes into a file of its own, renamed into place, so that whoever reads exit_code
+# reads all of it. Where that write fails (a full file system), exit_code.new, filled at
+# submit, is written over in place instead, which needs no free block: the exit code is
+# recorded even then.
+if ! { printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null; then
+  printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
   rm -f exit_code.tmp
+fi
