@@ -5,13 +5,12 @@ Every step of a job's life (submit, poll, kill, cleanup) is a POSIX ``sh`` scrip
 ``/bin/sh -s`` on the remote host through its *standard input* (:data:`REMOTE_SHELL`), which
 keeps it away from the login shell's quoting rules (csh, fish, ...) and from ``ARG_MAX``.
 The programs themselves are real ``.sh`` files shipped with the package (checked by
-ShellCheck); this module only validates the inputs and appends the calls. Every script
-answers with header lines starting with :data:`PROTOCOL_TAG`, parsed by
-:mod:`ssh_jobs_provider.protocol.answers`.
-
-The batch of one poll tick (polls and cleanups of many jobs) is built by
-:mod:`~ssh_jobs_provider.protocol.batch`, the submit (in ``sh``, or in one ``perl`` process
-where the host has perl) by :mod:`~ssh_jobs_provider.protocol.submit`.
+ShellCheck); this module reads them and quotes the arguments. Every script answers with
+header lines starting with :data:`PROTOCOL_TAG` (:mod:`~ssh_jobs_provider.protocol.answers`);
+each verb's module builds its script and parses its answer (:mod:`~ssh_jobs_provider.protocol.submit`,
+:mod:`~ssh_jobs_provider.protocol.poll`, :mod:`~ssh_jobs_provider.protocol.cleanup`,
+:mod:`~ssh_jobs_provider.protocol.kill`, ...), and :mod:`~ssh_jobs_provider.protocol.batch`
+puts the verbs of one poll tick in one script.
 
 The job directory is private to the SSH user (mode 700), and the base dir and every directory
 above it must be trusted (see the Security page of the docs).
