@@ -118,8 +118,9 @@ class RetryPolicy:
     :param attempts: most attempts in all, the first included (at least 1 is always made)
     :param backoff: the waits between attempts
     :param retry_on: which failures are tried again; the others are raised at once
-    :param within: no attempt starts this many seconds after the first one began (``None``: the
-        attempts alone bound the loop)
+    :param within: once this many seconds have passed since the first attempt began, a failed
+        attempt is the last (``None``: the attempts alone bound the loop); the one before may
+        still start up to a wait later
     """
 
     attempts: int = 3

@@ -85,8 +85,9 @@ def alive(pid: int) -> bool:
 
 def wait_for_the_wrapper_to_exit(job_dir: str | Path) -> None:
     """
-    Wait until the job's wrapper is gone, not only its exit record written: the wrapper writes
-    a second copy of the record after the first, so removing the directory sooner can race it.
+    Wait until the job's wrapper is gone, not only its exit record written: the wrapper may
+    still be writing in its directory (the record's fallback copy on a full disk, a file of an
+    older wrapper), so removing the directory sooner can race it.
     """
     wait_until(
         lambda: Path(job_dir, "exit_code").exists() and not alive(pid_of(job_dir)),

@@ -141,8 +141,28 @@ def test_refused_submit_without_a_reason_says_so() -> None:
 
 @pytest.mark.parametrize(
     "record",
-    [b"", answer(key=0, pid="x1", alive=0), header("poll", key=0, pid=1, len=9) + b"short"],
-    ids=["no-record", "bad-integer", "misframed"],
+    [
+        b"",
+        answer(key=0, pid="x1", alive=0),
+        header("poll", key=0, pid=1, len=9) + b"short",
+        answer(key=0, pid=1, alive=1) + b"trailing bytes\n",
+        b"noise\n" + answer(key=0, pid=1, alive=1),
+        answer(key=0, pid=1, alive=1) + answer(key=0, pid=1, alive=1),
+        answer(key=1, pid=1, alive=1),
+        header("poll", pid=1, alive=1, len=0),
+        header("poll", key=0, pid=1, alive=1, len=0).rstrip(b"\n"),
+    ],
+    ids=[
+        "no-record",
+        "bad-integer",
+        "log-bytes",
+        "bytes-after",
+        "noise-between",
+        "twice",
+        "other-key",
+        "no-key",
+        "cut",
+    ],
 )
 def test_submit_with_a_bad_state_record_is_a_protocol_error(record: bytes) -> None:
     with pytest.raises(RemoteJobProtocolError):

@@ -30,7 +30,8 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     start          the wrapper's start time (Linux), so a recycled pid is not taken for the job
     boot_id        the kernel boot id at start (Linux), to tell a reboot from a live job
     stdout.log     the command's stdout and stderr
-    exit_code.new  space reserved at submit for the exit record
+    exit_code.new  space reserved at submit for the exit record (written over in place, and
+                   renamed to exit_code, only when a full file system refuses a new file)
     exit_code      ``<code> log=<log bytes>[ nospace]``, written atomically when the command has ended
     fs_probe       one byte per end of the command: whether the file system had room left
     delivered      log bytes a watcher has delivered (for resuming after a restart)

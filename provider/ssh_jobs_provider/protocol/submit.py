@@ -28,6 +28,7 @@ from ssh_jobs_provider.protocol.answers import (
     JobStatus,
     RemoteJobProtocolError,
     find_header,
+    header_fields,
     int_or_none,
     status_from_fields,
 )
@@ -285,17 +286,24 @@ def ended_status(fields: dict[str, str]) -> JobStatus:
 
 def parse_submit_output(output: bytes) -> JobStatus:
     """
-    Parse the worker's submit answer: its ``submit`` header, then its job's state as a poll answer.
+    Parse the worker's submit answer: its ``submit`` header, then its job's state as a poll
+    answer (``key=0``, no log bytes), and nothing after it.
 
     :raises SubmitRefused: the submit refused, or failed before launching anything
-    :raises RemoteJobProtocolError: the answer is not the protocol's
+    :raises RemoteJobProtocolError: the answer is not the protocol's, or not all of it came
     """
     fields, rest = find_header(output, "submit")
     refusal = submit_refusal(fields, rest)
     if refusal is not None:
         raise refusal
-    poll, _ = find_header(rest, "poll")
-    # The submit asked for no log bytes: an answer that announces some is not its answer.
-    if int_or_none(poll.get("len")):
-        raise RemoteJobProtocolError(f"The submit's poll answer carries log bytes: {poll}")
+    # The script writes its poll record right after its header: anything else between them, or
+    # after the record, means the answer is not what this submit wrote.
+    poll_tag = f"{PROTOCOL_TAG} poll ".encode()
+    line_end = rest.find(b"\n")
+    if not rest.startswith(poll_tag) or line_end < 0 or rest[line_end + 1 :].strip():
+        preview = rest[:200].decode("utf-8", errors="replace")
+        raise RemoteJobProtocolError(f"The submit's answer does not end with its job's state: {preview!r}")
+    poll = header_fields(rest[len(poll_tag) : line_end].decode("utf-8", errors="replace"))
+    if poll.get("key") != "0" or int_or_none(poll.get("len")):
+        raise RemoteJobProtocolError(f"The submit's poll record is not its own: {poll}")
     return submitted_status(status_from_fields(poll), fields)

@@ -205,7 +205,7 @@ sub put {
 }
 
 # Where `command -v NAME` would find a program in PATH (looked up once per program: every
-# submit of a batch asks).
+# submit of a batch asks, before it forks its wrapper).
 my %in_path;
 
 sub in_path {
@@ -230,13 +230,21 @@ sub launch_wrapper {
     my $log;
     abort('creating stdout.log') unless open($log, '>>', "$jd/stdout.log");
     close $log;
-    my $setsid = in_path('setsid');
+    my ($setsid, $bash) = (in_path('setsid'), in_path('bash'));
     put('launcher', $setsid ne '' ? 'setsid' : 'nohup');
     $launched = 1;
     my $pid = fork;
     return if !defined $pid || $pid;
-    # The child becomes the wrapper: what `cmd </dev/null >/dev/null 2>&1 &` gives a job of
-    # a non-interactive shell (interrupts and quits ignored), then setsid or nohup.
+    # The child becomes the wrapper, and never returns into the submits (they are the
+    # parent's): whatever fails here, even a die, ends it.
+    eval { become_wrapper($setsid, $bash) };
+    exit 127;
+}
+
+# What `cmd </dev/null >/dev/null 2>&1 &` gives a job of a non-interactive shell (interrupts
+# and quits ignored), then setsid or nohup, then the wrapper.
+sub become_wrapper {
+    my ($setsid, $bash) = @_;
     @SIG{qw(INT QUIT)} = ('IGNORE', 'IGNORE');
     open(STDIN, '<', '/dev/null');
     open(STDOUT, '>', '/dev/null');
@@ -247,18 +255,19 @@ sub launch_wrapper {
     } elsif (!new_session()) {
         unshift @wrapper, $setsid;
     } elsif (record_wrapper()) {
-        push @wrapper, 'recorded', in_path('bash');
+        push @wrapper, 'recorded', $bash;
     }
     exec { $wrapper[0] } @wrapper;
-    exit 127;    # never back into the submits: they are the parent's
 }
 
 # The wrapper's first steps (sh/wrapper.sh), taken by the process that becomes the wrapper,
 # with builtins: claim the job, then record its start time and boot id, then its pid. It then
 # starts no mkdir and no mv of its own, two of the few processes a job costs besides its own.
 # Only once it leads its session (its pid is the job's process group from here on) and where
-# /proc tells its start time; else (0) the wrapper takes the steps itself. In this child,
-# nothing may return into the submits: a failure ends it as the wrapper would end.
+# /proc tells its start time; else (0) the wrapper takes the steps itself. A failure ends it
+# as the wrapper would end. The pid is out a few milliseconds before the wrapper's shell sets
+# its trap: a kill in between ends the job without an exit record (seen as vanished, not as
+# killed), as one between the sh wrapper's own pid and trap would.
 sub record_wrapper {
     my $start = started_at($$);
     return 0 if $start eq '';
