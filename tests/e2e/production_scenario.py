@@ -66,8 +66,11 @@ LINE_SECONDS = 0.5
 SKIP_CODE = 99
 #: The jobs wait at most this long for the gate (polls of 0.2 s), so none is left waiting.
 GATE_POLLS = 1500
-#: The Celery worker is killed once this many of the worker-mode jobs were launched.
+#: The Celery worker is killed once this many of the worker-mode jobs were launched, and it
+#: runs at least KILL_WORKER_WITH task processes: a task's submit returns as soon as its
+#: wrapper recorded its pid, so how many tasks a worker holds at a given launch count varies.
 KILL_WORKER_AFTER = 15
+KILL_WORKER_WITH = 2
 LINES_BEFORE_KILL = 2
 START_TIMEOUT = 240.0
 RAMP_TIMEOUT = 300.0
@@ -262,14 +265,23 @@ def kill_a_celery_worker_while_tasks_submit(
     deployment: ProductionDeployment, run: ProductionRun, launches: Path
 ) -> None:
     """Fault 1: SIGKILL the Celery worker running the most tasks mid-submit, then start it again."""
+    chosen: dict[str, int] = {}
+
+    def busiest_holds_tasks() -> bool:
+        if launched(launches, "worker") < KILL_WORKER_AFTER:
+            return False
+        chosen.clear()
+        chosen.update({name: len(deployment.task_processes(name)) for name in deployment.celery_workers})
+        return max(chosen.values(), default=0) >= KILL_WORKER_WITH
+
     wait_until(
-        f"{KILL_WORKER_AFTER} worker-mode jobs launched",
+        f"{KILL_WORKER_AFTER} worker-mode jobs launched and a Celery worker running {KILL_WORKER_WITH} tasks",
         RAMP_TIMEOUT,
-        lambda: launched(launches, "worker") >= KILL_WORKER_AFTER,
+        busiest_holds_tasks,
         deployment,
     )
-    victim = max(deployment.celery_workers, key=lambda name: len(deployment.task_processes(name)))
-    running = len(deployment.task_processes(victim))
+    victim = max(chosen, key=lambda name: chosen[name])
+    running = chosen[victim]
     fault = Fault(victim, "SIGKILL", utc(deployment.kill_component(victim)))
     fault.detail = f"{launched(launches, 'worker')} worker-mode jobs launched, {running} task processes on it"
     run.faults["worker"] = fault
