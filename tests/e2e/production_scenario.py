@@ -66,11 +66,13 @@ LINE_SECONDS = 0.5
 SKIP_CODE = 99
 #: The jobs wait at most this long for the gate (polls of 0.2 s), so none is left waiting.
 GATE_POLLS = 1500
-#: The Celery worker is killed once this many of the worker-mode jobs were launched, and it
-#: runs at least KILL_WORKER_WITH task processes: a task's submit returns as soon as its
-#: wrapper recorded its pid, so how many tasks a worker holds at a given launch count varies.
+#: The Celery worker is killed once this many of the worker-mode jobs were launched, at a moment
+#: when at least KILL_WITH_RUNNING task instances run (not yet deferred) and the busiest worker
+#: holds at least KILL_WORKER_WITH task processes: how many tasks are still in a worker at a
+#: given launch count varies from run to run, and a task process may be one that already deferred.
 KILL_WORKER_AFTER = 15
 KILL_WORKER_WITH = 2
+KILL_WITH_RUNNING = 4
 LINES_BEFORE_KILL = 2
 START_TIMEOUT = 240.0
 RAMP_TIMEOUT = 300.0
@@ -211,7 +213,7 @@ def run_fanouts(base: Path) -> ProductionRun:
         run.seconds["start"] = time.monotonic() - started
         started = time.monotonic()
         run_id = deployment.trigger(DAG_ID)
-        kill_a_celery_worker_while_tasks_submit(deployment, run, launches)
+        kill_a_celery_worker_while_tasks_submit(deployment, run, launches, run_id)
         wait_until(
             "every task deferred with its job launched",
             RAMP_TIMEOUT,
@@ -262,7 +264,7 @@ def launched(launches: Path, mode: str | None = None) -> int:
 
 
 def kill_a_celery_worker_while_tasks_submit(
-    deployment: ProductionDeployment, run: ProductionRun, launches: Path
+    deployment: ProductionDeployment, run: ProductionRun, launches: Path, run_id: str
 ) -> None:
     """Fault 1: SIGKILL the Celery worker running the most tasks mid-submit, then start it again."""
     chosen: dict[str, int] = {}
@@ -270,12 +272,14 @@ def kill_a_celery_worker_while_tasks_submit(
     def busiest_holds_tasks() -> bool:
         if launched(launches, "worker") < KILL_WORKER_AFTER:
             return False
+        running = sum(1 for ti in deployment.task_instances(DAG_ID, run_id) if ti.state == "running")
         chosen.clear()
         chosen.update({name: len(deployment.task_processes(name)) for name in deployment.celery_workers})
-        return max(chosen.values(), default=0) >= KILL_WORKER_WITH
+        return running >= KILL_WITH_RUNNING and max(chosen.values(), default=0) >= KILL_WORKER_WITH
 
     wait_until(
-        f"{KILL_WORKER_AFTER} worker-mode jobs launched and a Celery worker running {KILL_WORKER_WITH} tasks",
+        f"{KILL_WORKER_AFTER} worker-mode jobs launched, {KILL_WITH_RUNNING} tasks running and a Celery "
+        f"worker holding {KILL_WORKER_WITH} task processes",
         RAMP_TIMEOUT,
         busiest_holds_tasks,
         deployment,
