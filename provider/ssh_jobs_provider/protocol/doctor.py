@@ -8,13 +8,12 @@ judges the answers.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable
 from typing import Any
 
 from ssh_jobs_provider.protocol.answers import header_fields
 from ssh_jobs_provider.protocol.batch import build_probe_script
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_prelude, shell_source
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, quote, script_prelude, shell_source
 
 #: Prints the host's clock in seconds since the epoch, with nanoseconds where ``date`` has them.
 CLOCK_SCRIPT = "{\nd=$(date +%s.%N 2>/dev/null); case $d in *N*|'') d=$(date +%s) ;; esac; echo \"$d\"\n}\n"
@@ -29,7 +28,7 @@ def build_host_probe(base_dir: str, tools: Iterable[str]) -> str:
         script_prelude()
         + shell_source("submit.sh")
         + shell_source("doctor.sh")
-        + f"tools {' '.join(sorted(set(tools)))}\nbase {shlex.quote(base_dir)}\nfacts\n"
+        + f"tools {' '.join(sorted(set(tools)))}\nbase {quote(base_dir)}\nfacts\n"
     )
     return as_whole(body) + build_probe_script()
 

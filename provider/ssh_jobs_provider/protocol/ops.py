@@ -13,7 +13,6 @@ by the listing).
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from ssh_jobs_provider.protocol.answers import (
 from ssh_jobs_provider.protocol.batch import parse_batch_output
 from ssh_jobs_provider.protocol.cleanup import CleanupEntry, CleanupResult
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, is_made_job_id, validate_base_dir
-from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, script_prelude, shell_source
+from ssh_jobs_provider.protocol.scripts import PROTOCOL_TAG, as_whole, quote, script_prelude, shell_source
 
 #: States whose directory may be reaped once old enough: the job is over, or never started.
 REAPABLE_STATES = frozenset({JobState.EXITED, JobState.VANISHED, JobState.PENDING})
@@ -99,7 +98,7 @@ def parse_age(text: str) -> int:
 def build_listing_script(base_dir: str) -> str:
     """The ONE script that lists ``base_dir``'s job directories and their states (read-only)."""
     base = validate_base_dir(base_dir)
-    return as_whole(script_prelude() + shell_source("ops.sh") + f"list_jobs {shlex.quote(base)}\n")
+    return as_whole(script_prelude() + shell_source("ops.sh") + f"list_jobs {quote(base)}\n")
 
 
 def parse_listing(output: bytes) -> Listing:
@@ -174,8 +173,7 @@ def build_reap_script(entries: Sequence[CleanupEntry]) -> str:
     (a Slurm job: while Slurm still has it); answers as a batch (:func:`parse_reap_output`).
     """
     calls = "".join(
-        f"reap_job {key} {shlex.quote(e.paths.job_dir)} {shlex.quote(e.token)}\n"
-        for key, e in enumerate(entries)
+        f"reap_job {key} {quote(e.paths.job_dir)} {quote(e.token)}\n" for key, e in enumerate(entries)
     )
     # slurm.sh for slurm_job_active: a Slurm job's directory is kept while Slurm still has the job.
     return as_whole(

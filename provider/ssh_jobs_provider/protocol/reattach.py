@@ -23,7 +23,6 @@ with the job's ``.ended`` record once its directory was removed.
 from __future__ import annotations
 
 import enum
-import shlex
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 from ssh_jobs_provider.protocol.answers import JobState, JobStatus
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths, validate_token
 from ssh_jobs_provider.protocol.poll import PollEntry
-from ssh_jobs_provider.protocol.scripts import as_whole, script_prelude
+from ssh_jobs_provider.protocol.scripts import as_whole, quote, script_prelude
 
 #: The task state store key of a durable task's jobs.
 STATE_KEY = "ssh_remote_job"
@@ -176,7 +175,7 @@ def lookup_entries(records: Sequence[JobRecord]) -> list[PollEntry]:
 def build_lookup_script(records: Sequence[JobRecord]) -> str:
     """Script that says what became of each job: entry ``i`` answers with ``key=i``."""
     calls = "".join(
-        f"lookup_job {key} {shlex.quote(record.paths.job_dir)} {shlex.quote(record.token)}\n"
+        f"lookup_job {key} {quote(record.paths.job_dir)} {quote(record.token)}\n"
         for key, record in enumerate(records)
     )
     return as_whole(script_prelude() + calls + 'echo "$answer_tag end"\n')

@@ -8,8 +8,7 @@
 # Arguments: the answers' tag and the kernel boot id (process.sh's $boot_now, may be empty;
 # read here when not given).
 my ($tag, $boot_now) = @ARGV;
-$boot_now = -r '/proc/sys/kernel/random/boot_id' ? first_line('/proc/sys/kernel/random/boot_id') : ''
-  unless defined $boot_now;
+$boot_now = kernel_boot_id() unless defined $boot_now;
 binmode STDOUT;
 my $out = '';
 
@@ -29,6 +28,12 @@ sub first_line {
 }
 
 sub file_line { return -f $_[0] ? first_line($_[0]) : '' }
+
+# process.sh's boot_now: the kernel's boot id ('' where there is none to read).
+sub kernel_boot_id {
+    my $path = '/proc/sys/kernel/random/boot_id';
+    return -r $path ? first_line($path) : '';
+}
 
 # process.sh's proc_stat: the fields of /proc/PID/stat after the command name (the state
 # letter first), none without /proc.

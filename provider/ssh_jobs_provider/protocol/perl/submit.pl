@@ -272,7 +272,7 @@ sub record_wrapper {
     my $start = started_at($$);
     return 0 if $start eq '';
     mkdir("$jd/claimed") or exit 0;    # another wrapper owns the job: leave at once
-    my $boot = -r '/proc/sys/kernel/random/boot_id' ? first_line('/proc/sys/kernel/random/boot_id') : '';
+    my $boot = kernel_boot_id();
     write_file("$jd/start", "$start\n");
     write_file("$jd/boot_id", "$boot\n") if $boot ne '';
     # Without a recorded pid the job could neither be watched nor killed: do not run it.

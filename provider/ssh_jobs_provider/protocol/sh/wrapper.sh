@@ -30,7 +30,7 @@ IFS= read -r first < command.sh
 # wrapper looked it up too, and passes it: one process less).
 shell=/bin/sh
 if [ "${2:-}" = recorded ]; then
-  [ -n "${3:-}" ] && shell=$3
+  shell=${3:-/bin/sh}
 else
   bash_path=$(command -v bash 2>/dev/null) && [ -n "$bash_path" ] && shell=$bash_path
 fi
@@ -88,7 +88,8 @@ fi
 # reads all of it. Where that write fails (a full file system), exit_code.new, filled at
 # submit, is written over in place instead, which needs no free block: the exit code is
 # recorded even then.
-if ! { printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null; then
-  printf '%s log=%s%s\n' "$wrapper_status" "$log_end" "${note:+ $note}" 1<>exit_code.new && mv -f exit_code.new exit_code
+exit_record="$wrapper_status log=$log_end${note:+ $note}"
+if ! { printf '%s\n' "$exit_record" > exit_code.tmp && mv -f exit_code.tmp exit_code; } 2>/dev/null; then
+  printf '%s\n' "$exit_record" 1<>exit_code.new && mv -f exit_code.new exit_code
   rm -f exit_code.tmp
 fi
