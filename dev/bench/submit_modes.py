@@ -3,9 +3,12 @@ The submit-modes scenario: N mapped tasks submitted four ways against one fresh 
 
 - ``upstream``: apache-airflow-providers-ssh, each task's ``execute`` in a worker process of
   its own (at most ``--submit-modes-workers`` processes; more tasks take turns);
-- ``ours``: this provider with ``submit_from="worker"`` (the default), the same way;
-- ``ours-shared``: the same, with the connection extra ``share_login``: the worker processes
-  run their submits over one login to the host (a login broker, idle 2 s after the last one);
+- ``ours``: this provider with ``submit_from="worker"`` (the default) and its default
+  ``share_login`` ``"auto"``, the same way: a worker process that meets another one's handshake
+  starts a login broker, over whose one login the rest submit (idle 2 s after the last one);
+- ``ours-alone``: the same with ``share_login`` false: every task logs in by itself (the
+  default before ``"auto"``);
+- ``ours-shared``: the same with ``share_login`` true: the first task starts the broker;
 - ``ours-triggerer``: this provider with ``submit_from="triggerer"``: every ``execute`` (no
   network), then every trigger in ONE asyncio process, which submits and watches.
 
@@ -25,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 #: The ways of submitting, in the order of the first N (later N rotate it).
-MODES = ("upstream", "ours", "ours-shared", "ours-triggerer")
+MODES = ("upstream", "ours", "ours-alone", "ours-shared", "ours-triggerer")
+#: The connection extra ``share_login`` of each worker mode of ours.
+SHARE_LOGIN = {"ours": "auto", "ours-alone": False, "ours-shared": True}
 
 
 def launches(path: Path) -> tuple[Counter[int], float | None]:
@@ -65,10 +70,10 @@ def spec_for(bench: Any, mode: str, n: int, base: Path, launch_file: Path) -> tu
         "job_seconds": 0,
         "hard_timeout": args.burst_timeout,
     }
-    if mode == "ours-shared":
-        # The broker ends 2 s after the last submit, so that its login's sshd process has ended
+    if mode in SHARE_LOGIN:
+        # A broker ends 2 s after the last submit, so that its login's sshd process has ended
         # (and its CPU is counted) by the time the server is quiet again.
-        spec.update(connection_extra={"share_login": True}, broker_idle_seconds=2.0)
+        spec.update(connection_extra={"share_login": SHARE_LOGIN[mode]}, broker_idle_seconds=2.0)
         return "ours", "workers.py", spec
     return mode, "workers.py", spec
 

@@ -9,7 +9,8 @@ SUBMIT_FILES = ("submit_modes.rst.inc", "submit_modes.png")
 LABELS = {
     "upstream": "upstream (worker)",
     "ours": "ours (worker)",
-    "ours-shared": "ours (worker, share_login)",
+    "ours-alone": "ours (worker, share_login false)",
+    "ours-shared": "ours (worker, share_login true)",
     "ours-triggerer": "ours (triggerer)",
 }
 HEADER = [
@@ -26,7 +27,13 @@ HEADER = [
     "jobs started once",
 ]
 WIDTHS = "6 16 8 10 10 10 8 8 8 12 10"
-COLORS = {"upstream": "#d62728", "ours": "#ff7f0e", "ours-shared": "#2ca02c", "ours-triggerer": "#1f77b4"}
+COLORS = {
+    "upstream": "#d62728",
+    "ours": "#ff7f0e",
+    "ours-alone": "#8c564b",
+    "ours-shared": "#2ca02c",
+    "ours-triggerer": "#1f77b4",
+}
 
 
 def _cell(value: Any) -> str:

@@ -130,21 +130,25 @@ def child_main(
     common.write_json(result_dir / f"{slot}.json", records)
 
 
-def use_connection_extra(spec: dict[str, Any]) -> None:
-    """The spec's extras (e.g. ``share_login``) added to the connection, before anything reads it."""
+def use_connection_extra(impl: str, spec: dict[str, Any]) -> None:
+    """
+    The spec's extras (e.g. ``share_login``) added to the connection, before anything reads it.
+    Ours: a login broker ends 2 s after its last script (unless the spec says otherwise), so
+    that its login's sshd process has ended, and its CPU is counted, when the server is quiet.
+    """
     extra, name = spec.get("connection_extra"), f"AIRFLOW_CONN_{common.CONN_ID.upper()}"
     if extra:
         connection = json.loads(os.environ[name])
         connection["extra"] = {**connection.get("extra", {}), **extra}
         os.environ[name] = json.dumps(connection)
-    if spec.get("broker_idle_seconds") is not None:
+    if impl == "ours":
         from ssh_jobs_provider.hooks import shared_login
 
-        shared_login.BROKER_IDLE_SECONDS = float(spec["broker_idle_seconds"])
+        shared_login.BROKER_IDLE_SECONDS = float(spec.get("broker_idle_seconds") or 2.0)
 
 
 def run(impl: str, spec: dict[str, Any]) -> dict[str, Any]:
-    use_connection_extra(spec)
+    use_connection_extra(impl, spec)
     cls = common.operator_class(impl)
     common.configure_logging()
     # Warm up everything a task touches before forking, as a worker has by the time it runs.

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.hooks import login_broker, shared_login
+from ssh_jobs_provider.hooks.handshake_turns import DEFAULT_HANDSHAKE_SLOTS, handshake_turn
 from ssh_jobs_provider.hooks.shared_login import BrokerUnavailable, ask_broker, broker_address
 from ssh_jobs_provider.hooks.ssh import SSHHook
 from support.jobs import make_operator
@@ -198,13 +199,64 @@ def test_a_broker_killed_mid_script_is_a_lost_reply(
         ask_broker(address, b"echo nobody\n", 30)
 
 
-def test_without_share_login_every_submit_logs_in(sshd, ssh_conn, short_idle, remote_base_dir) -> None:
-    conn_id = ssh_conn  # no share_login extra: the default
+def test_by_default_lone_submits_log_in_by_themselves_and_leave_nothing_running(
+    sshd, ssh_conn, short_idle, remote_base_dir
+) -> None:
+    conn_id = ssh_conn  # no share_login extra: "auto"
     for index in range(3):
         submit(make_operator(conn_id, remote_base_dir), StandInTaskInstance(map_index=index))
     assert sshd.counts()["accepted"] == 3
     assert not broker_pids(broker_address(SSHHook(conn_id).settings) or Path("/nonexistent"))
     ran_once(remote_base_dir, 3)
+
+
+@contextlib.contextmanager
+def another_worker_handshaking(sshd) -> Iterator[None]:
+    """What a fan-out looks like from one worker process: another one holds a handshake turn."""
+    with handshake_turn(sshd.host, sshd.port, DEFAULT_HANDSHAKE_SLOTS, wait=0) as held:
+        assert held
+        yield
+
+
+def test_by_default_a_submit_that_meets_another_handshake_starts_a_broker_for_the_rest(
+    sshd, ssh_conn, short_idle, remote_base_dir
+) -> None:
+    address = broker_address(SSHHook(ssh_conn).settings)
+    assert address is not None
+    try:
+        with another_worker_handshaking(sshd):
+            # In a process of its own, which ends: the broker it starts outlives it.
+            first = (
+                "from support.jobs import make_operator\n"
+                "from support.runner import StandInTaskInstance, submit\n"
+                f"submit(make_operator({ssh_conn!r}, {remote_base_dir!r}), StandInTaskInstance(map_index=0))\n"
+            )
+            subprocess.run(
+                [sys.executable, "-c", first], check=True, env=os.environ, cwd=Path(__file__).parents[1]
+            )
+        assert broker_pids(address), "the submit met another handshake: it must have started a broker"
+        assert sshd.counts()["accepted"] == 1  # the broker's, which the submit waited for
+
+        # The fan-out's later submits find the broker and use it, another handshake or not.
+        for index in range(1, 4):
+            submit(make_operator(ssh_conn, remote_base_dir), StandInTaskInstance(map_index=index))
+        assert sshd.counts()["accepted"] == 1
+        ran_once(remote_base_dir, 4)
+    finally:
+        for pid in broker_pids(address):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_share_login_false_never_starts_a_broker_even_in_a_fan_out(
+    sshd, monkeypatch, short_idle, remote_base_dir
+) -> None:
+    conn_id = use_connection(monkeypatch, sshd, "ssh_alone", share_login=False)
+    with another_worker_handshaking(sshd):
+        for index in range(2):
+            submit(make_operator(conn_id, remote_base_dir), StandInTaskInstance(map_index=index))
+    assert sshd.counts()["accepted"] == 2
+    assert not broker_pids(broker_address(SSHHook(conn_id).settings) or Path("/nonexistent"))
+    ran_once(remote_base_dir, 2)
 
 
 def test_a_broker_that_cannot_log_in_sends_callers_to_their_own_and_is_not_retried_at_once(

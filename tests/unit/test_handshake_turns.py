@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.hooks.handshake_turns import handshake_turn, turns_dir
+from ssh_jobs_provider.hooks.handshake_turns import handshake_turn, turns_dir, turns_in_use
 
 HOST, PORT = "bastion.example", 2222
 #: Time a holder keeps its turn: long against taking one, short for the test.
@@ -105,6 +105,32 @@ def test_a_turn_is_waited_for_no_longer_than_its_bound(tmp_path: Path) -> None:
         assert not held and 0.1 <= waited < HOLD
     finally:
         holder.join(10)
+
+
+def test_a_look_tells_whether_another_process_holds_a_turn_and_takes_none(tmp_path: Path) -> None:
+    assert not turns_in_use(HOST, PORT, 3)
+    context = multiprocessing.get_context("fork")
+    holder = context.Process(target=take_turn, args=(3, str(tmp_path / "record"), 30.0))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not turns_in_use(HOST, PORT, 3):
+            assert time.monotonic() < deadline, "the holder's turn was never seen"
+            time.sleep(0.01)
+        # The look let go of every turn it tried: the two left are free for the taking.
+        with handshake_turn(HOST, PORT, 3, wait=0) as first, handshake_turn(HOST, PORT, 3, wait=0) as second:
+            assert first and second
+        assert not turns_in_use("other.example", PORT, 3), "another host's turns are its own"
+    finally:
+        holder.join(10)
+    assert not turns_in_use(HOST, PORT, 3)
+
+
+def test_with_zero_slots_no_process_is_ever_seen_handshaking() -> None:
+    with handshake_turn(HOST, PORT, 1, wait=0) as held:
+        assert held
+        assert turns_in_use(HOST, PORT, 1)
+        assert not turns_in_use(HOST, PORT, 0)
 
 
 def test_no_turns_at_all_with_zero_slots(tmp_path: Path) -> None:

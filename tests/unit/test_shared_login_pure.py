@@ -125,12 +125,25 @@ class _Connection:
 
 
 @pytest.mark.parametrize(
-    ("extra", "shared"), [({}, False), ({"share_login": "true"}, True), ({"share_login": False}, False)]
+    ("extra", "shared"),
+    [
+        ({}, "auto"),
+        ({"share_login": " Auto"}, "auto"),
+        ({"share_login": ""}, "auto"),
+        ({"share_login": None}, "auto"),
+        ({"share_login": "true"}, True),
+        ({"share_login": True}, True),
+        ({"share_login": False}, False),
+        ({"share_login": "no"}, False),
+    ],
 )
-def test_sharing_is_asked_for_with_the_connection_extra(extra: dict, shared: bool) -> None:
-    assert SSHConnectionSettings.from_connection(_Connection(extra)).share_login is shared
+def test_sharing_is_asked_for_with_the_connection_extra(extra: dict, shared: bool | str) -> None:
+    assert SSHConnectionSettings.from_connection(_Connection(extra)).share_login == shared
 
 
-def test_a_wrong_share_login_extra_names_the_fix() -> None:
-    with pytest.raises(ValueError, match="'share_login' must be true or false"):
-        SSHConnectionSettings.from_connection(_Connection({"share_login": "sometimes"}))
+@pytest.mark.parametrize("value", ["sometimes", 2])
+def test_a_wrong_share_login_names_the_fix(value: object) -> None:
+    with pytest.raises(ValueError, match="'share_login' must be true, false or auto"):
+        SSHConnectionSettings.from_connection(_Connection({"share_login": value}))
+    with pytest.raises(ValueError, match="'share_login' must be true, false or auto"):
+        SSHConnectionSettings(conn_id="c", host="h", share_login=value)  # type: ignore[arg-type]

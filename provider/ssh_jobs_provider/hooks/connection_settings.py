@@ -57,6 +57,18 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ValueError(f"Connection extra {name!r} must be true or false, got {value!r}.")
 
 
+def _as_share_login(value: Any) -> bool | str:
+    # Unset (as a connection form leaves it) is the default.
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return "auto"
+    try:
+        return _as_bool(value, "share_login")
+    except ValueError:
+        raise ValueError(
+            f"Connection extra 'share_login' must be true, false or auto, got {value!r}."
+        ) from None
+
+
 def _as_float(value: Any, name: str) -> float | None:
     if value is None or value == "":
         return None
@@ -108,8 +120,10 @@ class SSHConnectionSettings:
         (perl when the host has it, else POSIX sh), ``"perl"`` or ``"sh"``
     :param handshake_slots: most handshakes with this host that the worker processes of one
         machine run at once (``0``: no turns; see :mod:`~ssh_jobs_provider.hooks.handshake_turns`)
-    :param share_login: let the worker processes of one machine run their scripts over one
-        login to the host (opt-in; see :mod:`~ssh_jobs_provider.hooks.shared_login`)
+    :param share_login: whether the worker processes of one machine run their scripts over one
+        login to the host (see :mod:`~ssh_jobs_provider.hooks.shared_login`): ``"auto"``
+        (the default: once several of them log in to it at the same moment, as in a
+        fan-out), ``True`` (always) or ``False`` (never)
     :param host_key_policy: ``"strict"`` (only known or pinned keys), ``"accept-new"`` (add an
         unknown host's key to the known_hosts file, refuse a changed one) or ``"off"``
         (``no_host_key_check``)
@@ -142,7 +156,7 @@ class SSHConnectionSettings:
     compress: bool = True
     poll_interpreter: str = "auto"
     handshake_slots: int = DEFAULT_HANDSHAKE_SLOTS
-    share_login: bool = False
+    share_login: bool | str = "auto"
     host_key_policy: str = "strict"
     proxy_jump: SSHConnectionSettings | None = None
     proxy_command: str | None = None
@@ -165,6 +179,10 @@ class SSHConnectionSettings:
             raise ValueError(
                 f"{name}: extra 'handshake_slots' must be a whole number >= 0 (0: no turns), "
                 f"got {self.handshake_slots!r}."
+            )
+        if not isinstance(self.share_login, bool) and self.share_login != "auto":
+            raise ValueError(
+                f"{name}: extra 'share_login' must be true, false or auto, got {self.share_login!r}."
             )
         if self.host_key_policy not in HOST_KEY_POLICIES:
             raise ValueError(
@@ -310,9 +328,11 @@ class SSHConnectionSettings:
                     "Connection extras 'no_host_key_check' and host_key_policy 'strict' contradict "
                     "each other: keep only one."
                 )
-        for name in ("allow_host_key_change", "look_for_keys", "compress", "share_login"):
+        for name in ("allow_host_key_change", "look_for_keys", "compress"):
             if name in extra:
                 values[name] = _as_bool(extra[name], name)
+        if "share_login" in extra:
+            values["share_login"] = _as_share_login(extra["share_login"])
         if extra.get("host_key"):
             values["host_key"] = normalise_host_key(str(extra["host_key"]))
         if extra.get("disabled_algorithms"):

@@ -79,6 +79,26 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def turns_in_use(host: str, port: int, slots: int = DEFAULT_HANDSHAKE_SLOTS) -> bool:
+    """
+    Whether another process of this user on this machine holds one of the turns to
+    ``host:port`` at this moment, that is, is handshaking with the host now (``False`` where
+    there are no turns: ``slots`` 0, or no private directory). Each turn is tried and at once
+    let go, so a look costs the others nothing but a missed try.
+    """
+    directory = turns_dir() if slots > 0 else None
+    fds = _open_slots(directory, host, port, slots) if directory is not None else []
+    try:
+        for fd in fds:
+            if not _try_lock(fd):
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def handshake_turn(
     host: str, port: int, slots: int = DEFAULT_HANDSHAKE_SLOTS, wait: float | None = None

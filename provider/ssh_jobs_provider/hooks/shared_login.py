@@ -1,13 +1,19 @@
 """
 One SSH login per host, shared by the worker processes of one machine.
 
-A handshake costs ``sshd`` far more CPU than the submit it carries (some 30 ms against a few),
-and in a fan-out every worker-mode task makes one. With the connection extra ``share_login``
-(opt-in), a worker process that has just run a script over a login of its own starts a *login broker*
-(:mod:`~ssh_jobs_provider.hooks.login_broker`) for that host in the background: a small
-process of the same user that logs in once and runs the scripts of every worker process of
-the machine on channels of that one login, until it has been idle for
+A handshake costs ``sshd`` more CPU than the submit it carries, and in a fan-out every
+worker-mode task makes one. Sharing (the connection extra ``share_login``) lets a worker
+process start a *login broker* (:mod:`~ssh_jobs_provider.hooks.login_broker`) for that host in
+the background: a small process of the same user that logs in once and runs the scripts of
+every worker process of the machine on channels of that one login, until it has been idle for
 :data:`BROKER_IDLE_SECONDS`.
+
+When a broker is started: with ``share_login`` ``"auto"`` (the default), by a worker process
+that finds another one of the machine handshaking with the host at that moment (holding one
+of its :mod:`~ssh_jobs_provider.hooks.handshake_turns`): a fan-out. A lone task logs in by
+itself, as it always did, and leaves no process behind. With ``True``, by the first worker
+process that finds none; with ``False``, never. Either way a broker that is already there is
+used.
 
 The broker listens on a Unix socket in the user's private directory (the one of
 :mod:`~ssh_jobs_provider.hooks.handshake_turns`: mode 700, not used if not safely ours), named
@@ -16,16 +22,15 @@ in anything (user, key, jump host, host-key policy) never share a login, and the
 nothing of the host or the credentials. The broker serves only processes of its own user
 (checked with ``SO_PEERCRED``).
 
-The first worker process that finds no broker starts one and, like every process that comes
-while it logs in, waits for it (at most :data:`STARTING_WAIT_SECONDS`): a fan-out's burst of
-submits then costs the host one handshake, not one per task. Sharing never makes a script less
-certain than a login of its own would: whatever goes wrong before a broker ran a script (it
-could not log in, it ended, it is gone) sends the caller to its own login, exactly as without
-sharing, and a broker that could not log in is not tried again for
-:data:`FAILED_START_SECONDS`, so a host that refuses logins sees one attempt more per that
-period, not one per task; whatever goes wrong after (the login lost mid-script) is raised as
-the lost reply it is, and the caller's retry sends the script again, which the remote scripts
-make safe.
+The worker process that starts a broker, like every process that comes while it logs in,
+waits for it (at most :data:`STARTING_WAIT_SECONDS`): a fan-out's burst of submits then costs
+the host one handshake, not one per task. Sharing never makes a script less certain than a
+login of its own would: whatever goes wrong before a broker ran a script (it could not log in,
+it ended, it is gone) sends the caller to its own login, exactly as without sharing, and a
+broker that could not log in is not tried again for :data:`FAILED_START_SECONDS`, so a host
+that refuses logins sees one attempt more per that period, not one per task; whatever goes
+wrong after (the login lost mid-script) is raised as the lost reply it is, and the caller's
+retry sends the script again, which the remote scripts make safe.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.hooks.handshake_turns import turns_dir
+from ssh_jobs_provider.hooks.handshake_turns import turns_dir, turns_in_use
 
 #: What running a script gives: ``(exit_status, stdout, stderr)``.
 ScriptResult = tuple[int, bytes, bytes]
@@ -269,7 +274,7 @@ class ScriptSession:
         self.settings = settings
         self._connect = connect
         self._run_on = run_on
-        self.address = broker_address(settings) if settings.share_login else None
+        self.address = broker_address(settings) if settings.share_login is not False else None
         self.client: Any = None
 
     def run(self, script: str, timeout: float | None) -> ScriptResult:
@@ -285,6 +290,10 @@ class ScriptSession:
     def _shared(self, address: Path, script: bytes, timeout: float | None) -> ScriptResult:
         with contextlib.suppress(BrokerUnavailable):
             return ask_broker(address, script, timeout)
+        if not self._worth_a_broker():
+            raise BrokerUnavailable(
+                "no login broker runs, and no other worker process logs in to the host now"
+            )
         if recently_failed(address):
             raise BrokerUnavailable("a login broker for this connection failed moments ago")
         try:
@@ -301,6 +310,17 @@ class ScriptSession:
                 with contextlib.suppress(OSError):
                     failed_marker(address).touch(mode=0o600)
             raise
+
+    def _worth_a_broker(self) -> bool:
+        """
+        Whether to start a broker: always with ``share_login`` true; with ``"auto"`` only while
+        another worker process of the machine is handshaking with the host, the sign of a
+        fan-out, where one login instead of one per task saves the host the most. The look is
+        cheap (a few lock tries) and never waits.
+        """
+        if self.settings.share_login is True:
+            return True
+        return turns_in_use(self.settings.host, self.settings.port, self.settings.handshake_slots)
 
     def close(self) -> None:
         if self.client is not None:
