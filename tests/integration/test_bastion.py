@@ -378,10 +378,14 @@ def test_fifty_way_fan_out_through_a_bastion(
         f"-> bastion logins={bastion_watch}, target logins={target_watch} in {watched - submitted:.1f}s"
     )
     assert all(e["status"] == "success" for e in events), events[:3]
-    # One bastion login per worker submit; none at all when the triggerer submits.
-    expected_submit_logins = FAN_OUT if submit_from == "worker" else 0
-    assert bastion_submits == expected_submit_logins
-    assert target_submits == expected_submit_logins
+    if submit_from == "worker":
+        # Each login to a target, a worker's own or a login broker's, went through a bastion
+        # login of its own. The burst's workers met each other's handshakes: most submitted
+        # over a broker's login to their target (share_login "auto").
+        assert target_submits == bastion_submits
+        assert len(set(hosts)) <= target_submits < FAN_OUT // 2
+    else:
+        assert bastion_submits == target_submits == 0  # the triggerer submits: no worker logs in
     assert bastion_watch == 1  # one in all for the triggerer, whatever the number of hosts
     assert target_watch == len(hosts)  # one shared session per host
     for outcome in outcomes:

@@ -314,13 +314,19 @@ class ScriptSession:
     def _worth_a_broker(self) -> bool:
         """
         Whether to start a broker: always with ``share_login`` true; with ``"auto"`` only while
-        another worker process of the machine is handshaking with the host, the sign of a
-        fan-out, where one login instead of one per task saves the host the most. The look is
-        cheap (a few lock tries) and never waits.
+        another worker process of the machine is handshaking with the host, or with a jump
+        host on the way to it (where a login to the host begins), the sign of a fan-out, where
+        one login instead of one per task saves the host the most. The look is cheap (a few
+        lock tries) and never waits.
         """
         if self.settings.share_login is True:
             return True
-        return turns_in_use(self.settings.host, self.settings.port, self.settings.handshake_slots)
+        hop: SSHConnectionSettings | None = self.settings
+        while hop is not None:
+            if turns_in_use(hop.host, hop.port, hop.handshake_slots):
+                return True
+            hop = hop.proxy_jump
+        return False
 
     def close(self) -> None:
         if self.client is not None:
