@@ -33,17 +33,17 @@ MODES = ("upstream", "ours", "ours-alone", "ours-shared", "ours-triggerer")
 SHARE_LOGIN = {"ours": "auto", "ours-alone": False, "ours-shared": True}
 
 
-def launches(path: Path) -> tuple[Counter[int], float | None]:
-    """How often each job started, and the epoch second of the last start."""
+def launches(path: Path) -> tuple[Counter[int], float | None, float | None]:
+    """How often each job started, and the epoch seconds of the first and the last start."""
     counts: Counter[int] = Counter()
-    last = None
+    starts = []
     if path.exists():
         for line in path.read_text().splitlines():
             fields = line.split()
             if len(fields) == 2 and fields[0].isdigit():
                 counts[int(fields[0])] += 1
-                last = max(last or 0.0, float(fields[1]))
-    return counts, last
+                starts.append(float(fields[1]))
+    return counts, min(starts, default=None), max(starts, default=None)
 
 
 def spec_for(bench: Any, mode: str, n: int, base: Path, launch_file: Path) -> tuple[str, str, dict[str, Any]]:
@@ -86,7 +86,7 @@ def one_mode(bench: Any, server: Any, mode: str, n: int, kill: Callable[[str], i
     result = bench.run_driver(impl, driver, spec, bench.args.burst_timeout + 120, server)
     # The last jobs may still be starting when a worker-mode driver ends (its execute returns
     # once the pid is recorded, which is after the job's own first line).
-    counts, last_start = launches(launch_file)
+    counts, first_start, last_start = launches(launch_file)
     first = result.get("released_wall") or result.get("first_execute_wall")
     sshd = result["sshd"]
     row = {
@@ -115,6 +115,10 @@ def one_mode(bench: Any, server: Any, mode: str, n: int, kill: Callable[[str], i
         row["triggers_to_last_start_seconds"] = (
             round(last_start - triggers, 2) if triggers and last_start else None
         )
+        # From the first job's start, which follows the first tick's exec by one wrapper's start.
+        row["first_to_last_start_seconds"] = (
+            round(last_start - first_start, 2) if first_start and last_start else None
+        )
     errors = [t.get("error") or t.get("message") for t in result.get("tasks", []) if not t.get("ok")]
     row["errors"] = dict(Counter(str(e)[:120] for e in errors).most_common(5))
     kill(str(base))
@@ -142,6 +146,7 @@ def run(bench: Any, log: Callable[[str], None], kill: Callable[[str], int]) -> l
                 f"first execute -> last start {row['first_execute_to_last_start_seconds']}s"
                 + (
                     f", triggers started -> last start {row['triggers_to_last_start_seconds']}s"
+                    f", first start -> last start {row['first_to_last_start_seconds']}s"
                     if row.get("triggers_to_last_start_seconds") is not None
                     else ""
                 )

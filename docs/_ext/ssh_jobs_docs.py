@@ -226,6 +226,8 @@ def _other_value(name: str, value: Any, annotation: str) -> Any:
         from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
 
         return SSHConnectionSettings(conn_id="docs-bastion", host="bastion.example")
+    if name == "share_login":  # true, false or "auto"
+        return value is not True
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
