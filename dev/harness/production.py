@@ -204,12 +204,16 @@ class ProductionDeployment(AirflowDeployment):
         stop_gracefully([self._processes.pop(component)], grace=STOP_GRACE * 4, timeout=STOP_GRACE)
 
     def task_processes(self, worker: str) -> list[int]:
-        """Pids of the task processes a Celery worker runs now (below its pool processes)."""
+        """
+        Pids of the task processes a Celery worker runs now (below its pool processes). A
+        login broker a task started (share_login) is no task process: it serves the tasks of
+        every worker of the machine.
+        """
         proc = self._processes.get(worker)
         if proc is None or proc.poll() is not None:
             return []
         pool = {pid for pid, _ in descendants(proc.pid) if _parent(pid) == proc.pid}
-        return [pid for pid, _ in descendants(proc.pid) if pid not in pool]
+        return [pid for pid, _ in descendants(proc.pid) if pid not in pool and not _is_login_broker(pid)]
 
     @property
     def live_triggerers(self) -> list[str]:
@@ -246,6 +250,14 @@ class ProductionDeployment(AirflowDeployment):
     def triggerer_names(self) -> Mapping[int, str]:
         """Triggerer job id -> component name, for every triggerer that ran here."""
         return {job_id: name for name, job_id in self.triggerer_job_ids.items()}
+
+
+def _is_login_broker(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"ssh_jobs_provider.hooks.login_broker" in argv
 
 
 def _parent(pid: int) -> int | None:

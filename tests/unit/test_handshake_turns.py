@@ -6,6 +6,7 @@ and a turn is never waited for beyond its bound. Real processes, real locks.
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ssh_jobs_provider.hooks.connection_settings import SSHConnectionSettings
-from ssh_jobs_provider.hooks.handshake_turns import handshake_turn, turns_dir, turns_in_use
+from ssh_jobs_provider.hooks.handshake_turns import _open_slots, handshake_turn, turns_dir, turns_in_use
 
 HOST, PORT = "bastion.example", 2222
 #: Time a holder keeps its turn: long against taking one, short for the test.
@@ -117,20 +118,41 @@ def test_a_look_tells_whether_another_process_holds_a_turn_and_takes_none(tmp_pa
         while not turns_in_use(HOST, PORT, 3):
             assert time.monotonic() < deadline, "the holder's turn was never seen"
             time.sleep(0.01)
-        # The look let go of every turn it tried: the two left are free for the taking.
-        with handshake_turn(HOST, PORT, 3, wait=0) as first, handshake_turn(HOST, PORT, 3, wait=0) as second:
-            assert first and second
         assert not turns_in_use("other.example", PORT, 3), "another host's turns are its own"
     finally:
         holder.join(10)
     assert not turns_in_use(HOST, PORT, 3)
 
 
-def test_with_zero_slots_no_process_is_ever_seen_handshaking() -> None:
-    with handshake_turn(HOST, PORT, 1, wait=0) as held:
-        assert held
-        assert turns_in_use(HOST, PORT, 1)
-        assert not turns_in_use(HOST, PORT, 0)
+def test_lookers_do_not_take_each_other_for_handshakes(tmp_path: Path) -> None:
+    # Another process looking at every turn at this very moment (its shared locks held).
+    context = multiprocessing.get_context("fork")
+    looking, done = context.Event(), context.Event()
+
+    def look_and_hold() -> None:
+        fds = _open_slots(turns_dir() or tmp_path, HOST, PORT, 2)
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        looking.set()
+        done.wait(30)
+
+    looker = context.Process(target=look_and_hold)
+    looker.start()
+    try:
+        assert looking.wait(10)
+        assert not turns_in_use(HOST, PORT, 2)
+        # While a look holds them (a real one, a few microseconds) a handshake finds no turn.
+        with handshake_turn(HOST, PORT, 2, wait=0) as held:
+            assert not held
+        done.set()
+        looker.join(10)
+        with handshake_turn(HOST, PORT, 2, wait=0) as held:
+            assert held
+            assert turns_in_use(HOST, PORT, 2), "a handshake is seen by a look"
+            assert not turns_in_use(HOST, PORT, 0), "with no turns, nothing is seen"
+    finally:
+        done.set()
+        looker.join(10)
 
 
 def test_no_turns_at_all_with_zero_slots(tmp_path: Path) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import multiprocessing
+import os
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -163,3 +168,105 @@ def test_by_default_a_broker_is_started_only_while_another_handshake_is_on_the_w
     assert shared_login.ScriptSession(
         replace(target, share_login=True), connect=lambda _: None, run_on=lambda *_: (0, b"", b"")
     )._worth_a_broker()
+
+
+class _Logins:
+    """A step's own logins, counted; the broker's start and wait, recorded instead of run."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.own = 0
+        self.started: list[Path] = []
+        self.waited: list[Path] = []
+        monkeypatch.setattr(
+            shared_login, "start_broker", lambda address, _: self.started.append(address) or True
+        )
+        monkeypatch.setattr(shared_login, "wait_for_start", lambda address, _: self.waited.append(address))
+
+    def session(self, settings: SSHConnectionSettings) -> shared_login.ScriptSession:
+        def connect(_: SSHConnectionSettings) -> str:
+            self.own += 1
+            return "own login"
+
+        return shared_login.ScriptSession(settings, connect, lambda client, *_: (0, client.encode(), b""))
+
+
+AUTO = replace(SETTINGS, share_login="auto")
+
+
+def test_a_lone_task_logs_in_by_itself_and_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    logins = _Logins(monkeypatch)
+    session = logins.session(AUTO)
+    assert session.run("true\n", 5) == session.run("true\n", 5) == (0, b"own login", b"")
+    assert (logins.own, logins.started, logins.waited) == (1, [], [])
+
+
+def test_the_task_that_meets_a_handshake_starts_a_broker_and_does_not_wait_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logins = _Logins(monkeypatch)
+    with handshake_turns.handshake_turn(AUTO.host, AUTO.port, wait=0) as held:
+        assert held
+        assert logins.session(AUTO).run("true\n", 5) == (0, b"own login", b"")
+    assert (logins.own, logins.started, logins.waited) == (1, [broker_address(AUTO)], [])
+    # With share_login true, the starter waits for its broker (and here, finding none, logs in).
+    logins.started.clear()
+    assert logins.session(SETTINGS).run("true\n", 5) == (0, b"own login", b"")
+    assert logins.started == logins.waited == [broker_address(SETTINGS)]
+
+
+def test_tasks_that_come_while_a_broker_starts_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    logins = _Logins(monkeypatch)
+    address = broker_address(AUTO)
+    assert address is not None
+    # A starter holds the starting lock; no handshake is on (the early tasks' are over).
+    descriptor = os.open(f"{address}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        assert logins.session(AUTO).run("true\n", 5) == (0, b"own login", b"")
+    finally:
+        os.close(descriptor)
+    assert (logins.own, logins.started, logins.waited) == (1, [], [address])
+    # No broker listened after the wait: it failed, and none is started for a while.
+    assert shared_login.recently_failed(address)
+
+
+def test_a_broker_that_declines_the_script_sends_the_caller_to_its_own_login_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logins = _Logins(monkeypatch)
+    address = broker_address(AUTO)
+    assert address is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(address))
+        listener.listen(1)
+
+        def decline() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as reader:
+                read_frame(reader)
+                send_frame(conn, {"outcome": "not_run", "reason": "no channel in time"})
+
+        answering = threading.Thread(target=decline, daemon=True)
+        answering.start()
+        with handshake_turns.handshake_turn(AUTO.host, AUTO.port, wait=0):
+            assert logins.session(AUTO).run("true\n", 5) == (0, b"own login", b"")
+        answering.join(10)
+    assert (logins.own, logins.started, logins.waited) == (1, [], [])
+    assert not shared_login.recently_failed(address), "a broker that runs has not failed"
+
+
+def _address_in_a_process(barrier: Any, results: Any) -> None:
+    barrier.wait(10)
+    results.put(str(broker_address(SETTINGS)))
+
+
+def test_processes_that_come_at_once_agree_on_the_name_key() -> None:
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(12), context.Queue()
+    processes = [context.Process(target=_address_in_a_process, args=(barrier, results)) for _ in range(12)]
+    for process in processes:
+        process.start()
+    found = {results.get(timeout=30) for _ in processes}
+    for process in processes:
+        process.join(10)
+    assert len(found) == 1 and "None" not in found, found

@@ -81,16 +81,19 @@ def _try_lock(fd: int) -> bool:
 
 def turns_in_use(host: str, port: int, slots: int = DEFAULT_HANDSHAKE_SLOTS) -> bool:
     """
-    Whether another process of this user on this machine holds one of the turns to
-    ``host:port`` at this moment, that is, is handshaking with the host now (``False`` where
-    there are no turns: ``slots`` 0, or no private directory). Each turn is tried and at once
-    let go, so a look costs the others nothing but a missed try.
+    Whether a process of this user on this machine (another connection to the host too) holds
+    one of the turns to ``host:port`` at this moment, that is, is handshaking with the host
+    now (``False`` where there are no turns: ``slots`` 0, or no private directory). Each turn
+    is tried with a shared lock and at once let go: lookers do not see each other, and a look
+    costs a handshake at most a missed try.
     """
     directory = turns_dir() if slots > 0 else None
     fds = _open_slots(directory, host, port, slots) if directory is not None else []
     try:
         for fd in fds:
-            if not _try_lock(fd):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
                 return True
             fcntl.flock(fd, fcntl.LOCK_UN)
         return False

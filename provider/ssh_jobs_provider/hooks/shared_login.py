@@ -9,11 +9,12 @@ every worker process of the machine on channels of that one login, until it has 
 :data:`BROKER_IDLE_SECONDS`.
 
 When a broker is started: with ``share_login`` ``"auto"`` (the default), by a worker process
-that finds another one of the machine handshaking with the host at that moment (holding one
-of its :mod:`~ssh_jobs_provider.hooks.handshake_turns`): a fan-out. A lone task logs in by
-itself, as it always did, and leaves no process behind. With ``True``, by the first worker
-process that finds none; with ``False``, never. Either way a broker that is already there is
-used.
+that finds another process of the user handshaking with the host, or with a jump host on the
+way, at that moment (holding one of its :mod:`~ssh_jobs_provider.hooks.handshake_turns`): a
+fan-out. That process still logs in by itself, as it would have alone; the tasks that come
+while the broker starts wait for it. A lone task logs in by itself and starts nothing. With
+``True``, by the first worker process that finds none, which waits for it; with ``False``,
+never. Either way a broker that is already there is used.
 
 The broker listens on a Unix socket in the user's private directory (the one of
 :mod:`~ssh_jobs_provider.hooks.handshake_turns`: mode 700, not used if not safely ours), named
@@ -22,9 +23,9 @@ in anything (user, key, jump host, host-key policy) never share a login, and the
 nothing of the host or the credentials. The broker serves only processes of its own user
 (checked with ``SO_PEERCRED``).
 
-The worker process that starts a broker, like every process that comes while it logs in,
-waits for it (at most :data:`STARTING_WAIT_SECONDS`): a fan-out's burst of submits then costs
-the host one handshake, not one per task. Sharing never makes a script less certain than a
+Every process that comes while a broker logs in waits for it (at most
+:data:`STARTING_WAIT_SECONDS`): a fan-out's burst of submits then costs the host a handshake
+or a few, not one per task. Sharing never makes a script less certain than a
 login of its own would: whatever goes wrong before a broker ran a script (it could not log in,
 it ended, it is gone) sends the caller to its own login, exactly as without sharing, and a
 broker that could not log in is not tried again for :data:`FAILED_START_SECONDS`, so a host
@@ -78,6 +79,10 @@ class BrokerUnavailable(Exception):
     """No broker ran the script (none reached, or it could not): the caller logs in itself."""
 
 
+class BrokerDeclined(BrokerUnavailable):
+    """A broker was reached but did not run the script (no channel in time, its login gone)."""
+
+
 # --------------------------------------------------------------------------- the wire
 
 
@@ -108,10 +113,18 @@ def read_frame(reader: Any) -> tuple[dict[str, Any], list[bytes]]:
 def _name_key(directory: Path) -> bytes:
     """The user's random key for broker names (created once, mode 600)."""
     path = directory / "login-names.key"
-    with contextlib.suppress(FileExistsError):
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(secrets.token_bytes(32))
+    if not path.exists():
+        # Written aside, then linked into place whole: a fan-out's first processes all come
+        # here at once, and none may read a key half written (link fails where one is).
+        draft = directory / f"login-names.key.{os.getpid()}.{secrets.token_hex(4)}"
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(secrets.token_bytes(32))
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
+        finally:
+            draft.unlink()
     with open(path, "rb") as file:
         key = file.read()
     if len(key) != 32:
@@ -167,7 +180,7 @@ def ask_broker(address: Path, script: bytes, timeout: float | None) -> ScriptRes
         return int(header["status"]), payloads[0], payloads[1]
     reason = str(header.get("reason", outcome))
     if outcome == "not_run":
-        raise BrokerUnavailable(reason)
+        raise BrokerDeclined(reason)
     if outcome == "timeout":
         raise TimeoutError(reason)
     raise EOFError(f"the shared login was lost while the script ran: {reason}")
@@ -236,6 +249,22 @@ def recently_failed(address: Path, now: float | None = None) -> bool:
     return (time.time() if now is None else now) - failed_at < FAILED_START_SECONDS
 
 
+def broker_starting(address: Path) -> bool:
+    """Whether a broker for ``address`` is starting now (its starting lock is held); never waits."""
+    try:
+        lock = os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        # A shared lock: lookers do not see each other, only a starter's exclusive one.
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(lock)
+    return False
+
+
 def wait_for_start(address: Path, seconds: float) -> None:
     """Wait (at most ``seconds``) until no broker for ``address`` is starting."""
     deadline = time.monotonic() + seconds
@@ -288,23 +317,34 @@ class ScriptSession:
         return self._run_on(self.client, script, timeout)
 
     def _shared(self, address: Path, script: bytes, timeout: float | None) -> ScriptResult:
-        with contextlib.suppress(BrokerUnavailable):
+        try:
             return ask_broker(address, script, timeout)
-        if not self._worth_a_broker():
-            raise BrokerUnavailable(
-                "no login broker runs, and no other worker process logs in to the host now"
-            )
+        except BrokerDeclined:
+            raise  # one runs but could not take it: no second broker, the caller's own login
+        except BrokerUnavailable:
+            pass
+        starting = broker_starting(address)
+        if not starting and not self._worth_a_broker():
+            raise BrokerUnavailable("no login broker runs or starts, and no other worker process logs in now")
         if recently_failed(address):
             raise BrokerUnavailable("a login broker for this connection failed moments ago")
         try:
-            started = start_broker(address, self.settings)
+            started = not starting and start_broker(address, self.settings)
+            if started and self.settings.share_login == "auto":
+                # "auto": the task that starts a broker logs in by itself, as it would have
+                # done alone: only the tasks that come after it wait for the broker.
+                raise BrokerUnavailable("started a login broker for the worker processes to come")
             wait_for_start(address, STARTING_WAIT_SECONDS)
+        except BrokerUnavailable:
+            raise
         except Exception as error:  # whatever stops sharing sends the caller to its own login
             raise BrokerUnavailable(f"no login broker could be started: {error}") from None
         try:
             return ask_broker(address, script, timeout)
+        except BrokerDeclined:
+            raise
         except BrokerUnavailable:
-            if started:
+            if started or starting:
                 # It ended without listening (it could not log in, or not even start: no
                 # provider on its path, a socket it could not bind): none for a while.
                 with contextlib.suppress(OSError):
@@ -322,10 +362,13 @@ class ScriptSession:
         if self.settings.share_login is True:
             return True
         hop: SSHConnectionSettings | None = self.settings
-        while hop is not None:
-            if turns_in_use(hop.host, hop.port, hop.handshake_slots):
-                return True
-            hop = hop.proxy_jump
+        try:
+            while hop is not None:
+                if turns_in_use(hop.host, hop.port, hop.handshake_slots):
+                    return True
+                hop = hop.proxy_jump
+        except OSError:
+            pass  # cannot tell: as a lone task does, log in by itself
         return False
 
     def close(self) -> None:
