@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ssh_jobs_provider.hooks import ssh_config
 from ssh_jobs_provider.hooks.handshake_turns import DEFAULT_HANDSHAKE_SLOTS
@@ -57,7 +57,7 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ValueError(f"Connection extra {name!r} must be true or false, got {value!r}.")
 
 
-def _as_share_login(value: Any) -> bool | str:
+def _as_share_login(value: Any) -> bool | Literal["auto"]:
     # Unset (as a connection form leaves it) is the default.
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return "auto"
@@ -156,7 +156,7 @@ class SSHConnectionSettings:
     compress: bool = True
     poll_interpreter: str = "auto"
     handshake_slots: int = DEFAULT_HANDSHAKE_SLOTS
-    share_login: bool | str = "auto"
+    share_login: bool | Literal["auto"] = "auto"
     host_key_policy: str = "strict"
     proxy_jump: SSHConnectionSettings | None = None
     proxy_command: str | None = None
