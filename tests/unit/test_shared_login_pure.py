@@ -154,20 +154,27 @@ def test_a_wrong_share_login_names_the_fix(value: object) -> None:
         SSHConnectionSettings(conn_id="c", host="h", share_login=value)  # type: ignore[arg-type]
 
 
-def test_by_default_a_broker_is_started_only_while_another_handshake_is_on_the_way() -> None:
-    jump = SSHConnectionSettings(conn_id="jump", host="bastion.example.org", username="alice")
-    target = replace(SETTINGS, share_login="auto", proxy_jump=jump)
+def test_by_default_a_broker_is_started_only_while_another_handshake_with_the_host_is_on() -> None:
+    target = replace(SETTINGS, share_login="auto")
     session = shared_login.ScriptSession(target, connect=lambda _: None, run_on=lambda *_: (0, b"", b""))
     assert not session._worth_a_broker(), "a lone task logs in by itself"
-    # Another worker process handshaking with the target, or with the jump host on its way.
-    for host in (target.host, jump.host):
-        with handshake_turns.handshake_turn(host, 22, wait=0) as held:
-            assert held and session._worth_a_broker()
+    with handshake_turns.handshake_turn(target.host, 22, wait=0) as held:
+        assert held and session._worth_a_broker()
     with handshake_turns.handshake_turn("elsewhere.example.org", 22, wait=0):
         assert not session._worth_a_broker(), "handshakes with other hosts are not this fan-out"
     assert shared_login.ScriptSession(
         replace(target, share_login=True), connect=lambda _: None, run_on=lambda *_: (0, b"", b"")
     )._worth_a_broker()
+
+
+def test_by_default_a_host_behind_a_jump_host_or_a_proxy_command_is_never_shared() -> None:
+    jump = SSHConnectionSettings(conn_id="jump", host="bastion.example.org", username="alice")
+    auto = replace(SETTINGS, share_login="auto")
+    assert shared_login.shares_login(auto)
+    assert not shared_login.shares_login(replace(auto, proxy_jump=jump))
+    assert not shared_login.shares_login(replace(auto, proxy_command="nc %h %p"))
+    assert shared_login.shares_login(replace(SETTINGS, proxy_jump=jump)), "true shares everywhere"
+    assert not shared_login.shares_login(replace(SETTINGS, share_login=False))
 
 
 class _Logins:

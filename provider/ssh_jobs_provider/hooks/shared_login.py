@@ -9,12 +9,13 @@ every worker process of the machine on channels of that one login, until it has 
 :data:`BROKER_IDLE_SECONDS`.
 
 When a broker is started: with ``share_login`` ``"auto"`` (the default), by a worker process
-that finds another process of the user handshaking with the host, or with a jump host on the
-way, at that moment (holding one of its :mod:`~ssh_jobs_provider.hooks.handshake_turns`): a
-fan-out. That process still logs in by itself, as it would have alone; the tasks that come
-while the broker starts wait for it. A lone task logs in by itself and starts nothing. With
-``True``, by the first worker process that finds none, which waits for it; with ``False``,
-never. Either way a broker that is already there is used.
+that finds another process of the user handshaking with the host at that moment (holding one
+of its :mod:`~ssh_jobs_provider.hooks.handshake_turns`): a fan-out. That process still logs
+in by itself, as it would have alone; the tasks that come while the broker starts wait for
+it. A lone task logs in by itself and starts nothing, and so does every task of a host
+reached through a jump host or a proxy command (:func:`shares_login`). With ``True``, by the
+first worker process that finds none, which waits for it; with ``False``, never. Either way
+a broker that is already there is used.
 
 The broker listens on a Unix socket in the user's private directory (the one of
 :mod:`~ssh_jobs_provider.hooks.handshake_turns`: mode 700, not used if not safely ours), named
@@ -284,6 +285,18 @@ def wait_for_start(address: Path, seconds: float) -> None:
         os.close(lock)
 
 
+def shares_login(settings: SSHConnectionSettings) -> bool:
+    """
+    Whether these settings may use a broker: ``share_login`` true, or ``"auto"`` to a host
+    reached directly. Through a jump host or a proxy command, ``"auto"`` keeps a login per
+    task: there a broker's sessions were seen to end without an exit status under a burst
+    (a submit then fails), which logins of their own never did.
+    """
+    if settings.share_login == "auto":
+        return settings.proxy_jump is None and not settings.proxy_command
+    return settings.share_login is True
+
+
 class ScriptSession:
     """
     Where one worker-side step (a submit, a cleanup, a lookup) runs its scripts: this machine's
@@ -303,7 +316,7 @@ class ScriptSession:
         self.settings = settings
         self._connect = connect
         self._run_on = run_on
-        self.address = broker_address(settings) if settings.share_login is not False else None
+        self.address = broker_address(settings) if shares_login(settings) else None
         self.client: Any = None
 
     def run(self, script: str, timeout: float | None) -> ScriptResult:
@@ -354,22 +367,16 @@ class ScriptSession:
     def _worth_a_broker(self) -> bool:
         """
         Whether to start a broker: always with ``share_login`` true; with ``"auto"`` only while
-        another worker process of the machine is handshaking with the host, or with a jump
-        host on the way to it (where a login to the host begins), the sign of a fan-out, where
-        one login instead of one per task saves the host the most. The look is cheap (a few
-        lock tries) and never waits.
+        another worker process of the machine is handshaking with the host, the sign of a
+        fan-out, where one login instead of one per task saves the host the most. The look is
+        cheap (a few lock tries) and never waits.
         """
         if self.settings.share_login is True:
             return True
-        hop: SSHConnectionSettings | None = self.settings
         try:
-            while hop is not None:
-                if turns_in_use(hop.host, hop.port, hop.handshake_slots):
-                    return True
-                hop = hop.proxy_jump
+            return turns_in_use(self.settings.host, self.settings.port, self.settings.handshake_slots)
         except OSError:
-            pass  # cannot tell: as a lone task does, log in by itself
-        return False
+            return False  # cannot tell: as a lone task does, log in by itself
 
     def close(self) -> None:
         if self.client is not None:
