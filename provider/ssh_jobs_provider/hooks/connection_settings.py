@@ -123,7 +123,8 @@ class SSHConnectionSettings:
     :param share_login: whether the worker processes of one machine run their scripts over one
         login to the host (see :mod:`~ssh_jobs_provider.hooks.shared_login`): ``"auto"``
         (the default: once several of them log in to it at the same moment, as in a
-        fan-out), ``True`` (always) or ``False`` (never)
+        fan-out, and never through a jump host or a proxy command), ``True`` (always) or
+        ``False`` (never)
     :param host_key_policy: ``"strict"`` (only known or pinned keys), ``"accept-new"`` (add an
         unknown host's key to the known_hosts file, refuse a changed one) or ``"off"``
         (``no_host_key_check``)

@@ -71,9 +71,9 @@ def _open_slots(directory: Path, host: str, port: int, slots: int) -> list[int]:
     return fds
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, mode: int = fcntl.LOCK_EX) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except OSError:
         return False
     return True
@@ -91,9 +91,7 @@ def turns_in_use(host: str, port: int, slots: int = DEFAULT_HANDSHAKE_SLOTS) -> 
     fds = _open_slots(directory, host, port, slots) if directory is not None else []
     try:
         for fd in fds:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
+            if not _try_lock(fd, fcntl.LOCK_SH):
                 return True
             fcntl.flock(fd, fcntl.LOCK_UN)
         return False

@@ -192,7 +192,7 @@ def start_broker(address: Path, settings: SSHConnectionSettings) -> bool:
     Start a broker for ``settings`` in the background unless one is starting already; it
     listens on ``address`` once logged in (or exits if it cannot). Returns whether it started one.
     """
-    lock = os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    lock = _open_start_lock(address)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,6 +236,11 @@ def _lock_path(address: Path) -> str:
     return f"{address}.lock"
 
 
+def _open_start_lock(address: Path) -> int:
+    """The descriptor of the lock a starting broker for ``address`` holds until it listens."""
+    return os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
 def failed_marker(address: Path) -> Path:
     """Touched by a broker that could not log in."""
     return Path(f"{address}.failed")
@@ -253,7 +258,7 @@ def recently_failed(address: Path, now: float | None = None) -> bool:
 def broker_starting(address: Path) -> bool:
     """Whether a broker for ``address`` is starting now (its starting lock is held); never waits."""
     try:
-        lock = os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        lock = _open_start_lock(address)
     except OSError:
         return False
     try:
@@ -269,7 +274,7 @@ def broker_starting(address: Path) -> bool:
 def wait_for_start(address: Path, seconds: float) -> None:
     """Wait (at most ``seconds``) until no broker for ``address`` is starting."""
     deadline = time.monotonic() + seconds
-    lock = os.open(_lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    lock = _open_start_lock(address)
     try:
         while True:
             try:
@@ -341,17 +346,17 @@ class ScriptSession:
             raise BrokerUnavailable("no login broker runs or starts, and no other worker process logs in now")
         if recently_failed(address):
             raise BrokerUnavailable("a login broker for this connection failed moments ago")
+        # "auto": the task that starts a broker logs in by itself, as it would have done
+        # alone; only the tasks that come after it wait for the broker.
         try:
             started = not starting and start_broker(address, self.settings)
-            if started and self.settings.share_login == "auto":
-                # "auto": the task that starts a broker logs in by itself, as it would have
-                # done alone: only the tasks that come after it wait for the broker.
-                raise BrokerUnavailable("started a login broker for the worker processes to come")
-            wait_for_start(address, STARTING_WAIT_SECONDS)
-        except BrokerUnavailable:
-            raise
+            goes_alone = started and self.settings.share_login == "auto"
+            if not goes_alone:
+                wait_for_start(address, STARTING_WAIT_SECONDS)
         except Exception as error:  # whatever stops sharing sends the caller to its own login
             raise BrokerUnavailable(f"no login broker could be started: {error}") from None
+        if goes_alone:
+            raise BrokerUnavailable("started a login broker for the worker processes to come")
         try:
             return ask_broker(address, script, timeout)
         except BrokerDeclined:
