@@ -177,12 +177,23 @@ def test_a_lost_submit_answer_is_sent_again_and_starts_one_job(sshd, proxy, tmp_
     trigger = rebuilt(submit(op, ti).trigger)
     job_dir = Path(trigger.job_dir)
 
-    def cut_when_the_job_dir_appears() -> None:
-        # The batch carrying the submit reached the host: lose its answer.
+    def lose_the_answer_once_the_job_runs() -> None:
+        # The batch carrying the submit reached the host: hold its answer back (the link's
+        # latency gives the time to) until the job runs, its wrapper having claimed it; then
+        # lose it. The re-send must then re-attach. Cut at once, the re-send could come before
+        # the first wrapper claims the job and launch a second one, which leaves at once: one
+        # job still, but answered "launched" either way.
         wait_until(job_dir.exists, 30, "the submit to reach the host", interval=0.002)
-        proxy.cut_all()
+        proxy.blackhole(True)
+        proxy.set_latency(0)
+        try:
+            wait_until(launches.exists, 30, "the job to start")
+            proxy.cut_all()
+        finally:
+            proxy.blackhole(False)
 
-    cutter = threading.Thread(target=cut_when_the_job_dir_appears)
+    proxy.set_latency(0.15)
+    cutter = threading.Thread(target=lose_the_answer_once_the_job_runs)
     cutter.start()
     try:
         (payload,) = asyncio.run(run_all([trigger]))

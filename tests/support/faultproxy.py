@@ -293,12 +293,13 @@ class FaultProxy:
         """Copy one direction until EOF; the link's lifetime bounds this loop."""
         try:
             while chunk := await src.read(CHUNK_SIZE):
-                if not await self._hold_while_blackholed(link):
-                    return
                 with self._lock:
                     latency = self._latency
                 if latency:
                     await asyncio.sleep(latency)
+                # After the latency: bytes still in flight when a partition starts are held too.
+                if not await self._hold_while_blackholed(link):
+                    return
                 dst.write(chunk)
                 await dst.drain()
             # Pass the half-close on so the other direction can still finish.
