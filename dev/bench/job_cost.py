@@ -64,6 +64,7 @@ def job_command(index: int, launch_file: Path) -> str:
 def job_alone_cpu(root: Path, count: int) -> float:
     """CPU seconds per job of the job's command alone, run by bash as the wrapper runs it."""
     launch_file = root / "alone"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     before = children_cpu()
     for index in range(count):
         subprocess.run(["bash", "-c", job_command(index, launch_file)], stdout=subprocess.DEVNULL, check=True)

@@ -70,7 +70,8 @@ def marked(marker: str) -> list[int]:
 
 
 def wrappers_of(job_dir: str) -> list[int]:
-    """The live wrappers of the job in ``job_dir`` (``/bin/sh <job_dir>/run.sh <job_dir>``)."""
+    """The live wrappers of the job in ``job_dir``: ``/bin/sh <job_dir>/run.sh <job_dir>``, or the
+    perl twin, which names itself ``ssh-jobs wrapper <job_dir>``."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -79,7 +80,8 @@ def wrappers_of(job_dir: str) -> list[int]:
             argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"{job_dir}/run.sh".encode() in argv and alive(int(name)):
+        ours = f"{job_dir}/run.sh".encode() in argv or argv[0] == f"ssh-jobs wrapper {job_dir}".encode()
+        if ours and alive(int(name)):
             found.append(int(name))
     return found
 

@@ -231,9 +231,9 @@ def test_shebang_command_runs_with_its_interpreter(new_job: JobFactory) -> None:
 def test_the_wrappers_first_steps_are_recorded_alike_by_either_submit(new_job: JobFactory, form: str) -> None:
     """
     The sh submit's wrapper claims its job and records its start, boot id and pid itself; the
-    perl submit takes those steps in the process that becomes the wrapper (no mkdir, no mv) and
-    says so with ``recorded``. Either way the same files say the same, and the command runs in
-    bash where the host has one.
+    perl submit takes those steps in the process it forks, which then stays the wrapper
+    (``perl/wrapper.pl``, named ``ssh-jobs wrapper <job dir>``). Either way the same files say
+    the same, and the command runs in bash where the host has one.
     """
     paths = new_job()
     script = build_submit_script(
@@ -248,7 +248,10 @@ def test_the_wrappers_first_steps_are_recorded_alike_by_either_submit(new_job: J
     pid = int(Path(paths.pid_file).read_text())
     assert status.pid == pid and status.launched
     arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert (b"recorded" in arguments) == (form == "perl"), arguments
+    if form == "perl":
+        assert arguments[0] == f"ssh-jobs wrapper {job_dir}".encode(), arguments
+    else:
+        assert arguments[:3] == [b"/bin/sh", f"{job_dir}/run.sh".encode(), str(job_dir).encode()], arguments
     stat_fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     assert (job_dir / "start").read_text() == stat_fields[19] + "\n"
     assert (job_dir / "boot_id").read_text() == Path("/proc/sys/kernel/random/boot_id").read_text()

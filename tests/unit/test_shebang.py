@@ -2,7 +2,8 @@
 A ``#!`` command's interpreter is started by the wrapper, which reads the ``#!`` line as Linux does.
 
 The real wrapper (``run.sh``, as the submit writes it) runs here in the foreground under each
-POSIX shell this machine has (dash, bash in POSIX mode, BusyBox ash), against a job directory
+POSIX shell this machine has (dash, bash in POSIX mode, BusyBox ash), and so does its perl twin
+(``perl/wrapper.pl``), against a job directory
 under ``tmp_path``. ``tmp_path`` allows execution, so the kernel can run the same ``command.sh``
 directly: whatever the kernel makes of a ``#!`` line, the wrapper must make of it too (the
 arguments, ``argv[0]``, ``$0``, the exit code); where it deliberately differs, the test says why.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ssh_jobs_provider.protocol.scripts import job_files, wrapper_source
+from ssh_jobs_provider.protocol.scripts import job_files, perl_source, wrapper_source
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 RUN_TIMEOUT = 30.0
@@ -27,6 +28,8 @@ SHELLS = {
     "dash": ["dash"],
     "bash-posix": ["bash", "--posix"],
     "busybox-ash": ["busybox", "sh"],
+    # The perl twin (perl/wrapper.pl), as the process a perl submit forked runs it.
+    "perl-wrapper": ["perl"],
 }
 #: An interpreter that prints the arguments it was given after its own name.
 SHOW_ARGV = f"#!{sys.executable}\nimport sys\nprint(sys.argv[1:])\n"
@@ -67,8 +70,18 @@ def job_dir_with(tmp_path: Path, command: str, environment: dict[str, str] | Non
 
 def run_wrapper(shell: list[str], job_dir: Path) -> tuple[int, bytes]:
     """Run the job's wrapper in the foreground under ``shell``: ``(exit code recorded, log)``."""
+    argv = [*shell, str(job_dir / "run.sh"), str(job_dir)]
+    if shell == ["perl"]:
+        bash = shutil.which("bash") or ""
+        argv = [
+            "perl",
+            "-e",
+            perl_source("wrapper.pl") + "run_wrapper(@ARGV);\nexit 9;\n",
+            str(job_dir),
+            bash,
+        ]
     subprocess.run(
-        [*shell, str(job_dir / "run.sh"), str(job_dir)],
+        argv,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=RUN_TIMEOUT,

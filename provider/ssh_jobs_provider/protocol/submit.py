@@ -7,7 +7,9 @@ suite feeds both the same fixtures): check the path to the base dir the way sshd
 ``StrictModes`` checks a home directory, create what is missing, create (or verify) the job
 directory and its token, write the job's files, and launch the wrapper detached. The sh form
 starts a tool for most steps (``ls`` per path component, ``mkdir``, ``mv`` per file, ...); the
-perl form starts nothing but the wrapper, which is what a submit costs the host at the least.
+perl form starts nothing but the wrapper, which is what a submit costs the host at the least;
+the process it forks for the wrapper stays the wrapper (``perl/wrapper.pl``, the twin of
+``sh/wrapper.sh``) instead of starting ``/bin/sh`` for ``run.sh``.
 
 - The worker's submit (:func:`build_submit_script`) runs the perl form where the host has a
   perl that runs it, and the sh form otherwise (``interpreter="auto"``), in one exec. A perl
@@ -117,8 +119,8 @@ def perl_records(calls: Sequence[SubmitCall]) -> str:
 
 
 def perl_program() -> str:
-    """The submits' program: ``perl/submit.pl``, then ``perl/poll.pl`` for the polls after them."""
-    return perl_source("submit.pl") + poll_program()
+    """The submits' program: ``perl/wrapper.pl`` and ``perl/submit.pl``, then ``perl/poll.pl`` for the polls after them."""
+    return perl_source("wrapper.pl") + perl_source("submit.pl") + poll_program()
 
 
 def perl_submits(calls: Sequence[SubmitCall], polls: str) -> str:

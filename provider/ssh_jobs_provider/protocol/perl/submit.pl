@@ -1,8 +1,10 @@
 # Submits in ONE perl process: for every submit what sh/submit.sh's begin, put, launch and
 # finish do, with the same checks in the same order and the same answers byte for byte, but
 # without starting a tool per check or per file: the only process a submit starts is its
-# job's wrapper. Only perl's builtins are used, no module. It precedes perl/poll.pl in one program, whose
-# subroutines it shares and whose loop then answers the polls that follow the submits.
+# job's wrapper, which then stays the wrapper (perl/wrapper.pl). Only perl's builtins are
+# used, no module. In one program it follows perl/wrapper.pl, whose file helpers it uses, and
+# precedes perl/poll.pl, whose subroutines it shares and whose loop then answers the polls
+# that follow the submits.
 # Its records come first after __END__ (lengths in bytes, contents raw):
 #   wrapper LENGTH \n <run.sh>
 #   submit KEY WAIT TOKEN JOB_ID BASE        (tab-separated; BASE last: it may hold blanks)
@@ -99,19 +101,6 @@ sub check_chain {
         }
     }
     return '';
-}
-
-# process.sh's fs_full for DIR (only after a write failed: df is a process).
-sub full_at {
-    open(my $df, '-|', 'df', '-P', '-k', $_[0]) or return 0;
-    my @lines = <$df>;
-    close $df;
-    return 0 if @lines < 2;
-    my @fields = split ' ', $lines[1];
-    for my $i (1 .. $#fields) {
-        return $fields[ $i - 1 ] eq '0' ? 1 : 0 if $fields[$i] =~ /%\z/;
-    }
-    return 0;
 }
 
 # submit.sh's refuse: undo what this submit created, answer, and stop this submit.
@@ -255,6 +244,9 @@ sub become_wrapper {
     } elsif (!new_session()) {
         unshift @wrapper, $setsid;
     } elsif (record_wrapper()) {
+        # This process stays the wrapper (perl/wrapper.pl); run.sh only for an env.sh it does
+        # not read as the submit wrote it.
+        run_wrapper($jd, $bash);
         push @wrapper, 'recorded', $bash;
     }
     exec { $wrapper[0] } @wrapper;
@@ -278,14 +270,6 @@ sub record_wrapper {
     # Without a recorded pid the job could neither be watched nor killed: do not run it.
     exit 1 unless write_file("$jd/pid.tmp", "$$\n") && rename("$jd/pid.tmp", "$jd/pid");
     return 1;
-}
-
-# `printf ... > PATH`: whether CONTENT was written (and the file closed).
-sub write_file {
-    my ($path, $content) = @_;
-    open(my $fh, '>', $path) or return 0;
-    my $ok = print $fh $content;
-    return close($fh) && $ok;
 }
 
 # setsid(2) without loading POSIX (which costs a perl ten milliseconds and more): the system

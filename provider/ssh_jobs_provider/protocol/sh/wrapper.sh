@@ -6,6 +6,20 @@
 # became this wrapper, the same steps without a process for mkdir and mv (perl/submit.pl's
 # record_wrapper).
 # shellcheck disable=SC2154 # start_ticks, ps_start and boot_now come from process.sh, which precedes this file
+# cannot_run PATH: fails, saying why, when PATH cannot be started: status 127 when there is no
+# such file, 126 when it is not an executable file. In words of ours, not of whichever shell
+# runs this: the perl twin (perl/wrapper.pl) says the same.
+cannot_run() {
+  if [ ! -e "$1" ]; then
+    echo "ssh-jobs: cannot run $1: no such file" >&2
+    return 127
+  fi
+  if [ -d "$1" ] || [ ! -x "$1" ]; then
+    echo "ssh-jobs: cannot run $1: not an executable file" >&2
+    return 126
+  fi
+}
+
 wrapper_job_dir=$1
 cd "$wrapper_job_dir" || exit 1
 if [ "${2:-}" != recorded ]; then
@@ -66,6 +80,7 @@ read -r marker < marker
   esac
   # shellcheck disable=SC1091 # written by the submit
   . "$wrapper_job_dir/env.sh"
+  cannot_run "$1" || exit
   exec "$@"
 ) </dev/null >>"$wrapper_job_dir/stdout.log" 2>&1
 wrapper_status=$?
