@@ -114,6 +114,9 @@ def one_mode(bench: Any, server: Any, mode: str, n: int, kill: Callable[[str], i
         row["triggers_to_last_start_seconds"] = (
             round(last_start - triggers, 2) if triggers and last_start else None
         )
+        # From the host session's first tick (its first batch: the connect, then the exec).
+        tick = result.get("first_tick_wall")
+        row["first_tick_to_last_start_seconds"] = round(last_start - tick, 2) if tick and last_start else None
         # From the first job's start, which follows the first tick's exec by one wrapper's start.
         row["first_to_last_start_seconds"] = (
             round(last_start - first_start, 2) if first_start and last_start else None
@@ -145,6 +148,7 @@ def run(bench: Any, log: Callable[[str], None], kill: Callable[[str], int]) -> l
                 f"first execute -> last start {row['first_execute_to_last_start_seconds']}s"
                 + (
                     f", triggers started -> last start {row['triggers_to_last_start_seconds']}s"
+                    f", first tick -> last start {row['first_tick_to_last_start_seconds']}s"
                     f", first start -> last start {row['first_to_last_start_seconds']}s"
                     if row.get("triggers_to_last_start_seconds") is not None
                     else ""

@@ -85,6 +85,13 @@ def notes(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
         "Client CPU: the worker processes' summed, or the triggerer process's (its executes included).",
     ]
     for row in rows:
+        if row.get("first_tick_to_last_start_seconds") is not None:
+            found.append(
+                f"N={row['n']} {LABELS[row['impl']]}: the last job started "
+                f"{row['first_tick_to_last_start_seconds']} s after the host session's first tick "
+                f"(its first batch: the login, then the exec), {row.get('first_to_last_start_seconds')} s "
+                "after the first job did."
+            )
         if row.get("errors"):
             found.append(f"N={row['n']} {LABELS[row['impl']]}: errors {row['errors']}")
         if row.get("driver_exit"):

@@ -61,6 +61,21 @@ def defer_all(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str
     return deferred, failed
 
 
+def record_first_tick(ticks: list[float]) -> None:
+    """Note the wall time of the host session's ticks (each one a batch: connect if need be,
+    then ONE exec). The first is the moment the fan-out's submits are first due: the time to
+    the last job's start is counted from it."""
+    from ssh_jobs_provider.triggers.host_session import HostSession
+
+    poll = HostSession._poll
+
+    async def noted(self: HostSession, due: list[Any]) -> None:
+        ticks.append(time.time())
+        await poll(self, due)
+
+    HostSession._poll = noted  # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,6 +89,8 @@ def main() -> None:
     import asyncssh  # noqa: F401  (loaded, as in a triggerer)
 
     common.configure_logging()
+    ticks: list[float] = []
+    record_first_tick(ticks)
     cpu0 = common.cpu_seconds()
     first_execute_wall, first_execute = time.time(), common.now()
     deferred, failed = defer_all(spec)
@@ -109,6 +126,7 @@ def main() -> None:
         "client_cpu_seconds": common.cpu_seconds() - cpu0,
         "triggers_seconds": summary["wall_seconds"],
         "triggers_started_wall": summary["started_wall"],
+        "first_tick_wall": ticks[0] if ticks else None,
         "timed_out": summary["timed_out"],
         "max_loop_lag_seconds": summary["max_loop_lag_seconds"],
         "ok": sum(t["ok"] for t in tasks),
