@@ -96,6 +96,28 @@ def test_an_empty_submit_answer_is_sent_again_and_the_job_runs_once(
     assert "got no answer" in messages and "failed (attempt 1/" in messages, messages
 
 
+def test_a_submit_whose_shell_is_killed_is_sent_again_and_the_job_runs_once(
+    sshd_factory, monkeypatch, tmp_path
+) -> None:
+    # The first session runs the submit, then its shell is killed (SIGKILL) before it answers:
+    # the session ends without an exit status, as one cut by the host does. Whether the job
+    # started is unknown to the worker: it sends the submit again, which re-attaches.
+    first_done = tmp_path / "first-session-done"
+    force = tmp_path / "killed-once.sh"
+    force.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e {first_done} ]; then : > {first_done}; eval "$SSH_ORIGINAL_COMMAND" >/dev/null 2>&1; kill -KILL $$; fi\n'
+        'eval "exec $SSH_ORIGINAL_COMMAND"\n'
+    )
+    force.chmod(0o755)
+    server = sshd_factory(extra_config=[f"ForceCommand {force}"])
+    use_connection(monkeypatch, server, "ssh_killed")
+    counter = tmp_path / "launches.txt"
+    op = make_operator("ssh_killed", str(tmp_path / "jobs"), f"echo launched >> {counter}\nsleep 1\n")
+    messages = submit_until_the_job_ended(op, counter)
+    assert "ended without an exit status" in messages and "failed (attempt 1/" in messages, messages
+
+
 def run_leaving_cleanup_to_the_worker(
     base_dir: str, cleanup_retries: int
 ) -> tuple[SSHRemoteJobOperator, StandInTaskInstance, dict[str, Any], Path]:

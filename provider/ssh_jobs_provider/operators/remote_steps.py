@@ -134,6 +134,15 @@ def submit_job(
             # No answer at all, yet success: a reply lost on the way (seen once under load).
             # Sent again, the submit re-attaches if the job had started.
             raise EOFError(f"the submit of remote job {paths.job_id} got no answer. {POSIX_HINT}")
+        if status < 0 and not stdout.strip():
+            # The session ended without an exit status (paramiko's -1; asyncssh's -SIGNAL): its
+            # shell was killed by a signal, or the session was torn down (seen over a shared
+            # login through a bastion). Whether the job started is unknown: a lost reply too,
+            # not a refusal.
+            raise EOFError(
+                f"the submit of remote job {paths.job_id} ended without an exit status or an answer "
+                "(its session was cut, or its shell killed by a signal)"
+            )
         parsed = submit_answer(paths, status, stdout, stderr, slurm)
         if slurm is not None:
             queued = (
