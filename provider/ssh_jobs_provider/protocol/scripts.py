@@ -21,7 +21,9 @@ Remote layout of one job, all under ``<base_dir>/<job_id>/``::
     command.sh     the user's command, byte for byte
     env.sh         ``export NAME='value'`` lines for ``environment``
     workdir        where the command runs (default: the SSH user's home, as ``ssh host cmd``)
-    run.sh         the wrapper that runs detached and records what happened
+    run.sh         the wrapper that runs detached and records what happened (in sh; where the
+                   submit runs in perl, the process it forks is the wrapper instead:
+                   ``perl/wrapper.pl``, ``ssh-jobs wrapper <job dir>`` in ps)
     marker         derived from the token, exported to every process of the job as
                    SSH_JOBS_JOB_MARKER (for kill)
     launcher       ``setsid`` or ``nohup``: how the wrapper was detached (decides how kill finds it)
