@@ -102,6 +102,12 @@ def test_environment_names_the_shell_keeps_read_only_are_refused(name: str) -> N
         normalise_environment({name: "1"})
 
 
+def test_optind_is_refused_before_anything_runs() -> None:
+    # dash fails the job at `export OPTIND=...` for anything but a number (the empty value too).
+    with pytest.raises(ValueError, match="keeps OPTIND for its own option parsing"):
+        normalise_environment({"OPTIND": "abc"})
+
+
 def test_environment_value_that_cannot_be_encoded_is_refused() -> None:
     with pytest.raises(ValueError, match=r"environment\['A'\] cannot be encoded"):
         normalise_environment({"A": LONE_SURROGATE})

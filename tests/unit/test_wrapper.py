@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ssh_jobs_provider.protocol.batch import build_batch_script
 from ssh_jobs_provider.protocol.environment import render_env_file
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
-from ssh_jobs_provider.protocol.scripts import perl_source
-from ssh_jobs_provider.protocol.submit import build_submit_script
+from ssh_jobs_provider.protocol.scripts import job_files, perl_source
+from ssh_jobs_provider.protocol.submit import SubmitEntry, build_submit_script
 from support.protocol import run_sh
 from support.waiting import wait_until
 
@@ -61,9 +63,31 @@ HOSTILE_VALUES = {
 
 @dataclass(frozen=True)
 class Job:
+    """A job: ``{root}`` in its command and working directory is its tree's path."""
+
     command: str
     environment: dict[str, str] = field(default_factory=dict)
     working_dir: str | None = None
+    #: Prepares the tree before the submit.
+    setup: Callable[[Path], object] | None = None
+    #: Variables of the host's environment for the submit (and so for the job).
+    host_environment: dict[str, str] = field(default_factory=dict)
+
+
+def _linked_work_dirs(root: Path) -> None:
+    # {root}/a/link -> {root}/real/sub; {root}/a/b exists, {root}/real/b does not.
+    (root / "real" / "sub").mkdir(parents=True)
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "link").symlink_to(root / "real" / "sub")
+
+
+def _text_interpreter(root: Path) -> None:
+    # An executable text file without a "#!" line: the kernel refuses it, and the shells
+    # (and execvp) run it with /bin/sh instead.
+    interpreter = root / "bin" / "text-interpreter"
+    interpreter.parent.mkdir()
+    interpreter.write_text('echo "interpreted by sh: $0 $# ${1##*/}"\n')
+    interpreter.chmod(0o700)
 
 
 JOBS: dict[str, Job] = {
@@ -93,13 +117,41 @@ JOBS: dict[str, Job] = {
         'rm -f "$SSH_JOBS_JOB_DIR/exit_code.new"\nmkdir "$SSH_JOBS_JOB_DIR/exit_code.tmp"\nexit 6\n'
     ),
     "writes a lot without a newline": Job("head -c 300000 /dev/zero | tr '\\0' x\n"),
+    "a working directory through a link and ..": Job(
+        'echo "$PWD $(pwd)"\n', working_dir="{root}/a/link/../b", setup=_linked_work_dirs
+    ),
+    "a working directory through a missing directory and ..": Job(
+        'echo "$PWD $(pwd)"\n', working_dir="{root}/nonexistent/../a", setup=_linked_work_dirs
+    ),
+    "a working directory starting with two slashes": Job('echo "$PWD"\n', working_dir="//usr/bin"),
+    "a #! interpreter that is a text file": Job(
+        "#!{root}/bin/text-interpreter\necho never\n", setup=_text_interpreter
+    ),
+    "a host that makes perl read UTF-8": Job(
+        OBSERVE,
+        HOSTILE_VALUES,
+        working_dir="{root}/gr\u00fc\u00dfe",
+        setup=lambda root: (root / "gr\u00fc\u00dfe").mkdir(),
+        host_environment={"PERL_UNICODE": "SDA", "PERLIO": ":utf8"},
+    ),
+    "a long value no quote is needed for": Job(
+        'echo "${#LONG}"\ntr "\\0" " " < /proc/$PPID/cmdline > "$SSH_JOBS_JOB_DIR/parent"\n',
+        {"LONG": "x" * 70000},
+    ),
+    "a full file system at its end": Job(
+        'echo full\nln -s /dev/full "$SSH_JOBS_JOB_DIR/fs_probe"\nln -s /dev/full "$SSH_JOBS_JOB_DIR/exit_code.tmp"\nexit 7\n'
+    ),
 }
 
 
 def submit(form: str, root: Path, job: Job) -> Path:
+    if job.setup is not None:
+        job.setup(root)
     paths = RemoteJobPaths("job", str(root / "jobs"))
-    script = build_submit_script(paths, job.command, job.environment, TOKEN, job.working_dir, form)
-    result = run_sh(script)
+    command = job.command.replace("{root}", str(root))
+    working_dir = job.working_dir.replace("{root}", str(root)) if job.working_dir else job.working_dir
+    script = build_submit_script(paths, command, job.environment, TOKEN, working_dir, form)
+    result = run_sh(script, env={**os.environ, **job.host_environment})
     assert result.returncode == 0 and b" launched=1" in result.stdout, (result.stdout, result.stderr)
     return Path(paths.job_dir)
 
@@ -237,3 +289,50 @@ def test_perl_leaves_an_env_file_it_did_not_write_to_sh(tmp_path: Path, text: st
     env_file = tmp_path / "env.sh"
     env_file.write_text(text)
     assert perl_reads(env_file) is None
+
+
+# --------------------------------------------------------------------------- where they part
+
+
+def test_a_binary_the_kernel_cannot_run_is_refused_by_both(tmp_path: Path) -> None:
+    # An interpreter the kernel refuses (ENOEXEC) that holds a NUL byte, as a binary for
+    # another machine does: neither wrapper hands it to /bin/sh as a script. Their words
+    # differ here only: the sh wrapper's are its shell's.
+    records = {}
+    for form, tree_name in TREES.items():
+        root = tmp_path / tree_name
+        binary = root / "bin" / "foreign"
+        binary.parent.mkdir(parents=True)
+        binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + b"\x00\xff" * 64 + b"\necho fed to sh\n")
+        binary.chmod(0o700)
+        job_dir = ended(submit(form, root, Job(f"#!{binary}\necho never\n")))
+        records[form] = (
+            (job_dir / "exit_code").read_text().split()[0],
+            (job_dir / "stdout.log").read_bytes(),
+        )
+    assert records["perl"][0] == records["sh"][0] == "126"
+    assert b"not an executable file for this machine" in records["perl"][1]
+    assert b"fed to sh" not in records["perl"][1] + records["sh"][1]
+
+
+def test_an_env_file_perl_did_not_write_is_left_to_run_sh(tmp_path: Path) -> None:
+    # The perl submit's process then execs run.sh ("recorded": it has claimed the job and
+    # recorded its pid already), which sources the file as every sh wrapper does.
+    paths = RemoteJobPaths("job", str(tmp_path / "jobs"))
+    files = tuple(
+        (name, 'export GREETING="$(echo sourced)"\n' if name == "env.sh" else content)
+        for name, content in job_files(
+            'echo "$GREETING"\ntr "\\0" " " < /proc/$PPID/cmdline\n', {}, None, TOKEN
+        )
+    )
+    result = run_sh(
+        build_batch_script([SubmitEntry(paths, 0, 0, token=TOKEN, files=files)], interpreter="perl")
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        job_dir = ended(Path(paths.job_dir))
+    finally:
+        stop_jobs_under(tmp_path)
+    log = (job_dir / "stdout.log").read_text()
+    assert log.startswith(f"sourced\n/bin/sh {job_dir}/run.sh {job_dir} recorded "), log
+    assert (job_dir / "exit_code").read_text().startswith("0 log=")

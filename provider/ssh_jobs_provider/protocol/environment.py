@@ -58,6 +58,12 @@ def normalise_environment(environment: Mapping[str, object] | None) -> dict[str,
                 f"environment[{name!r}]: the shell keeps {name} read-only, so the job could not start "
                 "with it; rename it."
             )
+        if name == "OPTIND":
+            # dash (Debian's /bin/sh) fails the job on any value but a number; bash rewrites it.
+            raise ValueError(
+                "environment['OPTIND']: the shell keeps OPTIND for its own option parsing (getopts) "
+                "and fails or changes any other value; rename it."
+            )
         if name.startswith(RESERVED_ENV_PREFIX):
             raise ValueError(
                 f"environment[{name!r}]: names starting with {RESERVED_ENV_PREFIX!r} are reserved for the "

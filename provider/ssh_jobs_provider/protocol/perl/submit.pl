@@ -279,8 +279,7 @@ sub record_wrapper {
 my %setsid_call = (x86_64 => 112, aarch64 => 157, riscv64 => 157);
 
 sub new_session {
-    my $arch = -r '/proc/sys/kernel/arch' ? first_line('/proc/sys/kernel/arch') : '';
-    my $number = $setsid_call{$arch};
+    my $number = $setsid_call{ kernel_arch() };
     return 0 unless defined $number && length(pack 'p', 'x') == 8;
     return syscall($number) == $$ && getpgrp(0) == $$;
 }

@@ -29,7 +29,8 @@ sub full_at {
 
 # What `IFS= read -r v < PATH` gives: the first line as it is ('' if unreadable).
 sub whole_first_line {
-    open(my $fh, '<', $_[0]) or return '';
+    # Raw bytes, whatever PERL_UNICODE or PERLIO the host's environment sets.
+    open(my $fh, '<:raw', $_[0]) or return '';
     my $line = <$fh>;
     close $fh;
     return '' unless defined $line;
@@ -41,12 +42,12 @@ sub whole_first_line {
 # render_env_file: each value one shell word, bare or in single quotes, a quote itself as
 # "'"), as [NAME, value] pairs in order; undef for anything else, which run.sh then sources.
 sub environment_of {
-    open(my $fh, '<', $_[0]) or return undef;
+    open(my $fh, '<:raw', $_[0]) or return undef;
     my $text = do { local $/; <$fh> };
     close $fh;
     $text = '' unless defined $text;
     my @pairs;
-    while ($text =~ /\Gexport ([A-Za-z_][A-Za-z0-9_]*)=((?:'[^']*'|"'"|[A-Za-z0-9_\@%+=:,.\/-])*)\n/gc) {
+    while ($text =~ /\Gexport ([A-Za-z_][A-Za-z0-9_]*)=((?:'[^']*'|"'"|[A-Za-z0-9_\@%+=:,.\/-]+)*)\n/gc) {
         my ($name, $word, $value) = ($1, $2, '');
         $value .= defined $1 ? $1 : defined $2 ? $2 : $3 while $word =~ /\G(?:'([^']*)'|"(')"|([^'"]+))/gc;
         push @pairs, [ $name, $value ];
@@ -70,18 +71,70 @@ sub shebang_of {
     return ($interpreter, $argument);
 }
 
-# wrapper.sh's cannot_run PATH: 0 when PATH can be started; else says why and gives the status.
+# The machine's architecture as the kernel names it ('' where it does not say).
+sub kernel_arch {
+    my $path = '/proc/sys/kernel/arch';
+    return '' unless -r $path;
+    my $arch = whole_first_line($path);
+    $arch =~ s/\s+\z//;
+    return $arch;
+}
+
+# wrapper.sh's cannot_run PATH, and what the kernel then says: 127 with the reason for a
+# missing file, 126 for one that is not an executable file (a directory; no permission to
+# execute it, as the shells' `test -x` asks the kernel), the reason said on stderr.
 sub cannot_run {
-    my ($path) = @_;
+    my ($path, $errno) = @_;
     unless (-e $path) {
         print STDERR "ssh-jobs: cannot run $path: no such file\n";
         return 127;
     }
-    if (-d _ || !-x _) {
+    if (-d _ || (defined $errno && $errno == 13)) {
         print STDERR "ssh-jobs: cannot run $path: not an executable file\n";
         return 126;
     }
     return 0;
+}
+
+# execve(2)'s number where it is known for sure (see submit.pl's new_session): perl's exec
+# goes through execvp, which hands a file the kernel cannot execute to /bin/sh as a script,
+# even a binary for another machine; the shells refuse a binary.
+my %execve_call = (x86_64 => 59, aarch64 => 221, riscv64 => 221);
+
+# Replace this process with COMMAND (its path first); returns the errno when that failed.
+sub exec_command {
+    my @command = @_;
+    my $number = $execve_call{ kernel_arch() };
+    if (defined $number && length(pack 'p', 'x') == 8) {
+        # perl ignores SIGFPE while it runs and gives it back in its own exec.
+        $SIG{FPE} = 'DEFAULT';
+        my @environment = map { "$_=$ENV{$_}" } sort keys %ENV;
+        # NULL-terminated arrays of pointers into @command's and @environment's strings.
+        my $arguments = pack('p*', @command) . pack('x8');
+        my $variables = pack('p*', @environment) . pack('x8');
+        syscall($number, $command[0], $arguments, $variables);
+    } else {
+        exec { $command[0] } @command;
+    }
+    return $! + 0;
+}
+
+# A file the kernel cannot execute (ENOEXEC): run as a shell script by /bin/sh, as the shells
+# and execvp do, unless it holds a NUL byte at its start (a binary, as the shells judge).
+sub exec_format_error {
+    my @command = @_;
+    my $head = '';
+    if (open(my $fh, '<:raw', $command[0])) {
+        read $fh, $head, 256;
+        close $fh;
+    }
+    if ($head !~ /\0/) {
+        my $errno = exec_command('/bin/sh', @command);
+        print STDERR "ssh-jobs: cannot run /bin/sh: errno $errno\n";
+        return 126;
+    }
+    print STDERR "ssh-jobs: cannot run $command[0]: not an executable file for this machine\n";
+    return 126;
 }
 
 # The path `cd PATH` makes the shell's PWD: "." and empty components dropped, ".." taking the
@@ -92,7 +145,8 @@ sub logical_path {
         next if $part eq '' || $part eq '.';
         if ($part eq '..') { pop @kept } else { push @kept, $part }
     }
-    return '/' . join('/', @kept);
+    # Exactly two slashes at the start may mean something else (POSIX): the shells keep them.
+    return ($_[0] =~ m{\A//(?!/)} ? '//' : '/') . join('/', @kept);
 }
 
 # The working directory as wrapper.sh expands it: the home directory for '' and '~'.
@@ -109,7 +163,8 @@ sub expanded_work_dir {
 sub start_job {
     my ($job_dir, $first, $shell, $environment) = @_;
     my $work_dir = expanded_work_dir(-f 'workdir' ? whole_first_line('workdir') : '');
-    unless (chdir $work_dir) {
+    # The shells enter the path with its ".." taken away by text, not by following links.
+    unless (chdir logical_path($work_dir)) {
         print STDERR "ssh-jobs: cannot enter the working directory $work_dir\n";
         return 126;
     }
@@ -129,25 +184,40 @@ sub start_job {
     $ENV{ $_->[0] } = $_->[1] for @$environment;
     my $status = cannot_run($command[0]);
     return $status if $status;
-    exec { $command[0] } @command;
-    print STDERR "ssh-jobs: cannot run $command[0]: $!\n";
-    return 126;
+    my $errno = exec_command(@command);
+    return exec_format_error(@command) if $errno == 8;
+    return cannot_run($command[0], $errno) || do {
+        print STDERR "ssh-jobs: cannot run $command[0]: errno $errno\n";
+        126;
+    };
 }
+
+# The signal the wrapper's handlers caught last ('' for none since the job's fork).
+my $caught_signal = '';
+
+sub note_signal { $caught_signal = $_[0] }
 
 # The command in a process of its own, its output appended to stdout.log: its exit status as
 # a shell gives it (128 + the signal for one killed by a signal).
 sub run_job {
     my ($job_dir, $first, $shell, $environment) = @_;
     my $log;
-    return 2 unless open($log, '>>', "$job_dir/stdout.log");
+    return 2 unless open($log, '>>:raw', "$job_dir/stdout.log");
+    $caught_signal = '';
     my $pid = fork;
-    return 2 unless defined $pid;
+    unless (defined $pid) {
+        print $log "ssh-jobs: cannot start the job: $!\n";
+        return 2;
+    }
     unless ($pid) {
         # As a subshell: the wrapper's handlers are not the job's (INT and QUIT stay ignored).
+        # A signal to the group that came before this line is the job's: it dies of it.
         @SIG{qw(HUP TERM)} = ('DEFAULT', 'DEFAULT');
+        kill $caught_signal, $$ if $caught_signal ne '';
         open(STDIN, '<', '/dev/null');
         open(STDOUT, '>&', $log);
         open(STDERR, '>&', $log);
+        binmode $_ for \*STDOUT, \*STDERR;
         close $log;
         exit start_job($job_dir, $first, $shell, $environment);
     }
@@ -194,7 +264,7 @@ sub run_wrapper {
     chdir $job_dir or exit 1;
     $0 = "ssh-jobs wrapper $job_dir";
     # Record a status even when the group is signalled: the job's end is waited for.
-    @SIG{qw(HUP TERM)} = (sub { }, sub { });
+    @SIG{qw(HUP TERM)} = (\&note_signal, \&note_signal);
     my $first = whole_first_line('command.sh');
     record_end(run_job($job_dir, $first, $bash ne '' ? $bash : '/bin/sh', $environment));
     exit 0;
