@@ -106,6 +106,9 @@ JOBS: dict[str, Job] = {
     "a missing #! interpreter": Job("#!/nonexistent/interpreter -x\necho never\n"),
     "a relative #! interpreter that is missing": Job("#!bin/nothing\necho never\n"),
     "a directory as #! interpreter": Job("#!/tmp\necho never\n"),
+    "a #! interpreter without execute permission": Job(
+        "#!{root}/plain\necho never\n", setup=lambda root: (root / "plain").write_text("echo plain\n")
+    ),
     "a missing working directory": Job("echo never\n", working_dir="/nonexistent/dir"),
     "a working directory with . and ..": Job('echo "$PWD $(pwd)"\n', working_dir="/usr/./lib/..//bin/"),
     "the home directory": Job('echo "$PWD"\n', working_dir="~"),
