@@ -75,46 +75,42 @@ def test_lost_submit_reply_reattaches_instead_of_launching_twice(sshd_factory, m
     assert server.counts()["accepted"] >= 2
 
 
-def test_an_empty_submit_answer_is_sent_again_and_the_job_runs_once(
-    sshd_factory, monkeypatch, tmp_path
-) -> None:
-    # The first session runs the submit but its answer never arrives (exit status 0, no output),
-    # as seen once under load; every later session runs normally.
+def submit_whose_first_session_ends(sshd_factory, monkeypatch, tmp_path: Path, ending: str) -> str:
+    """
+    Submit a job through an sshd whose first session runs the submit, its output discarded,
+    then ends with the shell command ``ending``; every later session runs normally. The job
+    must run once: what was logged.
+    """
     first_done = tmp_path / "first-session-done"
-    force = tmp_path / "answer-lost-once.sh"
+    force = tmp_path / "first-session-ends.sh"
     force.write_text(
         "#!/bin/sh\n"
-        f'if [ ! -e {first_done} ]; then : > {first_done}; eval "$SSH_ORIGINAL_COMMAND" >/dev/null 2>&1; exit 0; fi\n'
+        f'if [ ! -e {first_done} ]; then : > {first_done}; eval "$SSH_ORIGINAL_COMMAND" >/dev/null 2>&1; {ending}; fi\n'
         'eval "exec $SSH_ORIGINAL_COMMAND"\n'
     )
     force.chmod(0o755)
     server = sshd_factory(extra_config=[f"ForceCommand {force}"])
-    use_connection(monkeypatch, server, "ssh_quiet")
+    use_connection(monkeypatch, server, "ssh_forced")
     counter = tmp_path / "launches.txt"
-    op = make_operator("ssh_quiet", str(tmp_path / "jobs"), f"echo launched >> {counter}\nsleep 1\n")
-    messages = submit_until_the_job_ended(op, counter)
+    op = make_operator("ssh_forced", str(tmp_path / "jobs"), f"echo launched >> {counter}\nsleep 1\n")
+    return submit_until_the_job_ended(op, counter)
+
+
+def test_an_empty_submit_answer_is_sent_again_and_the_job_runs_once(
+    sshd_factory, monkeypatch, tmp_path
+) -> None:
+    # The first session's answer never arrives (exit status 0, no output), as seen once under load.
+    messages = submit_whose_first_session_ends(sshd_factory, monkeypatch, tmp_path, "exit 0")
     assert "got no answer" in messages and "failed (attempt 1/" in messages, messages
 
 
 def test_a_submit_whose_shell_is_killed_is_sent_again_and_the_job_runs_once(
     sshd_factory, monkeypatch, tmp_path
 ) -> None:
-    # The first session runs the submit, then its shell is killed (SIGKILL) before it answers:
-    # the session ends without an exit status, as one cut by the host does. Whether the job
-    # started is unknown to the worker: it sends the submit again, which re-attaches.
-    first_done = tmp_path / "first-session-done"
-    force = tmp_path / "killed-once.sh"
-    force.write_text(
-        "#!/bin/sh\n"
-        f'if [ ! -e {first_done} ]; then : > {first_done}; eval "$SSH_ORIGINAL_COMMAND" >/dev/null 2>&1; kill -KILL $$; fi\n'
-        'eval "exec $SSH_ORIGINAL_COMMAND"\n'
-    )
-    force.chmod(0o755)
-    server = sshd_factory(extra_config=[f"ForceCommand {force}"])
-    use_connection(monkeypatch, server, "ssh_killed")
-    counter = tmp_path / "launches.txt"
-    op = make_operator("ssh_killed", str(tmp_path / "jobs"), f"echo launched >> {counter}\nsleep 1\n")
-    messages = submit_until_the_job_ended(op, counter)
+    # The first session's shell is killed (SIGKILL) before it answers: the session ends
+    # without an exit status, as one cut by the host does. Whether the job started is unknown
+    # to the worker: it sends the submit again, which re-attaches.
+    messages = submit_whose_first_session_ends(sshd_factory, monkeypatch, tmp_path, "kill -KILL $$")
     assert "ended without an exit status" in messages and "failed (attempt 1/" in messages, messages
 
 

@@ -7,7 +7,10 @@ keyword of the same name, which goes to the operator or trigger unchanged.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ssh_jobs_provider.hooks.ssh import SSHHook
@@ -79,3 +82,14 @@ def start_job(conn_id: str, base_dir: str, command: str, job_id: str = "job") ->
     """Start one job (see :func:`submit_jobs`)."""
     (paths,) = submit_jobs(conn_id, base_dir, [command], [job_id])
     return paths
+
+
+def stop_jobs_under(root: Path) -> None:
+    """SIGKILL the process group of every wrapper launched under ``root`` (its pid file names it)."""
+    for pid_file in root.rglob("pid"):
+        text = pid_file.read_text().strip() if pid_file.is_file() else ""
+        if text.isdigit() and int(text) > 1:
+            try:
+                os.killpg(int(text), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from ssh_jobs_provider.protocol.batch import build_batch_script
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import job_files
 from ssh_jobs_provider.protocol.submit import SubmitEntry, build_submit_script
+from support.jobs import stop_jobs_under
 from support.protocol import run_sh
 from support.waiting import wait_until
 
@@ -266,17 +266,6 @@ def twin_roots(tmp_path: Path) -> Iterator[dict[str, Path]]:
     yield roots
     for root in roots.values():
         stop_jobs_under(root)
-
-
-def stop_jobs_under(root: Path) -> None:
-    """Kill the process group of every wrapper this test launched (its pid file names it)."""
-    for pid_file in root.rglob("pid"):
-        text = pid_file.read_text().strip() if pid_file.is_file() else ""
-        if text.isdigit() and int(text) > 1:
-            try:
-                os.killpg(int(text), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def tree(root: Path) -> list[tuple[str, str, bytes | None]]:

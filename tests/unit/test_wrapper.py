@@ -29,6 +29,7 @@ from ssh_jobs_provider.protocol.environment import render_env_file
 from ssh_jobs_provider.protocol.identity import RemoteJobPaths
 from ssh_jobs_provider.protocol.scripts import job_files, perl_source
 from ssh_jobs_provider.protocol.submit import SubmitEntry, build_submit_script
+from support.jobs import stop_jobs_under
 from support.protocol import run_sh
 from support.waiting import wait_until
 
@@ -184,16 +185,6 @@ def tree(job_dir: Path, root: Path) -> list[tuple[str, str, bytes | None]]:
             content = path.read_bytes().replace(str(root).encode(), b"ROOT")
         found.append((str(path.relative_to(job_dir)), stat.filemode(info.st_mode), content))
     return found
-
-
-def stop_jobs_under(root: Path) -> None:
-    for pid_file in root.rglob("pid"):
-        text = pid_file.read_text().strip() if pid_file.is_file() else ""
-        if text.isdigit() and int(text) > 1:
-            try:
-                os.killpg(int(text), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 @pytest.mark.parametrize("name", list(JOBS))
